@@ -1,0 +1,68 @@
+"""``lazypull`` entry point: one sub-command per module in this package.
+
+Each command module exposes ``register(subparsers)`` which adds its parser and sets
+``func`` (taking the parsed args, returning an exit code). No logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from lazypull import __version__
+from lazypull.errors import LazypullError
+
+# Modules under lazypull.cli that provide commands, in help order.
+COMMAND_MODULES = [
+    "convert",
+    "copy",
+    "check",
+    "unpack",
+    "mount",
+    "snapshotter",
+    "bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lazypull", description="Lazy pulling of container images (eStargz, zstd:chunked)."
+    )
+    parser.add_argument("--version", action="version", version=f"lazypull {__version__}")
+    parser.add_argument("--log-level", default="warning", help="debug, info, warning or error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"lazypull.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"lazypull.cli.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LazypullError as e:
+        print(f"lazypull: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lazypull: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The project's error hierarchy.
+
+Every error a user can meet derives from :class:`LazypullError`, so commands can print
+one clear line (``str(err)``) instead of a traceback. Messages say what went wrong and,
+where possible, what to do next. They never contain credentials.
+"""
+
+
+class LazypullError(Exception):
+    """Base of every error lazypull raises on purpose."""
+
+
+class DigestMismatchError(LazypullError):
+    """Bytes did not hash to the digest that was promised for them."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        super().__init__(f"{what}: digest mismatch (expected {expected}, got {actual})")
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidDigestError(LazypullError, ValueError):
+    """A string is not a well-formed ``algorithm:hex`` digest."""
+
+
+class FormatError(LazypullError):
+    """A layer blob, footer or TOC is malformed, truncated or unsafe."""
+
+
+class OCIError(LazypullError):
+    """An OCI manifest, index, config or layout is malformed or unsupported."""
+
+
+class RegistryError(LazypullError):
+    """A registry request failed after retries, or the registry answered wrongly."""
