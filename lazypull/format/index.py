@@ -1,0 +1,138 @@
+"""The format-agnostic index of one layer: what the lazy filesystem speaks.
+
+eStargz, zstd:chunked (and later SOCI zTOCs for unconverted gzip layers) each produce
+a :class:`LayerIndex`. The filesystem never parses a TOC itself: it asks the index
+for entries and for the chunks covering a byte range, fetches each chunk's compressed
+span (``blob_offset``..``blob_end``) however it likes (cache, coalesced Range GETs),
+and hands the raw bytes back to :meth:`LayerIndex.decode_chunk`, which decompresses
+and verifies. Bytes that leave ``decode_chunk`` are verified bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from lazypull.format.source import ReadAt
+
+
+class EntryType(enum.StrEnum):
+    DIR = "dir"
+    REG = "reg"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One independently decodable piece of a regular file's content."""
+
+    file_offset: int  # offset of the chunk's first byte within the file
+    size: int  # uncompressed bytes the chunk contributes to the file
+    blob_offset: int  # compressed span in the blob: [blob_offset, blob_end)
+    blob_end: int
+    digest: str  # digest of the chunk's uncompressed bytes (verified by decode_chunk)
+    inner_offset: int = 0  # bytes to skip in the decompressed stream (eStargz innerOffset)
+
+
+@dataclass(slots=True)
+class Entry:
+    """A filesystem object in a layer. Paths are normalised: no leading '/' or './'; root is ''."""
+
+    name: str
+    type: EntryType
+    mode: int = 0  # permission bits incl. setuid/setgid/sticky (no file-type bits)
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+    link_name: str = ""  # symlink target, or for HARDLINK the normalised path of the target
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    digest: str = ""  # whole-file content digest for REG (may be "" when the format has none)
+    chunks: list[Chunk] = field(default_factory=list)
+    nlink: int = 1
+
+    def chunks_for(self, offset: int, length: int) -> list[Chunk]:
+        """The chunks that overlap [offset, offset+length) of this file."""
+        if length <= 0 or offset >= self.size or not self.chunks:
+            return []
+        starts = [c.file_offset for c in self.chunks]
+        i = max(bisect.bisect_right(starts, offset) - 1, 0)
+        end = offset + length
+        out: list[Chunk] = []
+        for c in self.chunks[i:]:
+            if c.file_offset >= end:
+                break
+            out.append(c)
+        return out
+
+
+class LayerIndex(ABC):
+    """A verified index of one layer blob."""
+
+    #: "estargz", "zstdchunked", "soci", ...
+    format: str
+    #: Blob offset where the prioritized (prefetch) range ends; 0 when the layer has none.
+    prefetch_end: int
+    #: Size of the layer blob in bytes.
+    blob_size: int
+
+    @abstractmethod
+    def lookup(self, path: str) -> Entry | None:
+        """The entry at *path* (normalised or not), or None. Hardlinks resolve to themselves."""
+
+    @abstractmethod
+    def children(self, path: str) -> list[str]:
+        """Base names of the entries directly under directory *path*, in TOC order."""
+
+    @abstractmethod
+    def entries(self) -> Iterator[Entry]:
+        """Every entry (including implicit parent directories), parents before children."""
+
+    @abstractmethod
+    def decode_chunk(self, chunk: Chunk, raw: bytes) -> bytes:
+        """Decompress the compressed span of *chunk* and verify it; raise on any mismatch.
+
+        *raw* is exactly ``blob[chunk.blob_offset:chunk.blob_end]``. Returns ``chunk.size``
+        bytes or raises :class:`lazypull.errors.DigestMismatchError` /
+        :class:`lazypull.errors.FormatError`.
+        """
+
+    def read(self, source: ReadAt, path: str, offset: int, length: int) -> bytes:
+        """Read a byte range of a regular file straight from *source*, verified.
+
+        Fetches only the chunks the range needs. The lazy filesystem has its own cached,
+        coalescing fetcher; this is for tools (``check``, ``unpack``) and tests.
+        """
+        entry = self.lookup(path)
+        if entry is None:
+            raise FileNotFoundError(path)
+        if entry.type == EntryType.HARDLINK:
+            target = self.lookup(entry.link_name)
+            if target is None:
+                raise FileNotFoundError(entry.link_name)
+            entry = target
+        end = min(offset + length, entry.size)
+        parts: list[bytes] = []
+        for c in entry.chunks_for(offset, end - offset):
+            data = self.decode_chunk(c, source.read_at(c.blob_offset, c.blob_end - c.blob_offset))
+            lo = max(offset - c.file_offset, 0)
+            hi = min(end - c.file_offset, c.size)
+            parts.append(data[lo:hi])
+        return b"".join(parts)
+
+
+def normalize(path: str) -> str:
+    """Normalise a TOC/tar path: strip './' and '/', collapse '//' (no '..' handling here)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return "/".join(parts)
