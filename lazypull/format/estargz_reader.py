@@ -1,0 +1,266 @@
+"""Open eStargz (and legacy stargz) blobs over any :class:`ReadAt` source.
+
+Reads the footer, then the TOC (verified against the manifest's TOC digest when given),
+validates every entry, and builds a :class:`LayerIndex`. Nothing in a TOC is trusted:
+names, offsets, chunk layout and hardlink targets are checked before use.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Iterator
+
+from lazypull.errors import DigestMismatchError, FormatError
+from lazypull.format.footer import ESTARGZ_FOOTER_SIZE, parse_footer
+from lazypull.format.gzipmember import decompress_prefix
+from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex, normalize
+from lazypull.format.source import ReadAt
+from lazypull.format.toc import PREFETCH_LANDMARK, TOC, TOC_TAR_NAME, TOCEntry, parse_modtime_ns
+
+DEFAULT_MAX_TOC_BYTES = 64 << 20
+BLOCK = 512
+
+
+def safe_name(raw: str) -> str:
+    """Normalise a TOC name, rejecting absolute paths and '..' components."""
+    if raw.startswith("/"):
+        raise FormatError(f"TOC entry {raw[:200]!r} has an absolute path")
+    if "\0" in raw:
+        raise FormatError(f"TOC entry {raw[:200]!r} contains a NUL byte")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise FormatError(f"TOC entry {raw[:200]!r} escapes the layer root with '..'")
+    return "/".join(parts)
+
+
+class TOCIndex(LayerIndex):
+    """A LayerIndex built from a parsed TOC (shared by eStargz and zstd:chunked)."""
+
+    def __init__(self, toc: TOC, *, blob_size: int, data_end: int, fmt: str, decoder: ChunkDecoder) -> None:
+        self.format = fmt
+        self.blob_size = blob_size
+        self.prefetch_end = 0
+        self._decoder = decoder
+        self._entries: dict[str, Entry] = {"": Entry("", EntryType.DIR, mode=0o755)}
+        self._children: dict[str, list[str]] = {"": []}
+        self._explicit: set[str] = set()  # names that had their own TOC entry
+        self._build(toc, data_end)
+
+    # -- construction ---------------------------------------------------------------
+    def _ensure_dir(self, name: str) -> None:
+        if name in self._entries:
+            if self._entries[name].type != EntryType.DIR:
+                raise FormatError(f"TOC entry {name!r} is used as a directory but is not one")
+            return
+        parent, _, base = name.rpartition("/")
+        self._ensure_dir(parent)
+        self._entries[name] = Entry(name, EntryType.DIR, mode=0o755)
+        self._children[name] = []
+        self._children[parent].append(base)
+
+    def _build(self, toc: TOC, data_end: int) -> None:
+        chunk_offsets: list[int] = []
+        last_reg: Entry | None = None
+        hardlinks: list[Entry] = []
+        for te in toc.entries:
+            if te.type == "chunk":
+                if last_reg is None or normalize(te.name) != last_reg.name:
+                    raise FormatError(f"chunk entry {te.name!r} does not follow its file")
+                self._add_chunk(last_reg, te, data_end, chunk_offsets)
+                continue
+            if last_reg is not None:
+                self._finish_reg(last_reg)
+                last_reg = None
+            name = safe_name(te.name)
+            if name == "":
+                root = self._entries[""]
+                root.mode, root.uid, root.gid = te.mode & 0o7777, te.uid, te.gid
+                root.mtime_ns, root.xattrs = parse_modtime_ns(te.modtime), te.xattrs
+                continue
+            e = self._entry_from(te, name)
+            existing = self._entries.get(name)
+            if existing is not None:
+                if name in self._explicit or existing.type != EntryType.DIR or e.type != EntryType.DIR:
+                    raise FormatError(f"TOC has duplicate entry {name!r}")
+                # An implicit parent created earlier: take the explicit metadata.
+                e.chunks, e.nlink = existing.chunks, existing.nlink
+                self._entries[name] = e
+                self._explicit.add(name)
+                continue
+            parent, _, base = name.rpartition("/")
+            self._ensure_dir(parent)
+            self._entries[name] = e
+            self._explicit.add(name)
+            self._children[parent].append(base)
+            if e.type == EntryType.DIR:
+                self._children[name] = []
+            elif e.type == EntryType.HARDLINK:
+                hardlinks.append(e)
+            elif e.type == EntryType.REG:
+                if name == PREFETCH_LANDMARK:
+                    self.prefetch_end = te.offset
+                if te.size > 0:
+                    self._add_chunk(e, te, data_end, chunk_offsets)
+                    last_reg = e
+        if last_reg is not None:
+            self._finish_reg(last_reg)
+        for h in hardlinks:
+            target = self._entries.get(h.link_name)
+            if target is None or target.type == EntryType.DIR:
+                raise FormatError(f"hardlink {h.name!r} points at {h.link_name!r}, which is not a file in the layer")
+            while target.type == EntryType.HARDLINK:
+                target = self._entries[target.link_name]
+            h.link_name = target.name
+            target.nlink += 1
+        self._fill_ends(chunk_offsets, data_end)
+
+    def _entry_from(self, te: TOCEntry, name: str) -> Entry:
+        typ = EntryType(te.type) if te.type != "chunk" else EntryType.REG
+        e = Entry(
+            name=name,
+            type=typ,
+            mode=te.mode & 0o7777,
+            uid=te.uid,
+            gid=te.gid,
+            uname=te.uname,
+            gname=te.gname,
+            size=te.size if typ == EntryType.REG else 0,
+            mtime_ns=parse_modtime_ns(te.modtime),
+            dev_major=te.dev_major,
+            dev_minor=te.dev_minor,
+            xattrs=te.xattrs,
+            digest=te.digest,
+        )
+        if typ == EntryType.SYMLINK:
+            if not te.link_name:
+                raise FormatError(f"symlink {name!r} has no target")
+            e.link_name = te.link_name
+        elif typ == EntryType.HARDLINK:
+            e.link_name = safe_name(te.link_name)
+            if not e.link_name:
+                raise FormatError(f"hardlink {name!r} has no target")
+        return e
+
+    def _add_chunk(self, e: Entry, te: TOCEntry, data_end: int, offsets: list[int]) -> None:
+        if not te.chunk_digest:
+            raise FormatError(f"{e.name!r}: chunk at {te.chunk_offset} has no chunkDigest; cannot verify it")
+        if te.offset >= data_end:
+            raise FormatError(f"{e.name!r}: chunk offset {te.offset} lies beyond the layer data ({data_end})")
+        expected = sum(c.size for c in e.chunks)
+        if te.chunk_offset != expected:
+            raise FormatError(
+                f"{e.name!r}: chunk at file offset {te.chunk_offset}, expected {expected} (overlap or gap)"
+            )
+        size = te.chunk_size if te.chunk_size else e.size - te.chunk_offset
+        if size <= 0 or te.chunk_offset + size > e.size:
+            raise FormatError(f"{e.name!r}: chunk sizes do not add up to the file size {e.size}")
+        e.chunks.append(Chunk(te.chunk_offset, size, te.offset, 0, te.chunk_digest, te.inner_offset))
+        offsets.append(te.offset)
+
+    def _finish_reg(self, e: Entry) -> None:
+        if sum(c.size for c in e.chunks) != e.size:
+            raise FormatError(f"{e.name!r}: chunks cover {sum(c.size for c in e.chunks)} of {e.size} bytes")
+
+    def _fill_ends(self, offsets: list[int], data_end: int) -> None:
+        starts = sorted(set(offsets))
+        seen: set[tuple[int, int]] = set()
+        for e in self._entries.values():
+            for c in e.chunks:
+                key = (c.blob_offset, c.inner_offset)
+                if key in seen:
+                    raise FormatError(f"{e.name!r}: chunk at blob offset {c.blob_offset} overlaps another chunk")
+                seen.add(key)
+                i = bisect.bisect_right(starts, c.blob_offset)
+                c.blob_end = starts[i] if i < len(starts) else data_end
+
+    # -- LayerIndex -------------------------------------------------------------------
+    def lookup(self, path: str) -> Entry | None:
+        return self._entries.get(normalize(path))
+
+    def children(self, path: str) -> list[str]:
+        return list(self._children.get(normalize(path), ()))
+
+    def entries(self) -> Iterator[Entry]:
+        stack = [""]
+        while stack:
+            name = stack.pop()
+            yield self._entries[name]
+            kids = self._children.get(name)
+            if kids:
+                prefix = name + "/" if name else ""
+                for k in kids:
+                    child = prefix + k
+                    if child in self._children:
+                        stack.append(child)
+                    else:
+                        yield self._entries[child]
+
+    def decode_chunk(self, chunk: Chunk, raw: bytes) -> bytes:
+        return self._decoder(chunk, raw)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ChunkDecoder:
+    def __call__(self, chunk: Chunk, raw: bytes) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class GzipChunkDecoder(ChunkDecoder):
+    def __call__(self, chunk: Chunk, raw: bytes) -> bytes:
+        if len(raw) != chunk.blob_end - chunk.blob_offset:
+            raise FormatError(
+                f"chunk at {chunk.blob_offset}: got {len(raw)} compressed bytes, expected "
+                f"{chunk.blob_end - chunk.blob_offset}"
+            )
+        data = decompress_prefix(raw, chunk.inner_offset + chunk.size, f"chunk at blob offset {chunk.blob_offset}")
+        data = data[chunk.inner_offset :]
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != chunk.digest:
+            raise DigestMismatchError(f"chunk at blob offset {chunk.blob_offset}", chunk.digest, actual)
+        return data
+
+
+def read_toc_member(source: ReadAt, toc_offset: int, end: int, max_toc_bytes: int) -> bytes:
+    """The TOC JSON from the gzip member holding the ``stargz.index.json`` tar entry."""
+    comp_len = end - toc_offset
+    if comp_len <= 0:
+        raise FormatError("TOC region is empty")
+    if comp_len > max_toc_bytes:
+        raise FormatError(f"TOC is {comp_len} bytes compressed, over the {max_toc_bytes} byte limit")
+    raw = source.read_at(toc_offset, comp_len)
+    header = decompress_prefix(raw, BLOCK, "TOC")
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    size_field = header[124:136].split(b"\0", 1)[0].strip()
+    if name != TOC_TAR_NAME:
+        # A PAX header may precede the entry; the reference never writes one.
+        raise FormatError(f"the TOC tar entry is named {name!r}, expected {TOC_TAR_NAME!r}")
+    try:
+        size = int(size_field or b"0", 8)
+    except ValueError:
+        raise FormatError("TOC tar header has an invalid size") from None
+    if size > max_toc_bytes:
+        raise FormatError(f"TOC is {size} bytes, over the {max_toc_bytes} byte limit")
+    data = decompress_prefix(raw, BLOCK + size, "TOC")
+    return data[BLOCK:]
+
+
+def open_estargz(
+    source: ReadAt, *, toc_digest: str | None = None, max_toc_bytes: int = DEFAULT_MAX_TOC_BYTES
+) -> TOCIndex:
+    """Open an eStargz or legacy stargz blob; verify the TOC when *toc_digest* is given."""
+    size = source.size
+    if size < 47:
+        raise FormatError(f"blob is {size} bytes: too small to be eStargz (truncated?)")
+    tail = source.read_at(max(size - ESTARGZ_FOOTER_SIZE, 0), min(size, ESTARGZ_FOOTER_SIZE))
+    footer = parse_footer(tail, size)
+    data_end = footer.toc_offset
+    toc_json = read_toc_member(source, footer.toc_offset, size - footer.size, max_toc_bytes)
+    if toc_digest:
+        actual = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+        if actual != toc_digest:
+            raise DigestMismatchError("TOC", toc_digest, actual)
+    toc = TOC.parse(toc_json)
+    return TOCIndex(toc, blob_size=size, data_end=data_end, fmt="estargz", decoder=GzipChunkDecoder())

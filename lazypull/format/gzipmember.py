@@ -1,0 +1,52 @@
+"""Gzip members written byte-for-byte like Go's compress/gzip (the reference's writer).
+
+Each member is a raw-deflate stream inside a fixed header (MTIME 0, OS 255) so output
+is deterministic and independent of the Python build. Compression releases the GIL,
+so members can be compressed on several threads at once.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from isal import isal_zlib
+
+from lazypull.errors import FormatError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _xfl(level: int) -> int:
+    # Go: 2 for BestCompression, 4 for BestSpeed, else 0.
+    return 2 if level == 9 else 4 if level == 1 else 0
+
+
+def compress_member(data: bytes | memoryview, level: int) -> bytes:
+    """One complete gzip member holding *data*."""
+    c = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
+    body = c.compress(data) + c.flush()
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([_xfl(level), 0xFF])
+    return header + body + struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+
+
+def decompress_prefix(raw: bytes | memoryview, need: int, what: str) -> bytes:
+    """The first *need* bytes decompressed from the gzip member(s) starting at raw[0].
+
+    Bounded: never inflates more than *need* bytes, so a hostile span cannot expand
+    into unbounded memory. Crosses member boundaries when a span holds several.
+    """
+    out = bytearray()
+    buf = bytes(raw)
+    try:
+        while len(out) < need and buf:
+            d = isal_zlib.decompressobj(31)
+            out += d.decompress(buf, need - len(out))
+            if len(out) >= need or not d.eof:
+                break
+            buf = d.unused_data
+    except (isal_zlib.error, zlib.error) as e:
+        raise FormatError(f"{what}: corrupt gzip data ({e})") from None
+    if len(out) < need:
+        raise FormatError(f"{what}: compressed data ends after {len(out)} of {need} bytes")
+    return bytes(out)

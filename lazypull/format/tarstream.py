@@ -1,0 +1,149 @@
+"""Reading source layer tars (plain or gzip) entry by entry, in a chosen order.
+
+Without prioritized files the source is streamed once. With them, the decompressed
+tar is spooled to a temporary file so prioritized entries (and their parent
+directories) can be moved to the front, as the reference converter does.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+from isal import igzip
+
+from lazypull.errors import FormatError
+from lazypull.format.index import normalize
+from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
+
+_SKIP = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME})
+
+Member = tuple[tarfile.TarInfo, "BinaryIO | None"]
+
+
+def open_decompressed(src: BinaryIO) -> BinaryIO:
+    """*src* as a plain tar stream, transparently decompressing gzip."""
+    buffered = src if isinstance(src, io.BufferedReader) else io.BufferedReader(_Raw(src), 1 << 20)
+    head = buffered.peek(2)[:2]
+    if head == b"\x1f\x8b":
+        return igzip.IGzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+    if head[:1] == b"\x28" and buffered.peek(4)[:4] == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)  # type: ignore[return-value]
+    return buffered
+
+
+class _Raw(io.RawIOBase):
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._f.read(len(b))
+        n = len(data)
+        memoryview(b)[:n] = data
+        return n
+
+
+def _check(ti: tarfile.TarInfo) -> None:
+    if ti.issparse():
+        raise FormatError(f"{ti.name}: sparse tar entries are not supported; rebuild the layer without sparse files")
+    if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.ischr() or ti.isblk() or ti.isfifo()):
+        raise FormatError(f"{ti.name}: unsupported tar entry type {ti.type!r}")
+
+
+def iter_members(src: BinaryIO, prioritized: Sequence[str] | None = None) -> tuple[Iterator[Member], bool]:
+    """Entries of the source tar in output order; the bool says if any file was prioritized."""
+    plain = open_decompressed(src)
+    if not prioritized:
+        return _stream(plain), False
+    spool = tempfile.TemporaryFile(prefix="lazypull-spool-")  # noqa: SIM115 - closed by the generator
+    shutil.copyfileobj(plain, spool, 1 << 20)
+    spool.seek(0)
+    tf = _open_tar(spool, "r:")
+    members = [m for m in tf.getmembers() if normalize(m.name) not in _SKIP]
+    for m in members:
+        _check(m)
+    order = _prioritize(members, prioritized)
+    moved = len(order) > 0
+    by_id = {id(m) for m in order}
+    rest = [m for m in members if id(m) not in by_id]
+
+    def gen() -> Iterator[Member]:
+        try:
+            for m in [*order, None, *rest]:
+                if m is None:
+                    yield _LANDMARK_MARK
+                    continue
+                yield m, (tf.extractfile(m) if m.isreg() and m.size else None)
+        finally:
+            tf.close()
+            spool.close()
+
+    return gen(), moved
+
+
+# Sentinel yielded between prioritized and other entries.
+_LANDMARK_MARK: Member = (tarfile.TarInfo(PREFETCH_LANDMARK), None)
+
+
+def is_landmark_mark(m: Member) -> bool:
+    return m is _LANDMARK_MARK
+
+
+def _open_tar(f: BinaryIO, mode: str) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=f, mode=mode, encoding="utf-8", errors="surrogateescape")  # type: ignore[call-overload]
+    except tarfile.TarError as e:
+        raise FormatError(f"source layer is not a valid tar: {e}") from None
+
+
+def _stream(plain: BinaryIO) -> Iterator[Member]:
+    tf = _open_tar(plain, "r|")
+    try:
+        while True:
+            try:
+                ti = tf.next()
+            except tarfile.TarError as e:
+                raise FormatError(f"source layer tar is corrupt: {e}") from None
+            except EOFError:
+                raise FormatError("source layer tar is truncated") from None
+            if ti is None:
+                break
+            if normalize(ti.name) in _SKIP:
+                continue
+            _check(ti)
+            yield ti, (tf.extractfile(ti) if ti.isreg() and ti.size else None)
+    finally:
+        tf.close()
+
+
+def _prioritize(members: list[tarfile.TarInfo], prioritized: Sequence[str]) -> list[tarfile.TarInfo]:
+    """Prioritized entries in the given order, each preceded by its not-yet-moved parents."""
+    by_name: dict[str, tarfile.TarInfo] = {}
+    for m in members:
+        by_name[normalize(m.name)] = m  # later duplicates win, like tar extraction
+    moved: list[tarfile.TarInfo] = []
+    seen: set[str] = set()
+
+    def move(name: str) -> None:
+        if name in seen or name not in by_name:
+            return
+        parent = name.rpartition("/")[0]
+        if parent:
+            move(parent)
+        seen.add(name)
+        moved.append(by_name[name])
+
+    for p in prioritized:
+        n = normalize(p)
+        if n in by_name and n not in seen:
+            move(n)
+    return moved
