@@ -55,7 +55,7 @@ class TOCIndex(LayerIndex):
             return
         parent, _, base = name.rpartition("/")
         self._ensure_dir(parent)
-        self._entries[name] = Entry(name, EntryType.DIR, mode=0o755)
+        self._entries[name] = Entry(name, EntryType.DIR, mode=0o755, implicit=True)
         self._children[name] = []
         self._children[parent].append(base)
 

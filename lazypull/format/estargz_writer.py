@@ -13,7 +13,7 @@ import hashlib
 import os
 import tarfile
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -22,7 +22,7 @@ from lazypull.errors import FormatError
 from lazypull.format.footer import estargz_footer
 from lazypull.format.gzipmember import compress_member
 from lazypull.format.index import normalize
-from lazypull.format.tarstream import is_landmark_mark, iter_members
+from lazypull.format.tarstream import Prioritized, is_landmark_mark, iter_members
 from lazypull.format.toc import (
     LANDMARK_CONTENTS,
     NO_PREFETCH_LANDMARK,
@@ -158,7 +158,7 @@ def build_estargz(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
-    prioritized_files: Sequence[str] | None = None,
+    prioritized_files: Prioritized | None = None,
     workers: int | None = None,
 ) -> BuildResult:
     """Convert a tar or tar.gz stream into an eStargz blob written to *out*."""
@@ -178,7 +178,7 @@ def build_estargz(
 _Fixups = list[tuple[TOCEntry, int]]
 
 
-def _write_entries(src: BinaryIO, mw: _MemberWriter, chunk_size: int, prioritized: Sequence[str] | None) -> TOC:
+def _write_entries(src: BinaryIO, mw: _MemberWriter, chunk_size: int, prioritized: Prioritized | None) -> TOC:
     members, moved = iter_members(src, prioritized)
     entries: list[TOCEntry] = []
     fixups: _Fixups = []

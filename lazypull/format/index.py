@@ -61,6 +61,7 @@ class Entry:
     digest: str = ""  # whole-file content digest for REG (may be "" when the format has none)
     chunks: list[Chunk] = field(default_factory=list)
     nlink: int = 1
+    implicit: bool = False  # a parent directory the layer has no entry for
 
     def chunks_for(self, offset: int, length: int) -> list[Chunk]:
         """The chunks that overlap [offset, offset+length) of this file."""

@@ -11,7 +11,7 @@ import io
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from isal import igzip
@@ -59,7 +59,12 @@ def _check(ti: tarfile.TarInfo) -> None:
         raise FormatError(f"{ti.name}: unsupported tar entry type {ti.type!r}")
 
 
-def iter_members(src: BinaryIO, prioritized: Sequence[str] | None = None) -> tuple[Iterator[Member], bool]:
+# A fixed list, or a function from the layer's entry names (tar order) to a list
+# (prefetch profiles with glob patterns need the names first).
+Prioritized = Sequence[str] | Callable[[Sequence[str]], Sequence[str]]
+
+
+def iter_members(src: BinaryIO, prioritized: Prioritized | None = None) -> tuple[Iterator[Member], bool]:
     """Entries of the source tar in output order; the bool says if any file was prioritized."""
     plain = open_decompressed(src)
     if not prioritized:
@@ -71,7 +76,8 @@ def iter_members(src: BinaryIO, prioritized: Sequence[str] | None = None) -> tup
     members = [m for m in tf.getmembers() if normalize(m.name) not in _SKIP]
     for m in members:
         _check(m)
-    order = _prioritize(members, prioritized)
+    wanted = prioritized([m.name for m in members]) if callable(prioritized) else prioritized
+    order = _prioritize(members, wanted)
     moved = len(order) > 0
     by_id = {id(m) for m in order}
     rest = [m for m in members if id(m) not in by_id]

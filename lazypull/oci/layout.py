@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lazypull.errors import OCIError
+from lazypull.format.source import FileSource
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.store import ImageStore
@@ -88,6 +89,12 @@ class OCILayout(ImageStore):
             return open(self.blob_path(desc.digest), "rb")
         except FileNotFoundError:
             raise OCIError(f"{self.name}: blob {desc.digest} is missing") from None
+
+    def blob_source(self, desc: Descriptor) -> FileSource:
+        path = self.blob_path(desc.digest)
+        if not path.is_file():
+            raise OCIError(f"{self.name}: blob {desc.digest} is missing")
+        return FileSource(path)
 
     def push_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
         """Copy *stream* in, verifying digest and size before the blob becomes visible."""

@@ -10,11 +10,14 @@ from __future__ import annotations
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lazypull.errors import DigestMismatchError, LazypullError
 from lazypull.oci import digest as digestlib
 from lazypull.oci.types import MAX_MANIFEST_BYTES, Descriptor
+
+if TYPE_CHECKING:
+    from lazypull.format.source import ReadAt
 
 
 class ImageStore(ABC):
@@ -22,6 +25,8 @@ class ImageStore(ABC):
 
     #: Human-readable name of the location (for messages and progress lines).
     name: str
+    #: The tag the reference names, if any (pushes of converted images use it).
+    tag: str | None = None
 
     @abstractmethod
     def resolve(self) -> Descriptor:
@@ -41,6 +46,11 @@ class ImageStore(ABC):
     @abstractmethod
     def push_manifest(self, desc: Descriptor, data: bytes, tag: str | None = None) -> None:
         """Store a manifest or index; tag it when *tag* is given."""
+
+    def blob_source(self, desc: Descriptor) -> ReadAt:
+        """Random access to a blob (local pread or HTTP Range). Bytes are not verified here:
+        layer readers verify what they decode against the TOC."""
+        raise LazypullError(f"{self.name} does not support random access to blobs")
 
     def fetch(self, desc: Descriptor, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         """Read a small blob whole, verified against its digest and size."""

@@ -1,0 +1,241 @@
+"""Convert images to eStargz: walk index -> manifests -> layers over any two ImageStores.
+
+Layers are streamed from the source (verified while read), written to a temporary file
+by the layer writer, and pushed; configs get new diff_ids and manifests the TOC-digest
+and uncompressed-size annotations. Nothing holds a whole layer in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lazypull.errors import FormatError, LazypullError, OCIError
+from lazypull.format import BuildResult, build_estargz
+from lazypull.format.estargz_reader import open_estargz
+from lazypull.format.tarstream import Prioritized
+from lazypull.oci import digest as digestlib
+from lazypull.oci import mediatypes as mt
+from lazypull.oci.store import ImageStore, VerifyingReader
+from lazypull.oci.types import Descriptor, ImageConfig, Index, Manifest, Platform, host_platform, is_index
+
+log = logging.getLogger(__name__)
+
+# Called as (event, layer descriptor, bytes done, bytes total) so a CLI can draw progress.
+ProgressFn = Callable[[str, Descriptor, int, int], None]
+
+
+@dataclass
+class ConvertOptions:
+    chunk_size: int = 4 << 20
+    compression_level: int = 9
+    oci: bool = False
+    force: bool = False
+    prioritized: Prioritized | None = None
+    platforms: Sequence[Platform] | None = None  # None: host platform; [] with all_platforms
+    all_platforms: bool = False
+    workers: int | None = None
+    tmpdir: str | None = None
+    layer_format: str = "estargz"  # or "zstdchunked"
+    progress: ProgressFn | None = field(default=None, repr=False)
+
+
+def is_estargz_layer(desc: Descriptor) -> bool:
+    return mt.ANNOTATION_TOC_DIGEST in desc.annotations
+
+
+class Converter:
+    def __init__(self, src: ImageStore, dst: ImageStore, opts: ConvertOptions) -> None:
+        self.src, self.dst, self.opts = src, dst, opts
+        self._converted: dict[str, Descriptor] = {}  # source layer digest -> new descriptor
+        self._diff_ids: dict[str, str] = {}
+        self._pending_docs: dict[str, bytes] = {}  # manifests/indexes built but not yet pushed
+
+    def run(self, tag: str | None = None) -> Descriptor:
+        """Convert the source image; returns the descriptor of the pushed manifest or index."""
+        root = self.src.resolve()
+        if is_index(root.media_type):
+            out = self._convert_index(root)
+        else:
+            out = self._convert_manifest(root, root.platform)
+        self.dst.push_manifest(out, self._pending_docs[out.digest], tag=tag)
+        return out
+
+    # -- index / manifest -----------------------------------------------------------
+    def _convert_index(self, desc: Descriptor) -> Descriptor:
+        index = Index.parse(self.src.fetch(desc), desc.media_type)
+        if self.opts.all_platforms:
+            chosen = list(index.manifests)
+        else:
+            wanted = list(self.opts.platforms or [host_platform()])
+            chosen = []
+            for p in wanted:
+                d = index.select(p)
+                if d not in chosen:
+                    chosen.append(d)
+            if len(chosen) == 1:
+                return self._convert_manifest(chosen[0], chosen[0].platform)
+        new_descs = []
+        for d in chosen:
+            if d.media_type not in mt.MANIFEST_TYPES:
+                log.info("keeping non-image manifest %s (%s) as is", d.digest, d.media_type)
+                self._copy_blob(d)
+                new_descs.append(d)
+                continue
+            nd = self._convert_manifest(d, d.platform)
+            self.dst.push_manifest(nd, self._pending_docs.pop(nd.digest))
+            new_descs.append(nd)
+        new_index = Index(
+            manifests=new_descs,
+            media_type=mt.OCI_INDEX if self.opts.oci else index.media_type,
+            annotations=index.annotations,
+            extra=index.extra,
+        )
+        return self._doc(new_index.media_type, new_index.to_bytes(), None, desc.annotations)
+
+    def _convert_manifest(self, desc: Descriptor, platform: Platform | None) -> Descriptor:
+        manifest = Manifest.parse(self.src.fetch(desc), desc.media_type)
+        config = ImageConfig.parse(self.src.fetch(manifest.config))
+        if len(config.diff_ids) != len(manifest.layers):
+            raise OCIError(
+                f"manifest {desc.digest}: {len(manifest.layers)} layers but "
+                f"{len(config.diff_ids)} diff_ids in the config"
+            )
+        jobs = list(enumerate(manifest.layers))
+        workers = 1 if len(jobs) < 2 else 2  # each layer already compresses on all cores
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert-layer") as pool:
+            results = list(pool.map(lambda j: self._convert_layer(j[1], config.diff_ids[j[0]]), jobs))
+        new_layers = [r[0] for r in results]
+        config.diff_ids = [r[1] for r in results]
+        cfg_bytes = config.to_bytes()
+        cfg_type = (
+            mt.TO_OCI.get(manifest.config.media_type, manifest.config.media_type)
+            if self.opts.oci
+            else (manifest.config.media_type)
+        )
+        cfg_desc = self._push_doc(cfg_type, cfg_bytes)
+        new_manifest = Manifest(
+            config=cfg_desc,
+            layers=new_layers,
+            media_type=mt.OCI_MANIFEST if self.opts.oci else manifest.media_type,
+            annotations=manifest.annotations,
+            extra=manifest.extra,
+        )
+        return self._doc(new_manifest.media_type, new_manifest.to_bytes(), platform, desc.annotations)
+
+    # -- layers -----------------------------------------------------------------------
+    def _convert_layer(self, desc: Descriptor, diff_id: str) -> tuple[Descriptor, str]:
+        if desc.digest in self._converted:
+            return self._converted[desc.digest], self._diff_ids[desc.digest]
+        if desc.media_type not in mt.LAYER_TYPES:
+            raise OCIError(f"layer {desc.digest} has unsupported media type {desc.media_type!r}")
+        if is_estargz_layer(desc) and not self.opts.force and self._valid_estargz(desc):
+            log.info("layer %s is already eStargz; keeping it (use --force to rebuild)", desc.digest)
+            self._copy_blob(desc)
+            nd = self._retype(desc, desc.annotations)
+            self._converted[desc.digest], self._diff_ids[desc.digest] = nd, diff_id
+            return nd, diff_id
+        progress = self.opts.progress
+        fd, tmp = tempfile.mkstemp(prefix="lazypull-layer-", dir=self.opts.tmpdir)
+        try:
+            with os.fdopen(fd, "w+b") as out, VerifyingReader(self.src.open_blob(desc), desc) as raw:
+                reader = _ProgressReader(raw, desc, progress) if progress else raw
+                res = self._builder()(
+                    reader,  # type: ignore[arg-type]
+                    out,
+                    chunk_size=self.opts.chunk_size,
+                    compression_level=self.opts.compression_level,
+                    prioritized_files=self.opts.prioritized,
+                    workers=self.opts.workers,
+                )
+            ann = {
+                k: v
+                for k, v in desc.annotations.items()
+                if k not in (mt.ANNOTATION_TOC_DIGEST, mt.ANNOTATION_UNCOMPRESSED_SIZE)
+            }
+            ann[mt.ANNOTATION_TOC_DIGEST] = res.toc_digest
+            ann[mt.ANNOTATION_UNCOMPRESSED_SIZE] = str(res.uncompressed_size)
+            layer_type = (
+                mt.OCI_LAYER_GZIP
+                if (self.opts.oci or desc.media_type.startswith("application/vnd.oci"))
+                else mt.DOCKER_LAYER_GZIP
+            )
+            nd = Descriptor(layer_type, res.blob_digest, res.blob_size, ann)
+            if progress:
+                progress("push", nd, 0, nd.size)
+            if not self.dst.has_blob(nd):
+                with open(tmp, "rb") as f:
+                    self.dst.push_blob(nd, f)
+            if progress:
+                progress("done", desc, desc.size, desc.size)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        self._converted[desc.digest], self._diff_ids[desc.digest] = nd, res.diff_id
+        return nd, res.diff_id
+
+    def _builder(self) -> Callable[..., BuildResult]:
+        if self.opts.layer_format == "zstdchunked":
+            try:
+                from lazypull.format.zstdchunked import build_zstdchunked
+            except ImportError:
+                raise LazypullError("zstd:chunked output is not available in this build") from None
+            return build_zstdchunked
+        return build_estargz
+
+    def _valid_estargz(self, desc: Descriptor) -> bool:
+        try:
+            open_estargz(self.src.blob_source(desc), toc_digest=desc.annotations[mt.ANNOTATION_TOC_DIGEST])
+            return True
+        except (FormatError, LazypullError) as e:
+            log.warning("layer %s has a TOC annotation but is not valid eStargz (%s); converting it", desc.digest, e)
+            return False
+
+    def _retype(self, desc: Descriptor, ann: dict[str, str]) -> Descriptor:
+        mtype = mt.TO_OCI.get(desc.media_type, desc.media_type) if self.opts.oci else desc.media_type
+        return Descriptor(mtype, desc.digest, desc.size, dict(ann), None, desc.urls)
+
+    def _copy_blob(self, desc: Descriptor) -> None:
+        if not self.dst.has_blob(desc):
+            with VerifyingReader(self.src.open_blob(desc), desc) as r:
+                self.dst.push_blob(desc, r)  # type: ignore[arg-type]
+
+    # -- documents --------------------------------------------------------------------
+    def _push_doc(self, media_type: str, data: bytes) -> Descriptor:
+        d = Descriptor(media_type, digestlib.of_bytes(data), len(data))
+        self.dst.push_bytes(d, data)
+        return d
+
+    def _doc(self, media_type: str, data: bytes, platform: Platform | None, ann: dict[str, str]) -> Descriptor:
+        """A manifest/index to push later (by run() or the index writer), remembered by digest."""
+        d = Descriptor(media_type, digestlib.of_bytes(data), len(data), dict(ann), platform)
+        self._pending_docs[d.digest] = data
+        return d
+
+
+class _ProgressReader:
+    def __init__(self, raw: object, desc: Descriptor, fn: ProgressFn) -> None:
+        self._raw, self._desc, self._fn, self._n = raw, desc, fn, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)  # type: ignore[attr-defined]
+        self._n += len(data)
+        self._fn("convert", self._desc, self._n, self._desc.size)
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:
+        n = self._raw.readinto(b)  # type: ignore[attr-defined]
+        self._n += n
+        self._fn("convert", self._desc, self._n, self._desc.size)
+        return int(n)
+
+    def readable(self) -> bool:
+        return True
+
+
+def convert_image(src: ImageStore, dst: ImageStore, opts: ConvertOptions, tag: str | None = None) -> Descriptor:
+    return Converter(src, dst, opts).run(tag)
