@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lazypull.errors import DigestMismatchError, FormatError, LazypullError
+from lazypull.format import open_layer
 from lazypull.format.counting import CountingSource
-from lazypull.format.estargz_reader import open_estargz
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
 from lazypull.format.source import ReadAt
 from lazypull.oci import mediatypes as mt
@@ -73,9 +73,10 @@ def check_layer(store: ImageStore, desc: Descriptor, full: bool) -> LayerReport:
     if not toc_digest:
         return LayerReport(desc.digest, "not eStargz", error="" if not full else _check_whole(store, desc))
     src = CountingSource(store.blob_source(desc))
-    rep = LayerReport(desc.digest, "estargz")
+    rep = LayerReport(desc.digest, "lazy")
     try:
-        idx = open_estargz(src, toc_digest=toc_digest)
+        idx = open_layer(src, toc_digest=toc_digest)
+        rep.kind = idx.format
         rep.entries = len(list(idx.entries()))
         if full:
             hashes: dict[str, hashlib._Hash] = {}

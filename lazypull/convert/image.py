@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazypull.errors import FormatError, LazypullError, OCIError
-from lazypull.format import BuildResult, build_estargz
-from lazypull.format.estargz_reader import open_estargz
+from lazypull.format import BuildResult, build_estargz, open_layer
 from lazypull.format.tarstream import Prioritized
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
@@ -43,6 +42,16 @@ class ConvertOptions:
     tmpdir: str | None = None
     layer_format: str = "estargz"  # or "zstdchunked"
     progress: ProgressFn | None = field(default=None, repr=False)
+
+
+_LAYER_FORMAT_ANNOTATIONS = frozenset(
+    {
+        mt.ANNOTATION_TOC_DIGEST,
+        mt.ANNOTATION_UNCOMPRESSED_SIZE,
+        mt.ANNOTATION_ZSTD_CHUNKED_MANIFEST_CHECKSUM,
+        mt.ANNOTATION_ZSTD_CHUNKED_MANIFEST_POSITION,
+    }
+)
 
 
 def is_estargz_layer(desc: Descriptor) -> bool:
@@ -189,8 +198,8 @@ class Converter:
 
     def _valid_estargz(self, desc: Descriptor) -> bool:
         try:
-            open_estargz(self.src.blob_source(desc), toc_digest=desc.annotations[mt.ANNOTATION_TOC_DIGEST])
-            return True
+            idx = open_layer(self.src.blob_source(desc), toc_digest=desc.annotations[mt.ANNOTATION_TOC_DIGEST])
+            return idx.format == self.opts.layer_format
         except (FormatError, LazypullError) as e:
             log.warning("layer %s has a TOC annotation but is not valid eStargz (%s); converting it", desc.digest, e)
             return False

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from lazypull.convert.check import iter_chunk_data, manifests_of
 from lazypull.errors import FormatError, LazypullError
-from lazypull.format.estargz_reader import open_estargz, safe_name
+from lazypull.format import open_layer
+from lazypull.format.estargz_reader import safe_name
 from lazypull.format.index import Entry, EntryType
 from lazypull.format.tarstream import open_decompressed
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
@@ -238,7 +239,7 @@ def _is_whiteout(name: str) -> bool:
 
 def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> None:
     src = store.blob_source(desc)
-    idx = open_estargz(src, toc_digest=desc.annotations[mt.ANNOTATION_TOC_DIGEST])
+    idx = open_layer(src, toc_digest=desc.annotations[mt.ANNOTATION_TOC_DIGEST])
     entries = [e for e in idx.entries() if e.name and not e.implicit and e.name not in LANDMARKS]
     removed, opaque = _whiteouts([e.name for e in entries])
     for d in opaque:

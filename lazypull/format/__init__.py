@@ -16,4 +16,15 @@ __all__ = [
     "ReadAt",
     "build_estargz",
     "open_estargz",
+    "open_layer",
 ]
+
+
+def open_layer(source: ReadAt, *, toc_digest: str | None = None) -> LayerIndex:
+    """Open an eStargz/stargz or zstd:chunked blob, choosing by its footer."""
+    from lazypull.format.zstdchunked import is_zstdchunked, open_zstdchunked
+
+    tail = source.read_at(max(source.size - 8, 0), min(source.size, 8))
+    if is_zstdchunked(tail):
+        return open_zstdchunked(source, toc_digest=toc_digest)
+    return open_estargz(source, toc_digest=toc_digest)

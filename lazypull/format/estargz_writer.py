@@ -15,7 +15,7 @@ import tarfile
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from lazypull.errors import FormatError
@@ -58,6 +58,7 @@ class BuildResult:
     toc_digest: str  # sha256 of the TOC JSON (the toc.digest annotation)
     diff_id: str  # sha256 of the uncompressed blob (config rootfs.diff_ids)
     uncompressed_size: int  # io.containers.estargz.uncompressed-size
+    annotations: dict[str, str] = field(default_factory=dict)  # format-specific layer annotations
 
 
 def tar_header(ti: tarfile.TarInfo) -> bytes:
@@ -162,14 +163,42 @@ def build_estargz(
     workers: int | None = None,
 ) -> BuildResult:
     """Convert a tar or tar.gz stream into an eStargz blob written to *out*."""
-    if chunk_size <= 0:
-        raise FormatError(f"chunk size must be positive, got {chunk_size}")
     if not 0 <= compression_level <= 9:
         raise FormatError(f"gzip compression level must be 0-9, got {compression_level}")
-    mw = _MemberWriter(out, compression_level, workers or os.cpu_count() or 2, compress_member)
+    return build_layer(
+        src,
+        out,
+        compress_member,
+        _finish,
+        chunk_size=chunk_size,
+        compression_level=compression_level,
+        prioritized_files=prioritized_files,
+        workers=workers,
+    )
+
+
+# Writes the TOC and footer after the last member; returns the build result.
+Finisher = Callable[["_MemberWriter", TOC, int], BuildResult]
+
+
+def build_layer(
+    src: BinaryIO,
+    out: BinaryIO,
+    compress: Callable[[bytes, int], bytes],
+    finish: Finisher,
+    *,
+    chunk_size: int,
+    compression_level: int,
+    prioritized_files: Prioritized | None,
+    workers: int | None,
+) -> BuildResult:
+    """The layout shared by eStargz and zstd:chunked; *compress* makes one independent frame."""
+    if chunk_size <= 0:
+        raise FormatError(f"chunk size must be positive, got {chunk_size}")
+    mw = _MemberWriter(out, compression_level, workers or os.cpu_count() or 2, compress)
     try:
         toc = _write_entries(src, mw, chunk_size, prioritized_files)
-        return _finish(mw, toc, compression_level)
+        return finish(mw, toc, compression_level)
     finally:
         mw.close()
 

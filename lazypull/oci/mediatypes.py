@@ -36,8 +36,8 @@ TO_OCI = {
 ANNOTATION_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 ANNOTATION_UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
 # containers/storage's zstd:chunked annotations (read, for layers built by podman/buildah)
-ANNOTATION_ZSTD_CHUNKED_MANIFEST_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
-ANNOTATION_ZSTD_CHUNKED_MANIFEST_POSITION = "io.github.containers.zstd-chunked.manifest-position"
+ANNOTATION_ZSTD_CHUNKED_MANIFEST_CHECKSUM = "io.containers.zstd-chunked.manifest-checksum"
+ANNOTATION_ZSTD_CHUNKED_MANIFEST_POSITION = "io.containers.zstd-chunked.manifest-position"
 
 # OCI image layout annotations
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"

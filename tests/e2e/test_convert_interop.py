@@ -84,6 +84,18 @@ def images(tmp_path_factory: pytest.TempPathFactory, cd: Containerd) -> dict[str
         tool="ctr-remote",
     )
     export_layout(cd, "test.local/interop:ref-esgz", root / "ref")
+    cd.ctr(
+        "image",
+        "convert",
+        "--zstdchunked",
+        "--oci",
+        "--estargz-chunk-size",
+        "200000",
+        "test.local/interop:latest",
+        "test.local/interop:ref-zstd",
+        tool="ctr-remote",
+    )
+    export_layout(cd, "test.local/interop:ref-zstd", root / "ref-zstd")
     assert (
         main(
             ["convert", "--oci", "--chunk-size", "200000", f"oci:{root / 'orig'}:latest", f"oci:{root / 'ours'}:latest"]
@@ -98,7 +110,13 @@ def images(tmp_path_factory: pytest.TempPathFactory, cd: Containerd) -> dict[str
     subprocess.run(["cp", "-a", f"{mnt}/.", str(truth)], check=True)
     cd.ctr("images", "unmount", str(mnt))
     assert built.layer_tars
-    return {"orig": root / "orig", "ref": root / "ref", "ours": root / "ours", "truth": truth}
+    return {
+        "orig": root / "orig",
+        "ref": root / "ref",
+        "ours": root / "ours",
+        "truth": truth,
+        "ref-zstd": root / "ref-zstd",
+    }
 
 
 def test_reference_conversion_checks_and_unpacks_identically(images: dict[str, Path], tmp_path: Path) -> None:
@@ -152,3 +170,20 @@ def test_containerd_runs_our_conversion_with_overlayfs(images: dict[str, Path], 
     assert hashlib.md5(b"hello\n").hexdigest() in out
     assert "third layer" in out and "gone-ok" in out
     assert "lower" not in out
+
+
+def test_reference_zstdchunked_checks_and_unpacks_identically(images: dict[str, Path], tmp_path: Path) -> None:
+    ref = f"oci:{images['ref-zstd']}"
+    assert main(["check", "--full", ref]) == 0
+    assert main(["unpack", ref, str(tmp_path / "out")]) == 0
+    assert snapshot_tree(tmp_path / "out") == snapshot_tree(images["truth"])
+
+
+def test_our_zstdchunked_runs_in_containerd(images: dict[str, Path], cd: Containerd, tmp_path: Path) -> None:
+    assert (
+        main(["convert", "--zstdchunked", "--oci", f"oci:{images['orig']}:latest", f"oci:{tmp_path / 'z'}:latest"]) == 0
+    )
+    assert main(["check", "--full", f"oci:{tmp_path / 'z'}:latest"]) == 0
+    import_layout(cd, tmp_path / "z", "test.local/oursz")
+    out = cd.ctr("run", "--rm", "test.local/oursz:latest", "interop-zstd", "/bin/md5sum", "/data/big.bin").stdout
+    assert hashlib.md5(BIG).hexdigest() in out

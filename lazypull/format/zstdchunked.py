@@ -1,0 +1,161 @@
+"""zstd:chunked layers: the eStargz layout with zstd frames instead of gzip members.
+
+Written as stargz-snapshotter writes it: every payload/chunk starts a zstd frame, the
+TOC (the eStargz TOC JSON) is zstd-compressed inside a skippable frame, and a skippable
+frame at the end holds the 40-byte footer (TOC offset, compressed and uncompressed
+length, manifest type 1, magic ``GnUlInUx``). containers/storage's variant, whose
+footer payload is 64 bytes (adds tar-split fields), is read too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+
+import zstandard
+
+from lazypull.errors import DigestMismatchError, FormatError
+from lazypull.format.estargz_reader import DEFAULT_MAX_TOC_BYTES, ChunkDecoder, TOCIndex
+from lazypull.format.estargz_writer import BuildResult, _MemberWriter, build_layer
+from lazypull.format.index import Chunk
+from lazypull.format.source import ReadAt
+from lazypull.format.tarstream import Prioritized
+from lazypull.format.toc import TOC
+from lazypull.oci import mediatypes as mt
+
+SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CHUNKED_MAGIC = b"GnUlInUx"
+FOOTER_SIZE = 40  # stargz-snapshotter's payload
+STORAGE_FOOTER_SIZE = 64  # containers/storage's payload
+MANIFEST_TYPE_CRFS = 1
+DEFAULT_LEVEL = 3
+
+
+def skippable_frame(payload: bytes) -> bytes:
+    return SKIPPABLE_MAGIC + struct.pack("<I", len(payload)) + payload
+
+
+def compress_frame(data: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+
+
+def _finish(mw: _MemberWriter, toc: TOC, level: int) -> BuildResult:
+    toc_json = toc.to_bytes()
+    compressed = zstandard.ZstdCompressor(level=level).compress(toc_json)
+    mw.flush()
+    toc_offset = mw.pos + 8  # the compressed TOC starts after the skippable frame header
+    mw.write_raw(skippable_frame(compressed))
+    footer = struct.pack("<QQQQ", toc_offset, len(compressed), len(toc_json), MANIFEST_TYPE_CRFS) + CHUNKED_MAGIC
+    mw.write_raw(skippable_frame(footer))
+    return BuildResult(
+        blob_digest="sha256:" + mw.blob_hash.hexdigest(),
+        blob_size=mw.pos,
+        toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
+        diff_id="sha256:" + mw.diff_hash.hexdigest(),
+        uncompressed_size=mw.uncompressed,
+        annotations={
+            mt.ANNOTATION_ZSTD_CHUNKED_MANIFEST_CHECKSUM: "sha256:" + hashlib.sha256(compressed).hexdigest(),
+            mt.ANNOTATION_ZSTD_CHUNKED_MANIFEST_POSITION: f"{toc_offset}:{len(compressed)}:{len(toc_json)}:1",
+        },
+    )
+
+
+def build_zstdchunked(
+    src: io.BufferedIOBase | io.RawIOBase | object,
+    out: object,
+    *,
+    chunk_size: int = 4 << 20,
+    compression_level: int = DEFAULT_LEVEL,
+    prioritized_files: Prioritized | None = None,
+    workers: int | None = None,
+) -> BuildResult:
+    """Convert a tar stream into a zstd:chunked blob (stargz-snapshotter's variant)."""
+    if not 1 <= compression_level <= 22:
+        raise FormatError(f"zstd compression level must be 1-22, got {compression_level}")
+    return build_layer(
+        src,
+        out,
+        compress_frame,
+        _finish,
+        chunk_size=chunk_size,  # type: ignore[arg-type]
+        compression_level=compression_level,
+        prioritized_files=prioritized_files,
+        workers=workers,
+    )
+
+
+class ZstdChunkDecoder(ChunkDecoder):
+    def __call__(self, chunk: Chunk, raw: bytes) -> bytes:
+        if len(raw) != chunk.blob_end - chunk.blob_offset:
+            raise FormatError(
+                f"chunk at {chunk.blob_offset}: got {len(raw)} compressed bytes, expected "
+                f"{chunk.blob_end - chunk.blob_offset}"
+            )
+        need = chunk.inner_offset + chunk.size
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True) as r:
+                data = r.read(need)
+                while len(data) < need:
+                    more = r.read(need - len(data))
+                    if not more:
+                        break
+                    data += more
+        except zstandard.ZstdError as e:
+            raise FormatError(f"chunk at blob offset {chunk.blob_offset}: corrupt zstd data ({e})") from None
+        if len(data) < need:
+            raise FormatError(f"chunk at blob offset {chunk.blob_offset}: data ends after {len(data)} of {need} bytes")
+        data = data[chunk.inner_offset :]
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != chunk.digest:
+            raise DigestMismatchError(f"chunk at blob offset {chunk.blob_offset}", chunk.digest, actual)
+        return data
+
+
+def is_zstdchunked(tail: bytes) -> bool:
+    return tail.endswith(CHUNKED_MAGIC)
+
+
+def parse_zstd_footer(tail: bytes, blob_size: int) -> tuple[int, int, int]:
+    """(TOC offset, compressed length, uncompressed length) from the last 72 bytes."""
+    if not tail.endswith(CHUNKED_MAGIC):
+        raise FormatError("not a zstd:chunked blob: footer magic missing")
+    for payload_size in (FOOTER_SIZE, STORAGE_FOOTER_SIZE):
+        if len(tail) < payload_size + 8:
+            continue
+        frame = tail[-(payload_size + 8) :]
+        if frame[:4] == SKIPPABLE_MAGIC and struct.unpack("<I", frame[4:8])[0] == payload_size:
+            off, clen, ulen, mtype = struct.unpack("<QQQQ", frame[8:40])
+            if mtype != MANIFEST_TYPE_CRFS:
+                raise FormatError(f"zstd:chunked manifest type {mtype} is not supported")
+            data_end = blob_size - payload_size - 8
+            if off < 8 or clen == 0 or off + clen > data_end:
+                raise FormatError(f"zstd:chunked footer points outside the blob (offset {off}, length {clen})")
+            return off, clen, ulen
+    raise FormatError("zstd:chunked footer is malformed")
+
+
+def open_zstdchunked(
+    source: ReadAt, *, toc_digest: str | None = None, max_toc_bytes: int = DEFAULT_MAX_TOC_BYTES
+) -> TOCIndex:
+    size = source.size
+    if size < FOOTER_SIZE + 8:
+        raise FormatError(f"blob is {size} bytes: too small to be zstd:chunked")
+    tail = source.read_at(max(size - 72, 0), min(size, 72))
+    off, clen, ulen = parse_zstd_footer(tail, size)
+    if clen > max_toc_bytes or ulen > max_toc_bytes:
+        raise FormatError(f"TOC is {max(clen, ulen)} bytes, over the {max_toc_bytes} byte limit")
+    try:
+        toc_json = zstandard.ZstdDecompressor().decompress(source.read_at(off, clen), max_output_size=ulen)
+    except zstandard.ZstdError as e:
+        raise FormatError(f"zstd:chunked TOC is corrupt ({e})") from None
+    if len(toc_json) != ulen:
+        raise FormatError(f"zstd:chunked TOC is {len(toc_json)} bytes, footer says {ulen}")
+    if toc_digest:
+        actual = "sha256:" + hashlib.sha256(toc_json).hexdigest()
+        if actual != toc_digest:
+            raise DigestMismatchError("TOC", toc_digest, actual)
+    return TOCIndex(
+        TOC.parse(toc_json), blob_size=size, data_end=off - 8, fmt="zstdchunked", decoder=ZstdChunkDecoder()
+    )
