@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 CHUNKED_UPLOAD_THRESHOLD = 64 << 20
+# urllib3 follows redirects only; retrying is Transport.with_retries' job.
+_NO_RETRY_FOLLOW = urllib3.Retry(total=5, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=False)
 UPLOAD_CHUNK = 16 << 20
 
 
@@ -150,9 +152,7 @@ class RegistryClient:
                     preload_content=preload,  # type: ignore[arg-type]
                     redirect=redirect,
                     timeout=timeout,
-                    retries=urllib3.Retry(
-                        total=None, connect=0, read=0, status=0, redirect=5 if redirect else 0, raise_on_redirect=False
-                    ),
+                    retries=_NO_RETRY_FOLLOW if redirect else False,
                 )
 
             resp = self.transport.with_retries(once, method, url, deadline)

@@ -15,6 +15,7 @@ from typing import Any
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import SSLError
 
 from lazypull.errors import RegistryError
 from lazypull.registry.hosts import Endpoint
@@ -106,6 +107,12 @@ class Transport:
                 retry_after = resp.headers.get("Retry-After")
                 resp.release_conn()
             except (Urllib3Error, OSError) as e:
+                reason = getattr(e, "reason", None)
+                if isinstance(e, SSLError) or isinstance(reason, SSLError):
+                    raise TransportError(
+                        f"TLS verification failed for {_safe(what)}: {reason or e}; configure the "
+                        "registry's CA (ca = ... in --registry-config) or use --insecure"
+                    ) from None
                 if method not in IDEMPOTENT:
                     raise TransportError(f"{method} {_safe(what)} failed: {type(e).__name__}") from None
                 err, retry_after = type(e).__name__, None

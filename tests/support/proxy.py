@@ -1,0 +1,140 @@
+"""A threaded HTTP proxy on loopback in front of a registry: counts and breaks traffic.
+
+Tests use it to count the bytes a lazy reader really fetched and to inject the faults
+a network produces (resets, 5xx, slow and truncated responses).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Faults:
+    """Each counter is consumed by the next matching requests (path containing *match*)."""
+
+    match: str = ""
+    resets: int = 0  # close the connection without answering
+    errors_500: int = 0
+    truncate: int = 0  # send half the body, then close
+    delay_s: float = 0.0  # added to every matching response
+
+
+@dataclass
+class Proxy:
+    server: ThreadingHTTPServer
+    upstream: str
+    faults: Faults = field(default_factory=Faults)
+    bytes_served: int = 0
+    requests: int = 0
+    log: list[tuple[str, str, int, int]] = field(default_factory=list)  # method, path, status, bytes
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.bytes_served = 0
+            self.requests = 0
+            self.log.clear()
+
+    def blob_bytes(self) -> int:
+        """Body bytes served for blob GETs only (what lazy reads cost)."""
+        with self.lock:
+            return sum(n for m, p, _s, n in self.log if m == "GET" and "/blobs/" in p)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_proxy(upstream_url: str) -> Proxy:
+    up = urlsplit(upstream_url)
+    state: dict[str, Proxy] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _take(self, name: str) -> bool:
+            p = state["p"]
+            with p.lock:
+                f = p.faults
+                if f.match not in self.path or getattr(f, name) <= 0:
+                    return False
+                setattr(f, name, getattr(f, name) - 1)
+                return True
+
+        def _handle(self) -> None:
+            p = state["p"]
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            if self._take("resets"):
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.close_connection = True
+                self.connection.close()
+                return
+            if self._take("errors_500"):
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if p.faults.delay_s and p.faults.match in self.path:
+                time.sleep(p.faults.delay_s)
+            conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            headers["Host"] = f"{up.hostname}:{up.port}"
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except OSError:  # upstream down: answer like a gateway would
+                self.send_response(502)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            finally:
+                conn.close()
+            truncate = self._take("truncate") and len(data) > 1
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() in ("transfer-encoding", "connection", "content-length"):
+                    continue
+                if k.lower() == "location" and v.startswith(f"http://{up.hostname}:{up.port}"):
+                    v = v.replace(f"http://{up.hostname}:{up.port}", p.url, 1)
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            sent = data[: len(data) // 2] if truncate else data
+            if self.command != "HEAD":
+                self.wfile.write(sent)
+            with p.lock:
+                p.requests += 1
+                n = len(sent) if self.command != "HEAD" else 0
+                p.bytes_served += n
+                p.log.append((self.command, self.path, resp.status, n))
+            if truncate:
+                self.close_connection = True
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    proxy = Proxy(server, upstream_url)
+    state["p"] = proxy
+    threading.Thread(target=server.serve_forever, daemon=True, name="test-proxy").start()
+    return proxy
