@@ -120,7 +120,7 @@ def test_manifest_digest_verified(registry: Registry, tmp_path: Path) -> None:
     assert main(["copy", "--plain-http", f"oci:{tmp_path / 'src'}:latest", f"{registry.host}/m/x:v"]) == 0
     client = RegistryClient(PLAIN)
     ref = Reference.parse(f"{registry.host}/m/x@{built.manifest_desc.digest}")
-    data, media_type, dg = client.get_manifest(ref)
+    _data, media_type, dg = client.get_manifest(ref)
     assert dg == built.manifest_desc.digest and media_type == mt.OCI_MANIFEST
     blob = registry.blob_data_path(dg)
     blob.write_bytes(blob.read_bytes().replace(b"schemaVersion", b"schemaversion"))
