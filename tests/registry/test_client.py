@@ -248,11 +248,7 @@ def test_mirror_is_used_first(registry: Registry, tmp_path: Path) -> None:
     proxy = start_proxy(registry.url)
     try:
         hosts = tmp_path / "hosts.toml"
-        hosts.write_text(
-            '[[resolver.host."example.invalid"]]\n'
-            if False
-            else f'[[resolver.host."docker.io".mirrors]]\nhost = "{proxy.host}"\ninsecure = true\n'
-        )
+        hosts.write_text(f'[[resolver.host."docker.io".mirrors]]\nhost = "{proxy.host}"\ninsecure = true\n')
         client = RegistryClient(RegistryOptions(registry_config=hosts))
         upstream = RegistryClient(PLAIN)
         d = push_blob(upstream, Reference.parse(f"{registry.host}/library/busybox:x"), b"mirrored")
