@@ -1,0 +1,153 @@
+"""Content-addressed cache of verified chunks: disk (bounded, LRU) with memory in front.
+
+Keys are chunk digests, so identical chunks across layers and images are stored
+once. Files are written to a temp name and renamed, so a crash never leaves a partial
+entry under a real name; entries are re-verified when loaded from disk, so a
+corrupted file is dropped and refetched instead of served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class MemoryLRU:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: str, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._size -= len(old)
+            self._d[key] = value
+            self._size += len(value)
+            while self._size > self.max_bytes and self._d:
+                _, v = self._d.popitem(last=False)
+                self._size -= len(v)
+
+
+class ChunkCache:
+    def __init__(self, root: Path, max_bytes: int = 10 << 30, memory_bytes: int = 64 << 20) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.memory = MemoryLRU(memory_bytes)
+        self._lock = threading.Lock()
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # LRU order of disk entries
+        self._total = 0
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        self._scan()
+
+    def _path(self, digest: str) -> Path:
+        hexd = digest.partition(":")[2]
+        return self.root / hexd[:2] / hexd
+
+    def _scan(self) -> None:
+        """Rebuild the index after a restart, oldest access first."""
+        found = []
+        for sub in self.root.iterdir() if self.root.exists() else []:
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if f.name.startswith(".tmp-"):
+                    f.unlink(missing_ok=True)  # leftovers of an interrupted write
+                    continue
+                st = f.stat()
+                found.append((st.st_atime, f"sha256:{f.name}", st.st_size))
+        for _, key, size in sorted(found):
+            self._sizes[key] = size
+            self._total += size
+
+    def get(self, digest: str) -> bytes | None:
+        v = self.memory.get(digest)
+        if v is not None:
+            self.hits += 1
+            return v
+        path = self._path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            log.warning("cache entry %s is corrupted; dropping it", digest)
+            self.corrupt += 1
+            self._drop(digest)
+            self.misses += 1
+            return None
+        self.hits += 1
+        with self._lock:
+            if digest in self._sizes:
+                self._sizes.move_to_end(digest)
+        self.memory.put(digest, data)
+        return data
+
+    def contains(self, digest: str) -> bool:
+        return self.memory.get(digest) is not None or self._path(digest).exists()
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Store verified bytes (callers verify before calling)."""
+        self.memory.put(digest, data)
+        path = self._path(digest)
+        if path.exists():
+            return
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            # A full disk must not fail reads: the bytes are still served from memory.
+            log.warning("cannot write chunk %s to the cache: %s", digest, e.strerror)
+            return
+        with self._lock:
+            if digest not in self._sizes:
+                self._sizes[digest] = len(data)
+                self._total += len(data)
+            self._evict()
+
+    def _evict(self) -> None:
+        while self._total > self.max_bytes and self._sizes:
+            key, size = self._sizes.popitem(last=False)
+            self._total -= size
+            self._path(key).unlink(missing_ok=True)
+
+    def _drop(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)
+        with self._lock:
+            size = self._sizes.pop(digest, None)
+            if size is not None:
+                self._total -= size
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._total

@@ -1,0 +1,231 @@
+"""Verified, cached, coalesced reads of one layer's chunks.
+
+A read needs some chunks. Cached ones come from the cache; missing ones that sit
+next to each other in the blob are fetched in ONE Range request, together with the
+rest of the file up to a readahead window (sequential reads are the common case).
+Every chunk being fetched is registered as in flight first, so concurrent readers —
+the kernel's readahead issues several reads at once — wait for that fetch instead of
+starting overlapping ones. Bytes are decoded and verified by the layer index before
+anyone sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from lazypull.cache.chunks import ChunkCache
+from lazypull.errors import LazypullError
+from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
+from lazypull.format.source import ReadAt
+
+log = logging.getLogger(__name__)
+
+READAHEAD = 8 << 20  # fetch up to this much of the file's following chunks with a miss
+MAX_SPAN = 16 << 20  # never one request larger than this
+
+
+def chunk_key(c: Chunk) -> tuple[int, int]:
+    return (c.blob_offset, c.inner_offset)
+
+
+@dataclass
+class FetchStats:
+    fetched_bytes: int = 0  # compressed bytes from the registry
+    prefetched_bytes: int = 0
+    background_bytes: int = 0
+    requests: int = 0
+    cache_hits: int = 0
+    cache_requests: int = 0
+    fetch_errors: int = 0
+    verify_errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+class FetchError(LazypullError):
+    pass
+
+
+class Fetcher:
+    def __init__(
+        self, index: LayerIndex, source: ReadAt, cache: ChunkCache, *, name: str = "layer", timeout: float = 60.0
+    ) -> None:
+        self.index = index
+        self.source = source
+        self.cache = cache
+        self.name = name
+        self.timeout = timeout
+        self.stats = FetchStats()
+        self._inflight: dict[tuple[int, int], Future[bytes]] = {}
+        self._lock = threading.Lock()
+        self.active_reads = 0  # on-demand reads in progress (background fetch yields to them)
+        self._idle = threading.Condition(self._lock)
+
+    # -- on-demand reads ------------------------------------------------------------------
+    def read(self, entry: Entry, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of a regular file; raises FetchError (-> EIO)."""
+        end = min(offset + size, entry.size)
+        if offset >= end:
+            return b""
+        with self._lock:
+            self.active_reads += 1
+        try:
+            chunks = entry.chunks_for(offset, end - offset)
+            parts = []
+            for i, c in enumerate(chunks):
+                data = self.chunk(entry, c, chunks[i:])
+                lo = max(offset - c.file_offset, 0)
+                hi = min(end - c.file_offset, c.size)
+                parts.append(data[lo:hi])
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            with self._lock:
+                self.active_reads -= 1
+                if self.active_reads == 0:
+                    self._idle.notify_all()
+
+    def chunk(self, entry: Entry, c: Chunk, wanted: list[Chunk] | None = None) -> bytes:
+        """One verified chunk, from cache, an in-flight fetch, or a new coalesced fetch."""
+        self.stats.add(cache_requests=1)
+        data = self.cache.get(c.digest)
+        if data is not None:
+            self.stats.add(cache_hits=1)
+            return data
+        with self._lock:
+            fut = self._inflight.get(chunk_key(c))
+            mine: list[Chunk] = []
+            if fut is None:
+                mine = self._plan(entry, c, wanted or [c])
+                for m in mine:
+                    self._inflight[chunk_key(m)] = Future()
+                fut = self._inflight[chunk_key(c)]
+        if mine:
+            self._fetch([(entry, m) for m in mine], "fetched_bytes")
+        try:
+            return fut.result(timeout=self.timeout)
+        except TimeoutError:
+            raise FetchError(f"{self.name}: {entry.name}: timed out after {self.timeout}s waiting for data") from None
+
+    def _plan(self, entry: Entry, first: Chunk, wanted: list[Chunk]) -> list[Chunk]:
+        """*first* plus following chunks of the file that are missing and contiguous (lock held)."""
+        out = [first]
+        span_end = first.blob_end
+        idx = entry.chunks.index(first) if first in entry.chunks else -1
+        following = entry.chunks[idx + 1 :] if idx >= 0 else []
+        budget_end = first.blob_offset + max(READAHEAD, sum(c.blob_end - c.blob_offset for c in wanted))
+        for c in following:
+            if c.blob_offset != span_end or c.blob_end > budget_end or c.blob_end - first.blob_offset > MAX_SPAN:
+                break
+            if chunk_key(c) in self._inflight or self.cache.contains(c.digest):
+                break
+            out.append(c)
+            span_end = c.blob_end
+        return out
+
+    def _resolve(self, c: Chunk, data: bytes) -> None:
+        with self._lock:
+            fut = self._inflight.pop(chunk_key(c), None)
+        if fut is not None:
+            fut.set_result(data)
+
+    def _fail(self, chunks: list[Chunk], err: Exception) -> None:
+        with self._lock:
+            futs = [self._inflight.pop(chunk_key(c), None) for c in chunks]
+        for f in futs:
+            if f is not None and not f.done():
+                f.set_exception(err)
+
+    # -- prefetch and background fetch ------------------------------------------------
+    def _regular_chunks(self) -> list[tuple[Entry, Chunk]]:
+        items = [(e, c) for e in self.index.entries() if e.type == EntryType.REG for c in e.chunks]
+        items.sort(key=lambda ec: chunk_key(ec[1]))
+        return items
+
+    def prefetch(self) -> int:
+        """Fetch the prioritized range [0, prefetch_end) in one request; returns bytes fetched."""
+        end = self.index.prefetch_end
+        if end <= 0:
+            return 0
+        items = [(e, c) for e, c in self._regular_chunks() if c.blob_end <= end]
+        return self._fetch_items(items, "prefetched_bytes", max_span=end + 1)
+
+    def background_fetch(self, stop: threading.Event, pause_s: float = 0.05) -> int:
+        """Fetch everything not yet cached, in large ranges, yielding to on-demand reads."""
+        items = self._regular_chunks()
+        return self._fetch_items(items, "background_bytes", stop=stop, yield_to_reads=True, pause_s=pause_s)
+
+    def _fetch_items(
+        self,
+        items: list[tuple[Entry, Chunk]],
+        kind: str,
+        *,
+        max_span: int = MAX_SPAN,
+        stop: threading.Event | None = None,
+        yield_to_reads: bool = False,
+        pause_s: float = 0.05,
+    ) -> int:
+        total = 0
+        i = 0
+        while i < len(items):
+            if stop is not None and stop.is_set():
+                break
+            if yield_to_reads:
+                with self._lock:
+                    while self.active_reads > 0:
+                        self._idle.wait(0.5)
+            group: list[tuple[Entry, Chunk]] = []
+            with self._lock:
+                while i < len(items):
+                    e, c = items[i]
+                    if chunk_key(c) in self._inflight or self.cache.contains(c.digest):
+                        i += 1
+                        if group:
+                            break
+                        continue
+                    if group and (
+                        c.blob_offset != group[-1][1].blob_end or c.blob_end - group[0][1].blob_offset > max_span
+                    ):
+                        break
+                    self._inflight[chunk_key(c)] = Future()
+                    group.append((e, c))
+                    i += 1
+            if not group:
+                continue
+            before = getattr(self.stats, kind)
+            self._fetch(group, kind)
+            total += getattr(self.stats, kind) - before
+            if yield_to_reads and pause_s:
+                time.sleep(0)  # let readers in between ranges
+        return total
+
+    def _fetch(self, group: list[tuple[Entry, Chunk]], kind: str) -> None:
+        """One Range request for contiguous in-flight chunks; resolve or fail each one."""
+        start, end = group[0][1].blob_offset, max(c.blob_end for _, c in group)
+        try:
+            raw = self.source.read_at(start, end - start)
+            self.stats.add(requests=1, **{kind: len(raw)})
+        except Exception as e:
+            self.stats.add(fetch_errors=1)
+            log.error("%s: fetching [%d, %d) (%s) failed: %s", self.name, start, end, group[0][0].name, e)
+            self._fail([c for _, c in group], FetchError(f"{self.name}: fetch failed: {e}"))
+            return
+        for e, c in group:
+            try:
+                data = self.index.decode_chunk(c, raw[c.blob_offset - start : c.blob_end - start])
+            except LazypullError as err:
+                self.stats.add(verify_errors=1)
+                log.error(
+                    "%s: %s: chunk at file offset %d failed verification: %s", self.name, e.name, c.file_offset, err
+                )
+                self._fail([c], FetchError(f"{self.name}: {e.name}: {err}"))
+                continue
+            self.cache.put(c.digest, data)
+            self._resolve(c, data)

@@ -1,0 +1,322 @@
+"""A multi-threaded, read-only FUSE server on /dev/fuse.
+
+Each worker thread reads requests from its own cloned /dev/fuse fd, so a read that
+waits for the network never blocks lookups or cached reads. Replies ask the kernel to
+cache entries, attributes, symlinks and pages for a long time (the layer is
+immutable), and OPEN is declined for files without passthrough so the kernel keeps
+opens and page cache without asking again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from lazypull.fs.fuse import protocol as p
+from lazypull.fs.fuse.ops import Attr, ReadOnlyFS
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 86400  # seconds the kernel may cache entries and attributes (layers never change)
+MAX_READ = 1 << 20
+BUFSIZE = MAX_READ + 4096 * 2
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
+MNT_DETACH = 2
+DT = {stat.S_IFDIR: 4, stat.S_IFREG: 8, stat.S_IFLNK: 10, stat.S_IFCHR: 2, stat.S_IFBLK: 6, stat.S_IFIFO: 1}
+
+
+def mount_fuse(mountpoint: str, fsname: str = "lazypull", allow_other: bool = True) -> int:
+    """Open /dev/fuse and mount it read-only at *mountpoint* (needs CAP_SYS_ADMIN)."""
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    st = os.stat(mountpoint)
+    opts = f"fd={fd},rootmode={stat.S_IFMT(st.st_mode) | 0o755:o},user_id=0,group_id=0,default_permissions"
+    if allow_other:
+        opts += ",allow_other"
+    rc = _libc.mount(fsname.encode(), mountpoint.encode(), b"fuse.lazypull", MS_RDONLY | MS_NODEV, opts.encode())
+    if rc != 0:
+        e = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(e, f"mounting FUSE at {mountpoint} failed: {os.strerror(e)}")
+    return fd
+
+
+def unmount(mountpoint: str, lazy: bool = True) -> None:
+    rc = _libc.umount2(mountpoint.encode(), MNT_DETACH if lazy else 0)
+    if rc != 0:
+        e = ctypes.get_errno()
+        if e not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(e, f"unmounting {mountpoint} failed: {os.strerror(e)}")
+
+
+def set_readahead(mountpoint: str, kb: int = 1024) -> None:
+    """Ask for 1 MiB READ requests instead of 128 KiB (fewer round trips)."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(str(kb))
+    except OSError as e:
+        log.debug("cannot set read_ahead_kb for %s: %s", mountpoint, e)
+
+
+class FuseServer:
+    def __init__(
+        self, fs: ReadOnlyFS, mountpoint: str, *, threads: int = 4, on_op: Callable[[str, float], None] | None = None
+    ) -> None:
+        self.fs = fs
+        self.mountpoint = mountpoint
+        self.threads = threads
+        self.on_op = on_op  # (operation name, seconds) for metrics
+        self.fd = -1
+        self.proto_minor = 0
+        self._workers: list[threading.Thread] = []
+        self._stopped = threading.Event()
+        self._passthrough = False
+        self._backing: dict[int, int] = {}  # ino -> backing id
+        self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def mount(self) -> None:
+        self.fd = mount_fuse(self.mountpoint)
+        # INIT must be answered before the mount is usable; do it on this thread.
+        buf = os.read(self.fd, BUFSIZE)
+        self._dispatch(self.fd, buf)
+
+    def serve(self) -> None:
+        """Serve until the filesystem is unmounted; returns then."""
+        fds = [self.fd]
+        for _ in range(self.threads - 1):
+            try:
+                c = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+                fcntl.ioctl(c, p.DEV_IOC_CLONE, struct.pack("<I", self.fd))
+                fds.append(c)
+            except OSError:
+                fds.append(self.fd)
+        for i, fd in enumerate(fds):
+            t = threading.Thread(target=self._loop, args=(fd,), name=f"fuse-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        set_readahead(self.mountpoint)  # stats the mount: only once workers answer
+        for t in self._workers:
+            t.join()
+        for fd in set(fds):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _loop(self, fd: int) -> None:
+        while not self._stopped.is_set():
+            try:
+                buf = os.read(fd, BUFSIZE)
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # ENOENT: the request was interrupted before we read it
+                if e.errno == errno.ENODEV:  # unmounted
+                    self._stopped.set()
+                    return
+                raise
+            if not buf:
+                return
+            self._dispatch(fd, buf)
+
+    # -- replies --------------------------------------------------------------------------
+    @staticmethod
+    def _reply(fd: int, unique: int, data: bytes = b"", error: int = 0) -> None:
+        try:
+            os.write(
+                fd,
+                p.OUT_HEADER.pack(p.OUT_HEADER.size + (0 if error else len(data)), -error, unique)
+                + (b"" if error else data),
+            )
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
+                log.debug("FUSE reply failed: %s", e)
+
+    @staticmethod
+    def _attr(a: Attr) -> bytes:
+        sec, nsec = divmod(a.mtime_ns, 1_000_000_000)
+        return p.ATTR.pack(
+            a.ino, a.size, a.blocks, sec, sec, sec, nsec, nsec, nsec, a.mode, a.nlink, a.uid, a.gid, a.rdev, 4096, 0
+        )
+
+    def _entry(self, a: Attr) -> bytes:
+        return p.ENTRY_OUT.pack(a.ino, 0, TIMEOUT, TIMEOUT, 0, 0) + self._attr(a)
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def _dispatch(self, fd: int, buf: bytes) -> None:
+        _len, opcode, unique, nodeid, _uid, _gid, _pid, _ext, _pad = p.IN_HEADER.unpack_from(buf)
+        body = memoryview(buf)[p.IN_HEADER.size :]
+        handler = self._handlers.get(opcode)
+        if handler is None:
+            if opcode in (p.FORGET, p.BATCH_FORGET, p.INTERRUPT):
+                return  # no reply expected; inodes live as long as the layer
+            self._reply(fd, unique, error=errno.EROFS if opcode in _WRITE_OPS else errno.ENOSYS)
+            return
+        t0 = _clock()
+        try:
+            data = handler(self, nodeid, body)
+        except OSError as e:
+            self._reply(fd, unique, error=e.errno or errno.EIO)
+        except Exception:
+            log.exception("FUSE op %d failed", opcode)
+            self._reply(fd, unique, error=errno.EIO)
+        else:
+            if data is not None:
+                self._reply(fd, unique, data)
+        if self.on_op is not None:
+            self.on_op(_OP_NAMES.get(opcode, str(opcode)), _clock() - t0)
+
+    def _init(self, nodeid: int, body: memoryview) -> bytes:
+        major, minor, _ra, flags = p.INIT_IN.unpack_from(body)
+        flags2 = struct.unpack_from("<I", body, 16)[0] if minor >= 36 and len(body) >= 20 else 0
+        if major != 7:
+            raise OSError(errno.EPROTO, f"unsupported FUSE protocol {major}.{minor}")
+        self.proto_minor = minor
+        kernel = flags | (flags2 << 32)
+        want = (
+            p.ASYNC_READ
+            | p.PARALLEL_DIROPS
+            | p.DO_READDIRPLUS
+            | p.READDIRPLUS_AUTO
+            | p.MAX_PAGES
+            | p.CACHE_SYMLINKS
+            | p.NO_OPEN_SUPPORT
+            | p.NO_OPENDIR_SUPPORT
+            | p.INIT_EXT
+        )
+        got = kernel & want
+        out = p.INIT_OUT.pack(
+            7, min(minor, 45), MAX_READ, got & 0xFFFFFFFF, 16, 12, MAX_READ, 1, MAX_READ // 4096, 0, got >> 32, 0
+        )
+        return out if minor >= 23 else out[:24]
+
+    def _lookup(self, nodeid: int, body: memoryview) -> bytes:
+        name = bytes(body).split(b"\0", 1)[0]
+        return self._entry(self.fs.lookup(nodeid, name))
+
+    def _getattr(self, nodeid: int, body: memoryview) -> bytes:
+        return p.ATTR_OUT.pack(TIMEOUT, 0, 0) + self._attr(self.fs.getattr(nodeid))
+
+    def _readlink(self, nodeid: int, body: memoryview) -> bytes:
+        return self.fs.readlink(nodeid)
+
+    def _open(self, nodeid: int, body: memoryview) -> bytes:
+        # Declining OPEN (ENOSYS) tells the kernel to stop sending OPEN/RELEASE and keep caches.
+        raise OSError(errno.ENOSYS, "open not needed")
+
+    def _read(self, nodeid: int, body: memoryview) -> bytes:
+        _fh, offset, size, _flags = p.READ_IN.unpack_from(body)
+        return self.fs.read(nodeid, offset, min(size, MAX_READ))
+
+    def _statfs(self, nodeid: int, body: memoryview) -> bytes:
+        total, files = self.fs.statfs()
+        return p.KSTATFS.pack((total + 4095) // 4096, 0, 0, files, 0, 4096, 255, 4096, 0)
+
+    def _getxattr(self, nodeid: int, body: memoryview) -> bytes:
+        size, _ = p.GETXATTR_IN.unpack_from(body)
+        name = bytes(body[p.GETXATTR_IN.size :]).split(b"\0", 1)[0]
+        value = self.fs.getxattr(nodeid, name)
+        if size == 0:
+            return p.GETXATTR_OUT.pack(len(value), 0)
+        if len(value) > size:
+            raise OSError(errno.ERANGE, "buffer too small")
+        return value
+
+    def _listxattr(self, nodeid: int, body: memoryview) -> bytes:
+        size, _ = p.GETXATTR_IN.unpack_from(body)
+        data = b"".join(n + b"\0" for n in self.fs.listxattr(nodeid))
+        if size == 0:
+            return p.GETXATTR_OUT.pack(len(data), 0)
+        if len(data) > size:
+            raise OSError(errno.ERANGE, "buffer too small")
+        return data
+
+    def _opendir(self, nodeid: int, body: memoryview) -> bytes:
+        raise OSError(errno.ENOSYS, "opendir not needed")
+
+    def _readdir(self, nodeid: int, body: memoryview, plus: bool = False) -> bytes:
+        _fh, offset, size, _flags = p.READ_IN.unpack_from(body)
+        entries = [(b".", self.fs.getattr(nodeid)), (b"..", self.fs.getattr(nodeid)), *self.fs.readdir(nodeid)]
+        out = bytearray()
+        for i in range(offset, len(entries)):
+            name, a = entries[i]
+            dirent = p.DIRENT.pack(a.ino, i + 1, len(name), DT.get(stat.S_IFMT(a.mode), 0)) + name
+            dirent += b"\0" * (-len(dirent) % 8)
+            if plus:
+                # "." and ".." must not create lookups: a zero nodeid entry.
+                ent = self._entry(a) if name not in (b".", b"..") else bytes(p.ENTRY_OUT.size + p.ATTR.size)
+                dirent = ent + dirent
+            if len(out) + len(dirent) > size:
+                break
+            out += dirent
+        return bytes(out)
+
+    def _readdirplus(self, nodeid: int, body: memoryview) -> bytes:
+        return self._readdir(nodeid, body, plus=True)
+
+    def _access(self, nodeid: int, body: memoryview) -> bytes:
+        self.fs.getattr(nodeid)
+        return b""
+
+    def _release(self, nodeid: int, body: memoryview) -> bytes:
+        return b""
+
+    def _destroy(self, nodeid: int, body: memoryview) -> bytes:
+        self._stopped.set()
+        return b""
+
+    _handlers: dict[int, Callable[[FuseServer, int, memoryview], bytes | None]] = {
+        p.INIT: _init,
+        p.LOOKUP: _lookup,
+        p.GETATTR: _getattr,
+        p.READLINK: _readlink,
+        p.OPEN: _open,
+        p.READ: _read,
+        p.STATFS: _statfs,
+        p.GETXATTR: _getxattr,
+        p.LISTXATTR: _listxattr,
+        p.OPENDIR: _opendir,
+        p.READDIR: _readdir,
+        p.READDIRPLUS: _readdirplus,
+        p.ACCESS: _access,
+        p.RELEASE: _release,
+        p.RELEASEDIR: _release,
+        p.FLUSH: _release,
+        p.DESTROY: _destroy,
+    }
+
+
+_WRITE_OPS = frozenset({p.SETATTR, p.WRITE, 6, 8, 9, 10, 11, 12, 13, 21, 24, 35, 43, 45})
+_OP_NAMES = {
+    p.LOOKUP: "lookup",
+    p.GETATTR: "getattr",
+    p.READLINK: "readlink",
+    p.OPEN: "open",
+    p.READ: "read",
+    p.STATFS: "statfs",
+    p.GETXATTR: "getxattr",
+    p.LISTXATTR: "listxattr",
+    p.OPENDIR: "opendir",
+    p.READDIR: "readdir",
+    p.READDIRPLUS: "readdirplus",
+    p.ACCESS: "access",
+    p.INIT: "init",
+    p.RELEASE: "release",
+    p.RELEASEDIR: "releasedir",
+    p.DESTROY: "destroy",
+    p.FLUSH: "flush",
+}
+
+
+def _clock() -> float:
+    import time
+
+    return time.perf_counter()
