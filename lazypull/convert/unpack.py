@@ -169,6 +169,13 @@ class RootDir:
         finally:
             os.close(pfd)
 
+    def set_xattr(self, name: str, key: str, value: bytes) -> None:
+        pfd, base = self.parent_fd(name) if name else (os.dup(self.fd), ".")
+        try:
+            os.setxattr(f"/proc/self/fd/{pfd}/{base}", key, value, follow_symlinks=False)
+        finally:
+            os.close(pfd)
+
     def set_meta(self, item: Item) -> None:
         pfd, base = self.parent_fd(item.name, create=False)
         try:
@@ -286,7 +293,11 @@ _TAR_TYPES = {
 }
 
 
-def apply_tar_layer(root: RootDir, store: ImageStore, desc: Descriptor, tmpdir: str | None = None) -> None:
+def apply_tar_layer(
+    root: RootDir, store: ImageStore, desc: Descriptor, tmpdir: str | None = None, *, overlay_lower: bool = False
+) -> None:
+    """Apply a tar layer. With *overlay_lower*, whiteouts are not applied but written the
+    way overlayfs reads a lower layer (0/0 char devices, ``trusted.overlay.opaque``)."""
     with tempfile.TemporaryFile(dir=tmpdir) as spool:
         with VerifyingReader(store.open_blob(desc), desc) as raw:
             shutil.copyfileobj(open_decompressed(raw), spool, 1 << 20)  # type: ignore[arg-type]
@@ -299,10 +310,14 @@ def apply_tar_layer(root: RootDir, store: ImageStore, desc: Descriptor, tmpdir: 
             members = tf.getmembers()
             names = [safe_name(m.name) for m in members]
             removed, opaque = _whiteouts(names)
-            for d in opaque:
-                root.clear_dir(d)
-            for r in removed:
-                root.remove(r)
+            if overlay_lower:
+                for r in removed:
+                    root.write(Item(r, EntryType.CHAR))
+            else:
+                for d in opaque:
+                    root.clear_dir(d)
+                for r in removed:
+                    root.remove(r)
             for m, name in zip(members, names, strict=True):
                 if not name or _is_whiteout(name):
                     continue
@@ -333,6 +348,10 @@ def apply_tar_layer(root: RootDir, store: ImageStore, desc: Descriptor, tmpdir: 
                     root.write(item, hardlink_target=safe_name(m.linkname))
                 else:
                     root.write(item)
+            if overlay_lower:
+                for d in opaque:
+                    root.set_xattr(d, "trusted.overlay.opaque", b"y")
+            root.finish()
 
 
 def unpack_image(store: ImageStore, dest: Path, *, platform: Platform | None = None) -> int:

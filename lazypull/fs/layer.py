@@ -41,6 +41,7 @@ class LayerFS:
         self._whiteout: set[int] = set()  # inos presented as whiteout devices
         self._opaque: set[int] = set()
         self._parents = array("q", [0, 0])
+        self.bytes_served = 0
         self._build()
 
     def _build(self) -> None:
@@ -110,7 +111,8 @@ class LayerFS:
                 if e.type in (EntryType.CHAR, EntryType.BLOCK)
                 else 0
             )
-            a = Attr(ino, _TYPE_BITS[e.type] | (e.mode & 0o7777), nlink, e.uid, e.gid, rdev, size, e.mtime_ns)
+            perm = 0o777 if e.type == EntryType.SYMLINK else e.mode & 0o7777  # as Linux shows symlinks
+            a = Attr(ino, _TYPE_BITS[e.type] | perm, nlink, e.uid, e.gid, rdev, size, e.mtime_ns)
         self._attrs[ino] = a
         return a
 
@@ -144,7 +146,9 @@ class LayerFS:
                 else OSError(errno.EINVAL, "not a regular file")
             )
         try:
-            return self.fetcher.read(e, offset, size)
+            data = self.fetcher.read(e, offset, size)
+            self.bytes_served += len(data)
+            return data
         except FetchError as err:
             raise OSError(errno.EIO, str(err)) from None
 

@@ -1,0 +1,86 @@
+"""``lazypull mount`` / ``umount``: an image's rootfs mounted lazily from its registry."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from lazypull.fs.rootfs import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_STATE_ROOT,
+    MountOptions,
+    mount_image,
+    mount_stats,
+    umount_image,
+)
+from lazypull.registry.options import add_registry_args, options_from_args
+from lazypull.registry.stores import open_store
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("mount", help="mount an image's rootfs lazily", description=__doc__)
+    p.add_argument("--no-prefetch", action="store_true", help="do not prefetch prioritized files")
+    p.add_argument("--no-background-fetch", action="store_true", help="fetch only what is read")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS)
+    p.add_argument("--fetch-timeout", type=float, default=60.0, help="seconds before a read fails with EIO")
+    p.add_argument("--daemon", action="store_true", help="return once mounted (layers keep serving)")
+    p.add_argument("--stats", action="store_true", help="show per-layer statistics of MOUNTPOINT and exit")
+    add_registry_args(p)
+    p.add_argument("args", nargs="+", metavar="REF MOUNTPOINT", help="image reference and mount point")
+    p.set_defaults(func=run)
+    u = sub.add_parser("umount", help="unmount a lazypull mount and stop its processes")
+    u.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS)
+    u.add_argument("mountpoint", type=Path)
+    u.set_defaults(func=lambda a: umount_image(a.mountpoint, a.state_dir) or 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.stats:
+        return show_stats(Path(args.args[-1]), args.state_dir)
+    if len(args.args) != 2:
+        print("usage: lazypull mount [options] REF MOUNTPOINT", file=sys.stderr)
+        return 2
+    ref, mountpoint = args.args[0], Path(args.args[1])
+    ropts = options_from_args(args)
+    opts = MountOptions(
+        prefetch=not args.no_prefetch,
+        background_fetch=not args.no_background_fetch,
+        cache_dir=args.cache_dir,
+        state_root=args.state_dir,
+        fetch_timeout_sec=args.fetch_timeout,
+    )
+    mount_image(open_store(ref, ropts), mountpoint, opts, ropts)
+    print(f"mounted {ref} at {mountpoint}")
+    if args.daemon:
+        return 0
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    umount_image(mountpoint, args.state_dir)
+    print(f"unmounted {mountpoint}")
+    return 0
+
+
+def show_stats(mountpoint: Path, state_root: Path) -> int:
+    rows = mount_stats(mountpoint, state_root)
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("layer", "mode", "size", "fetched", "prefetched", "cache hits", "served")
+    for r in rows:
+        t.add_row(
+            str(r["digest"])[7:19],
+            "lazy" if r["lazy"] else "unpacked",
+            str(r.get("size", "")),
+            str(r.get("fetched_bytes", "")),
+            str(r.get("prefetched_bytes", "")),
+            f"{r.get('cache_hits', '')}/{r.get('cache_requests', '')}",
+            str(r.get("bytes_served", "")),
+        )
+    Console().print(t)
+    return 0

@@ -1,0 +1,151 @@
+"""A whole image rootfs, mounted lazily: one FUSE mount per eStargz layer, overlayfs on top.
+
+Layers without a TOC are downloaded and unpacked (said in a log line). The state of a
+mount (its layers, their processes) lives in a state directory so ``lazypull umount``
+from another process can tear everything down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazypull.convert.check import manifests_of
+from lazypull.convert.unpack import RootDir, apply_tar_layer
+from lazypull.errors import LazypullError
+from lazypull.fs.fuse.server import unmount
+from lazypull.fs.mountproc import MountHandle, is_mounted, spawn_layer_mount, stop_layer_mount
+from lazypull.fs.spec import LayerSpec
+from lazypull.fs.stats import read_stats
+from lazypull.oci import mediatypes as mt
+from lazypull.oci.layout import OCILayout
+from lazypull.oci.store import ImageStore
+from lazypull.registry.options import RegistryOptions
+from lazypull.registry.repository import RegistryStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_ROOT = Path("/run/lazypull/mounts")
+DEFAULT_CACHE_DIR = Path("/var/cache/lazypull")
+
+
+@dataclass
+class MountOptions:
+    prefetch: bool = True
+    background_fetch: bool = True
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    state_root: Path = DEFAULT_STATE_ROOT
+    fetch_timeout_sec: float = 60.0
+    prefetch_timeout_sec: float = 10.0
+
+
+def state_dir_for(mountpoint: Path, root: Path = DEFAULT_STATE_ROOT) -> Path:
+    return root / hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+
+
+def layer_spec(store: ImageStore, layer_desc: object, opts: MountOptions, ropts: RegistryOptions | None) -> LayerSpec:
+    from lazypull.oci.types import Descriptor
+
+    assert isinstance(layer_desc, Descriptor)
+    spec = LayerSpec(
+        layer=layer_desc.to_json(),
+        cache_dir=str(opts.cache_dir),
+        prefetch=opts.prefetch,
+        background_fetch=opts.background_fetch,
+        fetch_timeout_sec=opts.fetch_timeout_sec,
+    )
+    if isinstance(store, RegistryStore):
+        spec.ref = str(store.ref)
+        spec.registry = (ropts or RegistryOptions()).to_json()
+    elif isinstance(store, OCILayout):
+        spec.blob_path = str(store.blob_path(layer_desc.digest))
+    else:
+        raise LazypullError(f"cannot mount layers from {store.name}")
+    return spec
+
+
+def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: RegistryOptions | None = None) -> Path:
+    """Mount the image at *mountpoint*; returns the state directory."""
+    mountpoint = mountpoint.resolve()
+    if is_mounted(mountpoint):
+        raise LazypullError(f"{mountpoint} is already a mount point; unmount it first")
+    state = state_dir_for(mountpoint, opts.state_root)
+    if state.exists():
+        umount_image(mountpoint, opts.state_root)
+    state.mkdir(parents=True, mode=0o700)
+    manifest = next(iter(manifests_of(store, None, False)))
+    handles: list[MountHandle] = []
+    lowers: list[str] = []
+    record: dict[str, object] = {"mountpoint": str(mountpoint), "layers": []}
+    try:
+        for i, layer in enumerate(manifest.layers):
+            ldir = state / f"layer{i}"
+            if mt.ANNOTATION_TOC_DIGEST in layer.annotations:
+                h = spawn_layer_mount(layer_spec(store, layer, opts, ropts), ldir / "fs", ldir)
+                handles.append(h)
+                record["layers"].append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})  # type: ignore[attr-defined]
+            else:
+                log.info("layer %s is not eStargz: downloading and unpacking it", layer.digest)
+                root = RootDir(ldir / "fs")
+                try:
+                    apply_tar_layer(root, store, layer, overlay_lower=True)
+                finally:
+                    root.close()
+                record["layers"].append({"digest": layer.digest, "lazy": False, "dir": str(ldir)})  # type: ignore[attr-defined]
+            lowers.append(str(ldir / "fs"))
+            (state / "mount.json").write_text(json.dumps(record))
+        for h in handles:
+            h.wait_ready(opts.fetch_timeout_sec)
+        for h in handles:
+            if opts.prefetch and not h.wait_prefetch(opts.prefetch_timeout_sec):
+                log.warning("prefetch of %s not done within %ss; continuing", h.mountpoint, opts.prefetch_timeout_sec)
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        if len(lowers) == 1:
+            cmd = ["mount", "--bind", "-o", "ro", lowers[0], str(mountpoint)]
+        else:
+            cmd = ["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + ":".join(reversed(lowers)), str(mountpoint)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise LazypullError(f"mounting the image rootfs failed: {res.stderr.strip()}")
+        record["mounted"] = True
+        (state / "mount.json").write_text(json.dumps(record))
+    except BaseException:
+        umount_image(mountpoint, opts.state_root)
+        raise
+    return state
+
+
+def umount_image(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> None:
+    """Remove the overlay, every layer mount and process, and the state directory."""
+    mountpoint = mountpoint.resolve()
+    state = state_dir_for(mountpoint, state_root)
+    if is_mounted(mountpoint):
+        unmount(str(mountpoint), lazy=False)
+    if not state.exists():
+        return
+    for ldir in sorted(state.glob("layer*")):
+        try:
+            st = json.loads((ldir / "state.json").read_text())
+            stop_layer_mount(MountHandle(int(st["pid"]), Path(st["mountpoint"]), ldir))
+        except (OSError, ValueError, KeyError):
+            if is_mounted(ldir / "fs"):
+                unmount(str(ldir / "fs"))
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def mount_stats(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[dict[str, object]]:
+    state = state_dir_for(mountpoint.resolve(), state_root)
+    try:
+        record = json.loads((state / "mount.json").read_text())
+    except (OSError, ValueError):
+        raise LazypullError(f"{mountpoint} is not mounted by lazypull") from None
+    out = []
+    for layer in record["layers"]:
+        st = read_stats(Path(layer["dir"]) / "stats.json") if layer["lazy"] else None
+        out.append({"digest": layer["digest"], "lazy": layer["lazy"], **(st or {})})
+    return out

@@ -1,0 +1,59 @@
+"""Per-layer statistics a mount process publishes for the daemon and ``mount --stats``.
+
+Written atomically as JSON about once a second, so another process (the snapshotter's
+metrics endpoint) can read them without talking to the mount process.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+class OpStats:
+    """Count, total time and a latency histogram per FUSE operation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ops: dict[str, list[float]] = {}  # name -> [count, sum, b0..bn, +inf]
+
+    def observe(self, name: str, seconds: float) -> None:
+        with self._lock:
+            row = self.ops.get(name)
+            if row is None:
+                row = self.ops[name] = [0.0] * (3 + len(BUCKETS))
+            row[0] += 1
+            row[1] += seconds
+            row[2 + bisect.bisect_left(BUCKETS, seconds)] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                name: {"count": int(r[0]), "sum": r[1], "buckets": [int(x) for x in r[2:]]}
+                for name, r in self.ops.items()
+            }
+
+
+def write_stats(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stats-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_stats(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from lazypull.cache.chunks import ChunkCache
+
+
+def dg(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_put_get_survives_restart_with_tight_permissions(tmp_path: Path) -> None:
+    c = ChunkCache(tmp_path / "c")
+    data = os.urandom(1000)
+    c.put(dg(data), data)
+    again = ChunkCache(tmp_path / "c", memory_bytes=0)
+    assert again.get(dg(data)) == data
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
+    f = next(p for p in (tmp_path / "c").rglob("*") if p.is_file())
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+
+
+def test_corrupted_entry_is_dropped_not_served(tmp_path: Path) -> None:
+    c = ChunkCache(tmp_path / "c", memory_bytes=0)
+    data = b"good data" * 100
+    c.put(dg(data), data)
+    f = next(p for p in (tmp_path / "c").rglob("*") if p.is_file())
+    f.write_bytes(b"evil" * 10)
+    assert c.get(dg(data)) is None
+    assert c.corrupt == 1 and not f.exists()
+
+
+def test_lru_eviction_bounds_disk(tmp_path: Path) -> None:
+    c = ChunkCache(tmp_path / "c", max_bytes=3000, memory_bytes=0)
+    blobs = [os.urandom(1000) for _ in range(5)]
+    for b in blobs[:3]:
+        c.put(dg(b), b)
+    assert c.get(dg(blobs[0])) == blobs[0]  # touch: now most recent
+    for b in blobs[3:]:
+        c.put(dg(b), b)
+    assert c.disk_bytes <= 3000
+    assert c.get(dg(blobs[0])) == blobs[0]
+    assert c.get(dg(blobs[1])) is None
+
+
+def test_leftover_temp_files_are_removed_on_start(tmp_path: Path) -> None:
+    (tmp_path / "c" / "ab").mkdir(parents=True)
+    (tmp_path / "c" / "ab" / ".tmp-xyz").write_bytes(b"partial")
+    ChunkCache(tmp_path / "c")
+    assert not (tmp_path / "c" / "ab" / ".tmp-xyz").exists()

@@ -1,0 +1,113 @@
+"""The fetcher without FUSE: coalescing, single-flight, verification, failures."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lazypull.cache.chunks import ChunkCache
+from lazypull.format import BytesSource, build_estargz, open_layer
+from lazypull.fs.fetcher import Fetcher, FetchError
+from tests.support.images import Entry, make_tar
+
+BIG = os.urandom(1 << 20)
+
+
+class SlowCountingSource(BytesSource):
+    def __init__(self, data: bytes, delay: float = 0.0) -> None:
+        super().__init__(data)
+        self.calls: list[tuple[int, int]] = []
+        self.delay = delay
+        self.fail = False
+        self._lock = threading.Lock()
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            self.calls.append((offset, length))
+        time.sleep(self.delay)
+        if self.fail:
+            raise OSError("registry unreachable")
+        return super().read_at(offset, length)
+
+
+def setup(tmp_path: Path, delay: float = 0.0, prioritized: list[str] | None = None):  # type: ignore[no-untyped-def]
+    ents = [Entry("big", data=BIG), Entry("a", data=b"a" * 5000), Entry("b", data=b"b" * 5000)]
+    out = io.BytesIO()
+    res = build_estargz(io.BytesIO(make_tar(ents)), out, chunk_size=64 << 10, prioritized_files=prioritized)
+    blob = out.getvalue()
+    src = SlowCountingSource(blob, delay)
+    idx = open_layer(BytesSource(blob), toc_digest=res.toc_digest)
+    return idx, src, Fetcher(idx, src, ChunkCache(tmp_path / "cache"), timeout=5), blob
+
+
+def test_sequential_read_coalesces_into_few_requests(tmp_path: Path) -> None:
+    idx, src, f, _ = setup(tmp_path)
+    e = idx.lookup("big")
+    assert e is not None and len(e.chunks) == 16
+    data = b"".join(f.read(e, off, 128 << 10) for off in range(0, len(BIG), 128 << 10))
+    assert data == BIG
+    assert len(src.calls) == 1  # the first miss fetched the rest of the file (readahead)
+    assert sum(n for _, n in src.calls) == e.chunks[-1].blob_end - e.chunks[0].blob_offset
+
+
+def test_concurrent_readers_share_one_fetch(tmp_path: Path) -> None:
+    idx, src, f, _ = setup(tmp_path, delay=0.2)
+    e = idx.lookup("big")
+    assert e is not None
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda o=o: results.append(f.read(e, o, 4096)))
+        for o in (0, 100_000, 300_000, 900_000, 0)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(src.calls) == 1
+    fetched = sum(n for _, n in src.calls)
+    assert fetched <= e.chunks[-1].blob_end - e.chunks[0].blob_offset  # no overlapping fetches
+    assert sorted(results) == sorted(BIG[o : o + 4096] for o in (0, 100_000, 300_000, 900_000, 0))
+
+
+def test_tampered_chunk_is_eio_and_other_files_fine(tmp_path: Path) -> None:
+    idx, _src, _f, blob = setup(tmp_path)
+    a = idx.lookup("a")
+    assert a is not None
+    bad = bytearray(blob)
+    bad[a.chunks[0].blob_offset + 15] ^= 0xFF
+    f = Fetcher(idx, SlowCountingSource(bytes(bad)), ChunkCache(tmp_path / "c2"), timeout=5)
+    with pytest.raises(FetchError):
+        f.read(a, 0, 10)
+    assert f.read(idx.lookup("b"), 0, 5000) == b"b" * 5000  # type: ignore[arg-type]
+    assert f.stats.verify_errors == 1
+
+
+def test_source_failure_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    idx, src, f, _ = setup(tmp_path)
+    src.fail = True
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="unreachable"):
+        f.read(idx.lookup("a"), 0, 10)  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 5
+    src.fail = False
+    assert f.read(idx.lookup("a"), 0, 10) == b"a" * 10  # type: ignore[arg-type]
+
+
+def test_prefetch_fetches_prioritized_range_once_then_background_the_rest(tmp_path: Path) -> None:
+    idx, src, f, _ = setup(tmp_path, prioritized=["a"])
+    assert f.prefetch() > 0
+    assert len(src.calls) == 1 and src.calls[0][0] + src.calls[0][1] <= idx.prefetch_end
+    n_before = len(src.calls)
+    assert f.read(idx.lookup("a"), 0, 5000) == b"a" * 5000  # type: ignore[arg-type]
+    assert len(src.calls) == n_before  # served from the prefetched cache
+    stop = threading.Event()
+    f.background_fetch(stop)
+    calls = len(src.calls)
+    assert f.read(idx.lookup("big"), 0, len(BIG)) == BIG  # type: ignore[arg-type]
+    assert f.read(idx.lookup("b"), 0, 5000) == b"b" * 5000  # type: ignore[arg-type]
+    assert len(src.calls) == calls  # everything was already fetched in the background
