@@ -112,12 +112,15 @@ def start_proxy(upstream_url: str) -> Proxy:
             truncate = self._take("truncate") and len(data) > 1
             self.send_response(resp.status)
             for k, v in resp.getheaders():
-                if k.lower() in ("transfer-encoding", "connection", "content-length"):
+                if k.lower() in ("transfer-encoding", "connection") or (
+                    k.lower() == "content-length" and self.command != "HEAD"
+                ):
                     continue
                 if k.lower() == "location" and v.startswith(f"http://{up.hostname}:{up.port}"):
                     v = v.replace(f"http://{up.hostname}:{up.port}", p.url, 1)
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             sent = data[: len(data) // 2] if truncate else data
             if self.command != "HEAD":

@@ -1,0 +1,143 @@
+"""The snapshotter daemon: containerd proxy plugin on a unix socket (``containerd-lazypull-grpc``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from lazypull.errors import LazypullError
+from lazypull.registry.client import RegistryClient
+from lazypull.registry.options import RegistryOptions
+from lazypull.service.config import DaemonConfig
+from lazypull.service.grpc_service import SnapshotsService
+from lazypull.service.notify import sd_notify
+from lazypull.service.proto import snapshots_pb2_grpc
+from lazypull.snapshot.remote import LayerResolver
+from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
+
+log = logging.getLogger("lazypull.daemon")
+
+DEFAULT_ADDRESS = "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock"
+DEFAULT_ROOT = "/var/lib/containerd-lazypull-grpc"
+DEFAULT_CONFIG = "/etc/containerd-lazypull-grpc/config.toml"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help="unix socket to serve containerd on")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="state: metadata, snapshots, cache")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (the reference daemon's keys)")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+
+
+def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
+    ropts = RegistryOptions(
+        docker_config=Path(cfg.docker_config) if cfg.docker_config else None, plain_http_hosts=set(cfg.plain_http_hosts)
+    )
+    client = RegistryClient(ropts, hosts=cfg.hosts)
+    remote = RemoteSettings(
+        cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else root / "cache",
+        registry={**ropts.to_json(), "registry_config": None},
+        prefetch=not cfg.noprefetch,
+        background_fetch=not cfg.no_background_fetch,
+        prefetch_timeout_sec=cfg.prefetch_timeout_sec,
+        fetch_timeout_sec=cfg.fetching_timeout_sec,
+        max_retries=cfg.max_retries,
+        cache_max_bytes=cfg.cache_max_bytes,
+    )
+    if cfg.resolver_raw:
+        # Mount processes read the same hosts config; hand it over as a file next to the state.
+        hosts_file = root / "resolver.toml"
+        hosts_file.write_text(_toml_resolver(cfg.resolver_raw))
+        os.chmod(hosts_file, 0o600)
+        remote.registry["registry_config"] = str(hosts_file)
+    return Snapshotter(root, LayerResolver(client), remote)
+
+
+def _toml_resolver(resolver: dict[str, object]) -> str:
+    lines: list[str] = []
+    hosts = resolver.get("host", {}) or {}
+    assert isinstance(hosts, dict)
+    for name, h in hosts.items():
+        lines.append(f'[resolver.host."{name}"]')
+        for k, v in h.items():
+            if k != "mirrors" and not isinstance(v, dict):
+                lines.append(f"{k} = {_tv(v)}")
+        for m in h.get("mirrors", []) or []:
+            lines.append(f'[[resolver.host."{name}".mirrors]]')
+            lines += [f"{k} = {_tv(v)}" for k, v in m.items() if not isinstance(v, dict)]
+    return "\n".join(lines) + "\n"
+
+
+def _tv(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    cfg = DaemonConfig.load(Path(args.config))
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sn = build(cfg, root)
+    sn.restore()
+    sock = Path(args.address)
+    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock.unlink(missing_ok=True)
+    server = grpc.server(ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"))
+    snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(sn), server)
+    old = os.umask(0o177)  # the socket is created 0600
+    try:
+        server.add_insecure_port(f"unix://{sock}")
+        server.start()
+    finally:
+        os.umask(old)
+    os.chmod(sock, 0o600)
+    if cfg.metrics_address:
+        from prometheus_client import REGISTRY, start_http_server
+
+        from lazypull.service.metrics import LayerStatsCollector
+
+        REGISTRY.register(LayerStatsCollector(sn))
+        host, _, port = cfg.metrics_address.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1")
+        log.info("metrics on http://%s/metrics", cfg.metrics_address)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sd_notify("READY=1")
+    log.info("serving containerd snapshots API on %s (root %s)", sock, root)
+    stop.wait()
+    sd_notify("STOPPING=1")
+    log.info("shutting down; lazily mounted layers keep serving")
+    server.stop(grace=5).wait()
+    sn.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="containerd-lazypull-grpc", description=__doc__)
+    add_args(p)
+    args = p.parse_args(argv)
+    try:
+        return serve(args)
+    except LazypullError as e:
+        print(f"containerd-lazypull-grpc: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

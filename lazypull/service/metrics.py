@@ -1,0 +1,85 @@
+"""Prometheus metrics, collected on scrape from the layer mount processes' stats files.
+
+Series use the names the seed guide's recording rules and the reference daemon's
+dashboards expect (``stargz_fs_operation_duration_seconds``, ``stargz_cache_*``,
+``stargz_bytes_downloaded_total``, ``stargz_fs_operation_*``), so both keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from lazypull.fs.stats import BUCKETS, read_stats
+
+if TYPE_CHECKING:
+    from lazypull.snapshot.snapshotter import Snapshotter
+
+
+class LayerStatsCollector(Collector):
+    def __init__(self, snapshotter: Snapshotter) -> None:
+        self.sn = snapshotter
+
+    def collect(self) -> Iterator[object]:
+        stats = [s for h in self.sn.handles() if (s := read_stats(h.stats_path))]
+        hist = HistogramMetricFamily(
+            "stargz_fs_operation_duration_seconds", "Latency of filesystem operations", labels=["operation"]
+        )
+        ms = HistogramMetricFamily(
+            "stargz_fs_operation_duration_milliseconds",
+            "Latency of filesystem operations (reference daemon's series)",
+            labels=["operation_type", "layer"],
+        )
+        count = CounterMetricFamily(
+            "stargz_fs_operation_count", "Filesystem operations", labels=["operation_type", "layer"]
+        )
+        served = CounterMetricFamily("stargz_fs_bytes_served", "Bytes served to readers", labels=["layer"])
+        hits = CounterMetricFamily("stargz_cache_hits", "Chunk cache hits")
+        reqs = CounterMetricFamily("stargz_cache_requests", "Chunk cache lookups")
+        down = CounterMetricFamily("stargz_bytes_downloaded", "Compressed bytes fetched from registries")
+        size = GaugeMetricFamily("lazypull_layer_size_bytes", "Compressed layer size", labels=["layer"])
+        fetched = GaugeMetricFamily("lazypull_layer_fetched_bytes", "Bytes fetched per layer", labels=["layer"])
+        pre = GaugeMetricFamily("lazypull_layer_prefetched_bytes", "Bytes prefetched per layer", labels=["layer"])
+        ferr = CounterMetricFamily("lazypull_fetch_errors", "Failed registry fetches", labels=["layer"])
+        verr = CounterMetricFamily("lazypull_verify_errors", "Chunks that failed verification", labels=["layer"])
+        merr = CounterMetricFamily("lazypull_mount_errors", "Layer mounts that failed")
+        agg: dict[str, list[float]] = {}
+        h_total = r_total = d_total = 0
+        for s in stats:
+            layer = str(s.get("layer", ""))
+            h_total += int(s.get("cache_hits", 0))
+            r_total += int(s.get("cache_requests", 0))
+            d_total += int(s.get("fetched_bytes", 0))
+            size.add_metric([layer], float(s.get("size", 0)))
+            fetched.add_metric([layer], float(s.get("fetched_bytes", 0)))
+            pre.add_metric([layer], float(s.get("prefetched_bytes", 0)))
+            ferr.add_metric([layer], float(s.get("fetch_errors", 0)))
+            verr.add_metric([layer], float(s.get("verify_errors", 0)))
+            served.add_metric([layer], float(s.get("bytes_served", 0)))
+            for op, row in (s.get("ops") or {}).items():
+                a = agg.setdefault(op, [0.0] * (2 + len(BUCKETS) + 1))
+                a[0] += row["count"]
+                a[1] += row["sum"]
+                for i, b in enumerate(row["buckets"]):
+                    a[2 + i] += b
+                count.add_metric([op, layer], row["count"])
+                ms.add_metric([op, layer], _buckets(row["buckets"], 1000.0), row["sum"] * 1000.0)
+        for op, a in agg.items():
+            hist.add_metric([op], _buckets([int(x) for x in a[2:]], 1.0), a[1])
+        hits.add_metric([], h_total)
+        reqs.add_metric([], r_total)
+        down.add_metric([], d_total)
+        merr.add_metric([], self.sn.mount_errors)
+        yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, ferr, verr, merr)
+
+
+def _buckets(counts: list[int], scale: float) -> list[tuple[str, float]]:
+    out = []
+    acc = 0
+    for bound, n in zip([*BUCKETS, float("inf")], counts, strict=True):
+        acc += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound * scale), float(acc)))
+    return out

@@ -1,0 +1,274 @@
+"""The snapshotter daemon with a real containerd, runc, registry and FUSE."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lazypull.cli.main import main
+from lazypull.oci import mediatypes as mt
+from lazypull.oci.types import Manifest
+from lazypull.registry.options import RegistryOptions
+from lazypull.registry.repository import RegistryStore
+from lazypull.service.proto import snapshots_pb2, snapshots_pb2_grpc
+from tests.support.containerd import Containerd, start_containerd
+from tests.support.daemon import Daemon, start_daemon
+from tests.support.images import Entry, busybox_layer, write_image
+from tests.support.net import free_port, wait_for
+from tests.support.proxy import Proxy, start_proxy
+from tests.support.registry import Registry, start_registry
+
+pytestmark = pytest.mark.e2e
+
+BIG = os.urandom(8 << 20)
+OTHER = os.urandom(1 << 20)
+
+
+@dataclass
+class World:
+    registry: Registry
+    proxy: Proxy
+    esgz: str  # eStargz image via the counting proxy
+    plain: str  # the original gzip image
+    esgz_layers: list[int]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("world")
+    reg = start_registry(root / "registry")
+    proxy = start_proxy(reg.url)
+    try:
+        write_image(
+            root / "src",
+            [
+                busybox_layer(),
+                [
+                    Entry("data", "dir", mode=0o755),
+                    Entry("data/big.bin", data=BIG),
+                    Entry("data/other.bin", data=OTHER),
+                    Entry("data/hello.txt", data=b"hello from a lazy layer\n"),
+                ],
+            ],
+            cmd=["/bin/sh"],
+        )
+        plain = f"{reg.host}/snap/img:orig"
+        assert main(["copy", "--plain-http", f"oci:{root / 'src'}:latest", plain]) == 0
+        assert main(["convert", "--plain-http", "--oci", plain, f"{reg.host}/snap/img:esgz"]) == 0
+        store = RegistryStore.open(f"{reg.host}/snap/img:esgz", RegistryOptions(plain_http=True))
+        d = store.resolve()
+        sizes = [x.size for x in Manifest.parse(store.fetch(d), d.media_type).layers]
+        yield World(reg, proxy, f"{proxy.host}/snap/img:esgz", plain, sizes)
+    finally:
+        proxy.stop()
+        reg.stop()
+
+
+@dataclass
+class Node:
+    daemon: Daemon
+    cd: Containerd
+    metrics_port: int
+
+
+@pytest.fixture
+def node(tmp_path: Path, world: World) -> Iterator[Node]:
+    port = free_port()
+    cfg = (
+        f'plain_http_hosts = ["{world.proxy.host}", "{world.registry.host}"]\n'
+        f'no_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\n'
+        f"prefetch_timeout_sec = 5\n[blob]\nfetching_timeout_sec = 10\nmax_retries = 2\n"
+    )
+    daemon = start_daemon(tmp_path / "daemon", cfg)
+    cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
+    try:
+        yield Node(daemon, cd, port)
+    finally:
+        cd.stop()
+        daemon.stop()
+        for pid in daemon.mount_processes():
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f if str(tmp_path) in line.split()[4]]
+        for m in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+
+
+def md5(b: bytes) -> str:
+    return hashlib.md5(b).hexdigest()
+
+
+def test_normal_gzip_image_pulls_and_runs(node: Node, world: World) -> None:
+    node.cd.ctr("images", "pull", "--plain-http", "--snapshotter", "lazypull", world.plain)
+    out = node.cd.ctr(
+        "run", "--rm", "--snapshotter", "lazypull", world.plain, "plain1", "/bin/md5sum", "/data/big.bin"
+    ).stdout
+    assert md5(BIG) in out
+    assert not node.daemon.mount_processes()  # nothing was mounted lazily
+
+
+def test_estargz_rpull_runs_lazily(node: Node, world: World) -> None:
+    world.proxy.reset_counters()
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    after_pull = world.proxy.blob_bytes()
+    assert len(node.daemon.mount_processes()) == 2
+    out = node.cd.ctr(
+        "run",
+        "--rm",
+        "--snapshotter",
+        "lazypull",
+        world.esgz,
+        "lazy1",
+        "/bin/sh",
+        "-c",
+        "cat /data/hello.txt; md5sum /data/other.bin",
+    ).stdout
+    assert "hello from a lazy layer" in out and md5(OTHER) in out
+    total = sum(world.esgz_layers)
+    fetched = world.proxy.blob_bytes()
+    # busybox (~1 MB) and other.bin (1 MiB) were read; big.bin (8 MiB) was not.
+    assert after_pull < 0.05 * total and fetched < 0.4 * total, (after_pull, fetched, total)
+    snaps = node.cd.ctr(
+        "snapshots",
+        "--snapshotter",
+        "lazypull",
+        "info",
+        node.cd.ctr("snapshots", "--snapshotter", "lazypull", "ls").stdout.split()[3],
+    ).stdout
+    assert mt.LABEL_REMOTE in snaps
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    # Mount processes publish their stats about once a second.
+    wait_for(lambda: 'operation="read"' in urllib.request.urlopen(url, timeout=5).read().decode(), 10, "metrics")
+    metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+    for series in (
+        "stargz_fs_operation_duration_seconds_bucket",
+        'operation="read"',
+        "stargz_cache_hits_total",
+        "stargz_cache_requests_total",
+        "stargz_bytes_downloaded_total",
+        "stargz_fs_operation_duration_milliseconds",
+        "stargz_fs_operation_count",
+        "stargz_fs_bytes_served",
+    ):
+        assert series in metrics, series
+
+
+def test_cri_labels_over_grpc(node: Node, world: World) -> None:
+    store = RegistryStore.open(world.esgz, RegistryOptions(plain_http=True))
+    d = store.resolve()
+    m = Manifest.parse(store.fetch(d), d.media_type)
+    layer = m.layers[1]
+    with grpc.insecure_channel(f"unix://{node.daemon.address}") as ch:
+        stub = snapshots_pb2_grpc.SnapshotsStub(ch)
+        labels = {
+            mt.LABEL_SNAPSHOT_REF: "chain-cri-1",
+            mt.LABEL_CRI_IMAGE_REF: world.esgz,
+            mt.LABEL_CRI_LAYER_DIGEST: layer.digest,
+            mt.LABEL_CRI_IMAGE_LAYERS: ",".join(x.digest for x in m.layers),
+            mt.LABEL_CRI_MANIFEST_DIGEST: d.digest,
+        }
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(key="extract-cri-1", labels=labels))
+        assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        info = stub.Stat(snapshots_pb2.StatSnapshotRequest(key="chain-cri-1")).info
+        assert info.kind == snapshots_pb2.COMMITTED and mt.LABEL_REMOTE in info.labels
+        with pytest.raises(grpc.RpcError) as nf:
+            stub.Stat(snapshots_pb2.StatSnapshotRequest(key="extract-cri-1"))
+        assert nf.value.code() == grpc.StatusCode.NOT_FOUND
+        view = stub.View(snapshots_pb2.ViewSnapshotRequest(key="view-cri", parent="chain-cri-1"))
+        src = Path(view.mounts[0].source)
+        assert view.mounts[0].type == "bind" and (src / "data/hello.txt").read_bytes() == b"hello from a lazy layer\n"
+        # A layer that is not eStargz: containerd is told to pull it (a normal active snapshot).
+        plain_labels = {
+            mt.LABEL_SNAPSHOT_REF: "chain-plain",
+            mt.LABEL_CRI_IMAGE_REF: world.plain,
+            mt.LABEL_CRI_LAYER_DIGEST: "sha256:" + "0" * 64,
+        }
+        resp = stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(key="extract-plain", labels=plain_labels))
+        assert resp.mounts[0].type == "bind"
+        stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="view-cri"))
+        stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="chain-cri-1"))
+        assert not node.daemon.mount_processes()
+    assert "will be pulled normally" in node.daemon.log()
+
+
+def test_daemon_kill9_keeps_containers_serving(node: Node, world: World) -> None:
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    node.cd.ctr("run", "-d", "--snapshotter", "lazypull", world.esgz, "long1", "/bin/sleep", "300")
+    node.daemon.stop(signal.SIGKILL)
+    out = node.cd.ctr("tasks", "exec", "--exec-id", "e1", "long1", "/bin/md5sum", "/data/big.bin").stdout
+    assert md5(BIG) in out
+    node.daemon.start()
+    assert "restored 2 lazily mounted layers" in node.daemon.log()
+    out = node.cd.ctr("tasks", "exec", "--exec-id", "e2", "long1", "/bin/cat", "/data/hello.txt").stdout
+    assert "hello from a lazy layer" in out
+    node.cd.ctr("tasks", "kill", "-s", "KILL", "long1")
+    wait_for(
+        lambda: "STOPPED" in node.cd.ctr("tasks", "ls").stdout or "long1" not in node.cd.ctr("tasks", "ls").stdout,
+        20,
+        "task to stop",
+    )
+    node.cd.ctr("tasks", "delete", "long1", check=False)
+    node.cd.ctr("containers", "delete", "long1", check=False)
+    # new pulls work after the restart (once containerd's gRPC client has reconnected)
+    wait_for(
+        lambda: node.cd.ctr("snapshots", "--snapshotter", "lazypull", "ls", check=False).returncode == 0,
+        30,
+        "containerd to reconnect to the restarted daemon",
+    )
+    node.cd.ctr("images", "pull", "--plain-http", "--snapshotter", "lazypull", world.plain)
+    assert (
+        md5(BIG)
+        in node.cd.ctr(
+            "run", "--rm", "--snapshotter", "lazypull", world.plain, "after1", "/bin/md5sum", "/data/big.bin"
+        ).stdout
+    )
+
+
+def test_corrupted_blob_gives_eio_and_daemon_stays_up(node: Node, world: World, tmp_path: Path) -> None:
+    # Push a separate copy so the shared image stays intact.
+    bad_ref = f"{world.registry.host}/snap/bad:esgz"
+    assert main(["copy", "--plain-http", world.esgz.replace(world.proxy.host, world.registry.host), bad_ref]) == 0
+    store = RegistryStore.open(bad_ref, RegistryOptions(plain_http=True))
+    d = store.resolve()
+    layer = Manifest.parse(store.fetch(d), d.media_type).layers[1]
+    from lazypull.format import open_layer
+
+    idx = open_layer(store.blob_source(layer), toc_digest=layer.annotations[mt.ANNOTATION_TOC_DIGEST])
+    other = idx.lookup("data/other.bin")
+    assert other is not None
+    path = world.registry.blob_data_path(layer.digest)
+    original = path.read_bytes()
+    try:
+        data = bytearray(original)
+        data[other.chunks[0].blob_offset + 100] ^= 0xFF
+        path.write_bytes(bytes(data))
+        node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", bad_ref, tool="ctr-remote")
+        res = node.cd.ctr(
+            "run",
+            "--rm",
+            "--snapshotter",
+            "lazypull",
+            bad_ref,
+            "bad1",
+            "/bin/sh",
+            "-c",
+            "cat /data/hello.txt; md5sum /data/other.bin; echo rc=$?",
+            check=False,
+        )
+        assert "hello from a lazy layer" in res.stdout
+        assert md5(OTHER) not in res.stdout
+        assert "rc=1" in res.stdout and ("Input/output error" in res.stderr + res.stdout)
+        assert node.daemon.proc is not None and node.daemon.proc.poll() is None
+    finally:
+        path.write_bytes(original)
