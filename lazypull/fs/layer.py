@@ -42,6 +42,7 @@ class LayerFS:
         self._opaque: set[int] = set()
         self._parents = array("q", [0, 0])
         self.bytes_served = 0
+        self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
         self._build()
 
     def _build(self) -> None:
@@ -148,6 +149,8 @@ class LayerFS:
         try:
             data = self.fetcher.read(e, offset, size)
             self.bytes_served += len(data)
+            if self.accessed is not None and e.name not in self.accessed:
+                self.accessed[e.name] = None
             return data
         except FetchError as err:
             raise OSError(errno.EIO, str(err)) from None

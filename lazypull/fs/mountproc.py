@@ -184,6 +184,8 @@ def main(state_dir_arg: str) -> int:
         _write_state(state_dir, mountpoint=str(mountpoint), error=str(e))
         return 1
     ops = OpStats()
+    if spec.record_access:
+        fs.accessed = {}
     server = FuseServer(fs, str(mountpoint), threads=spec.threads, on_op=ops.observe)
     try:
         server.mount()
@@ -215,6 +217,10 @@ def main(state_dir_arg: str) -> int:
                 **flags,
             },
         )
+
+        if fs.accessed is not None:
+            lines = "".join(json.dumps({"path": "/" + p}) + "\n" for p in list(fs.accessed))
+            (state_dir / "accessed.jsonl").write_text(lines)
 
     def fetch_loop() -> None:
         if spec.prefetch:

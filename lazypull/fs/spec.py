@@ -34,6 +34,7 @@ class LayerSpec:
     max_retries: int = 4
     cache_max_bytes: int = 10 << 30
     threads: int = 4
+    record_access: bool = False  # write the files read, in order, to accessed.jsonl (for optimize)
 
     @property
     def descriptor(self) -> Descriptor:

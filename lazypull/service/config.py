@@ -43,6 +43,7 @@ class DaemonConfig:
     cache_dir: str = ""  # default: ROOT/cache
     cache_max_bytes: int = 10 << 30
     plain_http_hosts: list[str] = field(default_factory=list)
+    record_access: bool = False  # mount processes write the files containers read (optimize)
     hosts: HostsConfig = field(default_factory=HostsConfig)
     resolver_raw: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +82,7 @@ class DaemonConfig:
             cache_dir=str(cache.get("dir", "")),
             cache_max_bytes=int(cache.get("max_bytes", 10 << 30)),
             plain_http_hosts=list(data.get("plain_http_hosts", [])),
+            record_access=bool(data.get("record_access", False)),
             hosts=HostsConfig.from_mapping(resolver),
             resolver_raw=resolver,
         )

@@ -51,6 +51,7 @@ class RemoteSettings:
     fetch_timeout_sec: float = 60.0
     max_retries: int = 4
     cache_max_bytes: int = 10 << 30
+    record_access: bool = False
 
 
 class Snapshotter:

@@ -1,0 +1,333 @@
+"""Run the benchmark: images x modes x runs, each run from cold caches.
+
+Each run gets a fresh containerd (new root: no content, no snapshots) and, for lazy
+modes, a fresh snapshotter root. Timings follow HelloBench: pull, create, and run
+until the workload's output has appeared. Bytes are what the node received from the
+registry's namespace during the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lazypull.bench.images import IMAGES, BenchImage, build_image
+from lazypull.bench.netns import ShapedNet
+from lazypull.convert.copy import copy_image
+from lazypull.convert.image import ConvertOptions, convert_image
+from lazypull.convert.priority import read_record
+from lazypull.errors import LazypullError
+from lazypull.registry.options import RegistryOptions
+from lazypull.registry.stores import open_store
+
+log = logging.getLogger(__name__)
+MODES = ("overlayfs", "lazypull", "lazypull-opt", "reference")
+SNAPSHOTTER = {"overlayfs": "overlayfs", "lazypull": "lazypull", "lazypull-opt": "lazypull", "reference": "stargz"}
+
+
+@dataclass
+class RunResult:
+    image: str
+    mode: str
+    run: int
+    pull_s: float
+    create_s: float
+    run_s: float
+    bytes: int
+
+    @property
+    def total_s(self) -> float:
+        return self.pull_s + self.create_s + self.run_s
+
+
+@dataclass
+class BenchConfig:
+    images: list[str]
+    modes: list[str]
+    runs: int = 3
+    rate: str = "150mbit"
+    scale: float = 1.0
+    workdir: Path = Path("bench/work")
+    reference_snapshotter: str | None = None
+    background_fetch: bool = False
+    progress: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def _sh(*cmd: str, timeout: float = 3600, **kw: object) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    if res.returncode != 0:
+        raise LazypullError(f"{' '.join(cmd[:6])} ... failed ({res.returncode}): {(res.stderr or res.stdout)[-800:]}")
+    return res
+
+
+class Registry:
+    """docker-registry inside the shaped namespace."""
+
+    def __init__(self, net: ShapedNet, root: Path) -> None:
+        self.net = net
+        root.mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "version": 0.1,
+            "log": {"level": "error", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(root / "storage")}},
+            "http": {"addr": f"{net.registry_ip}:5000"},
+        }
+        (root / "config.yml").write_text(json.dumps(cfg))
+        self.proc = subprocess.Popen(
+            [*net.exec_prefix(), "docker-registry", "serve", str(root / "config.yml")],
+            stdout=subprocess.DEVNULL,
+            stderr=_logfile(root / "registry.log"),
+        )
+        deadline = time.monotonic() + 20
+        import urllib.request
+
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise LazypullError("the benchmark registry did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def host(self) -> str:
+        return f"{self.net.registry_ip}:5000"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class Node:
+    """containerd plus (for lazy modes) a snapshotter daemon, all under one fresh directory."""
+
+    def __init__(self, root: Path, mode: str, registry_host: str, cfg: BenchConfig, record: bool = False) -> None:
+        self.root = root
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        self.mode = mode
+        self.snap_proc: subprocess.Popen[bytes] | None = None
+        plugins = ""
+        if mode.startswith("lazypull"):
+            sock = root / "lazypull.sock"
+            (root / "lazypull.toml").write_text(
+                f'plain_http_hosts = ["{registry_host}"]\n'
+                f"no_background_fetch = {str(not cfg.background_fetch).lower()}\n"
+                f"record_access = {str(record).lower()}\n"
+            )
+            self.snap_proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lazypull.service.main",
+                    "--address",
+                    str(sock),
+                    "--root",
+                    str(root / "lazypull"),
+                    "--config",
+                    str(root / "lazypull.toml"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=_logfile(root / "lazypull.log"),
+            )
+            plugins = f'[proxy_plugins.lazypull]\n  type = "snapshot"\n  address = "{sock}"\n'
+        elif mode == "reference":
+            if not cfg.reference_snapshotter:
+                raise LazypullError("mode 'reference' needs --reference-snapshotter PATH")
+            sock = root / "stargz.sock"
+            (root / "stargz.toml").write_text(
+                f'[[resolver.host."{registry_host}".mirrors]]\nhost = "{registry_host}"\ninsecure = true\n'
+            )
+            self.snap_proc = subprocess.Popen(
+                [
+                    cfg.reference_snapshotter,
+                    "--address",
+                    str(sock),
+                    "--root",
+                    str(root / "stargz"),
+                    "--config",
+                    str(root / "stargz.toml"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=_logfile(root / "stargz.log"),
+            )
+            plugins = f'[proxy_plugins.stargz]\n  type = "snapshot"\n  address = "{sock}"\n'
+        if self.snap_proc is not None:
+            _wait(lambda: sock.exists(), 30, "snapshotter socket")
+        self.address = root / "containerd.sock"
+        (root / "containerd.toml").write_text(
+            f'version = 2\nroot = "{root / "croot"}"\nstate = "{root / "cstate"}"\n'
+            f'[grpc]\n  address = "{self.address}"\n'
+            f'[ttrpc]\n  address = "{self.address}.ttrpc"\n[plugins."io.containerd.grpc.v1.cri"]\n'
+            f"  disable_apparmor = true\n{plugins}"
+        )
+        self.containerd = subprocess.Popen(
+            ["containerd", "--config", str(root / "containerd.toml")],
+            stdout=subprocess.DEVNULL,
+            stderr=_logfile(root / "containerd.log"),
+        )
+        _wait(lambda: self.address.exists() and self.ctr("version", check=False).returncode == 0, 30, "containerd")
+
+    def ctr(self, *args: str, tool: str = "ctr", check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [tool, "--address", str(self.address), "--namespace", "bench", *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if check and res.returncode != 0:
+            raise LazypullError(f"{' '.join(cmd[3:8])} failed: {(res.stderr or res.stdout)[-800:]}")
+        return res
+
+    def stop(self) -> None:
+        tasks = self.ctr("tasks", "ls", "-q", check=False).stdout.split()
+        for t in tasks:
+            self.ctr("tasks", "kill", "-s", "KILL", t, check=False)
+            self.ctr("tasks", "delete", "-f", t, check=False)
+        for p in (self.containerd, self.snap_proc):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        _kill_mount_processes(self.root)
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
+        for m in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _logfile(path: Path) -> object:
+    """A log file handed to a child process (the child owns it from then on)."""
+    return open(path, "wb")
+
+
+def _kill_mount_processes(root: Path) -> None:
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"lazypull.fs.mountproc" in cmd and str(root).encode() in cmd:
+                try:
+                    os.kill(int(pid), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise LazypullError(f"timed out waiting for {what}")
+
+
+def one_run(node: Node, net: ShapedNet, img: BenchImage, ref: str, mode: str, run: int) -> RunResult:
+    snap = SNAPSHOTTER[mode]
+    before = net.rx_bytes()
+    t0 = time.monotonic()
+    if mode == "overlayfs":
+        node.ctr("images", "pull", "--plain-http", "--snapshotter", snap, ref)
+    else:
+        node.ctr("image", "rpull", "--plain-http", "--snapshotter", snap, ref, tool="ctr-remote")
+    t1 = time.monotonic()
+    cid = f"bench-{run}"
+    node.ctr("containers", "create", "--snapshotter", snap, ref, cid, "--", *img.workload)
+    t2 = time.monotonic()
+    out = node.ctr("tasks", "start", cid)
+    t3 = time.monotonic()
+    if img.expect not in out.stdout:
+        raise LazypullError(f"{img.name}/{mode}: workload printed {out.stdout[-200:]!r}, expected {img.expect!r}")
+    node.ctr("containers", "delete", cid, check=False)
+    return RunResult(img.name, mode, run, t1 - t0, t2 - t1, t3 - t2, net.rx_bytes() - before)
+
+
+def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) -> dict[tuple[str, str], str]:
+    """Push each image in its forms; returns (image, mode) -> reference."""
+    ropts = RegistryOptions(plain_http=True)
+    refs: dict[tuple[str, str], str] = {}
+    for name in cfg.images:
+        img = IMAGES[name]
+        cfg.progress(f"[images] building {name} (scale {cfg.scale:g})")
+        layout = build_image(img, work, cfg.scale)
+        base = f"{reg.host}/bench/{name}"
+        copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
+        refs[(name, "overlayfs")] = f"{base}:org"
+        if any(m.startswith(("lazypull", "reference")) for m in cfg.modes):
+            cfg.progress(f"[images] converting {name} to eStargz")
+            t0 = time.monotonic()
+            convert_image(
+                open_store(f"{base}:org", ropts),
+                open_store(f"{base}:esgz", ropts, for_push=True),
+                ConvertOptions(oci=True),
+                tag="esgz",
+            )
+            cfg.progress(f"[images] converted in {time.monotonic() - t0:.1f}s")
+            refs[(name, "lazypull")] = refs[(name, "reference")] = f"{base}:esgz"
+        if "lazypull-opt" in cfg.modes:
+            record = work / f"{name}-{cfg.scale:g}.record.jsonl"
+            cfg.progress(f"[images] recording the files {name}'s workload reads")
+            node = Node(work / "record-node", "lazypull", reg.host, cfg, record=True)
+            try:
+                one_run(node, net, img, f"{base}:esgz", "lazypull", 0)
+                time.sleep(1.5)  # mount processes publish their access records every second
+                lines: list[str] = []
+                for f in sorted((work / "record-node" / "lazypull" / "snapshots").glob("*/mount/accessed.jsonl")):
+                    lines += f.read_text().splitlines()
+                record.write_text("\n".join(lines) + "\n")
+            finally:
+                node.stop()
+            convert_image(
+                open_store(f"{base}:org", ropts),
+                open_store(f"{base}:esgz-opt", ropts, for_push=True),
+                ConvertOptions(oci=True, prioritized=read_record(record)),
+                tag="esgz-opt",
+            )
+            refs[(name, "lazypull-opt")] = f"{base}:esgz-opt"
+    return refs
+
+
+def run_bench(cfg: BenchConfig) -> list[RunResult]:
+    work = cfg.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    net = ShapedNet(rate=cfg.rate)
+    results: list[RunResult] = []
+    reg: Registry | None = None
+    try:
+        net.create()
+        cfg.progress(f"[net] registry namespace {net.name}, {net.registry_ip}, egress shaped to {cfg.rate}")
+        reg = Registry(net, work / "registry")
+        refs = prepare_images(cfg, reg, work, net)
+        for name in cfg.images:
+            for mode in cfg.modes:
+                for run in range(1, cfg.runs + 1):
+                    node = Node(work / "node", mode, reg.host, cfg)
+                    try:
+                        r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
+                    finally:
+                        node.stop()
+                    cfg.progress(
+                        f"[run] {name:12} {mode:13} #{run}: pull {r.pull_s:6.2f}s create {r.create_s:5.2f}s "
+                        f"run {r.run_s:6.2f}s total {r.total_s:6.2f}s, {r.bytes / 1e6:8.1f} MB"
+                    )
+                    results.append(r)
+    finally:
+        if reg is not None:
+            reg.stop()
+        net.destroy()
+    return results

@@ -1,0 +1,78 @@
+"""``lazypull bench``: time-to-start and bytes fetched, lazy vs full pull, on a shaped network.
+
+The registry runs in a network namespace created for the run (veth pair, private /30,
+egress shaped with tc tbf); every run starts from cold caches (fresh containerd root
+and snapshotter root). Results go to bench/results/<date>/: results.csv (one row per
+run), results.md (medians, min-max) and chart.png (stacked pull/create/run bars).
+Needs root, containerd, runc, ctr-remote, docker-registry, debootstrap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+from lazypull.bench.images import IMAGES
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "bench",
+        help="benchmark lazy vs full pull",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--images", default="seed-large", help=f"comma-separated: {', '.join(IMAGES)} (or all)")
+    p.add_argument(
+        "--modes",
+        default="overlayfs,lazypull,lazypull-opt",
+        help="comma-separated: overlayfs, lazypull, lazypull-opt, reference",
+    )
+    p.add_argument("--runs", type=int, default=3, help="runs per image and mode (default 3)")
+    p.add_argument("--rate", default="150mbit", help="registry bandwidth as tc understands it (default 150mbit)")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink generated payloads (seed-large: 0.1 = 120 MB)")
+    p.add_argument(
+        "--background-fetch",
+        action="store_true",
+        help="let lazy modes fetch whole layers in the background (counts those bytes too)",
+    )
+    p.add_argument("--reference-snapshotter", metavar="PATH", help="containerd-stargz-grpc binary for mode reference")
+    p.add_argument("--workdir", type=Path, default=Path("bench/work"), help="image cache and scratch space")
+    p.add_argument("--out", type=Path, help="results directory (default bench/results/<date>)")
+    p.add_argument("--report-only", type=Path, metavar="CSV", help="only redraw table and chart from a results.csv")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lazypull.bench.report import chart, markdown, read_csv, write_csv
+    from lazypull.bench.runner import BenchConfig, run_bench
+
+    if args.report_only:
+        results = read_csv(args.report_only)
+        out = args.report_only.parent
+    else:
+        images = list(IMAGES) if args.images == "all" else args.images.split(",")
+        modes = args.modes.split(",")
+        if args.reference_snapshotter and "reference" not in modes:
+            modes.append("reference")
+        cfg = BenchConfig(
+            images=images,
+            modes=modes,
+            runs=args.runs,
+            rate=args.rate,
+            scale=args.scale,
+            workdir=args.workdir,
+            reference_snapshotter=args.reference_snapshotter,
+            background_fetch=args.background_fetch,
+        )
+        results = run_bench(cfg)
+        out = args.out or Path("bench/results") / datetime.date.today().isoformat()
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(results, out / "results.csv")
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    chart(results, out / "chart.png", f"time to start at {getattr(args, 'rate', '')}".strip())
+    print(table)
+    print(f"results in {out}/ (results.csv, results.md, chart.png)")
+    return 0
