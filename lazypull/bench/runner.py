@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazypull.bench.delayproxy import DelayProxy
 from lazypull.bench.images import IMAGES, BenchImage, build_image
 from lazypull.bench.netns import ShapedNet
 from lazypull.convert.copy import copy_image
@@ -59,6 +60,7 @@ class BenchConfig:
     workdir: Path = Path("bench/work")
     reference_snapshotter: str | None = None
     background_fetch: bool = False
+    rtt_ms: float = 0.0
     progress: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
 
 
@@ -308,15 +310,23 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
     net = ShapedNet(rate=cfg.rate)
     results: list[RunResult] = []
     reg: Registry | None = None
+    delay: DelayProxy | None = None
     try:
         net.create()
         cfg.progress(f"[net] registry namespace {net.name}, {net.registry_ip}, egress shaped to {cfg.rate}")
         reg = Registry(net, work / "registry")
         refs = prepare_images(cfg, reg, work, net)
+        if cfg.rtt_ms:
+            delay = DelayProxy(net.host_ip, (net.registry_ip, 5000), cfg.rtt_ms).start()
+            cfg.progress(f"[net] adding {cfg.rtt_ms:g} ms round-trip time via {delay.address}")
+            refs = {k: v.replace(reg.host, delay.address, 1) for k, v in refs.items()}
+            pull_host = delay.address
+        else:
+            pull_host = reg.host
         for name in cfg.images:
             for mode in cfg.modes:
                 for run in range(1, cfg.runs + 1):
-                    node = Node(work / "node", mode, reg.host, cfg)
+                    node = Node(work / "node", mode, pull_host, cfg)
                     try:
                         r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
                     finally:
@@ -327,6 +337,8 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
                     )
                     results.append(r)
     finally:
+        if delay is not None:
+            delay.stop()
         if reg is not None:
             reg.stop()
         net.destroy()

@@ -87,3 +87,36 @@ def test_shaped_namespace_counts_bytes_and_tears_down() -> None:
     links = subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
     assert net.host_if not in links
     assert net.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_delay_proxy_adds_latency_and_relays_bytes() -> None:
+    import time
+
+    from lazypull.bench.delayproxy import DelayProxy
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+
+    def echo() -> None:
+        c, _ = srv.accept()
+        while data := c.recv(65536):
+            c.sendall(data)
+        c.close()
+
+    threading.Thread(target=echo, daemon=True).start()
+    proxy = DelayProxy("127.0.0.1", ("127.0.0.1", port), rtt_ms=100).start()
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as c:
+            t0 = time.monotonic()
+            c.sendall(b"ping" * 1000)
+            got = b""
+            while len(got) < 4000:
+                got += c.recv(65536)
+            rtt = time.monotonic() - t0
+        assert got == b"ping" * 1000
+        assert 0.09 <= rtt < 0.6  # 50 ms on the way there, 50 ms on the way back
+    finally:
+        proxy.stop()
+        srv.close()
