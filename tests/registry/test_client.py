@@ -301,3 +301,25 @@ def test_copy_between_repos_mounts(registry: Registry, tmp_path: Path) -> None:
     copy_image(src, RegistryStore.open(f"{registry.host}/c2/img:v1", opts), tag="v1")
     assert "mount=" in registry.log()
     assert RegistryStore.open(f"{registry.host}/c2/img:v1", opts).resolve().digest == src.resolve().digest
+
+
+def test_redirects_to_blob_storage_are_followed_and_re_resolved_when_expired(registry: Registry) -> None:
+    proxy = start_proxy(registry.url)
+    try:
+        client = RegistryClient(PLAIN)
+        ref = Reference.parse(f"{proxy.host}/redir/x:y")
+        data = os.urandom(100_000)
+        d = push_blob(client, ref, data)
+        proxy.faults.redirect_blobs = True
+        src = RegistryStore(client, ref).blob_source(d)
+        assert src.read_at(10, 100) == data[10:110]
+        assert src.read_at(5000, 10) == data[5000:5010]
+        redirects = [e for e in proxy.log if e[2] == 307]
+        assert len(redirects) == 1  # the storage URL was remembered for the second range
+        proxy.faults.storage_generation += 1  # signed URLs expired
+        assert src.read_at(200, 50) == data[200:250]
+        assert len([e for e in proxy.log if e[2] == 307]) == 2  # asked the registry again
+        with RegistryStore(client, ref).open_blob(d) as f:  # whole-blob GETs follow redirects too
+            assert f.read() == data
+    finally:
+        proxy.stop()

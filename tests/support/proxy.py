@@ -24,6 +24,8 @@ class Faults:
     errors_500: int = 0
     truncate: int = 0  # send half the body, then close
     delay_s: float = 0.0  # added to every matching response
+    redirect_blobs: bool = False  # answer blob GETs with 307 to "object storage" (/_storage/GEN/...)
+    storage_generation: int = 0  # bump to expire earlier redirect URLs (they then get 403)
 
 
 @dataclass
@@ -95,11 +97,28 @@ def start_proxy(upstream_url: str) -> Proxy:
                 return
             if p.faults.delay_s and p.faults.match in self.path:
                 time.sleep(p.faults.delay_s)
+            path = self.path
+            if self.command == "GET" and path.startswith("/_storage/"):
+                gen, _, rest = path[len("/_storage/") :].partition("/")
+                if int(gen) != p.faults.storage_generation:
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                path = "/" + rest
+            elif self.command == "GET" and p.faults.redirect_blobs and "/blobs/sha256:" in path:
+                self.send_response(307)
+                self.send_header("Location", f"{p.url}/_storage/{p.faults.storage_generation}{path}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                with p.lock:
+                    p.log.append((self.command, self.path, 307, 0))
+                return
             conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
             headers["Host"] = f"{up.hostname}:{up.port}"
             try:
-                conn.request(self.command, self.path, body=body, headers=headers)
+                conn.request(self.command, path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
             except OSError:  # upstream down: answer like a gateway would
