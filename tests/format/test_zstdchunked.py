@@ -65,3 +65,12 @@ def test_bad_inputs() -> None:
     damaged[big.chunks[1].blob_offset + 40] ^= 0xFF
     with pytest.raises((FormatError, DigestMismatchError)):
         idx.read(BytesSource(bytes(damaged)), "etc/big", 300_000, 10)
+
+
+def test_containers_storage_64_byte_footer_is_read() -> None:
+    tar, blob, res = build()
+    off, clen, ulen, _t = struct.unpack("<QQQQ", blob[-40:-8])
+    payload = struct.pack("<QQQQQQQ", off, clen, ulen, 1, 0, 0, 0) + CHUNKED_MAGIC
+    storage_blob = blob[:-48] + skippable_frame(payload)
+    idx = open_zstdchunked(BytesSource(storage_blob), toc_digest=res.toc_digest)  # type: ignore[attr-defined]
+    assert_matches_tar(idx, storage_blob, tar)
