@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,42 @@ class ChunkCache:
                 self._sizes[digest] = len(data)
                 self._total += len(data)
             self._evict()
+
+    def path_of(self, digest: str) -> Path | None:
+        """The file holding *digest*'s content, if cached (for FUSE passthrough)."""
+        path = self._path(digest)
+        return path if path.exists() else None
+
+    def put_parts(self, digest: str, parts: Iterable[bytes]) -> Path | None:
+        """Store content given as verified parts (a whole file from its chunks), streaming.
+
+        The concatenation is checked against *digest* before it becomes visible."""
+        path = self._path(digest)
+        if path.exists():
+            return path
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for part in parts:
+                    h.update(part)
+                    f.write(part)
+                    size += len(part)
+            if "sha256:" + h.hexdigest() != digest:
+                raise ValueError(f"assembled content does not match {digest}")
+            os.replace(tmp, path)
+        except (OSError, ValueError) as e:
+            Path(tmp).unlink(missing_ok=True)
+            log.warning("cannot store %s in the cache: %s", digest, e)
+            return None
+        with self._lock:
+            if digest not in self._sizes:
+                self._sizes[digest] = size
+                self._total += size
+            self._evict()
+        return path
 
     def _evict(self) -> None:
         while self._total > self.max_bytes and self._sizes:

@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS)
     p.add_argument("--fetch-timeout", type=float, default=60.0, help="seconds before a read fails with EIO")
+    p.add_argument(
+        "--passthrough",
+        action="store_true",
+        help="kernel reads fully cached files directly (native speed; slower small-file opens)",
+    )
     p.add_argument("--daemon", action="store_true", help="return once mounted (layers keep serving)")
     p.add_argument("--stats", action="store_true", help="show per-layer statistics of MOUNTPOINT and exit")
     add_registry_args(p)
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         state_root=args.state_dir,
         fetch_timeout_sec=args.fetch_timeout,
+        passthrough=args.passthrough,
     )
     mount_image(open_store(ref, ropts), mountpoint, opts, ropts)
     print(f"mounted {ref} at {mountpoint}")

@@ -186,7 +186,7 @@ def main(state_dir_arg: str) -> int:
     ops = OpStats()
     if spec.record_access:
         fs.accessed = {}
-    server = FuseServer(fs, str(mountpoint), threads=spec.threads, on_op=ops.observe)
+    server = FuseServer(fs, str(mountpoint), threads=spec.threads, on_op=ops.observe, passthrough=spec.passthrough)
     try:
         server.mount()
     except OSError as e:
@@ -213,6 +213,8 @@ def main(state_dir_arg: str) -> int:
                 "fetch_errors": st.fetch_errors,
                 "verify_errors": st.verify_errors,
                 "bytes_served": fs.bytes_served,
+                "passthrough": server.passthrough_active,
+                "passthrough_files": len(server._backing),
                 "ops": ops.snapshot(),
                 **flags,
             },

@@ -42,6 +42,7 @@ class MountOptions:
     state_root: Path = DEFAULT_STATE_ROOT
     fetch_timeout_sec: float = 60.0
     prefetch_timeout_sec: float = 10.0
+    passthrough: bool = False
 
 
 def state_dir_for(mountpoint: Path, root: Path = DEFAULT_STATE_ROOT) -> Path:
@@ -58,6 +59,7 @@ def layer_spec(store: ImageStore, layer_desc: object, opts: MountOptions, ropts:
         prefetch=opts.prefetch,
         background_fetch=opts.background_fetch,
         fetch_timeout_sec=opts.fetch_timeout_sec,
+        passthrough=opts.passthrough,
     )
     if isinstance(store, RegistryStore):
         spec.ref = str(store.ref)

@@ -35,6 +35,7 @@ class LayerSpec:
     cache_max_bytes: int = 10 << 30
     threads: int = 4
     record_access: bool = False  # write the files read, in order, to accessed.jsonl (for optimize)
+    passthrough: bool = False  # FUSE passthrough for fully cached files (see FuseServer)
 
     @property
     def descriptor(self) -> Descriptor:

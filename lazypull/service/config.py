@@ -43,6 +43,7 @@ class DaemonConfig:
     cache_dir: str = ""  # default: ROOT/cache
     cache_max_bytes: int = 10 << 30
     plain_http_hosts: list[str] = field(default_factory=list)
+    passthrough: bool = False  # FUSE passthrough for fully cached files
     record_access: bool = False  # mount processes write the files containers read (optimize)
     hosts: HostsConfig = field(default_factory=HostsConfig)
     resolver_raw: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +84,7 @@ class DaemonConfig:
             cache_max_bytes=int(cache.get("max_bytes", 10 << 30)),
             plain_http_hosts=list(data.get("plain_http_hosts", [])),
             record_access=bool(data.get("record_access", False)),
+            passthrough=bool(data.get("passthrough", False)),
             hosts=HostsConfig.from_mapping(resolver),
             resolver_raw=resolver,
         )

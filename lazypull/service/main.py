@@ -52,6 +52,7 @@ def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
         max_retries=cfg.max_retries,
         cache_max_bytes=cfg.cache_max_bytes,
         record_access=cfg.record_access,
+        passthrough=cfg.passthrough,
     )
     if cfg.resolver_raw:
         # Mount processes read the same hosts config; hand it over as a file next to the state.

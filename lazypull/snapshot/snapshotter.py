@@ -52,6 +52,7 @@ class RemoteSettings:
     max_retries: int = 4
     cache_max_bytes: int = 10 << 30
     record_access: bool = False
+    passthrough: bool = False
 
 
 class Snapshotter:
@@ -188,6 +189,8 @@ class Snapshotter:
             fetch_timeout_sec=rs.fetch_timeout_sec,
             max_retries=rs.max_retries,
             cache_max_bytes=rs.cache_max_bytes,
+            record_access=rs.record_access,
+            passthrough=rs.passthrough,
         )
         try:
             h = spawn_layer_mount(spec, d / "fs", d / "mount")

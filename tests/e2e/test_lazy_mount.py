@@ -228,3 +228,29 @@ def test_prefetch_and_stats(env: Env, tmp_path: Path, capsys: pytest.CaptureFixt
         assert main(["mount", "--stats", "--state-dir", str(tmp_path / "state"), str(mnt)]) == 0
     finally:
         env.umount(mnt)
+
+
+def test_passthrough_serves_cached_files_without_the_server(env: Env, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    env.mount(mnt, "--passthrough")
+    try:
+        from lazypull.fs.rootfs import mount_stats
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = mount_stats(mnt, tmp_path / "state")
+            if all(r.get("background_done") for r in rows):
+                break
+            time.sleep(0.2)
+        lazy = [r for r in rows if r.get("lazy")]
+        if not any(r.get("passthrough") for r in lazy):
+            pytest.skip("this kernel does not offer FUSE passthrough")
+        served = sum(int(r.get("bytes_served", 0)) for r in lazy)
+        assert hashlib.sha256((mnt / "data/big.bin").read_bytes()).digest() == hashlib.sha256(BIG).digest()
+        time.sleep(1.2)  # stats are published every second
+        rows = mount_stats(mnt, tmp_path / "state")
+        assert sum(int(r.get("bytes_served", 0)) for r in rows if r.get("lazy")) == served  # kernel read the cache file
+        assert sum(int(r.get("passthrough_files", 0)) for r in rows) >= 1
+        assert (mnt / "data/hello.txt").read_bytes() == b"hello\n"
+    finally:
+        env.umount(mnt)

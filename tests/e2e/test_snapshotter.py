@@ -272,3 +272,24 @@ def test_corrupted_blob_gives_eio_and_daemon_stays_up(node: Node, world: World, 
         assert node.daemon.proc is not None and node.daemon.proc.poll() is None
     finally:
         path.write_bytes(original)
+
+
+def test_access_recording_for_optimize(tmp_path: Path, world: World) -> None:
+    cfg = f'plain_http_hosts = ["{world.proxy.host}"]\nno_background_fetch = true\nrecord_access = true\n'
+    daemon = start_daemon(tmp_path / "daemon", cfg)
+    cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
+    try:
+        cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+        cd.ctr("run", "--rm", "--snapshotter", "lazypull", world.esgz, "rec1", "/bin/cat", "/data/hello.txt")
+        records = lambda: "".join(  # noqa: E731
+            f.read_text() for f in (daemon.root / "snapshots").glob("*/mount/accessed.jsonl")
+        )
+        wait_for(lambda: "/data/hello.txt" in records(), 10, "access records")
+        assert '{"path": "/bin/busybox"}' in records()
+        assert "/data/big.bin" not in records()
+    finally:
+        cd.stop()
+        daemon.stop()
+        for pid in daemon.mount_processes():
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")

@@ -68,7 +68,13 @@ def set_readahead(mountpoint: str, kb: int = 1024) -> None:
 
 class FuseServer:
     def __init__(
-        self, fs: ReadOnlyFS, mountpoint: str, *, threads: int = 4, on_op: Callable[[str, float], None] | None = None
+        self,
+        fs: ReadOnlyFS,
+        mountpoint: str,
+        *,
+        threads: int = 4,
+        on_op: Callable[[str, float], None] | None = None,
+        passthrough: bool = False,
     ) -> None:
         self.fs = fs
         self.mountpoint = mountpoint
@@ -78,8 +84,12 @@ class FuseServer:
         self.proto_minor = 0
         self._workers: list[threading.Thread] = []
         self._stopped = threading.Event()
-        self._passthrough = False
-        self._backing: dict[int, int] = {}  # ino -> backing id
+        # Passthrough: the kernel reads fully cached files from their cache file itself. It
+        # needs OPEN answered for every file, so it trades small-file open rates for native
+        # read speed; opt-in. Active only if the kernel offers it at INIT.
+        self.want_passthrough = passthrough
+        self.passthrough_active = False
+        self._backing: dict[int, int] = {}  # ino -> backing id (kept for the mount's lifetime)
         self._lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -188,13 +198,29 @@ class FuseServer:
             | p.READDIRPLUS_AUTO
             | p.MAX_PAGES
             | p.CACHE_SYMLINKS
-            | p.NO_OPEN_SUPPORT
             | p.NO_OPENDIR_SUPPORT
             | p.INIT_EXT
         )
+        if self.want_passthrough and kernel & p.PASSTHROUGH:
+            want |= p.PASSTHROUGH
+        else:
+            want |= p.NO_OPEN_SUPPORT
         got = kernel & want
+        self.passthrough_active = bool(got & p.PASSTHROUGH)
+        stack_depth = 1 if self.passthrough_active else 0  # overlayfs may still stack on top
         out = p.INIT_OUT.pack(
-            7, min(minor, 45), MAX_READ, got & 0xFFFFFFFF, 16, 12, MAX_READ, 1, MAX_READ // 4096, 0, got >> 32, 0
+            7,
+            min(minor, 45),
+            MAX_READ,
+            got & 0xFFFFFFFF,
+            16,
+            12,
+            MAX_READ,
+            1,
+            MAX_READ // 4096,
+            0,
+            got >> 32,
+            stack_depth,
         )
         return out if minor >= 23 else out[:24]
 
@@ -209,8 +235,41 @@ class FuseServer:
         return self.fs.readlink(nodeid)
 
     def _open(self, nodeid: int, body: memoryview) -> bytes:
-        # Declining OPEN (ENOSYS) tells the kernel to stop sending OPEN/RELEASE and keep caches.
-        raise OSError(errno.ENOSYS, "open not needed")
+        if not self.passthrough_active:
+            # Declining OPEN (ENOSYS) tells the kernel to stop sending OPEN/RELEASE and keep caches.
+            raise OSError(errno.ENOSYS, "open not needed")
+        backing = self._backing.get(nodeid, 0)
+        if not backing:
+            path = self.fs.passthrough_path(nodeid)
+            if path is not None:
+                backing = self._register_backing(nodeid, path)
+        if backing:
+            return p.OPEN_OUT.pack(0, p.FOPEN_PASSTHROUGH, backing)
+        return p.OPEN_OUT.pack(0, p.FOPEN_KEEP_CACHE, 0)
+
+    def _register_backing(self, ino: int, path: str) -> int:
+        """Hand the kernel the cache file holding *ino*'s complete content (0 on failure)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return 0
+        try:
+            arg = bytearray(p.BACKING_MAP.pack(fd, 0, 0))
+            backing = fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_OPEN, arg)
+        except OSError as e:
+            log.debug("passthrough for inode %d refused by the kernel: %s", ino, e)
+            return 0
+        finally:
+            os.close(fd)  # the kernel holds its own reference
+        with self._lock:
+            if ino in self._backing:  # another thread won the race; drop ours
+                try:
+                    fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_CLOSE, struct.pack("<I", backing))
+                except OSError:
+                    pass
+                return self._backing[ino]
+            self._backing[ino] = int(backing)
+        return int(backing)
 
     def _read(self, nodeid: int, body: memoryview) -> bytes:
         _fh, offset, size, _flags = p.READ_IN.unpack_from(body)
