@@ -74,9 +74,20 @@ def main() -> None:
     try:
         import_layout(cd, work / "src", "bench.local/conv")
         t0 = time.perf_counter()
-        cd.ctr("image", "convert", "--estargz", "--oci", "--estargz-compression-level", str(args.level),
-               "--estargz-chunk-size", str(args.chunk_size), "bench.local/conv:latest", "bench.local/conv:esgz",
-               tool="ctr-remote", timeout=3600)
+        cd.ctr(
+            "image",
+            "convert",
+            "--estargz",
+            "--oci",
+            "--estargz-compression-level",
+            str(args.level),
+            "--estargz-chunk-size",
+            str(args.chunk_size),
+            "bench.local/conv:latest",
+            "bench.local/conv:esgz",
+            tool="ctr-remote",
+            timeout=3600,
+        )
         ref_s = time.perf_counter() - t0
         export_layout(cd, "bench.local/conv:esgz", work / "ref")
     finally:
@@ -86,8 +97,11 @@ def main() -> None:
     ref_size = sum(d.size for d in Manifest.parse(ref.fetch(rd), rd.media_type).layers)
 
     t0 = time.perf_counter()
-    out = convert_image(OCILayout(work / "src", "latest"), OCILayout(work / "ours", create=True),
-                        ConvertOptions(compression_level=args.level, chunk_size=args.chunk_size, oci=True))
+    out = convert_image(
+        OCILayout(work / "src", "latest"),
+        OCILayout(work / "ours", create=True),
+        ConvertOptions(compression_level=args.level, chunk_size=args.chunk_size, oci=True),
+    )
     ours_s = time.perf_counter() - t0
     ours = OCILayout(work / "ours")
     ours_size = sum(d.size for d in Manifest.parse(ours.fetch(out), out.media_type).layers)

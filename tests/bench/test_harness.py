@@ -116,7 +116,7 @@ def test_delay_proxy_adds_latency_and_relays_bytes() -> None:
                 got += c.recv(65536)
             rtt = time.monotonic() - t0
         assert got == b"ping" * 1000
-        assert 0.09 <= rtt < 0.6  # 50 ms on the way there, 50 ms on the way back
+        assert 0.09 <= rtt < 2.0  # 50 ms there, 50 ms back (generous upper bound: shared CPUs)
     finally:
         proxy.stop()
         srv.close()
