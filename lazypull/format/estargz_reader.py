@@ -204,23 +204,29 @@ class TOCIndex(LayerIndex):
 
 
 class ChunkDecoder:
-    def __call__(self, chunk: Chunk, raw: bytes) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
+    """Decompress a chunk's compressed span and verify it: the one place bytes get verified."""
 
-
-class GzipChunkDecoder(ChunkDecoder):
     def __call__(self, chunk: Chunk, raw: bytes) -> bytes:
         if len(raw) != chunk.blob_end - chunk.blob_offset:
             raise FormatError(
                 f"chunk at {chunk.blob_offset}: got {len(raw)} compressed bytes, expected "
                 f"{chunk.blob_end - chunk.blob_offset}"
             )
-        data = decompress_prefix(raw, chunk.inner_offset + chunk.size, f"chunk at blob offset {chunk.blob_offset}")
-        data = data[chunk.inner_offset :]
+        what = f"chunk at blob offset {chunk.blob_offset}"
+        data = self.inflate(raw, chunk.inner_offset + chunk.size, what)[chunk.inner_offset :]
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != chunk.digest:
-            raise DigestMismatchError(f"chunk at blob offset {chunk.blob_offset}", chunk.digest, actual)
+            raise DigestMismatchError(what, chunk.digest, actual)
         return data
+
+    def inflate(self, raw: bytes, need: int, what: str) -> bytes:
+        """Exactly the first *need* decompressed bytes, or FormatError."""
+        raise NotImplementedError
+
+
+class GzipChunkDecoder(ChunkDecoder):
+    def inflate(self, raw: bytes, need: int, what: str) -> bytes:
+        return decompress_prefix(raw, need, what)
 
 
 def read_toc_member(source: ReadAt, toc_offset: int, end: int, max_toc_bytes: int) -> bytes:

@@ -152,6 +152,17 @@ class _MemberWriter:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def result(self, toc_json: bytes, annotations: dict[str, str] | None = None) -> BuildResult:
+        """The ids of everything written so far (call after the footer)."""
+        return BuildResult(
+            blob_digest="sha256:" + self.blob_hash.hexdigest(),
+            blob_size=self.pos,
+            toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
+            diff_id="sha256:" + self.diff_hash.hexdigest(),
+            uncompressed_size=self.uncompressed,
+            annotations=annotations or {},
+        )
+
 
 def build_estargz(
     src: BinaryIO,
@@ -281,10 +292,4 @@ def _finish(mw: _MemberWriter, toc: TOC, level: int) -> BuildResult:
     mw.submit(toc_tar)
     mw.flush()
     mw.write_raw(estargz_footer(toc_offset))
-    return BuildResult(
-        blob_digest="sha256:" + mw.blob_hash.hexdigest(),
-        blob_size=mw.pos,
-        toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
-        diff_id="sha256:" + mw.diff_hash.hexdigest(),
-        uncompressed_size=mw.uncompressed,
-    )
+    return mw.result(toc_json)

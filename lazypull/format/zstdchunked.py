@@ -18,7 +18,6 @@ import zstandard
 from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format.estargz_reader import DEFAULT_MAX_TOC_BYTES, ChunkDecoder, TOCIndex
 from lazypull.format.estargz_writer import BuildResult, _MemberWriter, build_layer
-from lazypull.format.index import Chunk
 from lazypull.format.source import ReadAt
 from lazypull.format.tarstream import Prioritized
 from lazypull.format.toc import TOC
@@ -49,13 +48,9 @@ def _finish(mw: _MemberWriter, toc: TOC, level: int) -> BuildResult:
     mw.write_raw(skippable_frame(compressed))
     footer = struct.pack("<QQQQ", toc_offset, len(compressed), len(toc_json), MANIFEST_TYPE_CRFS) + CHUNKED_MAGIC
     mw.write_raw(skippable_frame(footer))
-    return BuildResult(
-        blob_digest="sha256:" + mw.blob_hash.hexdigest(),
-        blob_size=mw.pos,
-        toc_digest="sha256:" + hashlib.sha256(toc_json).hexdigest(),
-        diff_id="sha256:" + mw.diff_hash.hexdigest(),
-        uncompressed_size=mw.uncompressed,
-        annotations={
+    return mw.result(
+        toc_json,
+        {
             mt.ANNOTATION_ZSTD_CHUNKED_MANIFEST_CHECKSUM: "sha256:" + hashlib.sha256(compressed).hexdigest(),
             mt.ANNOTATION_ZSTD_CHUNKED_MANIFEST_POSITION: f"{toc_offset}:{len(compressed)}:{len(toc_json)}:1",
         },
@@ -87,13 +82,7 @@ def build_zstdchunked(
 
 
 class ZstdChunkDecoder(ChunkDecoder):
-    def __call__(self, chunk: Chunk, raw: bytes) -> bytes:
-        if len(raw) != chunk.blob_end - chunk.blob_offset:
-            raise FormatError(
-                f"chunk at {chunk.blob_offset}: got {len(raw)} compressed bytes, expected "
-                f"{chunk.blob_end - chunk.blob_offset}"
-            )
-        need = chunk.inner_offset + chunk.size
+    def inflate(self, raw: bytes, need: int, what: str) -> bytes:
         try:
             with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True) as r:
                 data = r.read(need)
@@ -103,13 +92,9 @@ class ZstdChunkDecoder(ChunkDecoder):
                         break
                     data += more
         except zstandard.ZstdError as e:
-            raise FormatError(f"chunk at blob offset {chunk.blob_offset}: corrupt zstd data ({e})") from None
+            raise FormatError(f"{what}: corrupt zstd data ({e})") from None
         if len(data) < need:
-            raise FormatError(f"chunk at blob offset {chunk.blob_offset}: data ends after {len(data)} of {need} bytes")
-        data = data[chunk.inner_offset :]
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
-        if actual != chunk.digest:
-            raise DigestMismatchError(f"chunk at blob offset {chunk.blob_offset}", chunk.digest, actual)
+            raise FormatError(f"{what}: data ends after {len(data)} of {need} bytes")
         return data
 
 
