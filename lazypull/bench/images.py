@@ -35,6 +35,11 @@ class BenchImage:
     workload: tuple[str, ...]
     expect: str  # text the workload prints (HelloBench: time until it appears)
     payload: Callable[[Path, float], None] | None = None
+    build_as: str = ""  # share another image's build (same content, different workload)
+
+    @property
+    def build_name(self) -> str:
+        return self.build_as or self.name
 
 
 def _seed_payload(root: Path, scale: float) -> None:
@@ -62,6 +67,14 @@ def _small_files_payload(root: Path, scale: float) -> None:
 
 IMAGES = {
     "seed-large": BenchImage("seed-large", ("vim",), ("sh", "-c", "echo ready"), "ready", _seed_payload),
+    "seed-read": BenchImage(
+        "seed-read",
+        ("vim",),
+        ("sh", "-c", "md5sum /data/file-00.txt /data/file-01.txt"),
+        "file-01",
+        _seed_payload,
+        build_as="seed-large",
+    ),
     "python": BenchImage("python", ("python3",), ("python3", "-c", "print('hello')"), "hello"),
     "ml": BenchImage(
         "ml",
@@ -133,15 +146,15 @@ def _gzip_layer(tar: Path, layout: OCILayout) -> tuple[Descriptor, str]:
 
 def build_image(img: BenchImage, work: Path, scale: float) -> OCILayout:
     """The image as an OCI layout (cached under *work* per image and scale)."""
-    out = work / f"{img.name}-{scale:g}"
+    out = work / f"{img.build_name}-{scale:g}"
     if (out / "index.json").exists():
         return OCILayout(out, "latest")
     layers = [base_rootfs(work, img.packages)]
     if img.payload:
-        pdir = work / f"{img.name}-{scale:g}-payload"
+        pdir = work / f"{img.build_name}-{scale:g}-payload"
         shutil.rmtree(pdir, ignore_errors=True)
         img.payload(pdir, scale)
-        ptar = work / f"{img.name}-{scale:g}-payload.tar"
+        ptar = work / f"{img.build_name}-{scale:g}-payload.tar"
         _tar_dir(pdir, ptar)
         shutil.rmtree(pdir)
         layers.append(ptar)

@@ -263,30 +263,34 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
     """Push each image in its forms; returns (image, mode) -> reference."""
     ropts = RegistryOptions(plain_http=True)
     refs: dict[tuple[str, str], str] = {}
+    built: dict[str, tuple[str, str]] = {}  # build name -> (org ref, esgz ref)
     for name in cfg.images:
         img = IMAGES[name]
-        cfg.progress(f"[images] building {name} (scale {cfg.scale:g})")
-        layout = build_image(img, work, cfg.scale)
-        base = f"{reg.host}/bench/{name}"
-        copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
-        refs[(name, "overlayfs")] = f"{base}:org"
-        if any(m.startswith(("lazypull", "reference")) for m in cfg.modes):
-            cfg.progress(f"[images] converting {name} to eStargz")
-            t0 = time.monotonic()
-            convert_image(
-                open_store(f"{base}:org", ropts),
-                open_store(f"{base}:esgz", ropts, for_push=True),
-                ConvertOptions(oci=True),
-                tag="esgz",
-            )
-            cfg.progress(f"[images] converted in {time.monotonic() - t0:.1f}s")
-            refs[(name, "lazypull")] = refs[(name, "reference")] = f"{base}:esgz"
+        base = f"{reg.host}/bench/{img.build_name}"
+        if img.build_name not in built:
+            cfg.progress(f"[images] building {img.build_name} (scale {cfg.scale:g})")
+            layout = build_image(img, work, cfg.scale)
+            copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
+            if any(m.startswith(("lazypull", "reference")) for m in cfg.modes):
+                cfg.progress(f"[images] converting {img.build_name} to eStargz")
+                t0 = time.monotonic()
+                convert_image(
+                    open_store(f"{base}:org", ropts),
+                    open_store(f"{base}:esgz", ropts, for_push=True),
+                    ConvertOptions(oci=True),
+                    tag="esgz",
+                )
+                cfg.progress(f"[images] converted in {time.monotonic() - t0:.1f}s")
+            built[img.build_name] = (f"{base}:org", f"{base}:esgz")
+        org, esgz = built[img.build_name]
+        refs[(name, "overlayfs")] = org
+        refs[(name, "lazypull")] = refs[(name, "reference")] = esgz
         if "lazypull-opt" in cfg.modes:
             record = work / f"{name}-{cfg.scale:g}.record.jsonl"
             cfg.progress(f"[images] recording the files {name}'s workload reads")
             node = Node(work / "record-node", "lazypull", reg.host, cfg, record=True)
             try:
-                one_run(node, net, img, f"{base}:esgz", "lazypull", 0)
+                one_run(node, net, img, esgz, "lazypull", 0)
                 time.sleep(1.5)  # mount processes publish their access records every second
                 lines: list[str] = []
                 for f in sorted((work / "record-node" / "lazypull" / "snapshots").glob("*/mount/accessed.jsonl")):
@@ -294,13 +298,14 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
                 record.write_text("\n".join(lines) + "\n")
             finally:
                 node.stop()
+            opt = f"{reg.host}/bench/{name}:esgz-opt"  # per workload: the record differs
             convert_image(
-                open_store(f"{base}:org", ropts),
-                open_store(f"{base}:esgz-opt", ropts, for_push=True),
+                open_store(org, ropts),
+                open_store(opt, ropts, for_push=True),
                 ConvertOptions(oci=True, prioritized=read_record(record)),
                 tag="esgz-opt",
             )
-            refs[(name, "lazypull-opt")] = f"{base}:esgz-opt"
+            refs[(name, "lazypull-opt")] = opt
     return refs
 
 
