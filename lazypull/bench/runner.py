@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -293,7 +294,7 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
                 one_run(node, net, img, esgz, "lazypull", 0)
                 time.sleep(1.5)  # mount processes publish their access records every second
                 lines: list[str] = []
-                for f in sorted((work / "record-node" / "lazypull" / "snapshots").glob("*/mount/accessed.jsonl")):
+                for f in sorted((work / "record-node" / "lazypull" / "layers").glob("*/mount/accessed.jsonl")):
                     lines += f.read_text().splitlines()
                 record.write_text("\n".join(lines) + "\n")
             finally:
@@ -309,7 +310,13 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
     return refs
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C: through the finally blocks
+
+
 def run_bench(cfg: BenchConfig) -> list[RunResult]:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     work = cfg.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     net = ShapedNet(rate=cfg.rate)

@@ -29,7 +29,7 @@ class NotRemote(LazypullError):
 class RemoteLayer:
     ref: Reference
     layer: Descriptor
-    other_layers: tuple[str, ...] = ()
+    image_layers: tuple[Descriptor, ...] = ()  # every layer of the image, for mounting ahead
 
 
 def target_of(labels: dict[str, str]) -> tuple[str, str, str | None, tuple[str, ...]] | None:
@@ -52,7 +52,7 @@ class LayerResolver:
         t = target_of(labels)
         if t is None:
             raise NotRemote("no image reference/layer labels (pulled without a lazy-pull client?)")
-        ref_text, digest, manifest_digest, layers = t
+        ref_text, digest, manifest_digest, _layers = t
         try:
             ref = Reference.parse(ref_text)
         except LazypullError as e:
@@ -62,7 +62,7 @@ class LayerResolver:
             if layer.digest == digest:
                 if mt.ANNOTATION_TOC_DIGEST not in layer.annotations:
                     raise NotRemote(f"layer {digest} of {ref} has no TOC digest annotation (not eStargz)")
-                return RemoteLayer(ref, layer, layers)
+                return RemoteLayer(ref, layer, tuple(manifest.layers))
         raise NotRemote(f"layer {digest} is not in the manifest of {ref}")
 
     def _manifest(self, ref: Reference, manifest_digest: str | None) -> Manifest:

@@ -26,10 +26,13 @@ from lazypull.fs.mountproc import (
 )
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.types import Descriptor
 from lazypull.snapshot.remote import LayerResolver, NotRemote
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
 
 log = logging.getLogger(__name__)
+_READY = threading.Event()
+_READY.set()
 
 
 @dataclass
@@ -64,12 +67,23 @@ class Snapshotter:
         self.store = MetaStore(root / "metadata.db")
         self.resolver = resolver
         self.remote = remote
-        self._handles: dict[str, MountHandle] = {}  # committed name -> layer mount
+        self._handles: dict[str, MountHandle] = {}  # layer digest -> its mount (shared by snapshots)
+        self._spawning: dict[str, threading.Event] = {}  # layer digest -> set when its mount is ready
+        (root / "layers").mkdir(exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self.mount_errors = 0
 
     def _dir(self, s: Snapshot) -> Path:
         return self.root / "snapshots" / str(s.id)
+
+    def _fs_dir(self, s: Snapshot) -> str:
+        """A snapshot's filesystem: its own directory, or the shared mount of a lazy layer."""
+        if s.remote and s.remote.get("mountpoint"):
+            return s.remote["mountpoint"]
+        return str(self._dir(s) / "fs")
+
+    def _layer_dir(self, digest: str) -> Path:
+        return self.root / "layers" / digest.replace(":", "-")
 
     # -- containerd operations -----------------------------------------------------------
     def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
@@ -100,7 +114,7 @@ class Snapshotter:
         s = self.store.get(key)
         chain = self.store.chain(s.parent) if s.parent else []
         self._wait_prefetch(chain)
-        lowers = [str(self._dir(p) / "fs") for p in chain]
+        lowers = [self._fs_dir(p) for p in chain]
         d = self._dir(s)
         if s.kind == Kind.ACTIVE:
             if not lowers:
@@ -125,16 +139,22 @@ class Snapshotter:
 
     def remove(self, key: str) -> None:
         s = self.store.get(key)
-        if self.store.children(key):
-            self.store.remove(key)  # raises FailedPrecondition
+        self.store.remove(key)  # raises FailedPrecondition while it has children
+        shutil.rmtree(self._dir(s), ignore_errors=True)
+        if s.remote:
+            self._release_layer(s.remote["digest"])
+
+    def _release_layer(self, digest: str) -> None:
+        """Unmount a lazy layer once no snapshot uses it (its cached chunks stay, LRU-bounded)."""
+        if any(x.remote and x.remote.get("digest") == digest for x in self.store.all()):
+            return
         with self._lock:
-            h = self._handles.pop(key, None)
+            h = self._handles.pop(digest, None)
         if h is not None:
             stop_layer_mount(h)
-        elif s.remote:
-            self._stop_remote_dir(self._dir(s))
-        self.store.remove(key)
-        shutil.rmtree(self._dir(s), ignore_errors=True)
+        else:
+            self._stop_remote_dir(self._layer_dir(digest))
+        shutil.rmtree(self._layer_dir(digest), ignore_errors=True)
 
     def stat(self, key: str) -> Snapshot:
         return self.store.get(key)
@@ -161,10 +181,21 @@ class Snapshotter:
 
     def cleanup(self) -> None:
         """Remove snapshot directories that no snapshot refers to (left by crashes)."""
-        known = {str(s.id) for s in self.store.all()}
+        snaps = self.store.all()
+        known = {str(s.id) for s in snaps}
         for d in (self.root / "snapshots").iterdir():
             if d.name not in known:
-                self._stop_remote_dir(d)
+                shutil.rmtree(d, ignore_errors=True)
+        used = {s.remote["digest"] for s in snaps if s.remote}
+        for d in (self.root / "layers").iterdir():
+            digest = d.name.replace("-", ":", 1)
+            if digest not in used and digest not in self._spawning:
+                with self._lock:
+                    h = self._handles.pop(digest, None)
+                if h is not None:
+                    stop_layer_mount(h)
+                else:
+                    self._stop_remote_dir(d)
                 shutil.rmtree(d, ignore_errors=True)
 
     # -- remote layers -------------------------------------------------------------------
@@ -176,37 +207,33 @@ class Snapshotter:
         except NotRemote as e:
             log.info("layer for %s will be pulled normally: %s", target, e)
             return False
-        s = self.store.create(key, parent, Kind.ACTIVE, labels)
-        d = self._dir(s)
-        rs = self.remote
-        spec = LayerSpec(
-            layer=layer.layer.to_json(),
-            cache_dir=str(rs.cache_dir),
-            ref=str(layer.ref),
-            registry=rs.registry,
-            prefetch=rs.prefetch,
-            background_fetch=rs.background_fetch,
-            fetch_timeout_sec=rs.fetch_timeout_sec,
-            max_retries=rs.max_retries,
-            cache_max_bytes=rs.cache_max_bytes,
-            record_access=rs.record_access,
-            passthrough=rs.passthrough,
-        )
+        # containerd prepares layers one after another: start the following ones now.
+        for other in layer.image_layers:
+            if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
+                self._start_layer(layer.ref, other)
         try:
-            h = spawn_layer_mount(spec, d / "fs", d / "mount")
-            h.wait_ready(rs.fetch_timeout_sec)
+            h = self._start_layer(layer.ref, layer.layer)
+            self._spawning.get(layer.layer.digest, _READY).wait(self.remote.fetch_timeout_sec)
+            h.wait_ready(self.remote.fetch_timeout_sec)
         except Exception as e:
             self.mount_errors += 1
             log.warning("lazy mount of layer %s failed, falling back to a normal pull: %s", layer.layer.digest, e)
-            self._stop_remote_dir(d)
-            self.store.remove(key)
-            shutil.rmtree(d, ignore_errors=True)
+            with self._lock:
+                self._handles.pop(layer.layer.digest, None)
+            self._stop_remote_dir(self._layer_dir(layer.layer.digest))
             return False
         size = layer.layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, str(layer.layer.size))
+        self.store.create(key, parent, Kind.ACTIVE, labels)
         self.store.commit(target, key, {**labels, mt.LABEL_REMOTE: "remote snapshot"})
-        self.store.set_remote(target, {"digest": layer.layer.digest, "state_dir": str(d / "mount"), "size": size})
-        with self._lock:
-            self._handles[target] = h
+        self.store.set_remote(
+            target,
+            {
+                "digest": layer.layer.digest,
+                "state_dir": str(h.state_dir),
+                "mountpoint": str(h.mountpoint),
+                "size": size,
+            },
+        )
         log.info(
             "layer %s of %s mounted lazily as %s in %.2fs",
             layer.layer.digest[7:19],
@@ -216,13 +243,56 @@ class Snapshotter:
         )
         return True
 
+    def _start_layer(self, ref: object, desc: Descriptor) -> MountHandle:
+        """The mount of layer *desc*: running, starting, or spawned now (without waiting)."""
+        assert self.remote is not None
+        rs = self.remote
+        with self._lock:
+            h = self._handles.get(desc.digest)
+            if h is not None and (desc.digest in self._spawning or h.alive()):
+                return h
+            d = self._layer_dir(desc.digest)
+            spec = LayerSpec(
+                layer=desc.to_json(),
+                cache_dir=str(rs.cache_dir),
+                ref=str(ref),
+                registry=rs.registry,
+                prefetch=rs.prefetch,
+                background_fetch=rs.background_fetch,
+                fetch_timeout_sec=rs.fetch_timeout_sec,
+                max_retries=rs.max_retries,
+                cache_max_bytes=rs.cache_max_bytes,
+                record_access=rs.record_access,
+                passthrough=rs.passthrough,
+            )
+            if is_mounted(d / "fs"):
+                unmount(str(d / "fs"))
+            h = spawn_layer_mount(spec, d / "fs", d / "mount")
+            self._handles[desc.digest] = h
+            ready = self._spawning[desc.digest] = threading.Event()
+
+        def wait() -> None:
+            try:
+                h.wait_ready(rs.fetch_timeout_sec)
+            except Exception as e:
+                log.info("ahead-of-time mount of %s failed: %s", desc.digest[7:19], e)
+            finally:
+                ready.set()
+                with self._lock:
+                    self._spawning.pop(desc.digest, None)
+
+        threading.Thread(target=wait, daemon=True, name=f"mount-{desc.digest[7:15]}").start()
+        return h
+
     def _wait_prefetch(self, chain: list[Snapshot]) -> None:
         if self.remote is None or not self.remote.prefetch:
             return
         deadline = time.monotonic() + self.remote.prefetch_timeout_sec
         for s in chain:
+            if not s.remote:
+                continue
             with self._lock:
-                h = self._handles.get(s.key)
+                h = self._handles.get(s.remote["digest"])
             if h is not None and not h.wait_prefetch(max(0.0, deadline - time.monotonic())):
                 log.info("prefetch of %s not finished within the timeout; continuing", s.key)
 
@@ -236,24 +306,24 @@ class Snapshotter:
     def restore(self) -> None:
         """After a (re)start: re-adopt running layer mounts, remount those that died."""
         for s in self.store.all():
-            if not s.remote:
+            if not s.remote or s.remote["digest"] in self._handles:
                 continue
-            d = self._dir(s)
-            h = adopt_layer_mount(d / "mount")
+            state_dir = Path(s.remote["state_dir"])
+            h = adopt_layer_mount(state_dir)
             if h is None:
                 log.warning("layer mount for %s is gone; mounting it again", s.key)
-                if is_mounted(d / "fs"):
-                    unmount(str(d / "fs"))
+                mountpoint = Path(s.remote.get("mountpoint") or state_dir.parent / "fs")
+                if is_mounted(mountpoint):
+                    unmount(str(mountpoint))
                 try:
-                    spec = LayerSpec.load(d / "mount" / "spec.json")
-                    h = spawn_layer_mount(spec, d / "fs", d / "mount")
+                    h = spawn_layer_mount(LayerSpec.load(state_dir / "spec.json"), mountpoint, state_dir)
                     h.wait_ready(60)
                 except Exception as e:
                     self.mount_errors += 1
                     log.error("cannot remount layer for %s: %s", s.key, e)
                     continue
             with self._lock:
-                self._handles[s.key] = h
+                self._handles[s.remote["digest"]] = h
         log.info("restored %d lazily mounted layers", len(self._handles))
 
     def handles(self) -> list[MountHandle]:

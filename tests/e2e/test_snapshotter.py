@@ -197,8 +197,12 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         resp = stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(key="extract-plain", labels=plain_labels))
         assert resp.mounts[0].type == "bind"
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="view-cri"))
+        # The other layer of the image was mounted ahead of its Prepare, in parallel.
+        assert len(node.daemon.mount_processes()) == 2
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="chain-cri-1"))
-        assert not node.daemon.mount_processes()
+        assert len(node.daemon.mount_processes()) == 1  # the prepared layer is gone with its snapshot
+        stub.Cleanup(snapshots_pb2.CleanupRequest())  # containerd's GC: unused ahead-of-time mounts go too
+        wait_for(lambda: not node.daemon.mount_processes(), 10, "unused mounts to stop")
     assert "will be pulled normally" in node.daemon.log()
 
 
@@ -282,10 +286,14 @@ def test_access_recording_for_optimize(tmp_path: Path, world: World) -> None:
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
         cd.ctr("run", "--rm", "--snapshotter", "lazypull", world.esgz, "rec1", "/bin/cat", "/data/hello.txt")
         records = lambda: "".join(  # noqa: E731
-            f.read_text() for f in (daemon.root / "snapshots").glob("*/mount/accessed.jsonl")
+            f.read_text() for f in (daemon.root / "layers").glob("*/mount/accessed.jsonl")
         )
-        wait_for(lambda: "/data/hello.txt" in records(), 10, "access records")
-        assert '{"path": "/bin/busybox"}' in records()
+        # each layer's mount process publishes its own record about once a second
+        wait_for(
+            lambda: "/data/hello.txt" in records() and '{"path": "/bin/busybox"}' in records(),
+            10,
+            "access records of both layers",
+        )
         assert "/data/big.bin" not in records()
     finally:
         cd.stop()
