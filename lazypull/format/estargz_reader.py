@@ -147,7 +147,8 @@ class TOCIndex(LayerIndex):
             raise FormatError(f"{e.name!r}: chunk at {te.chunk_offset} has no chunkDigest; cannot verify it")
         if te.offset >= data_end:
             raise FormatError(f"{e.name!r}: chunk offset {te.offset} lies beyond the layer data ({data_end})")
-        expected = sum(c.size for c in e.chunks)
+        last = e.chunks[-1] if e.chunks else None
+        expected = last.file_offset + last.size if last else 0
         if te.chunk_offset != expected:
             raise FormatError(
                 f"{e.name!r}: chunk at file offset {te.chunk_offset}, expected {expected} (overlap or gap)"
@@ -159,8 +160,9 @@ class TOCIndex(LayerIndex):
         offsets.append(te.offset)
 
     def _finish_reg(self, e: Entry) -> None:
-        if sum(c.size for c in e.chunks) != e.size:
-            raise FormatError(f"{e.name!r}: chunks cover {sum(c.size for c in e.chunks)} of {e.size} bytes")
+        covered = e.chunks[-1].file_offset + e.chunks[-1].size if e.chunks else 0
+        if covered != e.size:
+            raise FormatError(f"{e.name!r}: chunks cover {covered} of {e.size} bytes")
 
     def _fill_ends(self, offsets: list[int], data_end: int) -> None:
         starts = sorted(set(offsets))

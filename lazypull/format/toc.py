@@ -47,6 +47,7 @@ _INT_FIELDS = frozenset(
 )
 _STR_FIELDS = frozenset({"modtime", "link_name", "uname", "gname", "digest", "chunk_digest"})
 _JSON_TO_ATTR = {j: a for a, j in _FIELDS}
+_MAX_INT = 1 << 62
 
 
 @dataclass(slots=True)
@@ -84,28 +85,28 @@ class TOCEntry:
 
     @classmethod
     def from_json(cls, obj: Any, index: int) -> TOCEntry:
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             raise FormatError(f"TOC entry #{index} is not an object")
         name, typ = obj.get("name"), obj.get("type")
-        if not isinstance(name, str) or not isinstance(typ, str):
+        if type(name) is not str or type(typ) is not str:
             raise FormatError(f"TOC entry #{index} lacks a string name/type")
         if typ not in ENTRY_TYPES:
             raise FormatError(f"TOC entry {name!r} has unknown type {typ!r}")
-        e = cls(name=name, type=typ)
+        kw: dict[str, Any] = {}
         for key, v in obj.items():
             attr = _JSON_TO_ATTR.get(key)
             if attr is None:
-                continue  # unknown fields are ignored, as the reference does
+                continue  # name/type, or unknown fields (ignored, as the reference does)
             if attr in _INT_FIELDS:
-                if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > (1 << 62):
+                if type(v) is not int or v < 0 or v > _MAX_INT:
                     raise FormatError(f"TOC entry {name!r}: field {key!r} is not a valid integer: {v!r}")
             elif attr in _STR_FIELDS:
-                if not isinstance(v, str):
+                if type(v) is not str:
                     raise FormatError(f"TOC entry {name!r}: field {key!r} is not a string")
-            elif attr == "xattrs":
+            else:  # xattrs
                 v = _decode_xattrs(name, v)
-            setattr(e, attr, v)
-        return e
+            kw[attr] = v
+        return cls(name, typ, **kw)
 
 
 def _decode_xattrs(name: str, v: Any) -> dict[str, bytes]:
