@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
+from lazypull.fsutil import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -118,14 +120,7 @@ class ChunkCache:
             return
         path.parent.mkdir(exist_ok=True, mode=0o700)
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, data)
         except OSError as e:
             # A full disk must not fail reads: the bytes are still served from memory.
             log.warning("cannot write chunk %s to the cache: %s", digest, e.strerror)

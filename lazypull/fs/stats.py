@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from lazypull.fsutil import atomic_write
 
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
@@ -42,14 +42,7 @@ class OpStats:
 
 
 def write_stats(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stats-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data).encode(), 0o644)
 
 
 def read_stats(path: Path) -> dict[str, Any] | None:

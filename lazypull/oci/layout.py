@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from lazypull.errors import OCIError
 from lazypull.format.source import FileSource
+from lazypull.fsutil import atomic_write
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.store import ImageStore
@@ -154,11 +155,4 @@ class OCILayout(ImageStore):
 
     @staticmethod
     def _atomic_write(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data, 0o644)

@@ -93,15 +93,20 @@ def node(tmp_path: Path, world: World) -> Iterator[Node]:
     try:
         yield Node(daemon, cd, port)
     finally:
-        cd.stop()
-        daemon.stop()
-        for pid in daemon.mount_processes():
-            os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f if str(tmp_path) in line.split()[4]]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True)
+        stop_node(daemon, cd, tmp_path)
+
+
+def stop_node(daemon: Daemon, cd: Containerd, root: Path) -> None:
+    """containerd and the daemon, then the layer mounts the daemon leaves running by design."""
+    cd.stop()
+    daemon.stop()
+    for pid in daemon.mount_processes():
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if str(root) in line.split()[4]]
+    for m in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True)
 
 
 def md5(b: bytes) -> str:
@@ -296,8 +301,4 @@ def test_access_recording_for_optimize(tmp_path: Path, world: World) -> None:
         )
         assert "/data/big.bin" not in records()
     finally:
-        cd.stop()
-        daemon.stop()
-        for pid in daemon.mount_processes():
-            os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
+        stop_node(daemon, cd, tmp_path)
