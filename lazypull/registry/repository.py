@@ -11,12 +11,14 @@ from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.reference import Reference
 
-_SHARED: dict[int, RegistryClient] = {}
+_SHARED: dict[str, RegistryClient] = {}
 
 
 def client_for(opts: RegistryOptions | None) -> RegistryClient:
-    """One client per options object, so pools and tokens are shared within a command."""
-    key = id(opts)
+    """One client per distinct set of options, so pools and tokens are shared within a command."""
+    import json
+
+    key = json.dumps((opts or RegistryOptions()).to_json(), sort_keys=True)
     c = _SHARED.get(key)
     if c is None:
         c = _SHARED[key] = RegistryClient(opts)
