@@ -328,6 +328,14 @@ class FuseServer:
     def _release(self, nodeid: int, body: memoryview) -> bytes:
         return b""
 
+    def _flush(self, nodeid: int, body: memoryview) -> bytes:
+        # ENOSYS: the kernel stops sending FLUSH on every close (nothing to flush here).
+        raise OSError(errno.ENOSYS, "flush not needed")
+
+    def _ioctl(self, nodeid: int, body: memoryview) -> bytes:
+        # isatty() probes (TCGETS) arrive here for every file some runtimes open: answer at once.
+        raise OSError(errno.ENOTTY, "not a terminal")
+
     def _destroy(self, nodeid: int, body: memoryview) -> bytes:
         self._stopped.set()
         return b""
@@ -348,7 +356,8 @@ class FuseServer:
         p.ACCESS: _access,
         p.RELEASE: _release,
         p.RELEASEDIR: _release,
-        p.FLUSH: _release,
+        p.FLUSH: _flush,
+        p.IOCTL: _ioctl,
         p.DESTROY: _destroy,
     }
 
