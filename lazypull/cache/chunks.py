@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import tempfile
 import threading
 from collections import OrderedDict
@@ -51,7 +52,9 @@ class MemoryLRU:
 
 
 class ChunkCache:
-    def __init__(self, root: Path, max_bytes: int = 10 << 30, memory_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int = 10 << 30, memory_bytes: int = 64 << 20, write_queue: int = 16
+    ) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.memory = MemoryLRU(memory_bytes)
@@ -64,6 +67,9 @@ class ChunkCache:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
         self._scan()
+        self._pending: set[str] = set()
+        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=write_queue)
+        threading.Thread(target=self._writer, daemon=True, name="cache-writer").start()
 
     def _path(self, digest: str) -> Path:
         hexd = digest.partition(":")[2]
@@ -110,16 +116,46 @@ class ChunkCache:
         return data
 
     def contains(self, digest: str) -> bool:
-        return self.memory.get(digest) is not None or self._path(digest).exists()
+        return self.memory.get(digest) is not None or digest in self._pending or self._path(digest).exists()
 
     def put(self, digest: str, data: bytes) -> None:
-        """Store verified bytes (callers verify before calling)."""
+        """Store verified bytes (callers verify before calling).
+
+        Readers get them from memory at once; the disk copy is written by a background
+        thread, so a cold read never waits for the disk (writes were 2/3 of its time).
+        If the writer falls behind, a chunk is simply not persisted (refetched if needed)."""
         self.memory.put(digest, data)
+        with self._lock:
+            if digest in self._pending or digest in self._sizes:
+                return
+            self._pending.add(digest)
+        try:
+            self._queue.put_nowait((digest, data))
+        except queue.Full:
+            with self._lock:
+                self._pending.discard(digest)
+            log.debug("cache writer busy; not persisting chunk %s", digest)
+
+    def flush(self) -> None:
+        """Wait until every queued chunk is on disk."""
+        self._queue.join()
+
+    def _writer(self) -> None:
+        while True:
+            digest, data = self._queue.get()
+            try:
+                self._write(digest, data)
+            finally:
+                with self._lock:
+                    self._pending.discard(digest)
+                self._queue.task_done()
+
+    def _write(self, digest: str, data: bytes) -> None:
         path = self._path(digest)
         if path.exists():
             return
-        path.parent.mkdir(exist_ok=True, mode=0o700)
         try:
+            path.parent.mkdir(exist_ok=True, mode=0o700)
             atomic_write(path, data)
         except OSError as e:
             # A full disk must not fail reads: the bytes are still served from memory.

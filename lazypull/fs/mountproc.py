@@ -253,6 +253,7 @@ def main(state_dir_arg: str) -> int:
     log.info("layer %s mounted at %s (%d entries)", desc.digest[7:19], mountpoint, fs.inode_count)
     server.serve()
     stop.set()
+    fetcher.cache.flush()  # persist what is still queued for the disk cache
     publish()
     log.info("layer %s unmounted; exiting", desc.digest[7:19])
     return 0

@@ -16,6 +16,7 @@ def test_put_get_survives_restart_with_tight_permissions(tmp_path: Path) -> None
     c = ChunkCache(tmp_path / "c")
     data = os.urandom(1000)
     c.put(dg(data), data)
+    c.flush()
     again = ChunkCache(tmp_path / "c", memory_bytes=0)
     assert again.get(dg(data)) == data
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
@@ -27,6 +28,7 @@ def test_corrupted_entry_is_dropped_not_served(tmp_path: Path) -> None:
     c = ChunkCache(tmp_path / "c", memory_bytes=0)
     data = b"good data" * 100
     c.put(dg(data), data)
+    c.flush()
     f = next(p for p in (tmp_path / "c").rglob("*") if p.is_file())
     f.write_bytes(b"evil" * 10)
     assert c.get(dg(data)) is None
@@ -38,9 +40,11 @@ def test_lru_eviction_bounds_disk(tmp_path: Path) -> None:
     blobs = [os.urandom(1000) for _ in range(5)]
     for b in blobs[:3]:
         c.put(dg(b), b)
+    c.flush()
     assert c.get(dg(blobs[0])) == blobs[0]  # touch: now most recent
     for b in blobs[3:]:
         c.put(dg(b), b)
+    c.flush()
     assert c.disk_bytes <= 3000
     assert c.get(dg(blobs[0])) == blobs[0]
     assert c.get(dg(blobs[1])) is None
