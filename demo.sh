@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install everything, build the seed's 1.2 GB image, convert it to eStargz,
 # then start it through containerd twice over a 150 Mbit/s link - full pull vs lazy pull -
-# and print both times and the bytes fetched. DEMO_SCALE=0.1 makes a 120 MB image.
+# and print both times and the bytes fetched. DEMO_SCALE=0.1 makes a ~140 MB image.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ "$(id -u)" != 0 ]; then echo "demo: run as root (sudo ./demo.sh)" >&2; exit 1; fi

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--runs", type=int, default=3, help="runs per image and mode (default 3)")
     p.add_argument("--rate", default="150mbit", help="registry bandwidth as tc understands it (default 150mbit)")
     p.add_argument("--rtt-ms", type=float, default=0.0, help="add this round-trip latency (userspace relay)")
-    p.add_argument("--scale", type=float, default=1.0, help="shrink generated payloads (seed-large: 0.1 = 120 MB)")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink generated payloads (seed-large: 0.1 = ~140 MB)")
     p.add_argument(
         "--background-fetch",
         action="store_true",
