@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format.footer import ESTARGZ_FOOTER_SIZE, parse_footer
 from lazypull.format.gzipmember import decompress_prefix
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex, normalize
 from lazypull.format.source import ReadAt
-from lazypull.format.toc import PREFETCH_LANDMARK, TOC, TOC_TAR_NAME, TOCEntry, parse_modtime_ns
+from lazypull.format.toc import PREFETCH_LANDMARK, TOC_TAR_NAME, TOCEntry, iter_entries, parse_modtime_ns
 
 DEFAULT_MAX_TOC_BYTES = 64 << 20
 BLOCK = 512
@@ -37,7 +37,9 @@ def safe_name(raw: str) -> str:
 class TOCIndex(LayerIndex):
     """A LayerIndex built from a parsed TOC (shared by eStargz and zstd:chunked)."""
 
-    def __init__(self, toc: TOC, *, blob_size: int, data_end: int, fmt: str, decoder: ChunkDecoder) -> None:
+    def __init__(
+        self, toc: Iterable[TOCEntry], *, blob_size: int, data_end: int, fmt: str, decoder: ChunkDecoder
+    ) -> None:
         self.format = fmt
         self.blob_size = blob_size
         self.prefetch_end = 0
@@ -59,11 +61,11 @@ class TOCIndex(LayerIndex):
         self._children[name] = []
         self._children[parent].append(base)
 
-    def _build(self, toc: TOC, data_end: int) -> None:
+    def _build(self, toc: Iterable[TOCEntry], data_end: int) -> None:
         chunk_offsets: list[int] = []
         last_reg: Entry | None = None
         hardlinks: list[Entry] = []
-        for te in toc.entries:
+        for te in toc:
             if te.type == "chunk":
                 if last_reg is None or normalize(te.name) != last_reg.name:
                     raise FormatError(f"chunk entry {te.name!r} does not follow its file")
@@ -270,5 +272,6 @@ def open_estargz(
         actual = "sha256:" + hashlib.sha256(toc_json).hexdigest()
         if actual != toc_digest:
             raise DigestMismatchError("TOC", toc_digest, actual)
-    toc = TOC.parse(toc_json)
-    return TOCIndex(toc, blob_size=size, data_end=data_end, fmt="estargz", decoder=GzipChunkDecoder())
+    return TOCIndex(
+        iter_entries(toc_json), blob_size=size, data_end=data_end, fmt="estargz", decoder=GzipChunkDecoder()
+    )

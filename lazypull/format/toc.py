@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -137,21 +138,32 @@ class TOC:
 
     @classmethod
     def parse(cls, data: bytes) -> TOC:
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise FormatError(f"TOC is not valid JSON: {str(e)[:200]}") from None
-        if not isinstance(obj, dict):
-            raise FormatError("TOC is not a JSON object")
-        version = obj.get("version")
-        if version != 1:
-            raise FormatError(f"unsupported TOC version {version!r} (expected 1)")
-        entries = obj.get("entries")
-        if entries is None:
-            entries = []
-        if not isinstance(entries, list):
-            raise FormatError("TOC entries is not a list")
-        return cls(version=1, entries=[TOCEntry.from_json(e, i) for i, e in enumerate(entries)])
+        return cls(version=1, entries=list(iter_entries(data)))
+
+
+def iter_entries(data: bytes) -> Iterator[TOCEntry]:
+    """Validated entries of a TOC document, one at a time.
+
+    Each parsed JSON object is released as soon as its entry is made, so a huge TOC never
+    sits in memory twice (dicts and entries)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise FormatError(f"TOC is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(obj, dict):
+        raise FormatError("TOC is not a JSON object")
+    version = obj.get("version")
+    if version != 1:
+        raise FormatError(f"unsupported TOC version {version!r} (expected 1)")
+    entries = obj.get("entries")
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise FormatError("TOC entries is not a list")
+    del obj
+    for i in range(len(entries)):
+        raw, entries[i] = entries[i], None
+        yield TOCEntry.from_json(raw, i)
 
 
 def format_modtime(epoch_seconds: float) -> str:

@@ -20,7 +20,7 @@ from lazypull.format.estargz_reader import DEFAULT_MAX_TOC_BYTES, ChunkDecoder, 
 from lazypull.format.estargz_writer import BuildResult, _MemberWriter, build_layer
 from lazypull.format.source import ReadAt
 from lazypull.format.tarstream import Prioritized
-from lazypull.format.toc import TOC
+from lazypull.format.toc import TOC, iter_entries
 from lazypull.oci import mediatypes as mt
 
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
@@ -142,5 +142,5 @@ def open_zstdchunked(
         if actual != toc_digest:
             raise DigestMismatchError("TOC", toc_digest, actual)
     return TOCIndex(
-        TOC.parse(toc_json), blob_size=size, data_end=off - 8, fmt="zstdchunked", decoder=ZstdChunkDecoder()
+        iter_entries(toc_json), blob_size=size, data_end=off - 8, fmt="zstdchunked", decoder=ZstdChunkDecoder()
     )
