@@ -210,3 +210,35 @@ def test_cli_convert_check_and_tamper(tmp_path: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     assert main(["check", "--full", f"oci:{tmp_path / 'dst'}:esgz"]) == 1
     assert "big" in capsys.readouterr().out
+
+
+def test_cli_prefetch_profile_patterns_reach_the_layer(tmp_path: Path) -> None:
+    write_image(tmp_path / "src", layers())
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps({"prefetch": {"landmarks": ["/etc/hosts"], "patterns": ["var/cache/*"]}}))
+    assert (
+        main(
+            ["convert", "--prefetch-profile", str(prof), f"oci:{tmp_path / 'src'}:latest", f"oci:{tmp_path / 'dst'}:p"]
+        )
+        == 0
+    )
+    lay, m, _ = load(f"oci:{tmp_path / 'dst'}:p")
+    top = open_estargz(lay.blob_source(m.layers[1]))
+    for name in ("etc/hosts", "var/cache/b"):
+        e = top.lookup(name)
+        assert e is not None and e.chunks[-1].blob_end <= top.prefetch_end, name
+    assert top.lookup("etc/sym") is not None
+    assert (
+        main(
+            [
+                "convert",
+                "--prefetch-profile",
+                str(prof),
+                "--record-in",
+                str(prof),
+                f"oci:{tmp_path / 'src'}:latest",
+                f"oci:{tmp_path / 'x'}:p",
+            ]
+        )
+        == 1
+    )

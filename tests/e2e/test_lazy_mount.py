@@ -254,3 +254,39 @@ def test_passthrough_serves_cached_files_without_the_server(env: Env, tmp_path: 
         assert (mnt / "data/hello.txt").read_bytes() == b"hello\n"
     finally:
         env.umount(mnt)
+
+
+def test_foreground_mount_cleans_up_on_ctrl_c(env: Env, tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    mnt = tmp_path / "fg"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lazypull.cli.main",
+            "mount",
+            "--plain-http",
+            "--cache-dir",
+            str(tmp_path / "fgcache"),
+            "--state-dir",
+            str(tmp_path / "fgstate"),
+            env.ref,
+            str(mnt),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (mnt / "data/hello.txt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        assert (mnt / "data/hello.txt").read_bytes() == b"hello\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not _our_mounts(tmp_path) and not _mount_procs(tmp_path)
