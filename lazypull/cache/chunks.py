@@ -37,6 +37,12 @@ class MemoryLRU:
                 self._d.move_to_end(key)
             return v
 
+    def drop(self, key: str) -> None:
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._size -= len(old)
+
     def put(self, key: str, value: bytes) -> None:
         if len(value) > self.max_bytes:
             return
@@ -208,6 +214,13 @@ class ChunkCache:
             key, size = self._sizes.popitem(last=False)
             self._total -= size
             self._path(key).unlink(missing_ok=True)
+
+    def remove(self, digest: str) -> bool:
+        """Forget a chunk (memory and disk); True if it was on disk."""
+        self.memory.drop(digest)
+        existed = self._path(digest).exists()
+        self._drop(digest)
+        return existed
 
     def _drop(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)

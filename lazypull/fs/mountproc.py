@@ -139,8 +139,16 @@ def adopt_layer_mount(state_dir: Path) -> MountHandle | None:
     return h if st.get("ready") and h.alive() else None
 
 
-def stop_layer_mount(h: MountHandle, timeout: float = 10.0) -> None:
-    """Unmount and end the process; no mount, process or state is left behind."""
+FREE_CACHE_MARKER = "free-cache"
+
+
+def stop_layer_mount(h: MountHandle, timeout: float = 10.0, free_cache: bool = False) -> None:
+    """Unmount and end the process; no mount, process or state is left behind.
+
+    With *free_cache* the process deletes its layer's chunks from the cache on the way out
+    (the layer is no longer used; a chunk shared with another layer is simply refetched)."""
+    if free_cache:
+        (h.state_dir / FREE_CACHE_MARKER).touch()
     if is_mounted(h.mountpoint):
         unmount(str(h.mountpoint))
     if _pid_alive(h.pid):
@@ -155,7 +163,7 @@ def stop_layer_mount(h: MountHandle, timeout: float = 10.0) -> None:
         if _pid_alive(h.pid):
             os.kill(h.pid, signal.SIGKILL)
     _reap(h.pid)
-    for f in ("state.json", "spec.json", "stats.json", "mountpoint"):
+    for f in ("state.json", "spec.json", "stats.json", "mountpoint", FREE_CACHE_MARKER):
         (h.state_dir / f).unlink(missing_ok=True)
 
 
@@ -254,6 +262,9 @@ def main(state_dir_arg: str) -> int:
     server.serve()
     stop.set()
     fetcher.cache.flush()  # persist what is still queued for the disk cache
+    if (state_dir / FREE_CACHE_MARKER).exists():
+        freed = sum(fetcher.cache.remove(c.digest) for e in index.entries() for c in e.chunks)
+        log.info("layer %s released: removed %d chunks from the cache", desc.digest[7:19], freed)
     publish()
     log.info("layer %s unmounted; exiting", desc.digest[7:19])
     return 0

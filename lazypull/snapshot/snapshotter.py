@@ -150,8 +150,10 @@ class Snapshotter:
             return
         with self._lock:
             h = self._handles.pop(digest, None)
+        if h is None:
+            h = adopt_layer_mount(self._layer_dir(digest) / "mount")
         if h is not None:
-            stop_layer_mount(h)
+            stop_layer_mount(h, free_cache=True)
         else:
             self._stop_remote_dir(self._layer_dir(digest))
         shutil.rmtree(self._layer_dir(digest), ignore_errors=True)

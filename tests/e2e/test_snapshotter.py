@@ -204,8 +204,16 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="view-cri"))
         # The other layer of the image was mounted ahead of its Prepare, in parallel.
         assert len(node.daemon.mount_processes()) == 2
+        from lazypull.format import open_layer
+
+        idx = open_layer(store.blob_source(layer), toc_digest=layer.annotations[mt.ANNOTATION_TOC_DIGEST])
+        hello = idx.lookup("data/hello.txt")
+        assert hello is not None
+        cached = node.daemon.root / "cache" / hello.digest[7:9] / hello.digest[7:]
+        wait_for(cached.exists, 10, "the read chunk to reach the disk cache")
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="chain-cri-1"))
         assert len(node.daemon.mount_processes()) == 1  # the prepared layer is gone with its snapshot
+        assert not cached.exists()  # ... and so are its cached chunks
         stub.Cleanup(snapshots_pb2.CleanupRequest())  # containerd's GC: unused ahead-of-time mounts go too
         wait_for(lambda: not node.daemon.mount_processes(), 10, "unused mounts to stop")
     assert "will be pulled normally" in node.daemon.log()
