@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import stat
-from array import array
 
 from lazypull.format.index import Entry, EntryType, LayerIndex
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
@@ -40,7 +39,6 @@ class LayerFS:
         self._children: dict[int, dict[bytes, int]] = {}
         self._whiteout: set[int] = set()  # inos presented as whiteout devices
         self._opaque: set[int] = set()
-        self._parents = array("q", [0, 0])
         self.bytes_served = 0
         self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
         self._build()
@@ -71,7 +69,6 @@ class LayerFS:
             ino = len(self._entries)
             self._entries.append(e)
             self._attrs.append(None)
-            self._parents.append(parent)
             if base.startswith(WHITEOUT):
                 self._whiteout.add(ino)
             by_name[e.name] = ino

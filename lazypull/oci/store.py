@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
 from lazypull.errors import DigestMismatchError, LazypullError
@@ -109,8 +108,3 @@ class VerifyingReader(io.RawIOBase):
             self._raw.close()
         finally:
             super().close()
-
-
-def iter_stream(f: BinaryIO, bufsize: int = 1 << 20) -> Iterator[bytes]:
-    while chunk := f.read(bufsize):
-        yield chunk

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlencode, urljoin
@@ -336,12 +334,3 @@ def _error_text(resp: urllib3.BaseHTTPResponse) -> str:
     except Exception:
         pass
     return ""
-
-
-def iter_chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
-    while chunk := stream.read(size):
-        yield chunk
-
-
-def deadline_in(seconds: float) -> float:
-    return time.monotonic() + seconds

@@ -21,7 +21,6 @@ from typing import Any
 
 from lazypull.errors import LazypullError
 
-_LOOPBACK = ("localhost", "127.", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,3 @@ class HostsConfig:
             timeout=hc.timeout,
         )
         return [*hc.mirrors, upstream]
-
-
-def is_loopback(host: str) -> bool:
-    return host.startswith(_LOOPBACK)
