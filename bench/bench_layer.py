@@ -155,8 +155,10 @@ def main() -> None:
         )
         for r in rows:
             print(f"{r[0]:10} {r[1]:14.2f} {r[2]:14.0f} {r[3]:14.0f} {r[4]:15.0f} {r[5]:15.0f}")
-        print("(cold = chunk cache empty, page cache dropped: fetch from the local blob + inflate + sha256 verify;"
-              " warm = third read)")
+        print(
+            "(cold = chunk cache empty, page cache dropped: fetch from the local blob + inflate + sha256 verify;"
+            " warm = third read)"
+        )
         print(
             f"(+passthru: FUSE passthrough {'active' if pt_srv.passthrough_active else 'NOT offered by this kernel'}; "
             "cached files are read by the kernel from the cache file, but every open is a round trip)"

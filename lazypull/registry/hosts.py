@@ -22,7 +22,6 @@ from typing import Any
 from lazypull.errors import LazypullError
 
 
-
 @dataclass(frozen=True)
 class Endpoint:
     """One place to send requests for a registry: a mirror or the upstream itself."""
