@@ -28,6 +28,7 @@ from lazypull.convert.copy import copy_image
 from lazypull.convert.image import ConvertOptions, convert_image
 from lazypull.convert.priority import read_record
 from lazypull.errors import LazypullError
+from lazypull.polling import wait_for
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
 
@@ -167,7 +168,7 @@ class Node:
             )
             plugins = f'[proxy_plugins.stargz]\n  type = "snapshot"\n  address = "{sock}"\n'
         if self.snap_proc is not None:
-            _wait(lambda: sock.exists(), 30, "snapshotter socket")
+            wait_for(lambda: sock.exists(), 30, "snapshotter socket")
         self.address = root / "containerd.sock"
         (root / "containerd.toml").write_text(
             f'version = 2\nroot = "{root / "croot"}"\nstate = "{root / "cstate"}"\n'
@@ -180,7 +181,7 @@ class Node:
             stdout=subprocess.DEVNULL,
             stderr=_logfile(root / "containerd.log"),
         )
-        _wait(lambda: self.address.exists() and self.ctr("version", check=False).returncode == 0, 30, "containerd")
+        wait_for(lambda: self.address.exists() and self.ctr("version", check=False).returncode == 0, 30, "containerd")
 
     def ctr(self, *args: str, tool: str = "ctr", check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [tool, "--address", str(self.address), "--namespace", "bench", *args]
@@ -226,18 +227,6 @@ def _kill_mount_processes(root: Path) -> None:
                     os.kill(int(pid), signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except Exception:
-            pass
-        time.sleep(0.05)
-    raise LazypullError(f"timed out waiting for {what}")
 
 
 def one_run(node: Node, net: ShapedNet, img: BenchImage, ref: str, mode: str, run: int) -> RunResult:

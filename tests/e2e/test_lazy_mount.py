@@ -15,11 +15,13 @@ import pytest
 
 from lazypull.cli.main import main
 from lazypull.format import open_layer
+from lazypull.fs.rootfs import mount_stats
 from lazypull.oci import mediatypes as mt
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from tests.e2e.interop import snapshot_tree
 from tests.support.images import Entry, busybox_layer, write_image
+from tests.support.net import wait_for
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry, start_registry
 
@@ -209,19 +211,19 @@ def test_registry_down_cached_reads_work_uncached_fail_fast(env: Env, tmp_path: 
     assert not _mount_procs(tmp_path)
 
 
+def wait_background_done(mnt: Path, state: Path) -> list[dict[str, object]]:
+    """Every lazy layer of the mount has fetched everything; returns the stats rows."""
+    wait_for(
+        lambda: all(r.get("background_done") for r in mount_stats(mnt, state) if r.get("lazy")), 30, "background fetch"
+    )
+    return mount_stats(mnt, state)
+
+
 def test_prefetch_and_stats(env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mnt = tmp_path / "mnt"
     env.mount(mnt)
     try:
-        deadline = time.monotonic() + 30
-        from lazypull.fs.rootfs import mount_stats
-
-        while time.monotonic() < deadline:
-            rows = mount_stats(mnt, tmp_path / "state")
-            if all(r.get("background_done") for r in rows):
-                break
-            time.sleep(0.2)
-        assert all(r.get("background_done") for r in rows)
+        wait_background_done(mnt, tmp_path / "state")
         env.proxy.reset_counters()
         assert hashlib.sha256((mnt / "data/big.bin").read_bytes()).digest() == hashlib.sha256(BIG).digest()
         assert env.proxy.blob_bytes() == 0  # background fetch had everything
@@ -234,14 +236,7 @@ def test_passthrough_serves_cached_files_without_the_server(env: Env, tmp_path: 
     mnt = tmp_path / "mnt"
     env.mount(mnt, "--passthrough")
     try:
-        from lazypull.fs.rootfs import mount_stats
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            rows = mount_stats(mnt, tmp_path / "state")
-            if all(r.get("background_done") for r in rows):
-                break
-            time.sleep(0.2)
+        rows = wait_background_done(mnt, tmp_path / "state")
         lazy = [r for r in rows if r.get("lazy")]
         if not any(r.get("passthrough") for r in lazy):
             pytest.skip("this kernel does not offer FUSE passthrough")
