@@ -4,7 +4,7 @@
 # and print both times and the bytes fetched. DEMO_SCALE=0.1 makes a ~140 MB image.
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ "$(id -u)" != 0 ]; then echo "demo: run as root (sudo ./demo.sh)" >&2; exit 1; fi
+if [ "$(id -u)" != 0 ]; then exec sudo --preserve-env=DEMO_SCALE "$0" "$@"; fi
 echo "demo: [1/2] installing dependencies"
 ./scripts/setup.sh
 echo "demo: [2/2] running (registry in a shaped network namespace, containerd, lazypull)"
