@@ -26,8 +26,8 @@ from lazypull.bench.images import IMAGES, BenchImage, build_image
 from lazypull.bench.netns import ShapedNet
 from lazypull.convert.copy import copy_image
 from lazypull.convert.image import ConvertOptions, convert_image
-from lazypull.convert.priority import read_record
 from lazypull.errors import LazypullError
+from lazypull.optimize.optimizer import OptimizeOptions, optimize_image, write_record
 from lazypull.polling import wait_for
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
@@ -116,7 +116,7 @@ class Registry:
 class Node:
     """containerd plus (for lazy modes) a snapshotter daemon, all under one fresh directory."""
 
-    def __init__(self, root: Path, mode: str, registry_host: str, cfg: BenchConfig, record: bool = False) -> None:
+    def __init__(self, root: Path, mode: str, registry_host: str, cfg: BenchConfig) -> None:
         self.root = root
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
@@ -128,7 +128,6 @@ class Node:
             (root / "lazypull.toml").write_text(
                 f'plain_http_hosts = ["{registry_host}"]\n'
                 f"no_background_fetch = {str(not cfg.background_fetch).lower()}\n"
-                f"record_access = {str(record).lower()}\n"
             )
             self.snap_proc = subprocess.Popen(
                 [
@@ -276,25 +275,22 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
         refs[(name, "overlayfs")] = org
         refs[(name, "lazypull")] = refs[(name, "reference")] = esgz
         if "lazypull-opt" in cfg.modes:
-            record = work / f"{name}-{cfg.scale:g}.record.jsonl"
-            cfg.progress(f"[images] recording the files {name}'s workload reads")
-            node = Node(work / "record-node", "lazypull", reg.host, cfg, record=True)
-            try:
-                one_run(node, net, img, esgz, "lazypull", 0)
-                time.sleep(1.5)  # mount processes publish their access records every second
-                lines: list[str] = []
-                for f in sorted((work / "record-node" / "lazypull" / "layers").glob("*/mount/accessed.jsonl")):
-                    lines += f.read_text().splitlines()
-                record.write_text("\n".join(lines) + "\n")
-            finally:
-                node.stop()
+            cfg.progress(f"[images] optimizing {name} for its workload (lazypull optimize)")
             opt = f"{reg.host}/bench/{name}:esgz-opt"  # per workload: the record differs
-            convert_image(
+            t0 = time.monotonic()
+            res = optimize_image(
                 open_store(org, ropts),
                 open_store(opt, ropts, for_push=True),
-                ConvertOptions(oci=True, prioritized=read_record(record)),
+                OptimizeOptions(
+                    convert=ConvertOptions(oci=True),
+                    entrypoint=list(img.workload),
+                    period=120,
+                    workdir=work / "optimize",
+                ),
                 tag="esgz-opt",
             )
+            write_record(work / f"{name}-{cfg.scale:g}.record.jsonl", res.record)
+            cfg.progress(f"[images] optimized in {time.monotonic() - t0:.1f}s ({len(res.record)} files prioritized)")
             refs[(name, "lazypull-opt")] = opt
     return refs
 

@@ -17,6 +17,7 @@ from lazypull.errors import LazypullError
 # Modules under lazypull.cli that provide commands, in help order.
 COMMAND_MODULES = [
     "convert",
+    "optimize",
     "copy",
     "check",
     "unpack",

@@ -40,7 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u = sub.add_parser("umount", help="unmount a lazypull mount and stop its processes")
     u.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS)
     u.add_argument("mountpoint", type=Path)
-    u.set_defaults(func=lambda a: umount_image(a.mountpoint, a.state_dir) or 0)
+    u.set_defaults(func=run_umount)
+
+
+def run_umount(args: argparse.Namespace) -> int:
+    umount_image(args.mountpoint, args.state_dir)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

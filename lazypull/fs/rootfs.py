@@ -43,6 +43,7 @@ class MountOptions:
     fetch_timeout_sec: float = 60.0
     prefetch_timeout_sec: float = 10.0
     passthrough: bool = False
+    record_access: bool = False  # umount_image then returns the files read, in order (optimize)
 
 
 def state_dir_for(mountpoint: Path, root: Path = DEFAULT_STATE_ROOT) -> Path:
@@ -60,6 +61,7 @@ def layer_spec(store: ImageStore, layer_desc: object, opts: MountOptions, ropts:
         background_fetch=opts.background_fetch,
         fetch_timeout_sec=opts.fetch_timeout_sec,
         passthrough=opts.passthrough,
+        record_access=opts.record_access,
     )
     if isinstance(store, RegistryStore):
         spec.ref = str(store.ref)
@@ -122,22 +124,37 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
     return state
 
 
-def umount_image(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> None:
-    """Remove the overlay, every layer mount and process, and the state directory."""
+def umount_image(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
+    """Remove the overlay, every layer mount and process, and the state directory.
+
+    Returns the files read through a mount made with ``record_access``, layer by layer
+    from the bottom, each layer's in the order of first read (the record file format's
+    paths); the layer processes write their final record as they exit.
+    """
     mountpoint = mountpoint.resolve()
     state = state_dir_for(mountpoint, state_root)
     if is_mounted(mountpoint):
         unmount(str(mountpoint), lazy=False)
     if not state.exists():
-        return
-    for ldir in sorted(state.glob("layer*")):
+        return []
+    ldirs = sorted(state.glob("layer*"), key=lambda d: int(d.name[5:]) if d.name[5:].isdigit() else -1)
+    for ldir in ldirs:
         try:
             st = json.loads((ldir / "state.json").read_text())
             stop_layer_mount(MountHandle(int(st["pid"]), Path(st["mountpoint"]), ldir))
         except (OSError, ValueError, KeyError):
             if is_mounted(ldir / "fs"):
                 unmount(str(ldir / "fs"))
+    accessed: dict[str, None] = {}
+    for ldir in ldirs:
+        try:
+            lines = (ldir / "accessed.jsonl").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            accessed.setdefault(json.loads(line)["path"], None)
     shutil.rmtree(state, ignore_errors=True)
+    return list(accessed)
 
 
 def mount_stats(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[dict[str, object]]:

@@ -1,0 +1,1 @@
+"""Optimize an image for its workload: run it once, record the files it reads, prioritize them."""
