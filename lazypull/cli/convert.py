@@ -11,8 +11,7 @@ from lazypull.convert.priority import PrefetchProfile, read_record
 from lazypull.errors import LazypullError
 from lazypull.format.tarstream import Prioritized
 from lazypull.oci.types import Platform
-from lazypull.registry.options import add_registry_args, options_from_args
-from lazypull.registry.stores import open_store
+from lazypull.registry.stores import add_src_dst_args, open_src_dst
 
 
 def add_conversion_args(p: argparse.ArgumentParser) -> None:
@@ -47,9 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--record-in", type=Path, help='prioritized files: JSON lines with "path" (reference format)')
     p.add_argument("--prefetch-profile", type=Path, help='prioritized files: {"prefetch": {"landmarks", "patterns"}}')
     p.add_argument("--force", action="store_true", help="rebuild layers that are already eStargz")
-    add_registry_args(p)
-    p.add_argument("src", help="oci:DIR[:TAG] or a registry reference")
-    p.add_argument("dst", help="oci:DIR[:TAG] or a registry reference")
+    add_src_dst_args(p)
     p.set_defaults(func=run)
 
 
@@ -63,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
         prioritized = read_record(args.record_in)
     elif args.prefetch_profile:
         prioritized = PrefetchProfile.load(args.prefetch_profile).expand
-    ropts = options_from_args(args)
-    src = open_store(args.src, ropts)
-    dst = open_store(args.dst, ropts, for_push=True)
+    src, dst = open_src_dst(args)
     with layer_progress(False if args.no_progress else None) as progress:
         opts = conversion_options(args, prioritized)
         opts.progress = progress  # type: ignore[assignment]

@@ -15,8 +15,7 @@ from lazypull.cli.convert import add_conversion_args, conversion_options
 from lazypull.cli.progress import layer_progress
 from lazypull.optimize.optimizer import OptimizeOptions, optimize_image, write_record
 from lazypull.optimize.workload import json_list
-from lazypull.registry.options import add_registry_args, options_from_args
-from lazypull.registry.stores import open_store
+from lazypull.registry.stores import add_src_dst_args, open_src_dst
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,16 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--record-out", type=Path, help="also write the recorded files (record format, for --record-in)")
     p.add_argument("--workdir", type=Path, help="where the trial image and the container live (default: a temp dir)")
-    add_registry_args(p)
-    p.add_argument("src", help="oci:DIR[:TAG] or a registry reference")
-    p.add_argument("dst", help="oci:DIR[:TAG] or a registry reference")
+    add_src_dst_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    ropts = options_from_args(args)
-    src = open_store(args.src, ropts)
-    dst = open_store(args.dst, ropts, for_push=True)
+    src, dst = open_src_dst(args)
 
     def say(msg: str) -> None:
         print(f"optimize: {msg}", file=sys.stderr, flush=True)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import argparse
 
-from lazypull.errors import LazypullError
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
-
-if TYPE_CHECKING:
-    from lazypull.registry.options import RegistryOptions
+from lazypull.registry.options import RegistryOptions, add_registry_args, options_from_args
+from lazypull.registry.repository import RegistryStore
 
 
 def open_store(ref: str, opts: RegistryOptions | None = None, *, for_push: bool = False) -> ImageStore:
     if ref.startswith("oci:"):
         return OCILayout.from_ref(ref, create=for_push)
-    try:
-        from lazypull.registry.repository import RegistryStore
-    except ModuleNotFoundError:
-        raise LazypullError(f"{ref!r}: registry references are not supported yet; use oci:DIR[:TAG]") from None
     return RegistryStore.open(ref, opts, for_push=for_push)
+
+
+def add_src_dst_args(p: argparse.ArgumentParser) -> None:
+    """Registry flags plus the SRC and DST positionals of the commands that write an image."""
+    add_registry_args(p)
+    p.add_argument("src", help="oci:DIR[:TAG] or a registry reference")
+    p.add_argument("dst", help="oci:DIR[:TAG] or a registry reference")
+
+
+def open_src_dst(args: argparse.Namespace) -> tuple[ImageStore, ImageStore]:
+    ropts = options_from_args(args)
+    return open_store(args.src, ropts), open_store(args.dst, ropts, for_push=True)
