@@ -2,9 +2,10 @@
 
 The workload runs once, for real, on the image mounted lazily with access recording on
 (the same FUSE layers the snapshotter uses, so what is recorded is exactly what a lazy
-start reads). A throw-away fast conversion (gzip level 1, in a private temp layout) gives
-that mount; the final conversion then puts the recorded files first in each layer, before
-the ``.prefetch.landmark``, so the snapshotter prefetches them in one request per layer.
+start reads). A throw-away conversion (gzip level 0: it is only read locally) in a
+private temp layout gives that mount; the final conversion then puts the recorded files
+first in each layer, before the ``.prefetch.landmark``, so the snapshotter prefetches
+them in one request per layer. A registry source is downloaded once, for both.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazypull.convert.check import manifests_of
+from lazypull.convert.copy import copy_image
 from lazypull.convert.image import ConvertOptions, convert_image
 from lazypull.errors import LazypullError
 from lazypull.format.index import normalize
@@ -94,27 +96,31 @@ def record_workload(store: ImageStore, opts: OptimizeOptions, tmp: Path) -> tupl
 
 
 def optimize_image(src: ImageStore, dst: ImageStore, opts: OptimizeOptions, tag: str | None = None) -> OptimizeResult:
-    if opts.convert.all_platforms or (opts.convert.platforms and len(opts.convert.platforms) > 1):
+    plats = opts.convert.platforms
+    if opts.convert.all_platforms or (plats and len(plats) > 1):
         raise LazypullError("optimize runs the workload, so it converts one platform (this machine's by default)")
     if opts.workdir is not None:
         opts.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lazypull-optimize-", dir=opts.workdir) as t:
         tmp = Path(t)
         os.chmod(tmp, 0o700)
+        if not isinstance(src, OCILayout):  # download once; both conversions read it
+            opts.progress(f"copying {src.name} locally")
+            local = OCILayout(tmp / "source", "source", create=True)
+            copy_image(src, local, tag="source", platform=plats[0] if plats else None, all_platforms=False)
+            src = local
+        opts.progress("converting a trial copy to mount (uncompressed: only read locally)")
         trial = OCILayout(tmp / "trial", "trial", create=True)
-        opts.progress("converting a trial copy to mount")
-        convert_image(
-            src,
-            trial,
-            dataclasses.replace(opts.convert, compression_level=1, prioritized=None, progress=None, tmpdir=str(tmp)),
-            tag="trial",
+        trial_opts = dataclasses.replace(
+            opts.convert, compression_level=0, prioritized=None, progress=None, tmpdir=str(tmp)
         )
+        convert_image(src, trial, trial_opts, tag="trial")
         record, run = record_workload(trial, opts, tmp)
-    if not record:
-        log.warning("the workload read no files; the image is converted without prioritized files")
-    opts.progress(f"recorded {len(record)} files; converting with them prioritized")
-    final = dataclasses.replace(opts.convert, prioritized=[normalize(p) for p in record], force=True)
-    desc = convert_image(src, dst, final, tag=tag)
+        if not record:
+            log.warning("the workload read no files; the image is converted without prioritized files")
+        opts.progress(f"recorded {len(record)} files; converting with them prioritized")
+        final = dataclasses.replace(opts.convert, prioritized=[normalize(p) for p in record], force=True)
+        desc = convert_image(src, dst, final, tag=tag)
     return OptimizeResult(desc, record, run)
 
 

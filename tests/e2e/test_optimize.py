@@ -51,9 +51,10 @@ def _order(store_ref: str) -> list[list[str]]:
 def test_optimize_records_what_the_workload_reads(registry: Registry, tmp_path: Path) -> None:
     _image(tmp_path / "src")
     record = tmp_path / "record.jsonl"
-    dst = f"{registry.host}/opt/app:opt"
+    src, dst = f"{registry.host}/opt/app:src", f"{registry.host}/opt/app:opt"
+    assert main(["copy", "--plain-http", f"oci:{tmp_path / 'src'}:latest", src]) == 0
     args = ["optimize", "--plain-http", "--oci", "--period", "3", "--record-out", str(record)]
-    args += ["--workdir", str(tmp_path / "work"), f"oci:{tmp_path / 'src'}:latest", dst]
+    args += ["--workdir", str(tmp_path / "work"), src, dst]
     assert main(args) == 0
     paths = [json.loads(line)["path"] for line in record.read_text().splitlines()]
     assert "/bin/busybox" in paths  # exec'd
