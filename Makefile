@@ -1,4 +1,4 @@
-.PHONY: test demo bench bench-all lint
+.PHONY: test demo bench bench-all bench-parts lint
 
 test:
 	./scripts/test.sh
@@ -15,3 +15,10 @@ bench:
 
 bench-all:
 	lazypull bench --images all --runs 3
+
+# Component benchmarks (by hand): conversion vs ctr-remote, registry client vs curl, one layer vs ext4.
+bench-parts:
+	python3 bench/bench_convert.py
+	python3 bench/bench_convert.py --registry
+	python3 bench/bench_registry.py
+	python3 bench/bench_layer.py
