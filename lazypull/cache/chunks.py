@@ -185,8 +185,12 @@ class ChunkCache:
         path = self._path(digest)
         if path.exists():
             return path
-        path.parent.mkdir(exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except OSError as e:  # a full disk: the file is served by the FUSE server instead
+            log.warning("cannot store %s in the cache: %s", digest, e.strerror)
+            return None
         h = hashlib.sha256()
         size = 0
         try:

@@ -3,7 +3,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from lazypull.cache.chunks import ChunkCache
 
@@ -55,3 +59,29 @@ def test_leftover_temp_files_are_removed_on_start(tmp_path: Path) -> None:
     (tmp_path / "c" / "ab" / ".tmp-xyz").write_bytes(b"partial")
     ChunkCache(tmp_path / "c")
     assert not (tmp_path / "c" / "ab" / ".tmp-xyz").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB filesystem, to fill up."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)
+
+
+def test_full_disk_loses_nothing(tiny_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    c = ChunkCache(tiny_disk / "c")
+    small, big = os.urandom(1000), os.urandom(256 << 10)
+    c.put(dg(small), small)
+    c.put(dg(big), big)  # does not fit
+    c.flush()
+    assert c.get(dg(big)) == big  # still served, from memory
+    assert c.put_parts(dg(big), [big[:1000], big[1000:]]) is None
+    again = ChunkCache(tiny_disk / "c", memory_bytes=0)
+    assert again.get(dg(small)) == small and again.get(dg(big)) is None
+    assert not [p for p in (tiny_disk / "c").rglob(".tmp-*")]  # no partial files left behind
+    assert "cannot write chunk" in caplog.text or "cannot store" in caplog.text

@@ -285,3 +285,19 @@ def test_foreground_mount_cleans_up_on_ctrl_c(env: Env, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert not _our_mounts(tmp_path) and not _mount_procs(tmp_path)
+
+
+def test_full_cache_disk_still_serves_verified_reads(env: Env, tmp_path: Path) -> None:
+    tiny = tmp_path / "tinycache"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tiny)], check=True)
+    mnt = tmp_path / "mnt"
+    try:
+        env.mount(mnt, "--no-background-fetch", "--cache-dir", str(tiny))
+        try:
+            assert hashlib.sha256((mnt / "data/big.bin").read_bytes()).digest() == hashlib.sha256(BIG).digest()
+            assert (mnt / "data/other.txt").read_bytes() == b"other file\n" * 1000
+        finally:
+            env.umount(mnt)
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
