@@ -8,6 +8,7 @@ import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,20 +81,32 @@ class Node:
     metrics_port: int
 
 
-@pytest.fixture
-def node(tmp_path: Path, world: World) -> Iterator[Node]:
+@contextmanager
+def make_node(root: Path, world: World, containerd_config: str = "") -> Iterator[Node]:
     port = free_port()
     cfg = (
         f'plain_http_hosts = ["{world.proxy.host}", "{world.registry.host}"]\n'
         f'no_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\n'
         f"prefetch_timeout_sec = 5\n[blob]\nfetching_timeout_sec = 10\nmax_retries = 2\n"
     )
-    daemon = start_daemon(tmp_path / "daemon", cfg)
-    cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
+    daemon = start_daemon(root / "daemon", cfg)
+    try:
+        cd = start_containerd(
+            root / "containerd", proxy_plugins={"lazypull": daemon.address}, extra_config=containerd_config
+        )
+    except BaseException:
+        daemon.stop()
+        raise
     try:
         yield Node(daemon, cd, port)
     finally:
-        stop_node(daemon, cd, tmp_path)
+        stop_node(daemon, cd, root)
+
+
+@pytest.fixture
+def node(tmp_path: Path, world: World) -> Iterator[Node]:
+    with make_node(tmp_path, world) as n:
+        yield n
 
 
 def stop_node(daemon: Daemon, cd: Containerd, root: Path) -> None:
@@ -217,6 +230,45 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         stub.Cleanup(snapshots_pb2.CleanupRequest())  # containerd's GC: unused ahead-of-time mounts go too
         wait_for(lambda: not node.daemon.mount_processes(), 10, "unused mounts to stop")
     assert "will be pulled normally" in node.daemon.log()
+
+
+def _pb_bytes(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (enough to speak CRI's PullImage without its protos)."""
+    n, varint = len(payload), b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        varint += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            break
+    return bytes([field << 3 | 2]) + varint + payload
+
+
+def test_pull_through_containerds_cri_plugin(tmp_path: Path, world: World) -> None:
+    """What the kubelet does: PullImage on containerd's CRI service, snapshotter = lazypull."""
+    cri = (
+        '[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+        '  snapshotter = "lazypull"\n'
+        "  disable_snapshot_annotations = false\n"
+        f'[plugins."io.containerd.grpc.v1.cri".registry.mirrors."{world.proxy.host}"]\n'
+        f'  endpoint = ["http://{world.proxy.host}"]\n'
+    )
+    with make_node(tmp_path, world, cri) as node:
+        world.proxy.reset_counters()
+        request = _pb_bytes(1, _pb_bytes(1, world.esgz.encode()))  # PullImageRequest{image: ImageSpec{image}}
+        with grpc.insecure_channel(f"unix://{node.cd.address}") as ch:
+            pull = ch.unary_unary("/runtime.v1.ImageService/PullImage")
+            reply = pull(request, timeout=120)
+        assert b"sha256:" in reply  # PullImageResponse{image_ref}
+        assert len(node.daemon.mount_processes()) == 2  # both layers mounted lazily, from CRI's labels
+        assert world.proxy.blob_bytes() < 0.05 * sum(world.esgz_layers)
+        node.cd.namespace = "k8s.io"  # where the CRI plugin keeps images
+        snaps = node.cd.ctr("snapshots", "--snapshotter", "lazypull", "ls").stdout
+        assert snaps.count("Committed") == 2
+        out = node.cd.ctr(
+            "run", "--rm", "--snapshotter", "lazypull", world.esgz, "cri1", "/bin/md5sum", "/data/other.bin"
+        ).stdout
+        assert md5(OTHER) in out
+        assert world.proxy.blob_bytes() < 0.4 * sum(world.esgz_layers)
 
 
 def test_daemon_kill9_keeps_containers_serving(node: Node, world: World) -> None:
