@@ -14,16 +14,19 @@ from collections.abc import Iterable, Iterator
 from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format.footer import ESTARGZ_FOOTER_SIZE, parse_footer
 from lazypull.format.gzipmember import decompress_prefix
-from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex, normalize
+from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, LayerIndex, normalize
 from lazypull.format.source import ReadAt
 from lazypull.format.toc import PREFETCH_LANDMARK, TOC_TAR_NAME, TOCEntry, iter_entries, parse_modtime_ns
 
 DEFAULT_MAX_TOC_BYTES = 64 << 20
+_ENTRY_TYPES = {t.value: t for t in EntryType} | {"chunk": EntryType.REG}
 BLOCK = 512
 
 
 def safe_name(raw: str) -> str:
     """Normalise a TOC name, rejecting absolute paths and '..' components."""
+    if "\0" not in raw and "//" not in raw and "/." not in raw and not raw.startswith((".", "/")) and raw[-1:] != "/":
+        return raw  # already normal (the common case): no '.', '..' or empty components
     if raw.startswith("/"):
         raise FormatError(f"TOC entry {raw[:200]!r} has an absolute path")
     if "\0" in raw:
@@ -78,7 +81,7 @@ class TOCIndex(LayerIndex):
             if name == "":
                 root = self._entries[""]
                 root.mode, root.uid, root.gid = te.mode & 0o7777, te.uid, te.gid
-                root.mtime_ns, root.xattrs = parse_modtime_ns(te.modtime), te.xattrs
+                root.mtime_ns, root.xattrs = parse_modtime_ns(te.modtime), te.xattrs or NO_XATTRS
                 continue
             e = self._entry_from(te, name)
             existing = self._entries.get(name)
@@ -118,7 +121,7 @@ class TOCIndex(LayerIndex):
         self._fill_ends(chunk_offsets, data_end)
 
     def _entry_from(self, te: TOCEntry, name: str) -> Entry:
-        typ = EntryType(te.type) if te.type != "chunk" else EntryType.REG
+        typ = _ENTRY_TYPES[te.type]
         e = Entry(
             name=name,
             type=typ,
@@ -131,7 +134,7 @@ class TOCIndex(LayerIndex):
             mtime_ns=parse_modtime_ns(te.modtime),
             dev_major=te.dev_major,
             dev_minor=te.dev_minor,
-            xattrs=te.xattrs,
+            xattrs=te.xattrs or NO_XATTRS,
             digest=te.digest,
         )
         if typ == EntryType.SYMLINK:
@@ -158,7 +161,8 @@ class TOCIndex(LayerIndex):
         size = te.chunk_size if te.chunk_size else e.size - te.chunk_offset
         if size <= 0 or te.chunk_offset + size > e.size:
             raise FormatError(f"{e.name!r}: chunk sizes do not add up to the file size {e.size}")
-        e.chunks.append(Chunk(te.chunk_offset, size, te.offset, 0, te.chunk_digest, te.inner_offset))
+        digest = e.digest if te.chunk_digest == e.digest else te.chunk_digest  # one string for a one-chunk file
+        e.chunks.append(Chunk(te.chunk_offset, size, te.offset, 0, digest, te.inner_offset))
         offsets.append(te.offset)
 
     def _finish_reg(self, e: Entry) -> None:
@@ -272,6 +276,6 @@ def open_estargz(
         actual = "sha256:" + hashlib.sha256(toc_json).hexdigest()
         if actual != toc_digest:
             raise DigestMismatchError("TOC", toc_digest, actual)
-    return TOCIndex(
-        iter_entries(toc_json), blob_size=size, data_end=data_end, fmt="estargz", decoder=GzipChunkDecoder()
-    )
+    entries = iter_entries(toc_json)
+    del toc_json  # the generator holds the only reference and drops it once decoded
+    return TOCIndex(entries, blob_size=size, data_end=data_end, fmt="estargz", decoder=GzipChunkDecoder())

@@ -13,10 +13,14 @@ from __future__ import annotations
 import bisect
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from lazypull.format.source import ReadAt
+
+# Shared by every entry without xattrs (most of them): read-only, so sharing is safe.
+NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 
 class EntryType(enum.StrEnum):
@@ -57,7 +61,7 @@ class Entry:
     link_name: str = ""  # symlink target, or for HARDLINK the normalised path of the target
     dev_major: int = 0
     dev_minor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)
     digest: str = ""  # whole-file content digest for REG (may be "" when the format has none)
     chunks: list[Chunk] = field(default_factory=list)
     nlink: int = 1

@@ -7,12 +7,14 @@ tab-indented), so TOCs written here and by ``ctr-remote`` compare equal entry by
 from __future__ import annotations
 
 import base64
-import binascii
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from lazypull.errors import FormatError
 
@@ -21,7 +23,6 @@ PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 LANDMARK_CONTENTS = b"\x0f"
 
-ENTRY_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
 
 # JSON field order of the reference TOCEntry (all omitempty except name/type).
 _FIELDS: tuple[tuple[str, str], ...] = (
@@ -43,34 +44,34 @@ _FIELDS: tuple[tuple[str, str], ...] = (
     ("chunk_size", "chunkSize"),
     ("chunk_digest", "chunkDigest"),
 )
-_INT_FIELDS = frozenset(
-    {"size", "mode", "uid", "gid", "dev_major", "dev_minor", "offset", "inner_offset", "chunk_offset", "chunk_size"}
-)
-_STR_FIELDS = frozenset({"modtime", "link_name", "uname", "gname", "digest", "chunk_digest"})
-_JSON_TO_ATTR = {j: a for a, j in _FIELDS}
 _MAX_INT = 1 << 62
+# TOC integers: never negative, and small enough that offset arithmetic cannot overflow.
+TOCInt = Annotated[int, msgspec.Meta(ge=0, le=_MAX_INT)]
+EntryTypeName = Literal["dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"]
 
 
-@dataclass(slots=True)
-class TOCEntry:
+class TOCEntry(msgspec.Struct, rename={a: j for a, j in _FIELDS}):
+    """One TOC entry. Decoding validates every field's type in C (msgspec): a 100k-entry
+    TOC is parsed in a fraction of the time a per-field Python check takes."""
+
     name: str
-    type: str
-    size: int = 0
+    type: EntryTypeName
+    size: TOCInt = 0
     modtime: str = ""
     link_name: str = ""
-    mode: int = 0
-    uid: int = 0
-    gid: int = 0
+    mode: TOCInt = 0
+    uid: TOCInt = 0
+    gid: TOCInt = 0
     uname: str = ""
     gname: str = ""
-    dev_major: int = 0
-    dev_minor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    dev_major: TOCInt = 0
+    dev_minor: TOCInt = 0
+    xattrs: dict[str, bytes] = msgspec.field(default_factory=dict)  # values are base64 in JSON
     digest: str = ""
-    offset: int = 0
-    inner_offset: int = 0
-    chunk_offset: int = 0
-    chunk_size: int = 0
+    offset: TOCInt = 0
+    inner_offset: TOCInt = 0
+    chunk_offset: TOCInt = 0
+    chunk_size: TOCInt = 0
     chunk_digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -84,46 +85,13 @@ class TOCEntry:
             d[key] = v
         return d
 
-    @classmethod
-    def from_json(cls, obj: Any, index: int) -> TOCEntry:
-        if type(obj) is not dict:
-            raise FormatError(f"TOC entry #{index} is not an object")
-        name, typ = obj.get("name"), obj.get("type")
-        if type(name) is not str or type(typ) is not str:
-            raise FormatError(f"TOC entry #{index} lacks a string name/type")
-        if typ not in ENTRY_TYPES:
-            raise FormatError(f"TOC entry {name!r} has unknown type {typ!r}")
-        kw: dict[str, Any] = {}
-        for key, v in obj.items():
-            attr = _JSON_TO_ATTR.get(key)
-            if attr is None:
-                continue  # name/type, or unknown fields (ignored, as the reference does)
-            if attr in _INT_FIELDS:
-                if type(v) is not int or v < 0 or v > _MAX_INT:
-                    raise FormatError(f"TOC entry {name!r}: field {key!r} is not a valid integer: {v!r}")
-            elif attr in _STR_FIELDS:
-                if type(v) is not str:
-                    raise FormatError(f"TOC entry {name!r}: field {key!r} is not a string")
-            else:  # xattrs
-                v = _decode_xattrs(name, v)
-            kw[attr] = v
-        return cls(name, typ, **kw)
+
+class _TOCDocument(msgspec.Struct):
+    version: int | None = None
+    entries: list[TOCEntry] | None = None
 
 
-def _decode_xattrs(name: str, v: Any) -> dict[str, bytes]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise FormatError(f"TOC entry {name!r}: xattrs is not an object")
-    out: dict[str, bytes] = {}
-    for k, x in v.items():
-        if not isinstance(x, str):
-            raise FormatError(f"TOC entry {name!r}: xattr {k!r} is not base64 text")
-        try:
-            out[str(k)] = base64.b64decode(x, validate=True)
-        except (binascii.Error, ValueError):
-            raise FormatError(f"TOC entry {name!r}: xattr {k!r} is not valid base64") from None
-    return out
+_DECODER = msgspec.json.Decoder(_TOCDocument)
 
 
 @dataclass
@@ -144,26 +112,23 @@ class TOC:
 def iter_entries(data: bytes) -> Iterator[TOCEntry]:
     """Validated entries of a TOC document, one at a time.
 
-    Each parsed JSON object is released as soon as its entry is made, so a huge TOC never
-    sits in memory twice (dicts and entries)."""
+    Each entry is dropped from the decoded list as it is handed out, so a huge TOC never
+    sits in memory twice (these entries and the reader's own)."""
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        doc = _DECODER.decode(data)
+        del data  # a huge TOC's text is not kept alive while its entries are built
+    except msgspec.ValidationError as e:
+        raise FormatError(f"invalid TOC: {str(e)[:300]}") from None
+    except (msgspec.DecodeError, RecursionError) as e:
         raise FormatError(f"TOC is not valid JSON: {str(e)[:200]}") from None
-    if not isinstance(obj, dict):
-        raise FormatError("TOC is not a JSON object")
-    version = obj.get("version")
-    if version != 1:
-        raise FormatError(f"unsupported TOC version {version!r} (expected 1)")
-    entries = obj.get("entries")
-    if entries is None:
-        return
-    if not isinstance(entries, list):
-        raise FormatError("TOC entries is not a list")
-    del obj
+    if doc.version != 1:
+        raise FormatError(f"unsupported TOC version {doc.version!r} (expected 1)")
+    entries = doc.entries or []
+    del doc
     for i in range(len(entries)):
-        raw, entries[i] = entries[i], None
-        yield TOCEntry.from_json(raw, i)
+        e = entries[i]
+        entries[i] = None  # type: ignore[call-overload]
+        yield e
 
 
 def format_modtime(epoch_seconds: float) -> str:
@@ -173,6 +138,7 @@ def format_modtime(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(int(epoch_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=1024)  # a layer's files share few distinct modtimes
 def parse_modtime_ns(text: str) -> int:
     if not text:
         return 0

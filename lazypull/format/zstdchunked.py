@@ -141,6 +141,6 @@ def open_zstdchunked(
         actual = "sha256:" + hashlib.sha256(toc_json).hexdigest()
         if actual != toc_digest:
             raise DigestMismatchError("TOC", toc_digest, actual)
-    return TOCIndex(
-        iter_entries(toc_json), blob_size=size, data_end=off - 8, fmt="zstdchunked", decoder=ZstdChunkDecoder()
-    )
+    entries = iter_entries(toc_json)
+    del toc_json  # the generator holds the only reference and drops it once decoded
+    return TOCIndex(entries, blob_size=size, data_end=off - 8, fmt="zstdchunked", decoder=ZstdChunkDecoder())

@@ -179,8 +179,9 @@ def _blob_with_toc(entries: list[dict[str, object]], payload: bytes = b"") -> by
         ([{"name": "a", "type": "dir"}, {"name": "a", "type": "reg"}], "duplicate"),
         ([{"name": "h", "type": "hardlink", "linkName": "nope"}], "hardlink"),
         ([{"name": "h", "type": "hardlink", "linkName": "../../x"}], "escapes"),
-        ([{"name": "a", "type": "weird"}], "unknown type"),
-        ([{"name": "a", "type": "reg", "size": -1}], "integer"),
+        ([{"name": "a", "type": "weird"}], r"Invalid enum value 'weird' - at `\$.entries\[0\].type`"),
+        ([{"name": "a", "type": "reg", "size": -1}], r"Expected `int` >= 0 - at `\$.entries\[0\].size`"),
+        ([{"name": "a", "type": "reg", "size": 1 << 63}], r"Expected `int` <= \d+ - at `\$.entries\[0\].size`"),
         (
             [
                 {"name": "a", "type": "reg", "size": 10, "offset": 0, "chunkSize": 4, "chunkDigest": "sha256:00"},
