@@ -65,7 +65,7 @@ def record_workload(store: ImageStore, opts: OptimizeOptions, tmp: Path) -> tupl
     )
     image, rootfs, state_root = tmp / "image", tmp / "rootfs", tmp / "mounts"
     for d in (tmp / "upper", tmp / "work", rootfs):
-        d.mkdir(mode=0o700)
+        d.mkdir(mode=0o755)  # the upper dir's mode is the container's "/" (tmp itself is 0700)
     mount_image(
         store,
         image,

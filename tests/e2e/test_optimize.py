@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 WORKLOAD = "cat /data/c.txt /data/a.txt > /tmp/out && cat /tmp/out && sleep 60"
 
 
-def _image(root: Path) -> None:
+def _image(root: Path, user: str = "") -> None:
     data = [Entry("data", "dir", mode=0o755)]
     data += [Entry(f"data/{n}.txt", data=f"file {n}\n".encode() * 100) for n in "abc"]
     data += [Entry(f"data/unused{i}.bin", data=os.urandom(64 << 10)) for i in range(20)]
@@ -30,7 +30,7 @@ def _image(root: Path) -> None:
         Entry("etc", "dir", mode=0o755),
         Entry("etc/passwd", data=b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"),
     ]
-    write_image(root, [busybox_layer(), data], cmd=["/bin/sh", "-c", WORKLOAD])
+    write_image(root, [busybox_layer(), data], cmd=["/bin/sh", "-c", WORKLOAD], user=user)
 
 
 def _order(store_ref: str) -> list[list[str]]:
@@ -80,6 +80,17 @@ def test_optimize_overrides(registry: Registry, tmp_path: Path) -> None:
     assert main(args) == 0
     paths = [json.loads(line)["path"] for line in record.read_text().splitlines()]
     assert "/data/b.txt" in paths and "/data/a.txt" not in paths
+
+
+def test_optimize_runs_as_the_images_user(tmp_path: Path) -> None:
+    _image(tmp_path / "src", user="app")
+    record = tmp_path / "record.jsonl"
+    args = ["optimize", "--period", "10", "--record-out", str(record), "--workdir", str(tmp_path / "work")]
+    args += ["--args", '["-c", "id -u > /tmp/uid; cat /data/b.txt"]', "--entrypoint", '["/bin/sh"]']
+    args += [f"oci:{tmp_path / 'src'}:latest", f"oci:{tmp_path / 'out'}:opt"]
+    assert main(args) == 0
+    paths = [json.loads(line)["path"] for line in record.read_text().splitlines()]
+    assert "/data/b.txt" in paths  # uid 1000 could traverse "/" and read the file
 
 
 def test_optimize_bad_overrides_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,6 +116,7 @@ def write_image(
     cmd: list[str] | None = None,
     docker_types: bool = False,
     gzip_level: int = 6,
+    user: str = "",
 ) -> BuiltImage:
     """Write a single-platform image as an OCI layout at *root*, tagged *tag*."""
     layout = OCILayout(root, create=True)
@@ -134,7 +135,7 @@ def write_image(
     config = {
         "architecture": platform.architecture,
         "os": platform.os,
-        "config": {"Cmd": cmd or ["/bin/sh"], "Env": ["PATH=/bin:/usr/bin"]},
+        "config": {"Cmd": cmd or ["/bin/sh"], "Env": ["PATH=/bin:/usr/bin"]} | ({"User": user} if user else {}),
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": "lazypull tests"} for _ in layers],
     }
