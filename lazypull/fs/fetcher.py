@@ -11,6 +11,7 @@ anyone sees them.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 READAHEAD = 8 << 20  # fetch up to this much of the file's following chunks with a miss
 MAX_SPAN = 16 << 20  # never one request larger than this
+MIN_FETCH = 64 << 10  # on a miss, fetch at least this much of the blob (neighbouring files too)
 
 
 def chunk_key(c: Chunk) -> tuple[int, int]:
@@ -56,13 +58,22 @@ class FetchError(LazypullError):
 
 class Fetcher:
     def __init__(
-        self, index: LayerIndex, source: ReadAt, cache: ChunkCache, *, name: str = "layer", timeout: float = 60.0
+        self,
+        index: LayerIndex,
+        source: ReadAt,
+        cache: ChunkCache,
+        *,
+        name: str = "layer",
+        timeout: float = 60.0,
+        min_fetch: int = MIN_FETCH,
     ) -> None:
         self.index = index
         self.source = source
         self.cache = cache
         self.name = name
         self.timeout = timeout
+        self.min_fetch = min_fetch
+        self._order: tuple[list[tuple[Entry, Chunk]], list[tuple[int, int]]] | None = None
         self.stats = FetchStats()
         self._inflight: dict[tuple[int, int], Future[bytes]] = {}
         self._lock = threading.Lock()
@@ -101,22 +112,25 @@ class Fetcher:
             return data
         with self._lock:
             fut = self._inflight.get(chunk_key(c))
-            mine: list[Chunk] = []
+            mine: list[tuple[Entry, Chunk]] = []
             if fut is None:
                 mine = self._plan(entry, c, wanted or [c])
-                for m in mine:
+                for _, m in mine:
                     self._inflight[chunk_key(m)] = Future()
                 fut = self._inflight[chunk_key(c)]
         if mine:
-            self._fetch([(entry, m) for m in mine], "fetched_bytes")
+            self._fetch(mine, "fetched_bytes")
         try:
             return fut.result(timeout=self.timeout)
         except TimeoutError:
             raise FetchError(f"{self.name}: {entry.name}: timed out after {self.timeout}s waiting for data") from None
 
-    def _plan(self, entry: Entry, first: Chunk, wanted: list[Chunk]) -> list[Chunk]:
-        """*first* plus following chunks of the file that are missing and contiguous (lock held)."""
-        out = [first]
+    def _plan(self, entry: Entry, first: Chunk, wanted: list[Chunk]) -> list[tuple[Entry, Chunk]]:
+        """*first* plus what follows it in the blob that is missing and contiguous (lock held):
+        the rest of the file up to the readahead window, then, while the request is still
+        smaller than ``min_fetch``, the next files' chunks (a registry round trip costs more
+        than a few extra KB, and neighbours in a layer tend to be read together)."""
+        out = [(entry, first)]
         span_end = first.blob_end
         idx = entry.chunks.index(first) if first in entry.chunks else -1
         following = entry.chunks[idx + 1 :] if idx >= 0 else []
@@ -126,9 +140,33 @@ class Fetcher:
                 break
             if chunk_key(c) in self._inflight or self.cache.contains(c.digest):
                 break
-            out.append(c)
+            out.append((entry, c))
             span_end = c.blob_end
+        if (
+            self.min_fetch
+            and span_end - first.blob_offset < self.min_fetch
+            and out[-1][1] is (following or [first])[-1]
+        ):
+            order, starts = self._blob_order()
+            j = bisect.bisect_left(starts, (span_end, 0))
+            limit = first.blob_offset + self.min_fetch
+            while j < len(order) and span_end < limit:
+                e, c = order[j]
+                if c.blob_offset != span_end or c.blob_end - first.blob_offset > 2 * self.min_fetch:
+                    break
+                if chunk_key(c) in self._inflight or self.cache.contains(c.digest):
+                    break
+                out.append((e, c))
+                span_end = c.blob_end
+                j += 1
         return out
+
+    def _blob_order(self) -> tuple[list[tuple[Entry, Chunk]], list[tuple[int, int]]]:
+        """Every chunk in blob order, and their keys for bisect (built on first use)."""
+        if self._order is None:
+            order = self._regular_chunks()
+            self._order = (order, [chunk_key(c) for _, c in order])
+        return self._order
 
     def _resolve(self, c: Chunk, data: bytes) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from lazypull.format import FileSource, open_layer
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.format.source import ReadAt
-from lazypull.fs.fetcher import Fetcher
+from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
@@ -36,6 +36,7 @@ class LayerSpec:
     threads: int = 4
     record_access: bool = False  # write the files read, in order, to accessed.jsonl (for optimize)
     passthrough: bool = False  # FUSE passthrough for fully cached files (see FuseServer)
+    min_fetch: int = MIN_FETCH  # a miss fetches at least this much of the blob (see Fetcher)
 
     @property
     def descriptor(self) -> Descriptor:
@@ -72,5 +73,7 @@ def open_layer_fs(spec: LayerSpec) -> tuple[LayerFS, Fetcher, CountingSource, La
     source = CountingSource(open_source(spec))
     index = open_layer(source, toc_digest=desc.annotations.get(mt.ANNOTATION_TOC_DIGEST))
     cache = ChunkCache(Path(spec.cache_dir), max_bytes=spec.cache_max_bytes)
-    fetcher = Fetcher(index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec)
+    fetcher = Fetcher(
+        index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
+    )
     return LayerFS(index, fetcher), fetcher, source, index

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError
+from lazypull.fs.fetcher import MIN_FETCH
 from lazypull.registry.hosts import HostsConfig
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ _KNOWN = {
     "fuse_threads",
     "log_level",
 }
-_KNOWN_BLOB = {"fetching_timeout_sec", "max_retries"}
+_KNOWN_BLOB = {"fetching_timeout_sec", "max_retries", "min_fetch_bytes"}
 _KNOWN_CACHE = {"dir", "max_bytes"}
 
 
@@ -39,6 +40,7 @@ class DaemonConfig:
     metrics_address: str = ""
     fetching_timeout_sec: float = 300.0
     max_retries: int = 5
+    min_fetch_bytes: int = MIN_FETCH  # a miss fetches at least this much of the blob
     docker_config: str = ""
     cache_dir: str = ""  # default: ROOT/cache
     cache_max_bytes: int = 10 << 30
@@ -79,6 +81,7 @@ class DaemonConfig:
             metrics_address=str(data.get("metrics_address", "")),
             fetching_timeout_sec=float(blob.get("fetching_timeout_sec", 300)),
             max_retries=int(blob.get("max_retries", 5)),
+            min_fetch_bytes=int(blob.get("min_fetch_bytes", MIN_FETCH)),
             docker_config=str(data.get("docker_config", "")),
             cache_dir=str(cache.get("dir", "")),
             cache_max_bytes=int(cache.get("max_bytes", 10 << 30)),

@@ -53,6 +53,7 @@ def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
         cache_max_bytes=cfg.cache_max_bytes,
         record_access=cfg.record_access,
         passthrough=cfg.passthrough,
+        min_fetch=cfg.min_fetch_bytes,
     )
     if cfg.resolver_raw:
         # Mount processes read the same hosts config; hand it over as a file next to the state.

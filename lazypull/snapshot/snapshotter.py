@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazypull.fs.fetcher import MIN_FETCH
 from lazypull.fs.fuse.server import unmount
 from lazypull.fs.mountproc import (
     MountHandle,
@@ -56,6 +57,7 @@ class RemoteSettings:
     cache_max_bytes: int = 10 << 30
     record_access: bool = False
     passthrough: bool = False
+    min_fetch: int = MIN_FETCH
 
 
 class Snapshotter:
@@ -266,6 +268,7 @@ class Snapshotter:
                 cache_max_bytes=rs.cache_max_bytes,
                 record_access=rs.record_access,
                 passthrough=rs.passthrough,
+                min_fetch=rs.min_fetch,
             )
             if is_mounted(d / "fs"):
                 unmount(str(d / "fs"))

@@ -111,3 +111,31 @@ def test_prefetch_fetches_prioritized_range_once_then_background_the_rest(tmp_pa
     assert f.read(idx.lookup("big"), 0, len(BIG)) == BIG  # type: ignore[arg-type]
     assert f.read(idx.lookup("b"), 0, 5000) == b"b" * 5000  # type: ignore[arg-type]
     assert len(src.calls) == calls  # everything was already fetched in the background
+
+
+def _small_files_layer(tmp_path: Path, min_fetch: int) -> tuple[object, SlowCountingSource, Fetcher, list[bytes]]:
+    datas = [os.urandom(3000) for _ in range(40)]  # incompressible: ~3 KB of blob each
+    out = io.BytesIO()
+    res = build_estargz(io.BytesIO(make_tar([Entry(f"f{i:02}", data=d) for i, d in enumerate(datas)])), out)
+    blob = out.getvalue()
+    src = SlowCountingSource(blob)
+    idx = open_layer(BytesSource(blob), toc_digest=res.toc_digest)
+    return idx, src, Fetcher(idx, src, ChunkCache(tmp_path / "cache"), timeout=5, min_fetch=min_fetch), datas
+
+
+def test_a_miss_brings_neighbouring_small_files_up_to_min_fetch(tmp_path: Path) -> None:
+    idx, src, f, datas = _small_files_layer(tmp_path, 32 << 10)
+    read = lambda i: f.read(idx.lookup(f"f{i:02}"), 0, 3000)  # type: ignore[attr-defined] # noqa: E731
+    assert read(0) == datas[0]
+    assert len(src.calls) == 1 and 32 << 10 <= src.calls[0][1] <= 64 << 10
+    assert [read(i) for i in range(1, 9)] == datas[1:9]  # came with the first request
+    assert len(src.calls) == 1
+    assert read(39) == datas[39]  # far away: a request of its own
+    assert len(src.calls) == 2
+
+
+def test_min_fetch_zero_fetches_only_what_is_read(tmp_path: Path) -> None:
+    idx, src, f, datas = _small_files_layer(tmp_path / "z", 0)
+    for i in range(3):
+        assert f.read(idx.lookup(f"f{i:02}"), 0, 3000) == datas[i]  # type: ignore[attr-defined]
+    assert len(src.calls) == 3 and all(n < 4096 for _, n in src.calls)
