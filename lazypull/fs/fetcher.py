@@ -11,7 +11,6 @@ anyone sees them.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 import time
@@ -27,10 +26,10 @@ log = logging.getLogger(__name__)
 
 READAHEAD = 8 << 20  # fetch up to this much of the file's following chunks with a miss
 MAX_SPAN = 16 << 20  # never one request larger than this
-# On a miss, fetch at least this much of the blob (neighbouring files too). Off by default:
-# it pays off where a workload reads many neighbouring small files (numpy + scipy import:
-# -0.6 s) and costs where reads are scattered (python, small-files: +0.2-0.3 s), see README.
-MIN_FETCH = 0
+# On a miss, fetch at least this much of the blob: the next files of the same directory
+# come along (measured on the benchmark: numpy + scipy import 332 -> 198 requests, ml
+# 5.86 -> 5.36 s; python and small-files unchanged; see README).
+MIN_FETCH = 64 << 10
 
 
 def chunk_key(c: Chunk) -> tuple[int, int]:
@@ -76,7 +75,6 @@ class Fetcher:
         self.name = name
         self.timeout = timeout
         self.min_fetch = min_fetch
-        self._order: tuple[list[tuple[Entry, Chunk]], list[tuple[int, int]]] | None = None
         self.stats = FetchStats()
         self._inflight: dict[tuple[int, int], Future[bytes]] = {}
         self._lock = threading.Lock()
@@ -131,8 +129,8 @@ class Fetcher:
     def _plan(self, entry: Entry, first: Chunk, wanted: list[Chunk]) -> list[tuple[Entry, Chunk]]:
         """*first* plus what follows it in the blob that is missing and contiguous (lock held):
         the rest of the file up to the readahead window, then, while the request is still
-        smaller than ``min_fetch``, the next files' chunks (a registry round trip costs more
-        than a few extra KB, and neighbours in a layer tend to be read together)."""
+        smaller than ``min_fetch``, the next files of the same directory (a registry round
+        trip costs more than a few extra KB)."""
         out = [(entry, first)]
         span_end = first.blob_end
         idx = entry.chunks.index(first) if first in entry.chunks else -1
@@ -150,26 +148,34 @@ class Fetcher:
             and span_end - first.blob_offset < self.min_fetch
             and out[-1][1] is (following or [first])[-1]
         ):
-            order, starts = self._blob_order()
-            j = bisect.bisect_left(starts, (span_end, 0))
-            limit = first.blob_offset + self.min_fetch
-            while j < len(order) and span_end < limit:
-                e, c = order[j]
-                if c.blob_offset != span_end or c.blob_end - first.blob_offset > 2 * self.min_fetch:
-                    break
-                if chunk_key(c) in self._inflight or self.cache.contains(c.digest):
-                    break
-                out.append((e, c))
-                span_end = c.blob_end
-                j += 1
+            out += self._siblings_after(entry, span_end, first.blob_offset + self.min_fetch)
         return out
 
-    def _blob_order(self) -> tuple[list[tuple[Entry, Chunk]], list[tuple[int, int]]]:
-        """Every chunk in blob order, and their keys for bisect (built on first use)."""
-        if self._order is None:
-            order = self._regular_chunks()
-            self._order = (order, [chunk_key(c) for _, c in order])
-        return self._order
+    def _siblings_after(self, entry: Entry, span_end: int, limit: int) -> list[tuple[Entry, Chunk]]:
+        """Chunks of the files after *entry* in its directory while they are contiguous in the
+        blob, missing, and the request stays under about *limit* (lock held). Files of one
+        directory tend to be read together (a package's modules); other neighbours rarely are."""
+        parent, _, base = entry.name.rpartition("/")
+        siblings = self.index.children(parent)
+        try:
+            k = siblings.index(base)
+        except ValueError:
+            return []
+        out: list[tuple[Entry, Chunk]] = []
+        for name in siblings[k + 1 :]:
+            e = self.index.lookup(f"{parent}/{name}" if parent else name)
+            if e is None or e.type != EntryType.REG or not e.chunks:
+                continue  # no data of its own in the blob
+            if e.chunks[-1].blob_end - span_end > self.min_fetch:
+                break  # a big file: not worth fetching on speculation
+            for c in e.chunks:
+                if c.blob_offset != span_end or chunk_key(c) in self._inflight or self.cache.contains(c.digest):
+                    return out
+                out.append((e, c))
+                span_end = c.blob_end
+            if span_end >= limit:
+                break
+        return out
 
     def _resolve(self, c: Chunk, data: bytes) -> None:
         with self._lock:
