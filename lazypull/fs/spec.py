@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.cache.chunks import ChunkCache
-from lazypull.format import FileSource, open_layer
+from lazypull.format import FileSource
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
+from lazypull.format.soci.dispatch import open_layer_index
 from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
-from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import RegistryOptions
 
@@ -52,9 +52,10 @@ class LayerSpec:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def open_source(spec: LayerSpec) -> ReadAt:
+def open_source(spec: LayerSpec, desc: Descriptor | None = None) -> ReadAt:
+    """The layer blob (or another blob of the same repository/layout, e.g. its zTOC)."""
     if spec.blob_path:
-        return FileSource(spec.blob_path)
+        return FileSource(Path(spec.blob_path).with_name(desc.digest[7:]) if desc else spec.blob_path)
     from lazypull.registry.blobsource import RegistryBlobSource
     from lazypull.registry.client import RegistryClient
     from lazypull.registry.reference import Reference
@@ -64,14 +65,14 @@ def open_source(spec: LayerSpec) -> ReadAt:
     client = RegistryClient(
         opts, transport=Transport(max_retries=spec.max_retries, total_timeout=spec.fetch_timeout_sec)
     )
-    return RegistryBlobSource(client, Reference.parse(spec.ref), spec.descriptor)
+    return RegistryBlobSource(client, Reference.parse(spec.ref), desc or spec.descriptor)
 
 
 def open_layer_fs(spec: LayerSpec) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
     """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree."""
     desc = spec.descriptor
     source = CountingSource(open_source(spec))
-    index = open_layer(source, toc_digest=desc.annotations.get(mt.ANNOTATION_TOC_DIGEST))
+    index = open_layer_index(desc, source, lambda d: open_source(spec, d))
     cache = ChunkCache(Path(spec.cache_dir), max_bytes=spec.cache_max_bytes)
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch

@@ -1,0 +1,167 @@
+"""A :class:`LayerIndex` over an unmodified gzip layer and its zTOC.
+
+Each regular file is split into chunks at span boundaries. A chunk's compressed range
+is its whole span (the span digest covers exactly that range), its ``inner_offset`` is
+where the chunk starts in the span's uncompressed output. :meth:`decode_chunk` checks
+the span's sha256 before inflating anything, inflates the span from its checkpoint
+(window + leftover bits) and keeps the last few inflated spans, so the many small files
+of one span cost one inflate.
+
+Chunk digests: a zTOC has digests of compressed spans only, while the chunk cache is
+keyed by the digest of the bytes it holds. A chunk's digest therefore starts as a
+stand-in that no content can hash to (a cache miss) and becomes the sha256 of its bytes
+once :meth:`decode_chunk` has verified them, so later reads and the shared cache use the
+real content digest.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import threading
+from collections import OrderedDict
+
+from lazypull.errors import DigestMismatchError, FormatError
+from lazypull.format.estargz_reader import ChunkDecoder, TOCIndex
+from lazypull.format.index import Chunk
+from lazypull.format.soci.zinfo import Span, Zinfo
+from lazypull.format.soci.zlibc import inflate_from
+from lazypull.format.soci.ztoc import GZIP, FileMetadata, Ztoc
+from lazypull.format.toc import TOCEntry
+
+_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo"})
+XATTR_PREFIX = "SCHILY.xattr."
+MAX_FILES = 10_000_000
+
+
+def stand_in_digest(span: Span, inner: int, size: int) -> str:
+    return "sha256:" + hashlib.sha256(f"soci-unverified\0{span.digest}\0{inner}\0{size}".encode()).hexdigest()
+
+
+class SpanDecoder(ChunkDecoder):
+    """Verify a span against its digest, inflate it from its checkpoint, cut the chunk out."""
+
+    def __init__(self, spans: dict[int, Span], keep: int = 4) -> None:
+        self.spans = spans
+        self.keep = keep
+        self._inflated: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def span_bytes(self, span: Span, raw: bytes) -> bytes:
+        with self._lock:
+            data = self._inflated.get(span.start)
+            if data is not None:
+                self._inflated.move_to_end(span.start)
+                return data
+        if len(raw) != span.end - span.start:
+            raise FormatError(
+                f"span at {span.start}: got {len(raw)} compressed bytes, expected {span.end - span.start}"
+            )
+        actual = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if actual != span.digest:
+            raise DigestMismatchError(f"span at blob offset {span.start}", span.digest, actual)
+        data = inflate_from(raw, span.bits, span.window, span.out_end - span.out_start)
+        with self._lock:
+            self._inflated[span.start] = data
+            while len(self._inflated) > self.keep:
+                self._inflated.popitem(last=False)
+        return data
+
+    def __call__(self, chunk: Chunk, raw: bytes) -> bytes:
+        span = self.spans.get(chunk.blob_offset)
+        if span is None:
+            raise FormatError(f"no span starts at blob offset {chunk.blob_offset}")
+        data = self.span_bytes(span, raw)[chunk.inner_offset : chunk.inner_offset + chunk.size]
+        if len(data) != chunk.size:
+            raise FormatError(f"chunk at {chunk.inner_offset} of span {span.start} runs past the span")
+        chunk.digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        return data
+
+
+class SociIndex(TOCIndex):
+    """The filesystem view of a gzip layer described by a zTOC."""
+
+    def __init__(self, ztoc: Ztoc, blob_size: int) -> None:
+        if ztoc.compression_algorithm != GZIP:
+            raise FormatError(f"zTOC compression algorithm {ztoc.compression_algorithm} is not gzip")
+        if ztoc.compressed_archive_size != blob_size:
+            raise FormatError(f"zTOC is for a {ztoc.compressed_archive_size}-byte layer, the blob has {blob_size}")
+        if len(ztoc.files) > MAX_FILES:
+            raise FormatError(f"zTOC lists {len(ztoc.files)} files")
+        if ztoc.max_span_id + 1 != len(ztoc.span_digests):
+            raise FormatError(f"zTOC max span id {ztoc.max_span_id} does not match {len(ztoc.span_digests)} digests")
+        zinfo = Zinfo.parse(ztoc.checkpoints)
+        usize = ztoc.uncompressed_archive_size
+        spans = zinfo.spans(blob_size, usize, ztoc.span_digests)
+        self.spans = spans
+        self._outs = [s.out_start for s in spans]
+        super().__init__(
+            self._toc_entries(ztoc.files, usize),
+            blob_size=blob_size,
+            data_end=blob_size,
+            fmt="soci",
+            decoder=SpanDecoder({s.start: s for s in spans}),
+        )
+
+    def _span_at(self, out: int) -> int:
+        return bisect.bisect_right(self._outs, out) - 1
+
+    def _toc_entries(self, files: list[FileMetadata], usize: int) -> list[TOCEntry]:
+        out: list[TOCEntry] = []
+        for f in sorted(files, key=lambda f: f.uncompressed_offset):
+            if f.type not in _TYPES:
+                raise FormatError(f"zTOC entry {f.name[:200]!r} has unknown type {f.type[:20]!r}")
+            size = f.uncompressed_size if f.type == "reg" else 0
+            off = f.uncompressed_offset
+            if off < 0 or size < 0 or off + size > usize or f.mode < 0 or f.devmajor < 0 or f.devminor < 0:
+                raise FormatError(f"zTOC entry {f.name[:200]!r} lies outside the layer (offset {off}, size {size})")
+            xattrs = {k[len(XATTR_PREFIX) :]: v for k, v in f.xattrs.items() if k.startswith(XATTR_PREFIX)}
+            base = dict(
+                name=f.name if f.name not in (".", "./") else "",
+                size=size,
+                modtime=f.mod_time if not f.mod_time.startswith("0001-") else "",
+                link_name=f.linkname,
+                mode=f.mode,
+                uid=f.uid,
+                gid=f.gid,
+                uname=f.uname,
+                gname=f.gname,
+                dev_major=f.devmajor,
+                dev_minor=f.devminor,
+                xattrs=xattrs,
+            )
+            if f.type != "reg" or size == 0:
+                out.append(TOCEntry(type=f.type, **base))  # type: ignore[arg-type]
+                continue
+            pos, end, first = off, off + size, True
+            while pos < end:
+                i = self._span_at(pos)
+                span = self.spans[i] if i >= 0 else None
+                if span is None or pos >= span.out_end:
+                    raise FormatError(f"zTOC entry {f.name[:200]!r}: offset {pos} is in no span")
+                n = min(end, span.out_end) - pos
+                inner = pos - span.out_start
+                chunk = dict(
+                    offset=span.start,
+                    inner_offset=inner,
+                    chunk_offset=pos - off,
+                    chunk_size=n,
+                    chunk_digest=stand_in_digest(span, inner, n),
+                )
+                if first:
+                    out.append(TOCEntry(type="reg", **base, **chunk))  # type: ignore[arg-type]
+                    first = False
+                else:
+                    out.append(TOCEntry(name=base["name"], type="chunk", **chunk))  # type: ignore[arg-type]
+                pos += n
+        return out
+
+    def _fill_ends(self, offsets: list[int], data_end: int) -> None:
+        ends = {s.start: s.end for s in self.spans}
+        for e in self._entries.values():
+            for c in e.chunks:
+                c.blob_end = ends[c.blob_offset]
+
+
+def open_soci(ztoc_bytes: bytes, blob_size: int) -> SociIndex:
+    return SociIndex(Ztoc.parse(ztoc_bytes), blob_size)

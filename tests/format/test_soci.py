@@ -1,0 +1,248 @@
+"""zTOC build, flatbuffers encoding, checkpoint inflate and verified reads of plain gzip layers."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import random
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lazypull.errors import DigestMismatchError, FormatError
+from lazypull.format import BytesSource
+from lazypull.format.soci import build_ztoc_bytes, open_soci
+from lazypull.format.soci.dispatch import open_layer_index, with_ztoc
+from lazypull.format.soci.zinfo import POINT_SIZE, Zinfo
+from lazypull.format.soci.zlibc import WINDOW, inflate_from
+from lazypull.format.soci.ztoc import FileMetadata, Ztoc
+from lazypull.oci import digest as digestlib
+from lazypull.oci import mediatypes as mt
+from lazypull.oci.types import Descriptor
+from tests.format.helpers import assert_matches_tar
+from tests.support.images import Entry, make_tar
+
+
+def noise(rng: random.Random, n: int) -> bytes:
+    """Half-compressible bytes: random runs and repeats, so deflate makes varied blocks."""
+    out = bytearray()
+    while len(out) < n:
+        if rng.random() < 0.5:
+            out += rng.randbytes(rng.randint(1, 3000))
+        else:
+            out += bytes([rng.randint(0, 255)]) * rng.randint(1, 5000)
+    return bytes(out[:n])
+
+
+def sample_entries(seed: int = 1) -> list[Entry]:
+    rng = random.Random(seed)
+    entries = [Entry("etc", "dir", mode=0o755), Entry("etc/big", data=noise(rng, 3_000_000))]
+    entries += [Entry(f"etc/f{i}", data=noise(rng, rng.choice([0, 1, 700, 40_000]))) for i in range(60)]
+    entries += [
+        Entry("etc/x", data=b"xattr", xattrs={"user.k": "v"}, uid=7, gid=8, uname="u", gname="g", mode=0o4755),
+        Entry("etc/" + "long" * 40, data=b"long name"),
+        Entry("etc/link", "symlink", link="big"),
+        Entry("etc/hard", "hardlink", link="etc/f1"),
+        Entry("dev", "dir"),
+        Entry("dev/null", "char", devmajor=1, devminor=3),
+        Entry("dev/fifo", "fifo"),
+    ]
+    return entries
+
+
+@pytest.fixture(scope="module")
+def layer() -> tuple[bytes, bytes, Ztoc]:
+    tar = make_tar(sample_entries())
+    blob = gzip.compress(tar, 6, mtime=0)
+    return tar, blob, build_ztoc_bytes(blob, span_size=256 << 10)
+
+
+def test_ztoc_serves_every_file_and_its_metadata(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    tar, blob, ztoc = layer
+    assert ztoc.max_span_id >= 5 and len(ztoc.span_digests) == ztoc.max_span_id + 1
+    idx = open_soci(ztoc.to_bytes(), len(blob))
+    assert idx.format == "soci"
+    assert_matches_tar(idx, blob, tar)
+    e = idx.lookup("etc/x")
+    assert e is not None and e.xattrs == {"user.k": b"v"} and e.mode == 0o4755 and (e.uname, e.gname) == ("u", "g")
+
+
+def test_flatbuffers_roundtrip_keeps_every_field(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    _tar, _blob, ztoc = layer
+    again = Ztoc.parse(ztoc.to_bytes())
+    assert again == ztoc
+    assert again.version == "0.9" and again.build_tool_identifier == "lazypull"
+    # bytes after the root (soci's prefetch metadata) are ignored
+    assert Ztoc.parse(ztoc.to_bytes() + b"---SOCI-PREFETCH---[]") == ztoc
+
+
+def test_span_digests_cover_the_compressed_ranges_soci_defines(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    _tar, blob, ztoc = layer
+    zinfo = Zinfo.parse(ztoc.checkpoints)
+    assert len(ztoc.checkpoints) == 12 + POINT_SIZE * len(zinfo.points)
+    assert zinfo.points[0][:3] == (10, 0, 0)  # right after the 10-byte gzip header
+    for i, (cin, _out, bits, _w) in enumerate(zinfo.points):
+        start = cin - (1 if bits else 0)
+        end = zinfo.points[i + 1][0] if i + 1 < len(zinfo.points) else len(blob)
+        assert ztoc.span_digests[i] == digestlib.of_bytes(blob[start:end])
+
+
+def test_version_one_checkpoints_without_the_first_point_are_read(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    tar, blob, ztoc = layer
+    v1 = ztoc.checkpoints[:12] + ztoc.checkpoints[12 + POINT_SIZE :]
+    idx = open_soci(Ztoc(**{**ztoc.__dict__, "checkpoints": v1}).to_bytes(), len(blob))
+    assert_matches_tar(idx, blob, tar)
+
+
+def test_each_span_inflates_from_its_checkpoint(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    tar, blob, ztoc = layer
+    for s in open_soci(ztoc.to_bytes(), len(blob)).spans:
+        assert (
+            inflate_from(blob[s.start : s.end], s.bits, s.window, s.out_end - s.out_start)
+            == tar[s.out_start : s.out_end]
+        )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.integers(0, 600_000),
+    level=st.sampled_from([1, 6, 9]),
+    span=st.sampled_from([1 << 12, 1 << 15, 1 << 17, 1 << 20]),
+    reads=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 200_000)), min_size=1, max_size=8),
+)
+def test_random_reads_match_python_gzip(
+    seed: int, size: int, level: int, span: int, reads: list[tuple[float, int]]
+) -> None:
+    rng = random.Random(seed)
+    data = noise(rng, size)
+    tar = make_tar([Entry("a", data=b"head"), Entry("d", data=data), Entry("z", data=b"tail")])
+    blob = gzip.compress(tar, level, mtime=0)
+    ztoc = build_ztoc_bytes(blob, span_size=span)
+    assert gzip.decompress(blob) == tar
+    idx = open_soci(ztoc.to_bytes(), len(blob))
+    src = BytesSource(blob)
+    for frac, length in reads:
+        off = int(frac * size)
+        assert idx.read(src, "d", off, length) == data[off : off + length]
+    assert idx.read(src, "z", 0, 10) == b"tail"
+
+
+def test_a_file_spanning_checkpoints_is_cut_into_span_chunks(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    _tar, blob, ztoc = layer
+    idx = open_soci(ztoc.to_bytes(), len(blob))
+    big = idx.lookup("etc/big")
+    assert big is not None and len(big.chunks) > 3
+    spans = {s.start: s for s in idx.spans}
+    for c in big.chunks:
+        s = spans[c.blob_offset]
+        assert c.blob_end == s.end and c.inner_offset + c.size <= s.out_end - s.out_start
+    src = BytesSource(blob)
+    c = big.chunks[1]
+    data = idx.decode_chunk(c, src.read_at(c.blob_offset, c.blob_end - c.blob_offset))
+    assert c.digest == "sha256:" + hashlib.sha256(data).hexdigest()  # the cache key is the content digest
+
+
+def test_a_corrupt_span_is_rejected_before_inflating(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    _tar, blob, ztoc = layer
+    idx = open_soci(ztoc.to_bytes(), len(blob))
+    c = idx.lookup("etc/big").chunks[2]  # type: ignore[union-attr]
+    raw = bytearray(blob[c.blob_offset : c.blob_end])
+    raw[len(raw) // 2] ^= 1
+    with pytest.raises(DigestMismatchError):
+        idx.decode_chunk(c, bytes(raw))
+
+
+def test_multi_member_gzip_is_refused() -> None:
+    tar = make_tar([Entry("a", data=b"x" * 1000)])
+    with pytest.raises(FormatError, match="more than one gzip member"):
+        build_ztoc_bytes(gzip.compress(tar[:1024]) + gzip.compress(tar[1024:]))
+
+
+def test_truncated_and_corrupt_gzip_are_format_errors() -> None:
+    blob = gzip.compress(make_tar([Entry("a", data=random.Random(3).randbytes(100_000))]))
+    with pytest.raises(FormatError, match="truncated"):
+        build_ztoc_bytes(blob[: len(blob) // 2])
+    bad = bytearray(blob)
+    bad[20:40] = b"\xff" * 20
+    with pytest.raises(FormatError):
+        build_ztoc_bytes(bytes(bad))
+
+
+def test_open_layer_index_fetches_and_verifies_the_ztoc(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    tar, blob, ztoc = layer
+    zbytes = ztoc.to_bytes()
+    zdesc = Descriptor(mt.SOCI_ZTOC, digestlib.of_bytes(zbytes), len(zbytes))
+    ldesc = with_ztoc(Descriptor(mt.OCI_LAYER_GZIP, digestlib.of_bytes(blob), len(blob)), zdesc)
+    idx = open_layer_index(ldesc, BytesSource(blob), lambda d: BytesSource(zbytes))
+    assert_matches_tar(idx, blob, tar)
+    with pytest.raises(DigestMismatchError):
+        open_layer_index(ldesc, BytesSource(blob), lambda d: BytesSource(zbytes[:-1] + bytes([zbytes[-1] ^ 1])))
+
+
+# -- hostile zTOCs: clear errors, never wrong bytes ------------------------------------------
+def _mutate(ztoc: Ztoc, **kw: object) -> bytes:
+    return Ztoc(**{**ztoc.__dict__, **kw}).to_bytes()
+
+
+def _points(ztoc: Ztoc) -> list[tuple[int, int, int, bytes]]:
+    return [(a, b, c, bytes(w)) for a, b, c, w in Zinfo.parse(ztoc.checkpoints).points]
+
+
+def test_hostile_ztocs_get_clear_errors(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    _tar, blob, ztoc = layer
+    n = len(blob)
+    pts = _points(ztoc)
+    files = ztoc.files
+    cases: dict[str, bytes] = {
+        "checkpoint past the blob": _mutate(
+            ztoc, checkpoints=Zinfo(1, [*pts[:-1], (n + 5, pts[-1][1], 0, pts[-1][3])]).to_bytes()
+        ),
+        "checkpoints out of order": _mutate(ztoc, checkpoints=Zinfo(1, [pts[0], pts[2], pts[1], *pts[3:]]).to_bytes()),
+        "huge checkpoint count": _mutate(ztoc, checkpoints=struct.pack("<iq", 2**31 - 1, 1) + ztoc.checkpoints[12:]),
+        "missing span digests": _mutate(ztoc, span_digests=ztoc.span_digests[:-1]),
+        "file past the archive": _mutate(
+            ztoc,
+            files=[
+                *files,
+                FileMetadata("evil", "reg", uncompressed_offset=ztoc.uncompressed_archive_size, uncompressed_size=10),
+            ],
+        ),
+        "negative offset": _mutate(
+            ztoc, files=[FileMetadata("evil", "reg", uncompressed_offset=-512, uncompressed_size=10)]
+        ),
+        "escaping name": _mutate(ztoc, files=[FileMetadata("../../etc/passwd", "reg")]),
+        "unknown type": _mutate(ztoc, files=[FileMetadata("x", "socket")]),
+        "wrong blob size": _mutate(ztoc, compressed_archive_size=n + 1),
+        "bad digest": _mutate(ztoc, span_digests=["md5:abc"] * len(ztoc.span_digests)),
+        "not a flatbuffer": b"\xff\xff\xff\x7f" + b"\0" * 40,
+        "empty": b"",
+        "huge vector": struct.pack("<I", 8) + b"\0" * 4 + struct.pack("<I", 0xFFFFFFF0) + b"\0" * 8,
+    }
+    for what, data in cases.items():
+        with pytest.raises(FormatError):
+            open_soci(data, n)
+            pytest.fail(what)
+
+
+def test_a_lying_digest_or_window_gives_errors_not_bytes(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    _tar, blob, ztoc = layer
+    src = BytesSource(blob)
+    lying = _mutate(ztoc, span_digests=[digestlib.of_bytes(b"other")] * len(ztoc.span_digests))
+    idx = open_soci(lying, len(blob))
+    with pytest.raises(DigestMismatchError):
+        idx.read(src, "etc/big", 0, 100)
+
+
+def test_window_and_bits_are_needed(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    tar, blob, ztoc = layer
+    s = open_soci(ztoc.to_bytes(), len(blob)).spans[3]
+    want = tar[s.out_start : s.out_end]
+    assert inflate_from(blob[s.start : s.end], s.bits, s.window, len(want)) == want
+    try:
+        wrong = inflate_from(blob[s.start : s.end], s.bits, bytes(WINDOW), len(want))
+    except FormatError:
+        wrong = b""
+    assert wrong != want
