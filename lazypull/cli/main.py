@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "check",
     "unpack",
     "mount",
+    "soci",
     "snapshotter",
     "bench",
 ]

@@ -18,15 +18,16 @@ from pathlib import Path
 from lazypull.convert.check import manifests_of
 from lazypull.convert.unpack import RootDir, apply_tar_layer
 from lazypull.errors import LazypullError
+from lazypull.format.soci.dispatch import is_lazy
 from lazypull.fs.fuse.server import unmount
 from lazypull.fs.mountproc import MountHandle, is_mounted, spawn_layer_mount, stop_layer_mount
 from lazypull.fs.spec import LayerSpec
 from lazypull.fs.stats import read_stats
-from lazypull.oci import mediatypes as mt
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
+from lazypull.soci.find import soci_layers
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,14 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
     lowers: list[str] = []
     record: dict[str, object] = {"mountpoint": str(mountpoint), "layers": []}
     try:
-        for i, layer in enumerate(manifest.layers):
+        for i, layer in enumerate(soci_layers(store, manifest)):
             ldir = state / f"layer{i}"
-            if mt.ANNOTATION_TOC_DIGEST in layer.annotations:
+            if is_lazy(layer):
                 h = spawn_layer_mount(layer_spec(store, layer, opts, ropts), ldir / "fs", ldir)
                 handles.append(h)
                 record["layers"].append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})  # type: ignore[attr-defined]
             else:
-                log.info("layer %s is not eStargz: downloading and unpacking it", layer.digest)
+                log.info("layer %s is neither eStargz nor SOCI-indexed: downloading and unpacking it", layer.digest)
                 root = RootDir(ldir / "fs")
                 try:
                     apply_tar_layer(root, store, layer, overlay_lower=True)

@@ -13,10 +13,12 @@ import threading
 from dataclasses import dataclass
 
 from lazypull.errors import LazypullError
+from lazypull.format.soci.dispatch import is_lazy
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor, Index, Manifest, host_platform, is_index
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.reference import Reference
+from lazypull.soci.find import soci_ztocs, with_soci
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class LayerResolver:
     def __init__(self, client: RegistryClient) -> None:
         self.client = client
         self._manifests: dict[str, Manifest] = {}
+        self._digests: dict[str, str] = {}  # manifest digests, by the same keys (SOCI lookups)
         self._lock = threading.Lock()
 
     def resolve(self, labels: dict[str, str]) -> RemoteLayer:
@@ -58,11 +61,14 @@ class LayerResolver:
         except LazypullError as e:
             raise NotRemote(str(e)) from None
         manifest = self._manifest(ref, manifest_digest)
-        for layer in manifest.layers:
+        layers = manifest.layers
+        if not all(mt.ANNOTATION_TOC_DIGEST in x.annotations for x in layers):  # SOCI for the others
+            layers = with_soci(layers, soci_ztocs(self.client, ref, self._digests[f"{ref}@{manifest_digest or ''}"]))
+        for layer in layers:
             if layer.digest == digest:
-                if mt.ANNOTATION_TOC_DIGEST not in layer.annotations:
-                    raise NotRemote(f"layer {digest} of {ref} has no TOC digest annotation (not eStargz)")
-                return RemoteLayer(ref, layer, tuple(manifest.layers))
+                if not is_lazy(layer):
+                    raise NotRemote(f"layer {digest} of {ref} is neither eStargz nor indexed by a SOCI zTOC")
+                return RemoteLayer(ref, layer, tuple(layers))
         raise NotRemote(f"layer {digest} is not in the manifest of {ref}")
 
     def _manifest(self, ref: Reference, manifest_digest: str | None) -> Manifest:
@@ -73,13 +79,14 @@ class LayerResolver:
             return m
         try:
             target = ref.with_digest(manifest_digest) if manifest_digest else ref
-            data, media_type, _dg = self.client.get_manifest(target)
+            data, media_type, dg = self.client.get_manifest(target)
             if is_index(media_type):
                 d = Index.parse(data, media_type).select(host_platform())
-                data, media_type, _dg = self.client.get_manifest(ref.with_digest(d.digest))
+                data, media_type, dg = self.client.get_manifest(ref.with_digest(d.digest))
             m = Manifest.parse(data, media_type)
         except LazypullError as e:
             raise NotRemote(f"cannot read the manifest of {ref}: {e}") from None
         with self._lock:
             self._manifests[key] = m
+            self._digests[key] = dg
         return m

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazypull.format.soci.dispatch import is_lazy
 from lazypull.fs.fetcher import MIN_FETCH
 from lazypull.fs.fuse.server import unmount
 from lazypull.fs.mountproc import (
@@ -213,7 +214,7 @@ class Snapshotter:
             return False
         # containerd prepares layers one after another: start the following ones now.
         for other in layer.image_layers:
-            if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
+            if other.digest != layer.layer.digest and is_lazy(other):
                 self._start_layer(layer.ref, other)
         try:
             h = self._start_layer(layer.ref, layer.layer)
