@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import random
@@ -246,3 +247,38 @@ def test_window_and_bits_are_needed(layer: tuple[bytes, bytes, Ztoc]) -> None:
     except FormatError:
         wrong = b""
     assert wrong != want
+
+
+def test_a_ztoc_pointing_a_file_at_other_bytes_gets_errors(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    """Span digests pin the compressed bytes; the tar header in front of each file's data
+    pins what the zTOC says about the file (name, size, that it is a file at all)."""
+    _tar, blob, ztoc = layer
+    src = BytesSource(blob)
+    by_name = {f.name: f for f in ztoc.files}
+    a = next(f for f in ztoc.files if f.uncompressed_size == 40_000)
+    b = by_name["etc/big"]
+    sized = [f for f in ztoc.files if f.type == "reg" and f.uncompressed_size == 700]
+    assert len(sized) >= 2  # two files of the same size: a swap keeps every size right
+
+    def lie(**changes: int) -> bytes:
+        files = []
+        for f in ztoc.files:
+            off = changes.get(f.name)
+            files.append(dataclasses.replace(f, uncompressed_offset=off) if off is not None else f)
+        return _mutate(ztoc, files=files)
+
+    cases = {
+        "swapped same-size files": lie(
+            **{sized[0].name: sized[1].uncompressed_offset, sized[1].name: sized[0].uncompressed_offset}
+        ),
+        "offset into another file's data": lie(**{a.name: b.uncompressed_offset + 512 * 100}),
+        "offset at a directory's header": lie(**{a.name: by_name["etc"].uncompressed_offset}),
+    }
+    for what, data in cases.items():
+        idx = open_soci(data, len(blob))  # consistent on its face: caught when read
+        name = sized[0].name if what.startswith("swapped") else a.name
+        with pytest.raises(FormatError):
+            idx.read(src, name, 0, 100)
+            pytest.fail(what)
+    with pytest.raises(FormatError, match="outside the layer"):
+        open_soci(lie(**{a.name: a.uncompressed_offset + 1}), len(blob))  # not on a tar block

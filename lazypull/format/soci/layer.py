@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format.estargz_reader import ChunkDecoder, TOCIndex
-from lazypull.format.index import Chunk
+from lazypull.format.index import Chunk, EntryType, normalize
 from lazypull.format.soci.zinfo import Span, Zinfo
 from lazypull.format.soci.zlibc import inflate_from
 from lazypull.format.soci.ztoc import GZIP, FileMetadata, Ztoc
@@ -38,12 +38,47 @@ def stand_in_digest(span: Span, inner: int, size: int) -> str:
     return "sha256:" + hashlib.sha256(f"soci-unverified\0{span.digest}\0{inner}\0{size}".encode()).hexdigest()
 
 
+def _octal(field: bytes) -> int | None:
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return None
+
+
+def check_tar_header(block: bytes, name: str, size: int) -> None:
+    """The 512 bytes before a file's data must be that file's tar header: a zTOC cannot
+    point one file at another file's (or no file's) bytes. The name is compared where
+    the header holds it whole (long or non-ASCII names live in PAX/GNU records)."""
+    what = f"zTOC entry {name[:200]!r}"
+    if len(block) != 512:
+        raise FormatError(f"{what}: no tar header before its data")
+    stored = _octal(block[148:156])
+    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    signed = unsigned - 2 * (sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127))
+    if stored is None or stored not in (unsigned, signed):
+        raise FormatError(f"{what}: the bytes before its data are not a tar header")
+    if block[156:157] not in (b"0", b"\0", b"7"):
+        raise FormatError(f"{what}: its tar header is not a regular file's")
+    hsize = None if block[124] & 0x80 else _octal(block[124:136])
+    if hsize is not None and hsize != size and size < 8**11:
+        raise FormatError(f"{what}: its tar header says {hsize} bytes, the zTOC {size}")
+    raw = block[0:100].split(b"\0", 1)[0]
+    if block[257:262] == b"ustar" and block[345:500].strip(b"\0"):
+        return  # split into prefix + name: compared no further
+    comparable = 0 < len(raw) < 99 and raw.isascii() and b"?" not in raw
+    if comparable and normalize(raw.decode()) != normalize(name):
+        raise FormatError(f"{what}: the tar header before its data is {raw[:200]!r}'s")
+
+
 class SpanDecoder(ChunkDecoder):
-    """Verify a span against its digest, inflate it from its checkpoint, cut the chunk out."""
+    """Verify a span against its digest, inflate it from its checkpoint, cut the chunk out;
+    for a file's first chunk, check the tar header in front of it too (when in the span)."""
 
     def __init__(self, spans: dict[int, Span], keep: int = 4) -> None:
         self.spans = spans
         self.keep = keep
+        self.headers: dict[tuple[int, int], tuple[str, int]] = {}  # first chunk -> (name, size)
         self._inflated: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -71,7 +106,11 @@ class SpanDecoder(ChunkDecoder):
         span = self.spans.get(chunk.blob_offset)
         if span is None:
             raise FormatError(f"no span starts at blob offset {chunk.blob_offset}")
-        data = self.span_bytes(span, raw)[chunk.inner_offset : chunk.inner_offset + chunk.size]
+        whole = self.span_bytes(span, raw)
+        head = self.headers.get((chunk.blob_offset, chunk.inner_offset))
+        if head is not None and chunk.inner_offset >= 512:
+            check_tar_header(whole[chunk.inner_offset - 512 : chunk.inner_offset], *head)
+        data = whole[chunk.inner_offset : chunk.inner_offset + chunk.size]
         if len(data) != chunk.size:
             raise FormatError(f"chunk at {chunk.inner_offset} of span {span.start} runs past the span")
         chunk.digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -95,13 +134,18 @@ class SociIndex(TOCIndex):
         spans = zinfo.spans(blob_size, usize, ztoc.span_digests)
         self.spans = spans
         self._outs = [s.out_start for s in spans]
+        decoder = SpanDecoder({s.start: s for s in spans})
         super().__init__(
             self._toc_entries(ztoc.files, usize),
             blob_size=blob_size,
             data_end=blob_size,
             fmt="soci",
-            decoder=SpanDecoder({s.start: s for s in spans}),
+            decoder=decoder,
         )
+        for e in self._entries.values():
+            if e.chunks and e.type == EntryType.REG:
+                c = e.chunks[0]
+                decoder.headers[(c.blob_offset, c.inner_offset)] = (e.name, e.size)
 
     def _span_at(self, out: int) -> int:
         return bisect.bisect_right(self._outs, out) - 1
@@ -113,7 +157,7 @@ class SociIndex(TOCIndex):
                 raise FormatError(f"zTOC entry {f.name[:200]!r} has unknown type {f.type[:20]!r}")
             size = f.uncompressed_size if f.type == "reg" else 0
             off = f.uncompressed_offset
-            if off < 0 or size < 0 or off + size > usize or f.mode < 0 or f.devmajor < 0 or f.devminor < 0:
+            if off < 0 or off % 512 or size < 0 or off + size > usize or f.mode < 0 or f.devmajor < 0 or f.devminor < 0:
                 raise FormatError(f"zTOC entry {f.name[:200]!r} lies outside the layer (offset {off}, size {size})")
             xattrs = {k[len(XATTR_PREFIX) :]: v for k, v in f.xattrs.items() if k.startswith(XATTR_PREFIX)}
             base = dict(
