@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import random
 import struct
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -282,3 +283,32 @@ def test_a_ztoc_pointing_a_file_at_other_bytes_gets_errors(layer: tuple[bytes, b
             pytest.fail(what)
     with pytest.raises(FormatError, match="outside the layer"):
         open_soci(lie(**{a.name: a.uncompressed_offset + 1}), len(blob))  # not on a tar block
+
+
+def gzip_with_header_fields(data: bytes) -> bytes:
+    """A gzip member with FEXTRA, FNAME and FCOMMENT (soci's compatibility cases)."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = c.compress(data) + c.flush()
+    extra = b"ab" + struct.pack("<H", 5) + b"extra"
+    header = b"\x1f\x8b\x08" + bytes([4 | 8 | 16]) + b"\0\0\0\0\0\xff"
+    header += struct.pack("<H", len(extra)) + extra + b"layer.tar\0" + b"a comment\0"
+    return header + body + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+
+
+def test_gzip_header_fields_move_the_first_checkpoint() -> None:
+    tar = make_tar(sample_entries(seed=5))
+    blob = gzip_with_header_fields(tar)
+    ztoc = build_ztoc_bytes(blob, span_size=1 << 18)
+    first = Zinfo.parse(ztoc.checkpoints).points[0]
+    assert first[:3] == (len(blob) - len(blob.split(b"a comment\0", 1)[1]), 0, 0)
+    assert_matches_tar(open_soci(ztoc.to_bytes(), len(blob)), blob, tar)
+
+
+def test_soci_style_uncompressed_size_at_the_tar_end(layer: tuple[bytes, bytes, Ztoc]) -> None:
+    """soci records where Go's tar reader stopped (after the two zero blocks), not the end
+    of the padded stream: the last span then ends there."""
+    tar, blob, ztoc = layer
+    end = max(f.uncompressed_offset + f.uncompressed_size for f in ztoc.files)
+    tar_end = -(-end // 512) * 512 + 1024
+    assert tar_end < len(tar)
+    assert_matches_tar(open_soci(_mutate(ztoc, uncompressed_archive_size=tar_end), len(blob)), blob, tar)

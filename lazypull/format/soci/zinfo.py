@@ -85,14 +85,17 @@ class Zinfo:
             start = cin - (1 if bits else 0)
             if start <= prev_start or cout <= prev_out:
                 raise FormatError(f"zTOC checkpoint {i} does not advance (in {cin}, out {cout})")
-            if start < 0 or cin >= blob_size or cout > uncompressed_size:
+            # soci records the tar reader's end as the uncompressed size: a last checkpoint
+            # may lie past it, in the archive's zero padding
+            past = cout > uncompressed_size and i + 1 < len(self.points)
+            if start < 0 or cin >= blob_size or past:
                 raise FormatError(f"zTOC checkpoint {i} (in {cin}, out {cout}) lies outside the layer")
             prev_start, prev_out = start, cout
         for i, (cin, cout, bits, win) in enumerate(self.points):
             start = cin - (1 if bits else 0)
             last = i + 1 == len(self.points)
             end = blob_size if last else self.points[i + 1][0]
-            out_end = uncompressed_size if last else self.points[i + 1][1]
+            out_end = max(uncompressed_size, cout) if last else self.points[i + 1][1]
             if end <= start or out_end - cout > MAX_SPAN_BYTES:
                 raise FormatError(f"zTOC span {i} has an invalid size")
             d = digests[i]
