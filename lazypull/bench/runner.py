@@ -33,8 +33,14 @@ from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
 
 log = logging.getLogger(__name__)
-MODES = ("overlayfs", "lazypull", "lazypull-opt", "reference")
-SNAPSHOTTER = {"overlayfs": "overlayfs", "lazypull": "lazypull", "lazypull-opt": "lazypull", "reference": "stargz"}
+MODES = ("overlayfs", "lazypull", "lazypull-opt", "lazypull-soci", "reference")
+SNAPSHOTTER = {
+    "overlayfs": "overlayfs",
+    "lazypull": "lazypull",
+    "lazypull-opt": "lazypull",
+    "lazypull-soci": "lazypull",  # the unconverted image plus a SOCI index
+    "reference": "stargz",
+}
 
 
 @dataclass
@@ -272,6 +278,8 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
                 cfg.progress(f"[images] converted in {time.monotonic() - t0:.1f}s")
             built[img.build_name] = (f"{base}:org", f"{base}:esgz")
         org, esgz = built[img.build_name]
+        if "lazypull-soci" in cfg.modes and (name, "lazypull-soci") not in refs:
+            refs.update(_soci_index(cfg, img, org))
         refs[(name, "overlayfs")] = org
         refs[(name, "lazypull")] = refs[(name, "reference")] = esgz
         if "lazypull-opt" in cfg.modes:
@@ -293,6 +301,21 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             cfg.progress(f"[images] optimized in {time.monotonic() - t0:.1f}s ({len(res.record)} files prioritized)")
             refs[(name, "lazypull-opt")] = opt
     return refs
+
+
+def _soci_index(cfg: BenchConfig, img: BenchImage, org: str) -> dict[tuple[str, str], str]:
+    """A SOCI index beside the published image (pushed once per build): every gzip layer
+    gets a zTOC, since containerd's unpacker pulls all layers above one it must fetch."""
+    from lazypull.registry.repository import RegistryStore
+    from lazypull.soci.create import create_index, list_indexes
+
+    store = RegistryStore.open(org, RegistryOptions(plain_http=True))
+    if not list_indexes(store)[1]:
+        cfg.progress(f"[images] SOCI index for {img.build_name} (lazypull soci create)")
+        t0 = time.monotonic()
+        create_index(store, min_layer_size=0)
+        cfg.progress(f"[images] indexed in {time.monotonic() - t0:.1f}s")
+    return {(n, "lazypull-soci"): org for n, i in IMAGES.items() if i.build_name == img.build_name}
 
 
 def _interrupt(signum: int, frame: object) -> None:
