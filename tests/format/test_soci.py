@@ -312,3 +312,24 @@ def test_soci_style_uncompressed_size_at_the_tar_end(layer: tuple[bytes, bytes, 
     tar_end = -(-end // 512) * 512 + 1024
     assert tar_end < len(tar)
     assert_matches_tar(open_soci(_mutate(ztoc, uncompressed_archive_size=tar_end), len(blob)), blob, tar)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2000), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=6))
+def test_fuzzed_ztocs_only_raise_format_errors(data: bytes, flips: list[tuple[int, int]]) -> None:
+    small = Ztoc(
+        files=[FileMetadata("a", "reg", 512, 3, xattrs={"SCHILY.xattr.user.x": b"1"}), FileMetadata("d", "dir")],
+        compressed_archive_size=100,
+        uncompressed_archive_size=2048,
+        span_digests=[digestlib.of_bytes(b"")],
+        checkpoints=Zinfo(1 << 20, [(10, 0, 0, bytes(WINDOW))]).to_bytes(),
+    ).to_bytes()
+    for blob in (data, small, small[: len(data)]):
+        mutated = bytearray(blob)
+        for pos, x in flips:
+            if mutated:
+                mutated[pos % len(mutated)] ^= x
+        try:
+            open_soci(bytes(mutated), 100)
+        except FormatError:
+            pass

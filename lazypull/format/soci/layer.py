@@ -9,7 +9,8 @@ of one span cost one inflate.
 
 Chunk digests: a zTOC has digests of compressed spans only, while the chunk cache is
 keyed by the digest of the bytes it holds. A chunk's digest therefore starts as a
-stand-in that no content can hash to (a cache miss) and becomes the sha256 of its bytes
+stand-in made of its span number, offset and size, which no content can be found to hash
+to (a cache miss) and becomes the sha256 of its bytes
 once :meth:`decode_chunk` has verified them, so later reads and the shared cache use the
 real content digest.
 """
@@ -20,10 +21,11 @@ import bisect
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format.estargz_reader import ChunkDecoder, TOCIndex
-from lazypull.format.index import Chunk, EntryType, normalize
+from lazypull.format.index import NO_XATTRS, Chunk, EntryType, normalize
 from lazypull.format.soci.zinfo import Span, Zinfo
 from lazypull.format.soci.zlibc import inflate_from
 from lazypull.format.soci.ztoc import GZIP, FileMetadata, Ztoc
@@ -31,11 +33,8 @@ from lazypull.format.toc import TOCEntry
 
 _TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo"})
 XATTR_PREFIX = "SCHILY.xattr."
+_XLEN = len(XATTR_PREFIX)
 MAX_FILES = 10_000_000
-
-
-def stand_in_digest(span: Span, inner: int, size: int) -> str:
-    return "sha256:" + hashlib.sha256(f"soci-unverified\0{span.digest}\0{inner}\0{size}".encode()).hexdigest()
 
 
 def _octal(field: bytes) -> int | None:
@@ -150,55 +149,50 @@ class SociIndex(TOCIndex):
     def _span_at(self, out: int) -> int:
         return bisect.bisect_right(self._outs, out) - 1
 
-    def _toc_entries(self, files: list[FileMetadata], usize: int) -> list[TOCEntry]:
-        out: list[TOCEntry] = []
+    def _toc_entries(self, files: list[FileMetadata], usize: int) -> Iterator[TOCEntry]:
+        """The zTOC as eStargz TOC entries: one chunk per span a file's data touches."""
+        spans, outs = self.spans, self._outs
         for f in sorted(files, key=lambda f: f.uncompressed_offset):
-            if f.type not in _TYPES:
-                raise FormatError(f"zTOC entry {f.name[:200]!r} has unknown type {f.type[:20]!r}")
-            size = f.uncompressed_size if f.type == "reg" else 0
+            typ = f.type
+            if typ not in _TYPES:
+                raise FormatError(f"zTOC entry {f.name[:200]!r} has unknown type {typ[:20]!r}")
+            size = f.uncompressed_size if typ == "reg" else 0
             off = f.uncompressed_offset
             if off < 0 or off % 512 or size < 0 or off + size > usize or f.mode < 0 or f.devmajor < 0 or f.devminor < 0:
                 raise FormatError(f"zTOC entry {f.name[:200]!r} lies outside the layer (offset {off}, size {size})")
-            xattrs = {k[len(XATTR_PREFIX) :]: v for k, v in f.xattrs.items() if k.startswith(XATTR_PREFIX)}
-            base = dict(
-                name=f.name if f.name not in (".", "./") else "",
-                size=size,
-                modtime=f.mod_time if not f.mod_time.startswith("0001-") else "",
-                link_name=f.linkname,
-                mode=f.mode,
-                uid=f.uid,
-                gid=f.gid,
-                uname=f.uname,
-                gname=f.gname,
-                dev_major=f.devmajor,
-                dev_minor=f.devminor,
-                xattrs=xattrs,
+            xattrs = (
+                {k[_XLEN:]: v for k, v in f.xattrs.items() if k.startswith(XATTR_PREFIX)} if f.xattrs else NO_XATTRS
             )
-            if f.type != "reg" or size == 0:
-                out.append(TOCEntry(type=f.type, **base))  # type: ignore[arg-type]
+            name = f.name
+            mtime = f.mod_time if not f.mod_time.startswith("0001-") else ""
+            if typ != "reg" or size == 0:
+                yield TOCEntry(
+                    name, typ, size, mtime, f.linkname, f.mode, f.uid, f.gid, f.uname, f.gname,  # type: ignore[arg-type]
+                    f.devmajor, f.devminor, xattrs,
+                )  # fmt: skip
                 continue
             pos, end, first = off, off + size, True
+            i = bisect.bisect_right(outs, pos) - 1
             while pos < end:
-                i = self._span_at(pos)
-                span = self.spans[i] if i >= 0 else None
-                if span is None or pos >= span.out_end:
-                    raise FormatError(f"zTOC entry {f.name[:200]!r}: offset {pos} is in no span")
+                if i < 0 or i >= len(spans) or pos >= spans[i].out_end:
+                    raise FormatError(f"zTOC entry {name[:200]!r}: offset {pos} is in no span")
+                span = spans[i]
                 n = min(end, span.out_end) - pos
                 inner = pos - span.out_start
-                chunk = dict(
-                    offset=span.start,
-                    inner_offset=inner,
-                    chunk_offset=pos - off,
-                    chunk_size=n,
-                    chunk_digest=stand_in_digest(span, inner, n),
-                )
+                stand_in = f"sha256:{i:021x}{inner:021x}{n:022x}"  # no content hashes to this
                 if first:
-                    out.append(TOCEntry(type="reg", **base, **chunk))  # type: ignore[arg-type]
+                    yield TOCEntry(
+                        name, "reg", size, mtime, f.linkname, f.mode, f.uid, f.gid, f.uname, f.gname,
+                        f.devmajor, f.devminor, xattrs, "", span.start, inner, 0, n, stand_in,
+                    )  # fmt: skip
                     first = False
                 else:
-                    out.append(TOCEntry(name=base["name"], type="chunk", **chunk))  # type: ignore[arg-type]
+                    yield TOCEntry(
+                        name=name, type="chunk", offset=span.start, inner_offset=inner,
+                        chunk_offset=pos - off, chunk_size=n, chunk_digest=stand_in,
+                    )  # fmt: skip
                 pos += n
-        return out
+                i += 1
 
     def _fill_ends(self, offsets: list[int], data_end: int) -> None:
         ends = {s.start: s.end for s in self.spans}

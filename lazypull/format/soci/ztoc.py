@@ -206,6 +206,49 @@ class _Reader:
         return self.buf[s + 4 : s + 4 + n]
 
 
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+
+
+def _str(buf: bytes, n: int, field: int) -> str:
+    if not field:
+        return ""
+    s = field + _U32.unpack_from(buf, field)[0]
+    size = _U32.unpack_from(buf, s)[0]
+    if s + 4 + size > n:
+        raise ValueError("string runs past the buffer")
+    return buf[s + 4 : s + 4 + size].decode("utf-8", "surrogateescape")
+
+
+def _file(r: _Reader, pos: int) -> FileMetadata:
+    """One FileMetadata table (the bulk of a zTOC): the vtable read once, fields inline."""
+    buf, n = r.buf, r.n
+    t = r.table(pos)
+    count = min((t[2] - 4) // 2, 14)
+    offs = struct.unpack_from(f"<{count}H", buf, t[1] + 4) + (0,) * (14 - count)
+    f = [pos + o if o else 0 for o in offs]
+    xattrs: dict[str, bytes] = {}
+    for xp in r.vector(t, 13):
+        x = r.table(r.deref(xp))
+        xattrs[r.string(x, 0)] = r.bytes_(x, 1)
+    return FileMetadata(
+        _str(buf, n, f[0]),
+        _str(buf, n, f[1]),
+        _I64.unpack_from(buf, f[2])[0] if f[2] else 0,
+        _I64.unpack_from(buf, f[3])[0] if f[3] else 0,
+        _str(buf, n, f[4]),
+        _I64.unpack_from(buf, f[5])[0] if f[5] else 0,
+        _U32.unpack_from(buf, f[6])[0] if f[6] else 0,
+        _U32.unpack_from(buf, f[7])[0] if f[7] else 0,
+        _str(buf, n, f[8]),
+        _str(buf, n, f[9]),
+        _str(buf, n, f[10]),
+        _I64.unpack_from(buf, f[11])[0] if f[11] else 0,
+        _I64.unpack_from(buf, f[12])[0] if f[12] else 0,
+        xattrs,
+    )
+
+
 def _decode(data: bytes) -> Ztoc:
     r = _Reader(bytes(data))
     root = r.table(r.deref(0))
@@ -214,31 +257,7 @@ def _decode(data: bytes) -> Ztoc:
     if not toc_p or not info_p:
         raise ValueError("zTOC has no TOC or no compression info")
     toc = r.table(r.deref(toc_p))
-    files = []
-    for p in r.vector(toc, 0):
-        m = r.table(r.deref(p))
-        xattrs = {}
-        for xp in r.vector(m, 13):
-            x = r.table(r.deref(xp))
-            xattrs[r.string(x, 0)] = r.bytes_(x, 1)
-        files.append(
-            FileMetadata(
-                name=r.string(m, 0),
-                type=r.string(m, 1),
-                uncompressed_offset=r.scalar(m, 2, "<q"),
-                uncompressed_size=r.scalar(m, 3, "<q"),
-                linkname=r.string(m, 4),
-                mode=r.scalar(m, 5, "<q"),
-                uid=r.scalar(m, 6, "<I"),
-                gid=r.scalar(m, 7, "<I"),
-                uname=r.string(m, 8),
-                gname=r.string(m, 9),
-                mod_time=r.string(m, 10),
-                devmajor=r.scalar(m, 11, "<q"),
-                devminor=r.scalar(m, 12, "<q"),
-                xattrs=xattrs,
-            )
-        )
+    files = [_file(r, r.deref(p)) for p in r.vector(toc, 0)]
     info = r.table(r.deref(info_p))
     return Ztoc(
         files=files,
