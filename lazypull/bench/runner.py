@@ -68,6 +68,7 @@ class BenchConfig:
     workdir: Path = Path("bench/work")
     reference_snapshotter: str | None = None
     background_fetch: bool = False
+    soci_span_size: int = 4 << 20  # lazypull-soci: uncompressed bytes between checkpoints
     rtt_ms: float = 0.0
     progress: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
 
@@ -266,7 +267,7 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             cfg.progress(f"[images] building {img.build_name} (scale {cfg.scale:g})")
             layout = build_image(img, work, cfg.scale)
             copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
-            if any(m.startswith(("lazypull", "reference")) for m in cfg.modes):
+            if any(m.startswith(("lazypull", "reference")) and m != "lazypull-soci" for m in cfg.modes):
                 cfg.progress(f"[images] converting {img.build_name} to eStargz")
                 t0 = time.monotonic()
                 convert_image(
@@ -313,7 +314,7 @@ def _soci_index(cfg: BenchConfig, img: BenchImage, org: str) -> dict[tuple[str, 
     if not list_indexes(store)[1]:
         cfg.progress(f"[images] SOCI index for {img.build_name} (lazypull soci create)")
         t0 = time.monotonic()
-        create_index(store, min_layer_size=0)
+        create_index(store, span_size=cfg.soci_span_size, min_layer_size=0)
         cfg.progress(f"[images] indexed in {time.monotonic() - t0:.1f}s")
     return {(n, "lazypull-soci"): org for n, i in IMAGES.items() if i.build_name == img.build_name}
 

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="let lazy modes fetch whole layers in the background (counts those bytes too)",
     )
+    p.add_argument("--soci-span-size", type=int, default=4 << 20, help="lazypull-soci: zTOC span size (4 MiB)")
     p.add_argument("--reference-snapshotter", metavar="PATH", help="containerd-stargz-grpc binary for mode reference")
     p.add_argument("--workdir", type=Path, default=Path("bench/work"), help="image cache and scratch space")
     p.add_argument("--out", type=Path, help="results directory (default bench/results/<date>)")
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             workdir=args.workdir,
             reference_snapshotter=args.reference_snapshotter,
             background_fetch=args.background_fetch,
+            soci_span_size=args.soci_span_size,
         )
         results = run_bench(cfg)
         out = args.out or Path("bench/results") / datetime.date.today().isoformat()
