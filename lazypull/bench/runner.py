@@ -305,17 +305,17 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
 
 
 def _soci_index(cfg: BenchConfig, img: BenchImage, org: str) -> dict[tuple[str, str], str]:
-    """A SOCI index beside the published image (pushed once per build): every gzip layer
-    gets a zTOC, since containerd's unpacker pulls all layers above one it must fetch."""
+    """A SOCI index beside the published image: every gzip layer gets a zTOC, since
+    containerd's unpacker pulls all layers above one it must fetch. Made on every run (the
+    same options give the same bytes; the newest index is the one mounts use)."""
     from lazypull.registry.repository import RegistryStore
-    from lazypull.soci.create import create_index, list_indexes
+    from lazypull.soci.create import create_index
 
     store = RegistryStore.open(org, RegistryOptions(plain_http=True))
-    if not list_indexes(store)[1]:
-        cfg.progress(f"[images] SOCI index for {img.build_name} (lazypull soci create)")
-        t0 = time.monotonic()
-        create_index(store, span_size=cfg.soci_span_size, min_layer_size=0)
-        cfg.progress(f"[images] indexed in {time.monotonic() - t0:.1f}s")
+    cfg.progress(f"[images] SOCI index for {img.build_name} (lazypull soci create)")
+    t0 = time.monotonic()
+    create_index(store, span_size=cfg.soci_span_size, min_layer_size=0)
+    cfg.progress(f"[images] indexed in {time.monotonic() - t0:.1f}s")
     return {(n, "lazypull-soci"): org for n, i in IMAGES.items() if i.build_name == img.build_name}
 
 
