@@ -72,8 +72,8 @@ def open_layer_fs(spec: LayerSpec) -> tuple[LayerFS, Fetcher, CountingSource, La
     """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree."""
     desc = spec.descriptor
     source = CountingSource(open_source(spec))
-    index = open_layer_index(desc, source, lambda d: open_source(spec, d))
     cache = ChunkCache(Path(spec.cache_dir), max_bytes=spec.cache_max_bytes)
+    index = open_layer_index(desc, source, lambda d: open_source(spec, d), cache)
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
     )

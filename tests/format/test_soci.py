@@ -482,3 +482,25 @@ def test_ztocs_built_by_schema_generated_code_are_read(layer: tuple[bytes, bytes
     assert again.files == ztoc.files and again.build_tool_identifier == "AWS SOCI CLI v0.2"
     assert again.compression_algorithm == 1 and again.span_digests == ztoc.span_digests
     assert_matches_tar(open_soci(data, len(blob)), blob, tar)
+
+
+def test_the_ztoc_is_taken_from_a_cache_and_checked(layer: tuple[bytes, bytes, Ztoc], tmp_path: object) -> None:
+    from pathlib import Path
+
+    from lazypull.cache.chunks import ChunkCache
+
+    tar, blob, ztoc = layer
+    zbytes = ztoc.to_bytes()
+    zdesc = Descriptor(mt.SOCI_ZTOC, digestlib.of_bytes(zbytes), len(zbytes))
+    ldesc = with_ztoc(Descriptor(mt.OCI_LAYER_GZIP, digestlib.of_bytes(blob), len(blob)), zdesc)
+    cache = ChunkCache(Path(str(tmp_path)) / "cache")
+    fetched: list[str] = []
+
+    def fetch(d: Descriptor) -> BytesSource:
+        fetched.append(d.digest)
+        return BytesSource(zbytes)
+
+    open_layer_index(ldesc, BytesSource(blob), fetch, cache)
+    idx = open_layer_index(ldesc, BytesSource(blob), fetch, cache)
+    assert fetched == [zdesc.digest]  # the second open found it in the cache
+    assert_matches_tar(idx, blob, tar)

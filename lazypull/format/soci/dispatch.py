@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Protocol
 
 from lazypull.errors import FormatError, LazypullError
 from lazypull.format import open_layer
@@ -48,14 +49,31 @@ def is_lazy(layer: Descriptor) -> bool:
     return mt.ANNOTATION_TOC_DIGEST in layer.annotations or mt.ANNOTATION_LAZYPULL_ZTOC in layer.annotations
 
 
-def open_layer_index(layer: Descriptor, source: ReadAt, open_blob: Callable[[Descriptor], ReadAt]) -> LayerIndex:
-    """The verified index of *layer*, read from *source* (and the zTOC from *open_blob*)."""
+class BlobCache(Protocol):
+    def get(self, digest: str) -> bytes | None: ...
+    def put(self, digest: str, data: bytes) -> None: ...
+
+
+def open_layer_index(
+    layer: Descriptor,
+    source: ReadAt,
+    open_blob: Callable[[Descriptor], ReadAt],
+    cache: BlobCache | None = None,
+) -> LayerIndex:
+    """The verified index of *layer*, read from *source* (and the zTOC from *cache*, which
+    is content-addressed and checks what it returns, or else from *open_blob*)."""
     toc_digest = layer.annotations.get(mt.ANNOTATION_TOC_DIGEST)
     ztoc = None if toc_digest else ztoc_of(layer)
     if ztoc is None:
         return open_layer(source, toc_digest=toc_digest)
     if ztoc.size > MAX_ZTOC_BYTES:
         raise FormatError(f"zTOC {ztoc.digest} is {ztoc.size} bytes, over the {MAX_ZTOC_BYTES} byte limit")
-    data = open_blob(ztoc).read_at(0, ztoc.size)
-    digestlib.verify(data, ztoc.digest, what=f"zTOC of layer {layer.digest}")
+    data = cache.get(ztoc.digest) if cache is not None else None
+    if data is None or len(data) != ztoc.size:
+        data = open_blob(ztoc).read_at(0, ztoc.size)
+        digestlib.verify(data, ztoc.digest, what=f"zTOC of layer {layer.digest}")
+        if cache is not None:
+            cache.put(ztoc.digest, data)  # a re-opened mount needs no registry for it
+    else:
+        digestlib.verify(data, ztoc.digest, what=f"cached zTOC of layer {layer.digest}")
     return open_soci(data, source.size)

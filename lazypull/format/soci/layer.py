@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format.estargz_reader import ChunkDecoder, TOCIndex
-from lazypull.format.index import NO_XATTRS, Chunk, EntryType, normalize
+from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, normalize
 from lazypull.format.soci.zinfo import Span, Zinfo
 from lazypull.format.soci.zlibc import inflate_from
 from lazypull.format.soci.ztoc import GZIP, FileMetadata, Ztoc
@@ -141,10 +141,16 @@ class SociIndex(TOCIndex):
             fmt="soci",
             decoder=decoder,
         )
+        self._by_span: dict[int, list[tuple[Entry, Chunk]]] = {}
         for e in self._entries.values():
             if e.chunks and e.type == EntryType.REG:
                 c = e.chunks[0]
                 decoder.headers[(c.blob_offset, c.inner_offset)] = (e.name, e.size)
+                for c in e.chunks:
+                    self._by_span.setdefault(c.blob_offset, []).append((e, c))
+
+    def chunks_sharing(self, chunk: Chunk) -> list[tuple[Entry, Chunk]]:
+        return [(e, c) for e, c in self._by_span.get(chunk.blob_offset, ()) if c is not chunk]
 
     def _span_at(self, out: int) -> int:
         return bisect.bisect_right(self._outs, out) - 1
