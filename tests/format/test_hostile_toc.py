@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import tarfile
 from pathlib import Path
 
@@ -224,3 +225,32 @@ def test_tar_names_over_the_limits_are_refused_by_the_converter() -> None:
     it, _ = iter_members(io.BytesIO(buf.getvalue()))
     with pytest.raises(FormatError, match="max_name_bytes"):
         list(it)
+
+
+# -- zstd:chunked shares the TOC checks -------------------------------------------------------------
+def _zstd_blob(entries: list[dict[str, object]], body: bytes) -> bytes:
+    from lazypull.format.zstdchunked import CHUNKED_MAGIC, skippable_frame
+
+    toc = json.dumps({"version": 1, "entries": entries}).encode()
+    comp = zstandard.ZstdCompressor().compress(toc)
+    footer = struct.pack("<QQQQ", len(body) + 8, len(comp), len(toc), 1) + CHUNKED_MAGIC
+    return body + skippable_frame(comp) + skippable_frame(footer)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"chunkDigest": "sha256:/../../etc/shadow"}, "malformed digest"),
+        ({"size": 1 << 40}, "max_chunk_bytes"),
+        ({"size": 60 << 20, "chunkSize": 0}, "more than zstdchunked can hold"),
+        ({"name": ".wh..", "type": "reg"}, "invalid whiteout"),
+    ],
+)
+def test_zstdchunked_hostile_tocs(override: dict[str, object], message: str) -> None:
+    data = b"hello"
+    body = zstandard.ZstdCompressor().compress(data)
+    e = {"name": "f", "type": "reg", "size": len(data), "offset": 0, "digest": sha(data), "chunkDigest": sha(data)}
+    blob = _zstd_blob([e], body)
+    assert open_layer(BytesSource(blob)).read(BytesSource(blob), "f", 0, 10) == data  # type: ignore[attr-defined]
+    with pytest.raises(FormatError, match=message):
+        open_layer(BytesSource(_zstd_blob([e | override], body)))
