@@ -18,7 +18,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
+from lazypull.errors import LazypullError
 from lazypull.fsutil import atomic_write
+from lazypull.oci import digest as digestlib
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +74,26 @@ class ChunkCache:
         self.corrupt = 0
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
+        self._real_root = os.path.realpath(self.root) + os.sep
+        self._confined: set[str] = set()  # subdirectories checked to resolve inside root
         self._scan()
         self._pending: set[str] = set()
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=write_queue)
         threading.Thread(target=self._writer, daemon=True, name="cache-writer").start()
 
     def _path(self, digest: str) -> Path:
-        hexd = digest.partition(":")[2]
-        return self.root / hexd[:2] / hexd
+        """``root/hex[:2]/hex`` for a validated sha256 digest, and never anything outside root.
+
+        Digests come from TOCs (untrusted) and are validated when the TOC is parsed; this
+        checks again, so no caller can turn a crafted string into a path elsewhere."""
+        hexd = digestlib.validate(digest, ("sha256",)).partition(":")[2]
+        sub = self.root / hexd[:2]
+        if hexd[:2] not in self._confined:  # resolved once per subdirectory (hot path)
+            if os.path.realpath(sub) != self._real_root + hexd[:2]:
+                raise LazypullError(f"cache path for {digest} leaves the cache directory {self.root}")
+            if sub.is_dir():
+                self._confined.add(hexd[:2])
+        return sub / hexd
 
     def _scan(self) -> None:
         """Rebuild the index after a restart, oldest access first."""
@@ -91,8 +105,11 @@ class ChunkCache:
                 if f.name.startswith(".tmp-"):
                     f.unlink(missing_ok=True)  # leftovers of an interrupted write
                     continue
+                key = f"sha256:{f.name}"
+                if sub.name != f.name[:2] or not digestlib.is_valid(key, ("sha256",)) or not f.is_file():
+                    continue  # not ours: never indexed, so never evicted or served
                 st = f.stat()
-                found.append((st.st_atime, f"sha256:{f.name}", st.st_size))
+                found.append((st.st_atime, key, st.st_size))
         for _, key, size in sorted(found):
             self._sizes[key] = size
             self._total += size

@@ -24,14 +24,14 @@ from lazypull.errors import FormatError, LazypullError
 from lazypull.format import open_layer
 from lazypull.format.estargz_reader import safe_name
 from lazypull.format.index import Entry, EntryType
+from lazypull.format.limits import DEFAULT_LIMITS
 from lazypull.format.tarstream import open_decompressed
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from lazypull.format.whiteout import OPAQUE, is_whiteout, whiteout_target
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import Descriptor, Platform
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE = ".wh..wh..opq"
 LANDMARKS = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -60,9 +60,16 @@ class RootDir:
     """Writes under one directory through fds; refuses anything that would leave it."""
 
     def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, _DIR_FLAGS)
+        except (FileExistsError, NotADirectoryError):
+            raise LazypullError(f"{path} is not a directory (or lies under a file)") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafePathError(f"{path} is a symlink; give the real directory") from None
+            raise LazypullError(f"cannot use {path} as the target directory: {e.strerror}") from None
         self.path = path
-        self.fd = os.open(path, _DIR_FLAGS)
         self.dir_times: dict[str, int] = {}
 
     def close(self) -> None:
@@ -71,6 +78,9 @@ class RootDir:
     def parent_fd(self, name: str, create: bool = True) -> tuple[int, str]:
         """An fd of *name*'s parent directory (created as needed) and the base name."""
         parts = name.split("/")
+        if any(p in ("", ".", "..") or "\0" in p for p in parts):
+            # Layer readers normalise names; this is the last line of defence.
+            raise UnsafePathError(f"refusing to write {name[:200]!r}: not a plain relative path")
         fd = os.dup(self.fd)
         try:
             for comp in parts[:-1]:
@@ -140,11 +150,20 @@ class RootDir:
             _remove_at(pfd, base)
             if t == EntryType.HARDLINK:
                 assert hardlink_target is not None
-                tpfd, tbase = self.parent_fd(hardlink_target, create=False)
                 try:
-                    os.link(tbase, base, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
-                finally:
-                    os.close(tpfd)
+                    tpfd, tbase = self.parent_fd(hardlink_target, create=False)
+                    try:
+                        os.link(tbase, base, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+                    finally:
+                        os.close(tpfd)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise FormatError(
+                        f"hardlink {item.name[:200]!r} points at {hardlink_target[:200]!r}, which does not exist"
+                    ) from None
+                except PermissionError:
+                    raise FormatError(
+                        f"hardlink {item.name[:200]!r} points at {hardlink_target[:200]!r}, which is not a file"
+                    ) from None
                 return  # a hardlink shares the target's metadata
             if t == EntryType.REG:
                 fd = os.open(
@@ -229,19 +248,19 @@ def _remove_at(pfd: int, base: str) -> None:
 
 
 def _whiteouts(names: list[str]) -> tuple[list[str], list[str]]:
-    """(paths to delete, directories made opaque) declared by a layer."""
+    """(paths to delete, directories made opaque) declared by a layer; FormatError for a
+    whiteout whose target is not a plain name (``.wh...`` would delete the target's parent)."""
     removed, opaque = [], []
     for n in names:
         parent, _, base = n.rpartition("/")
         if base == OPAQUE:
             opaque.append(parent)
-        elif base.startswith(WHITEOUT_PREFIX):
-            removed.append(f"{parent}/{base[len(WHITEOUT_PREFIX) :]}" if parent else base[len(WHITEOUT_PREFIX) :])
+        elif (target := whiteout_target(n)) is not None:
+            removed.append(target)
     return removed, opaque
 
 
-def _is_whiteout(name: str) -> bool:
-    return name.rpartition("/")[2].startswith(WHITEOUT_PREFIX)
+_is_whiteout = is_whiteout
 
 
 def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> None:
@@ -307,7 +326,7 @@ def apply_tar_layer(
         except tarfile.TarError as e:
             raise FormatError(f"layer {desc.digest} is not a valid tar: {e}") from None
         with tf:
-            members = tf.getmembers()
+            members = _members(tf, desc)
             names = [safe_name(m.name) for m in members]
             removed, opaque = _whiteouts(names)
             if overlay_lower:
@@ -352,6 +371,19 @@ def apply_tar_layer(
                 for d in opaque:
                     root.set_xattr(d, "trusted.overlay.opaque", b"y")
             root.finish()
+
+
+def _members(tf: tarfile.TarFile, desc: Descriptor) -> list[tarfile.TarInfo]:
+    """The tar's members, at most the entry limit of a TOC (each costs ~0.5 KB here)."""
+    out: list[tarfile.TarInfo] = []
+    try:
+        for m in tf:
+            if len(out) >= DEFAULT_LIMITS.max_entries:
+                raise FormatError(f"layer {desc.digest} has more than {DEFAULT_LIMITS.max_entries} entries")
+            out.append(m)
+    except tarfile.TarError as e:
+        raise FormatError(f"layer {desc.digest} is not a valid tar: {e}") from None
+    return out
 
 
 def unpack_image(store: ImageStore, dest: Path, *, platform: Platform | None = None) -> int:

@@ -30,21 +30,40 @@ def compress_member(data: bytes | memoryview, level: int) -> bytes:
     return header + body + struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
 
 
+_FEED = 64 << 10  # input handed to the inflater at a time
+MAX_MEMBERS = 4096  # gzip members one chunk may span (the reference writes one per chunk)
+
+
 def decompress_prefix(raw: bytes | memoryview, need: int, what: str) -> bytes:
     """The first *need* bytes decompressed from the gzip member(s) starting at raw[0].
 
     Bounded: never inflates more than *need* bytes, so a hostile span cannot expand
-    into unbounded memory. Crosses member boundaries when a span holds several.
+    into unbounded memory. Crosses member boundaries when a span holds several; input is
+    fed in small pieces, so even a span of thousands of tiny members costs linear time.
     """
     out = bytearray()
-    buf = bytes(raw)
+    view = memoryview(raw)
+    pos = 0
+    pending: bytes | memoryview = b""
+    d = None
+    members = 0
     try:
-        while len(out) < need and buf:
-            d = isal_zlib.decompressobj(31)
-            out += d.decompress(buf, need - len(out))
-            if len(out) >= need or not d.eof:
-                break
-            buf = d.unused_data
+        while len(out) < need:
+            if not pending:
+                if pos >= len(view):
+                    break
+                pending = view[pos : pos + _FEED]
+                pos += len(pending)
+            if d is None:
+                members += 1
+                if members > MAX_MEMBERS:
+                    raise FormatError(f"{what}: spans more than {MAX_MEMBERS} gzip members")
+                d = isal_zlib.decompressobj(31)
+            out += d.decompress(pending, need - len(out))
+            if d.eof:
+                pending, d = d.unused_data, None
+            else:
+                pending = d.unconsumed_tail
     except (isal_zlib.error, zlib.error) as e:
         raise FormatError(f"{what}: corrupt gzip data ({e})") from None
     if len(out) < need:

@@ -18,7 +18,9 @@ from isal import igzip
 
 from lazypull.errors import FormatError
 from lazypull.format.index import normalize
+from lazypull.format.limits import check_path
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
+from lazypull.format.whiteout import whiteout_target
 
 _SKIP = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME})
 
@@ -53,6 +55,8 @@ class _Raw(io.RawIOBase):
 
 
 def _check(ti: tarfile.TarInfo) -> None:
+    check_path(ti.name, "tar entry")
+    whiteout_target(normalize(ti.name))  # an invalid whiteout would make an unreadable layer
     if ti.issparse():
         raise FormatError(f"{ti.name}: sparse tar entries are not supported; rebuild the layer without sparse files")
     if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.ischr() or ti.isblk() or ti.isfifo()):
@@ -139,17 +143,15 @@ def _prioritize(members: list[tarfile.TarInfo], prioritized: Sequence[str]) -> l
     moved: list[tarfile.TarInfo] = []
     seen: set[str] = set()
 
-    def move(name: str) -> None:
-        if name in seen or name not in by_name:
-            return
-        parent = name.rpartition("/")[0]
-        if parent:
-            move(parent)
-        seen.add(name)
-        moved.append(by_name[name])
-
     for p in prioritized:
         n = normalize(p)
-        if n in by_name and n not in seen:
-            move(n)
+        if n not in by_name or n in seen:
+            continue
+        chain = []  # n and its not-yet-moved ancestors, deepest first (iterative: paths can be deep)
+        while n and n not in seen and n in by_name:
+            chain.append(n)
+            n = n.rpartition("/")[0]
+        for name in reversed(chain):
+            seen.add(name)
+            moved.append(by_name[name])
     return moved

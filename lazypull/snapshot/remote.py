@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from lazypull.errors import LazypullError
+from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor, Index, Manifest, host_platform, is_index
 from lazypull.registry.client import RegistryClient
@@ -53,6 +54,8 @@ class LayerResolver:
         if t is None:
             raise NotRemote("no image reference/layer labels (pulled without a lazy-pull client?)")
         ref_text, digest, manifest_digest, _layers = t
+        if not all(digestlib.is_valid(d) for d in (digest, manifest_digest or digest)):
+            raise NotRemote(f"malformed digest in the snapshot labels ({digest[:100]!r}, {manifest_digest!r:.100})")
         try:
             ref = Reference.parse(ref_text)
         except LazypullError as e:

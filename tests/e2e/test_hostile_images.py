@@ -1,0 +1,120 @@
+"""The hostile-image corpus through ``lazypull mount`` (real FUSE, overlayfs, mount processes):
+each crafted image fails to mount with one line, touches nothing outside its state and
+cache directories, and leaves no mount or process behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.hostile import (
+    CliRun,
+    CraftedLayer,
+    assert_one_line_error,
+    esgz_layer,
+    run_cli,
+    tar_layer,
+    write_crafted_image,
+    zeros_member,
+)
+from tests.support.images import Entry, busybox_layer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "keep.txt").write_text("keep")
+    (tmp_path / "keep.txt").write_text("keep")
+    try:
+        yield tmp_path
+    finally:
+        for m in _mounts_under(tmp_path):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(str(root))]
+
+
+def _mount_procs(root: Path) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"lazypull.fs.mountproc" in cmd and str(root).encode() in cmd:
+                out.append(int(pid))
+    return out
+
+
+def mount(root: Path, ref: str, *extra: str) -> CliRun:
+    args = ["mount", "--daemon", "--cache-dir", str(root / "cache"), "--state-dir", str(root / "state")]
+    return run_cli([*args, "--fetch-timeout", "20", *extra, ref, str(root / "mnt")], timeout=90)
+
+
+def assert_clean(root: Path) -> None:
+    assert (root / "keep.txt").read_text() == "keep"
+    assert (root / "state" / "keep.txt").read_text() == "keep"
+    assert not _mounts_under(root), _mounts_under(root)
+    assert not _mount_procs(root), "a layer process was left running"
+
+
+def test_traversal_digest_cannot_reach_host_files(root: Path) -> None:
+    victim = root / "victim"
+    victim.write_bytes(b"host file")
+    layer = CraftedLayer()
+    layer.file("etc/passwd", b"root:x:0:0\n", chunkDigest=f"sha256:/../../{victim}")
+    ref = write_crafted_image(root / "img", [esgz_layer(*layer.blob())])
+    for extra in ((), ("--passthrough",)):
+        assert_one_line_error(mount(root, ref, *extra), "chunkDigest: malformed digest")
+        assert_clean(root)
+    assert victim.read_bytes() == b"host file"
+
+
+@pytest.mark.parametrize("name", [".wh...", ".wh..", ".wh.", "etc/.wh..."])
+def test_whiteout_escape_in_an_unpacked_tar_layer(root: Path, name: str) -> None:
+    """Layers without a TOC are unpacked by the mount: their whiteouts go through the same check."""
+    ref = write_crafted_image(root / "img", [tar_layer(busybox_layer()), tar_layer([Entry(name)])])
+    assert_one_line_error(mount(root, ref), "invalid whiteout")
+    assert_clean(root)
+
+
+def test_whiteout_escape_in_an_estargz_layer(root: Path) -> None:
+    layer = CraftedLayer()
+    layer.add(name=".wh...", type="reg")
+    ref = write_crafted_image(root / "img", [tar_layer(busybox_layer()), esgz_layer(*layer.blob())])
+    assert_one_line_error(mount(root, ref), "invalid whiteout")
+    assert_clean(root)
+
+
+@pytest.mark.parametrize("links", [[("a", "b"), ("b", "a")], [("a", "a")], [("a", "b"), ("b", "gone")]])
+def test_hardlink_cycles_do_not_spin(root: Path, links: list[tuple[str, str]]) -> None:
+    layer = CraftedLayer()
+    for name, target in links:
+        layer.add(name=name, type="hardlink", linkName=target)
+    ref = write_crafted_image(root / "img", [esgz_layer(*layer.blob())])
+    assert_one_line_error(mount(root, ref), "hardlink")
+    assert_clean(root)
+    tar = write_crafted_image(root / "tar", [tar_layer([Entry(n, "hardlink", link=t) for n, t in links])])
+    assert_one_line_error(mount(root, tar), "hardlink")
+    assert_clean(root)
+
+
+def test_decompression_bomb_is_refused_at_mount(root: Path) -> None:
+    layer = CraftedLayer()
+    off = layer.member(zeros_member(256 << 20))
+    layer.add(name="huge", type="reg", size=1 << 40, offset=off, chunkDigest="sha256:" + "0" * 64)
+    ref = write_crafted_image(root / "img", [esgz_layer(*layer.blob())])
+    run = mount(root, ref)
+    assert_one_line_error(run, "max_chunk_bytes")
+    assert run.peak_rss_mb < 512
+    assert_clean(root)
