@@ -278,7 +278,10 @@ def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> N
         if e.type != EntryType.REG or e.size == 0:
             root.write(_item_from_entry(e), iter(()))
     # File contents in blob order, from one sequential pass of large verified reads.
+    # A file is complete when all its bytes are written: a crafted TOC may put its chunks
+    # in any blob order, and reopening a finished file would truncate it.
     open_fds: dict[str, int] = {}
+    left: dict[str, int] = {}
     try:
         for e, c, data in iter_chunk_data(idx, src):
             if _is_whiteout(e.name) or e.name in LANDMARKS:
@@ -286,8 +289,10 @@ def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> N
             fd = open_fds.get(e.name)
             if fd is None:
                 fd = open_fds[e.name] = root.open_file(e.name)
+                left[e.name] = e.size
             os.pwrite(fd, data, c.file_offset)
-            if c.file_offset + c.size == e.size:
+            left[e.name] -= c.size
+            if left[e.name] == 0:
                 os.close(open_fds.pop(e.name))
                 root.set_meta(_item_from_entry(e))
     finally:
