@@ -231,20 +231,39 @@ class RootDir:
 
 
 def _remove_at(pfd: int, base: str) -> None:
+    """Remove *base* in directory *pfd*, a whole tree without following symlinks.
+
+    Depth first with an explicit stack (one fd per level), not recursion: a layer can
+    make trees deeper than Python's recursion limit."""
     try:
         st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
-        try:
-            for child in os.listdir(fd):
-                _remove_at(fd, child)
-        finally:
-            os.close(fd)
-        os.rmdir(base, dir_fd=pfd)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(base, dir_fd=pfd)
+        return
+    top = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+    stack: list[tuple[int, Iterator[str]]] = [(top, iter(os.listdir(top)))]
+    names = [base]
+    try:
+        while stack:
+            fd, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(names.pop(), dir_fd=stack[-1][0] if stack else pfd)
+                continue
+            st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                cfd = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                stack.append((cfd, iter(os.listdir(cfd))))
+                names.append(child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
 def _whiteouts(names: list[str]) -> tuple[list[str], list[str]]:
@@ -260,9 +279,6 @@ def _whiteouts(names: list[str]) -> tuple[list[str], list[str]]:
     return removed, opaque
 
 
-_is_whiteout = is_whiteout
-
-
 def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> None:
     src = store.blob_source(desc)
     idx = open_layer(src, toc_digest=desc.annotations[mt.ANNOTATION_TOC_DIGEST])
@@ -273,7 +289,7 @@ def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> N
     for r in removed:
         root.remove(r)
     for e in entries:
-        if _is_whiteout(e.name) or e.type == EntryType.HARDLINK:
+        if is_whiteout(e.name) or e.type == EntryType.HARDLINK:
             continue
         if e.type != EntryType.REG or e.size == 0:
             root.write(_item_from_entry(e), iter(()))
@@ -284,7 +300,7 @@ def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> N
     left: dict[str, int] = {}
     try:
         for e, c, data in iter_chunk_data(idx, src):
-            if _is_whiteout(e.name) or e.name in LANDMARKS:
+            if is_whiteout(e.name) or e.name in LANDMARKS:
                 continue
             fd = open_fds.get(e.name)
             if fd is None:
@@ -299,7 +315,7 @@ def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> N
         for fd in open_fds.values():
             os.close(fd)
     for e in entries:
-        if e.type == EntryType.HARDLINK and not _is_whiteout(e.name):
+        if e.type == EntryType.HARDLINK and not is_whiteout(e.name):
             root.write(_item_from_entry(e), hardlink_target=e.link_name)
 
 
@@ -343,7 +359,7 @@ def apply_tar_layer(
                 for r in removed:
                     root.remove(r)
             for m, name in zip(members, names, strict=True):
-                if not name or _is_whiteout(name):
+                if not name or is_whiteout(name):
                     continue
                 typ = _TAR_TYPES.get(m.type, EntryType.REG if m.isreg() else None)
                 if typ is None:

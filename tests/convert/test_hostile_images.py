@@ -235,3 +235,11 @@ def test_chunks_out_of_blob_order_unpack_completely(tmp_path: Path, capsys: pyte
     assert run_in_process(["unpack", ref, str(tmp_path / "rootfs")], capsys).rc == 0
     assert (tmp_path / "rootfs" / "f").read_bytes() == a + b
     assert run_in_process(["check", "--full", ref], capsys).rc == 0  # the file digest is taken in file order
+
+
+def test_whiteout_of_a_tree_deeper_than_the_recursion_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep = "/".join(["d"] * 1020)
+    lower = [Entry(deep, "dir"), Entry(deep + "/f", data=b"x"), Entry("keep", data=b"k")]
+    ref = write_crafted_image(tmp_path / "img", [tar_layer(lower), tar_layer([Entry(".wh.d")])])
+    assert run_in_process(["unpack", ref, str(tmp_path / "rootfs")], capsys).rc == 0
+    assert sorted(os.listdir(tmp_path / "rootfs")) == ["keep"]
