@@ -243,3 +243,31 @@ def test_whiteout_of_a_tree_deeper_than_the_recursion_limit(tmp_path: Path, caps
     ref = write_crafted_image(tmp_path / "img", [tar_layer(lower), tar_layer([Entry(".wh.d")])])
     assert run_in_process(["unpack", ref, str(tmp_path / "rootfs")], capsys).rc == 0
     assert sorted(os.listdir(tmp_path / "rootfs")) == ["keep"]
+
+
+def test_tar_layer_entry_limit_and_flat_memory(tmp_path: Path) -> None:
+    """Tar layers are applied in two streaming passes (names first, for the whiteouts): an
+    entry over the limit, or an invalid whiteout as the last entry, fails before anything
+    is written, and no TarInfo per entry is kept."""
+    from lazypull.convert.unpack import RootDir, apply_tar_layer
+    from lazypull.errors import FormatError
+    from lazypull.format import Limits
+    from lazypull.oci.layout import OCILayout
+    from lazypull.oci.types import Manifest
+
+    files = [Entry(f"f{i}", data=b"x") for i in range(50)]
+    for extra, limits, message in (
+        ([], Limits(max_entries=49), r"more than 49 entries \(max_entries\)"),
+        ([Entry(".wh...")], Limits(), "invalid whiteout"),
+    ):
+        ref = write_crafted_image(tmp_path / "img", [tar_layer(files + extra)], tag=f"t{len(extra)}")
+        lay = OCILayout.from_ref(ref)
+        d = lay.resolve()
+        layer = Manifest.parse(lay.fetch(d), d.media_type).layers[0]
+        root = RootDir(tmp_path / f"rootfs{len(extra)}")
+        try:
+            with pytest.raises(FormatError, match=message):
+                apply_tar_layer(root, lay, layer, limits=limits)
+        finally:
+            root.close()
+        assert os.listdir(tmp_path / f"rootfs{len(extra)}") == []
