@@ -22,6 +22,7 @@ from tests.support.hostile import (
     zeros_member,
 )
 from tests.support.images import Entry, busybox_layer
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -118,3 +119,18 @@ def test_decompression_bomb_is_refused_at_mount(root: Path) -> None:
     assert_one_line_error(run, "max_chunk_bytes")
     assert run.peak_rss_mb < 512
     assert_clean(root)
+
+
+def test_traversal_digest_from_a_registry(root: Path, registry: Registry) -> None:
+    """The same crafted layer served by a real registry (Range reads): refused by check and mount."""
+    victim = root / "victim"
+    victim.write_bytes(b"host file")
+    layer = CraftedLayer()
+    layer.file("bin/sh", b"#!/bin/true\n", digest=f"sha256:../../../../{victim}")
+    src = write_crafted_image(root / "img", [esgz_layer(*layer.blob())])
+    ref = f"{registry.host}/hostile/traversal:v1"
+    assert run_cli(["copy", "--plain-http", src, ref]).rc == 0
+    assert_one_line_error(run_cli(["check", "--full", "--plain-http", ref]), "digest: malformed digest")
+    assert_one_line_error(mount(root, ref, "--plain-http", "--passthrough"), "digest: malformed digest")
+    assert_clean(root)
+    assert victim.read_bytes() == b"host file"

@@ -254,3 +254,18 @@ def test_zstdchunked_hostile_tocs(override: dict[str, object], message: str) -> 
     assert open_layer(BytesSource(blob)).read(BytesSource(blob), "f", 0, 10) == data  # type: ignore[attr-defined]
     with pytest.raises(FormatError, match=message):
         open_layer(BytesSource(_zstd_blob([e | override], body)))
+
+
+def test_zstd_frame_claiming_a_terabyte_is_not_allocated() -> None:
+    """A zstd frame header may claim any content size; one-shot decompression would allocate it."""
+    from lazypull.format.zstdchunked import CHUNKED_MAGIC, skippable_frame
+
+    toc = json.dumps({"version": 1, "entries": []}).encode()
+    raw_block = ((len(toc) << 3) | 1).to_bytes(3, "little") + toc  # one raw, last block
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + struct.pack("<Q", 1 << 40) + raw_block
+    with pytest.raises(FormatError, match="corrupt zstd data"):
+        ZstdChunkDecoder().inflate(frame, 100, "chunk")
+    body = zstandard.ZstdCompressor().compress(b"x")
+    footer = struct.pack("<QQQQ", len(body) + 8, len(frame), len(toc), 1) + CHUNKED_MAGIC
+    with pytest.raises(FormatError, match="zstd:chunked TOC: corrupt zstd data"):
+        open_layer(BytesSource(body + skippable_frame(frame) + skippable_frame(footer)))

@@ -6,6 +6,7 @@ converter, which refuses most of these inputs; every blob stays well under 10 MB
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -34,6 +35,7 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+@functools.cache  # compressing GiBs of zeros takes seconds: once per size per session
 def zeros_member(n: int) -> bytes:
     """One gzip member inflating to *n* zero bytes, ~1/1000 of n (deflate's best ratio)."""
     c = zlib.compressobj(9, zlib.DEFLATED, 31)
@@ -151,6 +153,16 @@ def run_cli(args: list[str], *, cwd: Path | None = None, timeout: float = 120) -
     peak = next((int(x.split()[1]) for x in lines if x.startswith("VMHWM ")), -1)
     rest = "\n".join(x for x in lines if not x.startswith("VMHWM "))
     return CliRun(p.returncode, rest, peak / 1024)
+
+
+def run_in_process(args: list[str], capsys: Any) -> CliRun:
+    """``lazypull ARGS`` in this process (fast; a traceback fails the test by itself)."""
+    from lazypull.cli.main import main
+
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr()
+    return CliRun(rc, out.out + out.err, -1.0)
 
 
 def assert_one_line_error(run: CliRun, *fragments: str) -> None:
