@@ -201,6 +201,8 @@ class Transport:
             while True:
                 err: str
                 retry_after: str | None = None
+                if scope.expired:  # spent (an earlier endpoint, or the caller's scope): no new attempt
+                    raise DeadlineExceeded(f"{method} {_safe(what)}: no time left of the {budget:.1f}s deadline")
                 try:
                     resp = fn()
                     if resp.status not in RETRY_STATUSES or method not in IDEMPOTENT:

@@ -3,7 +3,9 @@ through the real daemon and containerd end within their deadlines (plus a second
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,8 +15,11 @@ from pathlib import Path
 import pytest
 
 from lazypull.cli.main import main
+from tests.support.containerd import start_containerd
+from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, write_image
-from tests.support.proxy import Proxy, start_proxy
+from tests.support.net import wait_for
+from tests.support.proxy import Proxy, start_proxy, unaccepting_port
 from tests.support.registry import Registry, start_registry
 
 pytestmark = pytest.mark.e2e
@@ -104,3 +109,66 @@ def test_stale_keepalive_connection_costs_no_read_timeout(world: World, mounted:
     took, res = timed_cat(mounted / "data/f3.bin")
     assert res.returncode == 0 and res.stdout == FILES["data/f3.bin"]
     assert took < FETCH_DEADLINE + SLACK, took  # the 2 s stale bound, then a new connection
+
+
+# -- Prepare through the real daemon and containerd ----------------------------------------
+def _stop_mount_processes(daemon: Daemon) -> None:
+    """Layer mounts started ahead of time for the image outlive the daemon by design."""
+    for pid in daemon.mount_processes():
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
+
+
+RESOLVE_TIMEOUT = 4.0
+
+
+@pytest.fixture
+def three_layers(world: World) -> str:
+    """An eStargz image of three layers (three lazy Prepares), through the fault proxy."""
+    src = world.root / "src3"
+    write_image(
+        src,
+        [
+            [Entry("a", "dir", mode=0o755), Entry("a/one", data=os.urandom(50_000))],
+            [Entry("b", "dir", mode=0o755), Entry("b/two", data=os.urandom(50_000))],
+            [Entry("c", "dir", mode=0o755), Entry("c/three", data=os.urandom(50_000))],
+        ],
+    )
+    plain = f"{world.registry.host}/faulty/three:orig"
+    assert main(["copy", "--plain-http", f"oci:{src}:latest", plain]) == 0
+    assert main(["convert", "--plain-http", "--oci", plain, f"{world.registry.host}/faulty/three:esgz"]) == 0
+    return f"{world.proxy.host}/faulty/three:esgz"
+
+
+@pytest.mark.parametrize("fault", ["stall", "stall-blobs", "never-accepts"])
+def test_prepare_against_unresponsive_registry_falls_back_within_the_bound(
+    world: World, three_layers: str, tmp_path: Path, fault: str
+) -> None:
+    with contextlib.ExitStack() as stack:
+        cfg = f'plain_http_hosts = ["{world.proxy.host}"]\nno_background_fetch = true\n'
+        cfg += f"[resolver]\ntimeout_sec = {RESOLVE_TIMEOUT}\nfailure_ttl_sec = 60\n"
+        if fault == "never-accepts":
+            dead = stack.enter_context(unaccepting_port())
+            cfg += f'[[resolver.host."{world.proxy.host}".mirrors]]\nhost = "{dead}"\ninsecure = true\n'
+        else:
+            world.proxy.faults.agent = "lazypull"  # containerd's own requests still get answers
+            world.proxy.faults.stall = "accept"
+            if fault == "stall-blobs":  # the manifest arrives, the layers' TOCs never do
+                world.proxy.faults.match = "/blobs/"
+        daemon = start_daemon(tmp_path / "daemon", cfg)
+        stack.callback(_stop_mount_processes, daemon)
+        stack.callback(daemon.stop)
+        cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
+        stack.callback(cd.stop)
+        t0 = time.monotonic()
+        cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", three_layers, tool="ctr-remote")
+        took = time.monotonic() - t0
+        log = daemon.log()
+        warnings = [line for line in log.splitlines() if "WARNING" in line and "normal" in line]
+        assert len(warnings) == 1, log  # one lookup waited; the other layers used the remembered failure
+        assert "faulty/three" in warnings[0]
+        assert "mounted lazily" not in log  # every layer was pulled normally
+        # Three layers that each waited for the deadline would take 3 x 4 s at least.
+        assert took < 3 * RESOLVE_TIMEOUT, (took, log)
+        out = cd.ctr("run", "--rm", "--snapshotter", "lazypull", three_layers, "fb1", "/bin/true", check=False)
+        assert "not found" not in out.stderr
