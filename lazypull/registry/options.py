@@ -74,7 +74,7 @@ def options_from_args(args: argparse.Namespace) -> RegistryOptions:
 
 
 def _credentials(user: str | None, password_stdin: bool) -> str | None:
-    """"NAME:PASSWORD" from the flags and the environment, or None (anonymous/docker config)."""
+    """Credentials as NAME:PASSWORD from the flags and the environment, or None (anonymous/docker config)."""
     name = user or os.environ.get("LAZYPULL_USER") or None
     if password_stdin:
         if not name:
