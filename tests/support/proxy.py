@@ -49,7 +49,7 @@ class Proxy:
     requests: int = 0
     log: list[tuple[str, str, int, int]] = field(default_factory=list)  # method, path, status, bytes
     lock: threading.Lock = field(default_factory=threading.Lock)
-    healed: threading.Event = field(default_factory=threading.Event)  # set: held connections let go
+    heals: int = 0  # bumped by heal(): connections held before it let go
 
     @property
     def host(self) -> str:
@@ -75,7 +75,7 @@ class Proxy:
         with self.lock:
             f = self.faults
             f.trickle_bps, f.stall, f.stale_after, f.agent = 0, "", 0, ""
-            self.healed.set()
+            self.heals += 1
 
     def stop(self) -> None:
         self.heal()
@@ -109,8 +109,9 @@ def start_proxy(upstream_url: str) -> Proxy:
         def _hold(self, still: Callable[[], bool]) -> None:
             """Keep the connection open and silent while *still* holds (until healed)."""
             p = state["p"]
-            while still() and not p.healed.wait(0.05):
-                pass
+            heals = p.heals
+            while still() and p.heals == heals:
+                time.sleep(0.05)
             self.close_connection = True
 
         def _handle(self) -> None:
