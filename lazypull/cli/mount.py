@@ -35,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-background-fetch", action="store_true", help="fetch only what is read")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS)
-    p.add_argument("--fetch-timeout", type=float, default=60.0, help="seconds before a read fails with EIO")
+    p.add_argument(
+        "--fetch-timeout",
+        type=_seconds,
+        default=60.0,
+        help="one deadline per read, retries and body included: seconds before it fails with EIO",
+    )
     p.add_argument(
         "--passthrough",
         action="store_true",
@@ -54,6 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS)
     u.add_argument("mountpoint", type=Path)
     u.set_defaults(func=run_umount)
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return v
 
 
 def run_umount(args: argparse.Namespace) -> int:

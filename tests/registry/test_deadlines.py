@@ -4,6 +4,7 @@ forgets connections (the fault proxy in front of a real docker-registry)."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from lazypull.errors import RegistryError
 from lazypull.oci.types import Descriptor
 from lazypull.registry.blobsource import RegistryBlobSource
 from lazypull.registry.client import RegistryClient
-from lazypull.registry.deadline import deadline_scope
+from lazypull.registry.deadline import claim, current, deadline_scope
 from lazypull.registry.hosts import HostsConfig
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.reference import Reference
@@ -116,3 +117,26 @@ def test_registry_that_never_accepts_fails_within_the_deadline(faulty: Faulty) -
         src = RegistryBlobSource(client, Reference.parse(f"{host}/faulty/blob:x"), faulty.desc)
         took, msg = timed_failure(lambda: src.read_at(0, 100))
         assert took < DEADLINE + SLACK, (took, msg)
+
+
+def test_scopes_nest_without_extending_and_cut_blocked_reads() -> None:
+    with deadline_scope(1.0) as outer:
+        with deadline_scope(60.0) as inner:
+            assert inner.at == outer.at  # an inner scope never extends the outer deadline
+        assert current() is outer
+    assert current() is None
+    # A socket blocked in recv (no timeout of its own) is shut down when the deadline passes.
+    a, b = socket.socketpair()
+    try:
+
+        class Conn:
+            sock = a
+
+        t0 = time.monotonic()
+        with deadline_scope(0.5) as d:
+            claim(Conn())
+            assert a.recv(10) == b""  # returns at the deadline instead of blocking forever
+        assert d.fired and 0.4 < time.monotonic() - t0 < 0.5 + SLACK
+    finally:
+        a.close()
+        b.close()
