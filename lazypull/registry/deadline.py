@@ -122,6 +122,7 @@ class _Watchdog:
         self._heap: list[tuple[float, int, Deadline]] = []
         self._live: set[int] = set()
         self._seq = itertools.count()
+        self._ended = 0  # scopes ended before their deadline, still in the heap
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -137,7 +138,13 @@ class _Watchdog:
 
     def discard(self, d: Deadline) -> None:
         with self._cond:
-            self._live.discard(id(d))
+            if id(d) in self._live:
+                self._live.discard(id(d))
+                self._ended += 1
+            if self._ended > 1024 and self._ended * 2 > len(self._heap):  # most scopes end early
+                self._heap = [e for e in self._heap if id(e[2]) in self._live]
+                heapq.heapify(self._heap)
+                self._ended = 0
 
     def _run(self) -> None:
         while True:
