@@ -21,6 +21,7 @@ from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import MAX_MANIFEST_BYTES, Descriptor
 from lazypull.registry import credentials
 from lazypull.registry.auth import Authenticator
+from lazypull.registry.deadline import current as current_deadline
 from lazypull.registry.hosts import Endpoint, HostsConfig
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.reference import Reference
@@ -104,8 +105,9 @@ class RegistryClient:
                     raise
                 last = e
             except (TransportError, RegistryError) as e:
-                if i == len(endpoints) - 1:
-                    raise
+                scope = current_deadline()
+                if i == len(endpoints) - 1 or (scope is not None and scope.expired):
+                    raise  # the last endpoint, or no time left for the next one
                 last = e
             log.info("mirror %s failed for %s (%s); trying the next endpoint", ep.host, ref, last)
         assert last is not None

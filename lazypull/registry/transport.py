@@ -202,7 +202,7 @@ class Transport:
                 err: str
                 retry_after: str | None = None
                 if scope.expired:  # spent (an earlier endpoint, or the caller's scope): no new attempt
-                    raise DeadlineExceeded(f"{method} {_safe(what)}: no time left of the {budget:.1f}s deadline")
+                    raise DeadlineExceeded(f"{method} {_safe(what)}: the deadline passed before it could be sent")
                 try:
                     resp = fn()
                     if resp.status not in RETRY_STATUSES or method not in IDEMPOTENT:
