@@ -220,7 +220,7 @@ class Transport:
                     if scope.expired:
                         raise DeadlineExceeded(
                             f"{method} {_safe(what)}: no complete answer within {budget:.1f}s "
-                            f"({attempt + 1} attempts, last: {type(e).__name__})"
+                            f"({attempt + 1} attempt{'s' if attempt else ''}, last: {type(e).__name__})"
                         ) from None
                     if method not in IDEMPOTENT:
                         raise TransportError(f"{method} {_safe(what)} failed: {type(e).__name__}") from None
