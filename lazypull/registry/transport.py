@@ -75,9 +75,10 @@ class _Watched:
         super().connect()  # type: ignore[misc]
         self._lp_fresh = True
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
+    def request(self, method: str, *args: Any, **kwargs: Any) -> None:
         dl.claim(self)
-        super().request(*args, **kwargs)  # type: ignore[misc]
+        self._lp_method = method
+        super().request(method, *args, **kwargs)  # type: ignore[misc]
 
     def getresponse(self) -> Any:
         reused, self._lp_fresh = not self._lp_fresh, False
@@ -85,6 +86,7 @@ class _Watched:
         timeout = getattr(self, "timeout", None)
         if (
             reused
+            and getattr(self, "_lp_method", None) in IDEMPOTENT  # an upload's answer may take long (digesting)
             and sock is not None
             and isinstance(timeout, (int, float))
             and timeout > self.stale_after

@@ -109,6 +109,16 @@ def test_stale_keepalive_connection_is_replaced_at_once(faulty: Faulty) -> None:
     assert took < 2.0 + SLACK, took  # detected within the 2 s stale bound, not a 30 s read timeout
 
 
+def test_slow_answers_to_uploads_on_reused_connections_are_not_stale(faulty: Faulty) -> None:
+    client = RegistryClient(RegistryOptions(plain_http=True))
+    ref = Reference.parse(f"{faulty.proxy.host}/faulty/upload:x")
+    assert client.blob_exists(ref, faulty.desc.digest) is None  # a keep-alive connection in the pool
+    faulty.proxy.faults.match = "/blobs/uploads/"
+    faulty.proxy.faults.delay_s = 2.5  # the registry digests the upload before answering
+    d = push_blob(client, ref, b"uploaded slowly")
+    assert client.blob_exists(ref, d.digest) == len(b"uploaded slowly")
+
+
 def test_registry_that_never_accepts_fails_within_the_deadline(faulty: Faulty) -> None:
     with unaccepting_port() as host:
         client = RegistryClient(
