@@ -3,6 +3,11 @@
 Layers without a TOC are downloaded and unpacked (said in a log line). The state of a
 mount (its layers, their processes) lives in a state directory so ``lazypull umount``
 from another process can tear everything down.
+
+Images are untrusted: a host-side mount is ``nosuid,nodev`` (the overlay, and each FUSE
+layer, bind-remounted), so no host user gains root through an image's setuid binaries or
+raw disk access through its device nodes; ``suid``/``dev`` are explicit opt-ins. The
+snapshotter's mounts for containers are the runtime's business and are not touched here.
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ class MountOptions:
     prefetch_timeout_sec: float = 10.0
     passthrough: bool = False
     record_access: bool = False  # umount_image then returns the files read, in order (optimize)
+    suid: bool = False  # honour the image's setuid/setgid bits (default: nosuid)
+    dev: bool = False  # allow opening the image's device nodes (default: nodev)
+
+    @property
+    def mount_flags(self) -> str:
+        return f"{'suid' if self.suid else 'nosuid'},{'dev' if self.dev else 'nodev'}"
 
 
 def state_dir_for(mountpoint: Path, root: Path = DEFAULT_STATE_ROOT) -> Path:
@@ -105,23 +116,36 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
             (state / "mount.json").write_text(json.dumps(record))
         for h in handles:
             h.wait_ready(opts.fetch_timeout_sec)
+            if not (opts.suid and opts.dev):  # only ever adds restrictions to a layer mount
+                flags = f"remount,bind,ro,{opts.mount_flags}"
+                _run_mount(["-o", flags, str(h.mountpoint)], "restricting a layer mount")
         for h in handles:
             if opts.prefetch and not h.wait_prefetch(opts.prefetch_timeout_sec):
                 log.warning("prefetch of %s not done within %ss; continuing", h.mountpoint, opts.prefetch_timeout_sec)
         mountpoint.mkdir(parents=True, exist_ok=True)
         if len(lowers) == 1:
-            cmd = ["mount", "--bind", "-o", "ro", lowers[0], str(mountpoint)]
+            flags = f"ro,{opts.mount_flags}"
+            _run_mount(["--bind", "-o", flags, lowers[0], str(mountpoint)], "mounting the image rootfs")
         else:
-            cmd = ["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + ":".join(reversed(lowers)), str(mountpoint)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise LazypullError(f"mounting the image rootfs failed: {res.stderr.strip()}")
+            lowerdir = "lowerdir=" + ":".join(reversed(lowers))
+            _run_mount(
+                ["-t", "overlay", "overlay", "-o", f"ro,{lowerdir},{opts.mount_flags}", str(mountpoint)],
+                "mounting the image rootfs",
+            )
         record["mounted"] = True
         (state / "mount.json").write_text(json.dumps(record))
     except BaseException:
+        for h in handles:  # also those not ready yet (no state file to find them by)
+            stop_layer_mount(h)
         umount_image(mountpoint, opts.state_root)
         raise
     return state
+
+
+def _run_mount(args: list[str], what: str) -> None:
+    res = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise LazypullError(f"{what} failed: {res.stderr.strip()}")
 
 
 def umount_image(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
@@ -134,7 +158,10 @@ def umount_image(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> lis
     mountpoint = mountpoint.resolve()
     state = state_dir_for(mountpoint, state_root)
     if is_mounted(mountpoint):
-        unmount(str(mountpoint), lazy=False)
+        try:
+            unmount(str(mountpoint), lazy=False)
+        except OSError as e:
+            raise LazypullError(str(e.strerror or e)) from None
     if not state.exists():
         return []
     ldirs = sorted(state.glob("layer*"), key=lambda d: int(d.name[5:]) if d.name[5:].isdigit() else -1)

@@ -1,11 +1,20 @@
-"""Registry options shared by every command: plain HTTP, TLS, credentials, hosts file."""
+"""Registry options shared by every command: plain HTTP, TLS, credentials, hosts file.
+
+Secrets stay out of argv (``ps`` shows it to every user for the life of a foreground
+mount): ``--user NAME`` takes the password from ``--password-stdin`` or the environment
+(``LAZYPULL_PASSWORD``; ``LAZYPULL_USER`` for the name); ``--user NAME:PASSWORD`` still
+works for scripts that already use it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lazypull.errors import LazypullError
 
 
 @dataclass
@@ -44,7 +53,12 @@ def add_registry_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("registry")
     g.add_argument("--plain-http", action="store_true", help="talk to registries over plain HTTP")
     g.add_argument("--insecure", action="store_true", help="skip TLS certificate verification")
-    g.add_argument("--user", help="credentials NAME:PASSWORD (or env LAZYPULL_USER)")
+    g.add_argument(
+        "--user",
+        help="registry user NAME (password from --password-stdin or env LAZYPULL_PASSWORD; "
+        "NAME:PASSWORD also works but shows in ps); default env LAZYPULL_USER",
+    )
+    g.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
     g.add_argument("--registry-config", type=Path, help='hosts/mirrors TOML ([resolver.host."HOST"] tables)')
     g.add_argument("--docker-config", type=Path, help="docker config.json for credentials")
 
@@ -53,7 +67,25 @@ def options_from_args(args: argparse.Namespace) -> RegistryOptions:
     return RegistryOptions(
         plain_http=bool(getattr(args, "plain_http", False)),
         insecure=bool(getattr(args, "insecure", False)),
-        user=getattr(args, "user", None) or os.environ.get("LAZYPULL_USER") or None,
+        user=_credentials(getattr(args, "user", None), bool(getattr(args, "password_stdin", False))),
         registry_config=getattr(args, "registry_config", None),
         docker_config=getattr(args, "docker_config", None),
     )
+
+
+def _credentials(user: str | None, password_stdin: bool) -> str | None:
+    """Credentials as NAME:PASSWORD from the flags and the environment, or None (anonymous/docker config)."""
+    name = user or os.environ.get("LAZYPULL_USER") or None
+    if password_stdin:
+        if not name:
+            raise LazypullError("--password-stdin needs --user NAME (or LAZYPULL_USER)")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise LazypullError("--password-stdin: no password on stdin")
+        return f"{name.partition(':')[0]}:{password}"
+    if name is None or ":" in name:
+        return name
+    password = os.environ.get("LAZYPULL_PASSWORD")
+    if not password:
+        raise LazypullError(f"--user {name}: no password (use --password-stdin or set LAZYPULL_PASSWORD)")
+    return f"{name}:{password}"

@@ -16,7 +16,7 @@ import grpc
 from lazypull.errors import LazypullError
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
-from lazypull.service.config import DaemonConfig
+from lazypull.service.config import ConfigError, DaemonConfig
 from lazypull.service.grpc_service import SnapshotsService
 from lazypull.service.notify import sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
@@ -34,7 +34,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="unix socket to serve containerd on")
     p.add_argument("--root", default=DEFAULT_ROOT, help="state: metadata, snapshots, cache")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (the reference daemon's keys)")
-    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.add_argument("--log-level", help="debug, info, warning or error (default: the config's log_level, else info)")
 
 
 def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
@@ -61,7 +61,8 @@ def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
         hosts_file.write_text(_toml_resolver(cfg.resolver_raw))
         os.chmod(hosts_file, 0o600)
         remote.registry["registry_config"] = str(hosts_file)
-    return Snapshotter(root, LayerResolver(client), remote)
+    resolver = LayerResolver(client, timeout=cfg.resolve_timeout_sec, failure_ttl=cfg.resolve_failure_ttl_sec)
+    return Snapshotter(root, resolver, remote)
 
 
 def _toml_resolver(resolver: dict[str, object]) -> str:
@@ -88,14 +89,16 @@ def _tv(v: object) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
+    cfg = DaemonConfig.load(Path(args.config))
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(args.log_level or cfg.log_level or "info").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    cfg = DaemonConfig.load(Path(args.config))
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     sn = build(cfg, root)
+    if cfg.metrics_address:  # first: a busy port must fail before the socket exists
+        _start_metrics(cfg.metrics_address, sn)
     sn.restore()
     sock = Path(args.address)
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -109,15 +112,6 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         os.umask(old)
     os.chmod(sock, 0o600)
-    if cfg.metrics_address:
-        from prometheus_client import REGISTRY, start_http_server
-
-        from lazypull.service.metrics import LayerStatsCollector
-
-        REGISTRY.register(LayerStatsCollector(sn))
-        host, _, port = cfg.metrics_address.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1")
-        log.info("metrics on http://%s/metrics", cfg.metrics_address)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -131,12 +125,29 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_metrics(address: str, sn: Snapshotter) -> None:
+    from prometheus_client import REGISTRY, start_http_server
+
+    from lazypull.service.metrics import LayerStatsCollector
+
+    host, _, port = address.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host or "127.0.0.1")
+    except OSError as e:
+        raise LazypullError(f"cannot serve metrics on {address} (metrics_address): {e.strerror or e}") from None
+    REGISTRY.register(LayerStatsCollector(sn))
+    log.info("metrics on http://%s/metrics", address)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="containerd-lazypull-grpc", description=__doc__)
     add_args(p)
     args = p.parse_args(argv)
     try:
         return serve(args)
+    except ConfigError as e:
+        print(f"containerd-lazypull-grpc: error: {e}", file=sys.stderr)
+        return 2
     except LazypullError as e:
         print(f"containerd-lazypull-grpc: error: {e}", file=sys.stderr)
         return 1

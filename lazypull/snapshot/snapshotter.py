@@ -217,11 +217,17 @@ class Snapshotter:
                 self._start_layer(layer.ref, other)
         try:
             h = self._start_layer(layer.ref, layer.layer)
-            self._spawning.get(layer.layer.digest, _READY).wait(self.remote.fetch_timeout_sec)
-            h.wait_ready(self.remote.fetch_timeout_sec)
+            # Prepare blocks containerd: the layer's TOC gets the resolver's deadline, not a fetch's.
+            wait = min(self.remote.fetch_timeout_sec, self.resolver.timeout)
+            end = time.monotonic() + wait
+            self._spawning.get(layer.layer.digest, _READY).wait(wait)
+            h.wait_ready(max(end - time.monotonic(), 0.01))
         except Exception as e:
             self.mount_errors += 1
-            log.warning("lazy mount of layer %s failed, falling back to a normal pull: %s", layer.layer.digest, e)
+            why = f"its TOC did not arrive within {wait:g}s" if "not ready after" in str(e) else str(e)
+            digest = layer.layer.digest
+            log.warning("lazy mount of %s of %s failed, pulling it normally: %s", digest, layer.ref, why)
+            self.resolver.remember_failure(labels, f"mounting layer {layer.layer.digest} failed: {why}")
             with self._lock:
                 self._handles.pop(layer.layer.digest, None)
             self._stop_remote_dir(self._layer_dir(layer.layer.digest))
