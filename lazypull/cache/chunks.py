@@ -59,11 +59,18 @@ class MemoryLRU:
 
 class ChunkCache:
     def __init__(
-        self, root: Path, max_bytes: int = 10 << 30, memory_bytes: int = 64 << 20, write_queue: int = 16
+        self,
+        root: Path,
+        max_bytes: int = 10 << 30,
+        memory_bytes: int = 64 << 20,
+        write_queue: int = 16,
+        memory: MemoryLRU | None = None,
     ) -> None:
+        """*memory*: a memory tier shared with other caches (the layer server keeps one per
+        process, so the node has one memory budget); otherwise one of *memory_bytes*."""
         self.root = Path(root)
         self.max_bytes = max_bytes
-        self.memory = MemoryLRU(memory_bytes)
+        self.memory = memory if memory is not None else MemoryLRU(memory_bytes)
         self._lock = threading.Lock()
         self._sizes: OrderedDict[str, int] = OrderedDict()  # LRU order of disk entries
         self._total = 0

@@ -1,12 +1,11 @@
-"""What a mount process needs to open one layer, as JSON (the spec file is mode 0600:
-it may carry registry credentials)."""
+"""What the layer server needs to open one layer: the ``Mount`` request's payload.
+
+It may carry registry credentials (``registry["user"]``); those live in the server's
+memory only: :meth:`LayerSpec.public` is what may be written to disk."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lazypull.cache.chunks import ChunkCache
@@ -33,7 +32,6 @@ class LayerSpec:
     fetch_timeout_sec: float = 60.0
     max_retries: int = 4
     cache_max_bytes: int = 10 << 30
-    threads: int = 4
     record_access: bool = False  # write the files read, in order, to accessed.jsonl (for optimize)
     passthrough: bool = False  # FUSE passthrough for fully cached files (see FuseServer)
     min_fetch: int = MIN_FETCH  # a miss fetches at least this much of the blob (see Fetcher)
@@ -42,14 +40,23 @@ class LayerSpec:
     def descriptor(self) -> Descriptor:
         return Descriptor.from_json(self.layer)
 
-    def save(self, path: Path) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def public(self) -> dict[str, Any]:
+        """The spec without credentials (what the server saves to re-attach after a restart)."""
+        d = asdict(self)
+        d["registry"] = {k: v for k, v in self.registry.items() if k != "user"}
+        return d
+
+    @property
+    def has_secrets(self) -> bool:
+        return bool(self.registry.get("user"))
 
     @classmethod
-    def load(cls, path: Path) -> LayerSpec:
-        return cls(**json.loads(Path(path).read_text()))
+    def from_json(cls, d: dict[str, Any]) -> LayerSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def open_source(spec: LayerSpec) -> ReadAt:
@@ -67,12 +74,11 @@ def open_source(spec: LayerSpec) -> ReadAt:
     return RegistryBlobSource(client, Reference.parse(spec.ref), spec.descriptor)
 
 
-def open_layer_fs(spec: LayerSpec) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
+def open_layer_fs(spec: LayerSpec, cache: ChunkCache) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
     """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree."""
     desc = spec.descriptor
     source = CountingSource(open_source(spec))
     index = open_layer(source, toc_digest=desc.annotations.get(mt.ANNOTATION_TOC_DIGEST))
-    cache = ChunkCache(Path(spec.cache_dir), max_bytes=spec.cache_max_bytes)
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
     )

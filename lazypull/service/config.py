@@ -29,7 +29,7 @@ _KNOWN = {
     "log_level",
 }
 _KNOWN_BLOB = {"fetching_timeout_sec", "max_retries", "min_fetch_bytes"}
-_KNOWN_CACHE = {"dir", "max_bytes"}
+_KNOWN_CACHE = {"dir", "max_bytes", "memory_bytes"}
 
 
 @dataclass
@@ -43,7 +43,8 @@ class DaemonConfig:
     min_fetch_bytes: int = MIN_FETCH  # a miss fetches at least this much of the blob
     docker_config: str = ""
     cache_dir: str = ""  # default: ROOT/cache
-    cache_max_bytes: int = 10 << 30
+    cache_max_bytes: int = 10 << 30  # one bound for the node's chunk cache on disk
+    cache_memory_bytes: int = 64 << 20  # the layer server's memory cache, shared by all layers
     plain_http_hosts: list[str] = field(default_factory=list)
     passthrough: bool = False  # FUSE passthrough for fully cached files
     record_access: bool = False  # mount processes write the files containers read (optimize)
@@ -85,6 +86,7 @@ class DaemonConfig:
             docker_config=str(data.get("docker_config", "")),
             cache_dir=str(cache.get("dir", "")),
             cache_max_bytes=int(cache.get("max_bytes", 10 << 30)),
+            cache_memory_bytes=int(cache.get("memory_bytes", 64 << 20)),
             plain_http_hosts=list(data.get("plain_http_hosts", [])),
             record_access=bool(data.get("record_access", False)),
             passthrough=bool(data.get("passthrough", False)),

@@ -110,12 +110,10 @@ def node(tmp_path: Path, world: World) -> Iterator[Node]:
 
 
 def stop_node(daemon: Daemon, cd: Containerd, root: Path) -> None:
-    """containerd and the daemon, then the layer mounts the daemon leaves running by design."""
+    """containerd and the daemon, then the layer server the daemon leaves running by design."""
     cd.stop()
     daemon.stop()
-    for pid in daemon.mount_processes():
-        os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
+    daemon.stop_layers()
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if str(root) in line.split()[4]]
     for m in sorted(mounts, key=len, reverse=True):
@@ -132,14 +130,14 @@ def test_normal_gzip_image_pulls_and_runs(node: Node, world: World) -> None:
         "run", "--rm", "--snapshotter", "lazypull", world.plain, "plain1", "/bin/md5sum", "/data/big.bin"
     ).stdout
     assert md5(BIG) in out
-    assert not node.daemon.mount_processes()  # nothing was mounted lazily
+    assert not node.daemon.layers()  # nothing was mounted lazily
 
 
 def test_estargz_rpull_runs_lazily(node: Node, world: World) -> None:
     world.proxy.reset_counters()
     node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
     after_pull = world.proxy.blob_bytes()
-    assert len(node.daemon.mount_processes()) == 2
+    assert len(node.daemon.layers()) == 2
     out = node.cd.ctr(
         "run",
         "--rm",
@@ -165,7 +163,6 @@ def test_estargz_rpull_runs_lazily(node: Node, world: World) -> None:
     ).stdout
     assert mt.LABEL_REMOTE in snaps
     url = f"http://127.0.0.1:{node.metrics_port}/metrics"
-    # Mount processes publish their stats about once a second.
     wait_for(lambda: 'operation="read"' in urllib.request.urlopen(url, timeout=5).read().decode(), 10, "metrics")
     metrics = urllib.request.urlopen(url, timeout=5).read().decode()
     for series in (
@@ -216,7 +213,7 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         assert resp.mounts[0].type == "bind"
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="view-cri"))
         # The other layer of the image was mounted ahead of its Prepare, in parallel.
-        assert len(node.daemon.mount_processes()) == 2
+        assert len(node.daemon.layers()) == 2
         from lazypull.format import open_layer
 
         idx = open_layer(store.blob_source(layer), toc_digest=layer.annotations[mt.ANNOTATION_TOC_DIGEST])
@@ -225,10 +222,10 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         cached = node.daemon.root / "cache" / hello.digest[7:9] / hello.digest[7:]
         wait_for(cached.exists, 10, "the read chunk to reach the disk cache")
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="chain-cri-1"))
-        assert len(node.daemon.mount_processes()) == 1  # the prepared layer is gone with its snapshot
+        assert len(node.daemon.layers()) == 1  # the prepared layer is gone with its snapshot
         assert not cached.exists()  # ... and so are its cached chunks
         stub.Cleanup(snapshots_pb2.CleanupRequest())  # containerd's GC: unused ahead-of-time mounts go too
-        wait_for(lambda: not node.daemon.mount_processes(), 10, "unused mounts to stop")
+        wait_for(lambda: not node.daemon.layers(), 10, "unused mounts to stop")
     assert "will be pulled normally" in node.daemon.log()
 
 
@@ -259,7 +256,7 @@ def test_pull_through_containerds_cri_plugin(tmp_path: Path, world: World) -> No
             pull = ch.unary_unary("/runtime.v1.ImageService/PullImage")
             reply = pull(request, timeout=120)
         assert b"sha256:" in reply  # PullImageResponse{image_ref}
-        assert len(node.daemon.mount_processes()) == 2  # both layers mounted lazily, from CRI's labels
+        assert len(node.daemon.layers()) == 2  # both layers mounted lazily, from CRI's labels
         assert world.proxy.blob_bytes() < 0.05 * sum(world.esgz_layers)
         node.cd.namespace = "k8s.io"  # where the CRI plugin keeps images
         snaps = node.cd.ctr("snapshots", "--snapshotter", "lazypull", "ls").stdout
@@ -350,12 +347,9 @@ def test_access_recording_for_optimize(tmp_path: Path, world: World) -> None:
     try:
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
         cd.ctr("run", "--rm", "--snapshotter", "lazypull", world.esgz, "rec1", "/bin/cat", "/data/hello.txt")
-        records = lambda: "".join(  # noqa: E731
-            f.read_text() for f in (daemon.root / "layers").glob("*/mount/accessed.jsonl")
-        )
-        # each layer's mount process publishes its own record about once a second
+        records = lambda: [p for r in daemon.fsd().stats(accessed=True)["layers"] for p in r["accessed"]]  # noqa: E731
         wait_for(
-            lambda: "/data/hello.txt" in records() and '{"path": "/bin/busybox"}' in records(),
+            lambda: "/data/hello.txt" in records() and "/bin/busybox" in records(),
             10,
             "access records of both layers",
         )
