@@ -5,19 +5,25 @@ memory only: :meth:`LayerSpec.public` is what may be written to disk."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lazypull.cache.chunks import ChunkCache
+from lazypull.errors import LazypullError
 from lazypull.format import FileSource, open_layer
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
+from lazypull.fs.opened import RecordingSource, ReplaySource
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import RegistryOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,11 +80,28 @@ def open_source(spec: LayerSpec) -> ReadAt:
     return RegistryBlobSource(client, Reference.parse(spec.ref), spec.descriptor)
 
 
-def open_layer_fs(spec: LayerSpec, cache: ChunkCache) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
-    """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree."""
+def open_layer_fs(
+    spec: LayerSpec, cache: ChunkCache, saved: Path | None = None
+) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
+    """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree.
+
+    With *saved*, the bytes the open reads are kept there, and taken from there next time
+    (still verified), so re-opening a layer needs no registry."""
     desc = spec.descriptor
     source = CountingSource(open_source(spec))
-    index = open_layer(source, toc_digest=desc.annotations.get(mt.ANNOTATION_TOC_DIGEST))
+    toc_digest = desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)
+    index = None
+    if saved is not None and saved.exists():
+        try:
+            index = open_layer(ReplaySource(source, saved), toc_digest=toc_digest)
+        except (LazypullError, OSError, ValueError) as e:
+            log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
+            saved.unlink(missing_ok=True)
+    if index is None:
+        rec = RecordingSource(source)
+        index = open_layer(rec, toc_digest=toc_digest)
+        if saved is not None:
+            rec.save(saved)
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
     )

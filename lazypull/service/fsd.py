@@ -228,10 +228,14 @@ class LayerServer:
             ev.set()
 
     def _open(self, ly: Layer) -> None:
-        fs, fetcher, source, index = open_layer_fs(ly.spec, self.cache_for(ly.spec))
+        saved = self._toc_path(ly)
+        fs, fetcher, source, index = open_layer_fs(ly.spec, self.cache_for(ly.spec), saved)
         if ly.spec.record_access:
             fs.accessed = {}
         ly.fs, ly.fetcher, ly.source, ly.index = fs, fetcher, source, index
+
+    def _toc_path(self, ly: Layer) -> Path:
+        return self.root / "tocs" / f"{fd_name(ly.mountpoint)}-{ly.digest.partition(':')[2][:16]}"
 
     def attach(self, mountpoint: str, fd: int, spec: LayerSpec | None = None) -> Layer:
         """Serve a connection mounted by an earlier server: its fd comes back from the holder."""
@@ -324,6 +328,7 @@ class LayerServer:
         if ly.session is not None:
             ly.session.close()
         sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
+        self._toc_path(ly).unlink(missing_ok=True)
         with self._lock:
             if self.layers.get(ly.mountpoint) is ly:
                 del self.layers[ly.mountpoint]
@@ -530,6 +535,8 @@ def run(args: argparse.Namespace) -> int:
     if not server.layers:  # nothing to hand over: leave no state behind
         (root / STATE_FILE).unlink(missing_ok=True)
         (root / LOCK_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (root / "tocs").rmdir()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # reader threads block in epoll; no need to wait for them

@@ -355,8 +355,18 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+
+def ensure_fusectl() -> None:
+    """Mount the fusectl filesystem (per-connection ``abort``, ``waiting``) if it is not."""
+    if FUSECTL.is_dir() and not any(FUSECTL.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(FUSECTL)], capture_output=True, check=False)
+
+
 def abort_connection(mountpoint: Path) -> bool:
     """Abort a FUSE connection (its waiting requests fail) without touching the mount itself."""
+    ensure_fusectl()
     target = os.path.realpath(mountpoint)
     with open("/proc/self/mountinfo") as f:
         for line in f:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
 import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from lazypull.oci.types import Manifest
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from lazypull.service.proto import snapshots_pb2, snapshots_pb2_grpc
+from lazypull.snapshot.layers import abort_connection
 from tests.support.containerd import Containerd, start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
@@ -356,3 +360,96 @@ def test_access_recording_for_optimize(tmp_path: Path, world: World) -> None:
         assert "/data/big.bin" not in records()
     finally:
         stop_node(daemon, cd, tmp_path)
+
+
+def _layer_with(node: Node, name: str) -> Path:
+    for r in node.daemon.layers():
+        if (Path(r["mountpoint"]) / name).exists():
+            return Path(r["mountpoint"])
+    raise AssertionError(f"no mounted layer has {name}")
+
+
+def test_layer_server_kill9_fails_or_finishes_reads_and_comes_back(node: Node, world: World) -> None:
+    """kill -9 of the layer server during a slow read: the read ends (EIO or data), never hangs;
+    the daemon starts a new server, hands the connections back, and reads work without a remount."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    node.cd.ctr("run", "-d", "--snapshotter", "lazypull", world.esgz, "srv1", "/bin/sleep", "300")
+    mp = _layer_with(node, "data/big.bin")
+    dev = os.stat(mp).st_dev
+    result: dict[str, object] = {}
+
+    def reader() -> None:
+        try:
+            result["data"] = (mp / "data/big.bin").read_bytes()
+        except OSError as e:
+            result["errno"] = e.errno
+
+    world.proxy.faults.delay_s = 3.0  # the read waits on the registry when the server dies
+    try:
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        time.sleep(1.0)
+        [pid] = node.daemon.server_processes()
+        os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        assert not t.is_alive(), "a read hung after the layer server died"
+    finally:
+        world.proxy.faults.delay_s = 0.0
+    assert result.get("errno") in (errno.EIO, errno.ECONNABORTED) or md5(result["data"]) == md5(BIG), result.keys()  # type: ignore[arg-type]
+    wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "the daemon to restart the layer server")
+    assert len(node.daemon.layers()) == 2 and node.daemon.server_processes() != [pid]
+    assert os.stat(mp).st_dev == dev  # the same mount: nothing was remounted
+    assert md5((mp / "data/big.bin").read_bytes()) == md5(BIG)
+    out = node.cd.ctr("tasks", "exec", "--exec-id", "x1", "srv1", "/bin/md5sum", "/data/other.bin").stdout
+    assert md5(OTHER) in out
+    node.cd.ctr("tasks", "kill", "-s", "KILL", "srv1")
+
+
+def _serves(mp: Path) -> bool:
+    try:
+        os.statvfs(mp)  # FUSE never caches STATFS: an answer means the layer is served
+        return os.path.ismount(mp)  # ... and not the empty directory below it
+    except OSError:
+        return False
+
+
+def _metrics(node: Node) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).read().decode()
+
+
+def test_dead_layer_is_detected_remounted_and_never_adopted(node: Node, world: World) -> None:
+    """Fault injection: a layer's FUSE connection is aborted (as if its serving died)."""
+    store = RegistryStore.open(world.esgz, RegistryOptions(plain_http=True))
+    d = store.resolve()
+    m = Manifest.parse(store.fetch(d), d.media_type)
+    labels = {
+        mt.LABEL_SNAPSHOT_REF: "chain-dead-1",
+        mt.LABEL_CRI_IMAGE_REF: world.esgz,
+        mt.LABEL_CRI_LAYER_DIGEST: m.layers[1].digest,
+        mt.LABEL_CRI_IMAGE_LAYERS: ",".join(x.digest for x in m.layers),
+    }
+    with grpc.insecure_channel(f"unix://{node.daemon.address}") as ch:
+        stub = snapshots_pb2_grpc.SnapshotsStub(ch)
+        for attempt in range(2):
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(key=f"extract-dead-{attempt}", labels=labels))
+            assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            mp = _layer_with(node, "data/hello.txt")
+            assert _serves(mp)  # "already exists" only for a layer that is served
+            if attempt == 0:
+                assert abort_connection(mp)
+                assert not _serves(mp)
+    assert "is not serving: mounting it again" in node.daemon.log()
+    # The health loop (no Prepare involved) finds a layer that dies later.
+    assert abort_connection(mp)
+    assert not _serves(mp)
+    wait_for(lambda: _serves(mp), 30, "the health loop to remount the layer")
+    assert (mp / "data/hello.txt").read_bytes() == b"hello from a lazy layer\n"
+    assert "lazypull_layer_unhealthy_total 1.0" in _metrics(node)
+    assert 'lazypull_layer_health{layer="' in _metrics(node)
+    # A daemon restart never adopts a dead layer: it is mounted again.
+    node.daemon.stop(signal.SIGKILL)
+    assert abort_connection(mp)
+    node.daemon.start()
+    assert "is dead; mounting it again" in node.daemon.log()
+    assert _serves(mp) and (mp / "data/other.bin").read_bytes() == OTHER
