@@ -181,9 +181,33 @@ class ChunkCache:
             self._evict()
 
     def path_of(self, digest: str) -> Path | None:
-        """The file holding *digest*'s content, if cached (for FUSE passthrough)."""
+        """The file holding *digest*'s content, if cached."""
         path = self._path(digest)
         return path if path.exists() else None
+
+    def open_verified(self, digest: str) -> int | None:
+        """An fd on the cache file of *digest*, its whole content checked through that very fd
+        (for FUSE passthrough, where the kernel then reads the file without us). A file that
+        does not match is dropped (and counted); None then, or when there is no such file."""
+        try:
+            fd = os.open(self._path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            h = hashlib.sha256()
+            while block := os.read(fd, 1 << 20):
+                h.update(block)
+            if "sha256:" + h.hexdigest() == digest:
+                os.lseek(fd, 0, os.SEEK_SET)
+                return fd
+        except OSError as e:
+            log.warning("cannot read cache entry %s: %s", digest, e)
+        os.close(fd)
+        log.warning("cache entry %s is corrupted; dropping it", digest)
+        self.corrupt += 1
+        self.memory.drop(digest)
+        self._drop(digest)
+        return None
 
     def put_parts(self, digest: str, parts: Iterable[bytes]) -> Path | None:
         """Store content given as verified parts (a whole file from its chunks), streaming.

@@ -301,3 +301,32 @@ def test_full_cache_disk_still_serves_verified_reads(env: Env, tmp_path: Path) -
             env.umount(mnt)
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
+
+
+def test_passthrough_never_serves_a_corrupted_cache_file(env: Env, tmp_path: Path) -> None:
+    """A byte flipped in a whole-file cache entry (the file the kernel reads by itself with
+    passthrough) is found when the file is registered again: dropped, rebuilt, never served."""
+    mnt = tmp_path / "mnt"
+    cache = env.root / "cache" / mnt.name
+    env.mount(mnt, "--passthrough")
+    try:
+        rows = wait_background_done(mnt, tmp_path / "state")
+        if not any(r.get("passthrough") for r in rows if r.get("lazy")):
+            pytest.skip("this kernel does not offer FUSE passthrough")
+        assert hashlib.sha256((mnt / "data/big.bin").read_bytes()).digest() == hashlib.sha256(BIG).digest()
+    finally:
+        env.umount(mnt)
+    whole = cache / hashlib.sha256(BIG).hexdigest()[:2] / hashlib.sha256(BIG).hexdigest()
+    assert whole.exists()  # built (and verified) when the file was first opened
+    data = bytearray(whole.read_bytes())
+    data[12345] ^= 0xFF
+    whole.write_bytes(bytes(data))
+    env.mount(mnt, "--passthrough")
+    try:
+        assert hashlib.sha256((mnt / "data/big.bin").read_bytes()).digest() == hashlib.sha256(BIG).digest()
+        rows = mount_stats(mnt, tmp_path / "state")
+        assert sum(int(r.get("verify_errors", 0)) for r in rows if r.get("lazy")) >= 1
+        assert sum(int(r.get("passthrough_files", 0)) for r in rows) >= 1
+        assert hashlib.sha256(whole.read_bytes()).digest() == hashlib.sha256(BIG).digest()  # rebuilt
+    finally:
+        env.umount(mnt)

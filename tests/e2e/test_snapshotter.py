@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -453,3 +454,21 @@ def test_dead_layer_is_detected_remounted_and_never_adopted(node: Node, world: W
     node.daemon.start()
     assert "is dead; mounting it again" in node.daemon.log()
     assert _serves(mp) and (mp / "data/other.bin").read_bytes() == OTHER
+
+
+def test_wedged_layer_server_is_replaced(node: Node, world: World) -> None:
+    """A server that stops answering (SIGSTOP: as wedged as it gets) is killed and replaced;
+    the layers come back on the same mounts."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    mp = _layer_with(node, "data/hello.txt")
+    dev = os.stat(mp).st_dev
+    [pid] = node.daemon.server_processes()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "does not answer; starting a new one" in node.daemon.log(), 30, "the wedge to be noticed")
+        wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "a new layer server")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert pid not in node.daemon.server_processes()
+    assert os.stat(mp).st_dev == dev and (mp / "data/hello.txt").read_bytes() == b"hello from a lazy layer\n"

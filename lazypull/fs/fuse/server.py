@@ -291,19 +291,16 @@ class FuseSession:
             raise OSError(errno.ENOSYS, "open not needed")
         backing = self._backing.get(nodeid, 0)
         if not backing:
-            path = self.fs.passthrough_path(nodeid)
-            if path is not None:
-                backing = self._register_backing(nodeid, path)
+            fd = self.fs.passthrough_fd(nodeid)
+            if fd is not None:
+                backing = self._register_backing(nodeid, fd)
         if backing:
             return p.OPEN_OUT.pack(0, p.FOPEN_PASSTHROUGH, backing)
         return p.OPEN_OUT.pack(0, p.FOPEN_KEEP_CACHE, 0)
 
-    def _register_backing(self, ino: int, path: str) -> int:
-        """Hand the kernel the cache file holding *ino*'s complete content (0 on failure)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return 0
+    def _register_backing(self, ino: int, fd: int) -> int:
+        """Hand the kernel the (verified, open) cache file holding *ino*'s content; closes *fd*.
+        Returns the backing id, 0 on failure (the file is then served by us)."""
         try:
             arg = bytearray(p.BACKING_MAP.pack(fd, 0, 0))
             backing = fcntl.ioctl(self.clone, p.DEV_IOC_BACKING_OPEN, arg)
