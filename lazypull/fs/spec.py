@@ -5,7 +5,9 @@ memory only: :meth:`LayerSpec.public` is what may be written to disk."""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,30 +67,49 @@ class LayerSpec:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def open_source(spec: LayerSpec) -> ReadAt:
+class RegistryClients:
+    """One registry client (connection pool, tokens) per distinct set of options, shared by the
+    layers of a process: a layer mount then costs its footer and TOC requests, not a new
+    connection and token handshake."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: LayerSpec) -> object:
+        from lazypull.registry.client import RegistryClient
+        from lazypull.registry.transport import Transport
+
+        key = json.dumps([spec.registry, spec.max_retries, spec.fetch_timeout_sec], sort_keys=True)
+        with self._lock:
+            c = self._clients.get(key)
+            if c is None:
+                opts = RegistryOptions.from_json(spec.registry) if spec.registry else RegistryOptions()
+                c = self._clients[key] = RegistryClient(
+                    opts, transport=Transport(max_retries=spec.max_retries, total_timeout=spec.fetch_timeout_sec)
+                )
+            return c
+
+
+def open_source(spec: LayerSpec, clients: RegistryClients | None = None) -> ReadAt:
     if spec.blob_path:
         return FileSource(spec.blob_path)
     from lazypull.registry.blobsource import RegistryBlobSource
-    from lazypull.registry.client import RegistryClient
     from lazypull.registry.reference import Reference
-    from lazypull.registry.transport import Transport
 
-    opts = RegistryOptions.from_json(spec.registry) if spec.registry else RegistryOptions()
-    client = RegistryClient(
-        opts, transport=Transport(max_retries=spec.max_retries, total_timeout=spec.fetch_timeout_sec)
-    )
-    return RegistryBlobSource(client, Reference.parse(spec.ref), spec.descriptor)
+    client = (clients or RegistryClients()).get(spec)
+    return RegistryBlobSource(client, Reference.parse(spec.ref), spec.descriptor)  # type: ignore[arg-type]
 
 
 def open_layer_fs(
-    spec: LayerSpec, cache: ChunkCache, saved: Path | None = None
+    spec: LayerSpec, cache: ChunkCache, saved: Path | None = None, clients: RegistryClients | None = None
 ) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
     """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree.
 
     With *saved*, the bytes the open reads are kept there, and taken from there next time
     (still verified), so re-opening a layer needs no registry."""
     desc = spec.descriptor
-    source = CountingSource(open_source(spec))
+    source = CountingSource(open_source(spec, clients))
     toc_digest = desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)
     index = None
     if saved is not None and saved.exists():

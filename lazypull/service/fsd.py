@@ -9,7 +9,7 @@ talk to it on a 0600 unix socket (:mod:`lazypull.service.fsdwire`).
 Surviving its own restart: every layer's primary /dev/fuse fd is also held elsewhere —
 systemd's fd store (``FDSTORE=1``) when run under systemd, otherwise by the client that
 asked for the mount (it gets a copy with the ``Mount`` reply). The layer table (specs
-without credentials, INIT parameters) is saved in ``ROOT/fsd-state.json``; a new server
+without credentials, INIT parameters) is saved in ``ROOT/layers/*.json``; a new server
 re-attaches each layer when it gets the fd back (``LISTEN_FDS`` or ``Attach``). Requests
 made meanwhile queue in the kernel; requests the dead server had read fail with EIO.
 """
@@ -43,7 +43,7 @@ from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.loop import ServeLoop
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
 from lazypull.fs.layer import LayerFS
-from lazypull.fs.spec import LayerSpec, open_layer_fs
+from lazypull.fs.spec import LayerSpec, RegistryClients, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
 from lazypull.service.fsdclient import socket_path
@@ -52,7 +52,6 @@ from lazypull.service.notify import listen_fds, sd_notify, sd_notify_fds
 
 log = logging.getLogger("lazypull.fsd")
 
-STATE_FILE = "fsd-state.json"
 LOCK_FILE = "fsd.lock"
 DEFAULT_MEMORY = 64 << 20
 
@@ -142,6 +141,7 @@ class LayerServer:
         self.started = time.time()
         self.memory = MemoryLRU(memory_bytes)
         self.caches: dict[str, ChunkCache] = {}
+        self.clients = RegistryClients()
         self.layers: dict[str, Layer] = {}
         self.exit_when_idle = exit_when_idle
         self._lock = threading.Lock()
@@ -152,26 +152,25 @@ class LayerServer:
         self.idle = threading.Event()
 
     # -- state on disk (no credentials) ---------------------------------------------------
-    def _save(self) -> None:
-        with self._lock:
-            rows = [
-                {"mountpoint": ly.mountpoint, "spec": ly.spec.public(), "init": ly.init.to_json()}
-                for ly in self.layers.values()
-                if ly.init is not None
-            ]
-        atomic_write(self.root / STATE_FILE, json.dumps({"layers": rows}).encode(), 0o600)
+    def _state_path(self, mountpoint: str) -> Path:
+        return self.root / "layers" / f"{fd_name(mountpoint)}.json"
+
+    def _save(self, ly: Layer) -> None:
+        """One small file per layer (a mount costs the same with 1,000 layers as with one)."""
+        assert ly.init is not None
+        row = {"mountpoint": ly.mountpoint, "spec": ly.spec.public(), "init": ly.init.to_json()}
+        path = self._state_path(ly.mountpoint)
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        atomic_write(path, json.dumps(row).encode(), 0o600)
 
     def load_saved(self) -> None:
-        try:
-            rows = json.loads((self.root / STATE_FILE).read_text()).get("layers", [])
-        except (OSError, ValueError):
-            return
-        for r in rows:
+        for f in sorted((self.root / "layers").glob("*.json")):
             try:
+                r = json.loads(f.read_text())
                 ly = Layer(r["mountpoint"], LayerSpec.from_json(r["spec"]), state="waiting-fd")
                 ly.init = InitParams.from_json(r["init"])
-            except (KeyError, TypeError, ValueError) as e:
-                log.warning("ignoring a malformed saved layer: %s", e)
+            except (OSError, KeyError, TypeError, ValueError) as e:
+                log.warning("ignoring a malformed saved layer %s: %s", f.name, e)
                 continue
             self.layers[ly.mountpoint] = ly
         if self.layers:
@@ -218,7 +217,7 @@ class LayerServer:
                 self.layers[mountpoint] = ly
             self.loop.add(session)
             sd_notify_fds(f"FDSTORE=1\nFDNAME={fd_name(mountpoint)}", [session.fd])
-            self._save()
+            self._save(ly)
             self._start_fetching(ly)
             log.info("layer %s mounted at %s (%d entries)", ly.digest[7:19], mountpoint, ly.fs.inode_count)
             return ly
@@ -229,7 +228,7 @@ class LayerServer:
 
     def _open(self, ly: Layer) -> None:
         saved = self._toc_path(ly)
-        fs, fetcher, source, index = open_layer_fs(ly.spec, self.cache_for(ly.spec), saved)
+        fs, fetcher, source, index = open_layer_fs(ly.spec, self.cache_for(ly.spec), saved, self.clients)
         if ly.spec.record_access:
             fs.accessed = {}
         ly.fs, ly.fetcher, ly.source, ly.index = fs, fetcher, source, index
@@ -316,7 +315,6 @@ class LayerServer:
                 unmount(mountpoint)
             return []
         accessed = self._teardown(ly, free_cache)
-        self._save()
         self._check_idle()
         return accessed
 
@@ -329,6 +327,7 @@ class LayerServer:
             ly.session.close()
         sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
         self._toc_path(ly).unlink(missing_ok=True)
+        self._state_path(ly.mountpoint).unlink(missing_ok=True)
         with self._lock:
             if self.layers.get(ly.mountpoint) is ly:
                 del self.layers[ly.mountpoint]
@@ -533,10 +532,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("layer server exiting; %d layers stay mounted for the next one", len(server.layers))
     address.unlink(missing_ok=True)  # we hold the lock: no successor has bound it yet
     if not server.layers:  # nothing to hand over: leave no state behind
-        (root / STATE_FILE).unlink(missing_ok=True)
         (root / LOCK_FILE).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            (root / "tocs").rmdir()
+        for d in ("tocs", "layers"):
+            with contextlib.suppress(OSError):
+                (root / d).rmdir()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # reader threads block in epoll; no need to wait for them

@@ -229,12 +229,14 @@ class Snapshotter:
         except NotRemote as e:
             log.info("layer for %s will be pulled normally: %s", target, e)
             return False
-        # containerd prepares layers one after another: start the following ones now.
-        for other in layer.image_layers:
-            if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
-                self._start_layer(layer.ref, other)
         try:
             h = self._start_layer(layer.ref, layer.layer)
+            # containerd prepares layers one after another: start the following ones, once
+            # this one (which containerd waits for) is mounted.
+            h.ready.wait(self.remote.fetch_timeout_sec)
+            for other in layer.image_layers:
+                if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
+                    self._start_layer(layer.ref, other)
             h.wait(self.remote.fetch_timeout_sec)
         except Exception as e:
             self.mount_errors += 1

@@ -147,6 +147,8 @@ def test_saved_state_has_no_credentials(server: tuple[LayerServer, FsdClient], t
     s["registry"] = {"user": "alice:s3cret", "plain_http": True}
     _, fd = client.mount(s, tmp_path / "m", timeout=30)
     os.close(fd)
-    saved = (tmp_path / "fsd" / "fsd-state.json").read_text()
+    [state] = (tmp_path / "fsd" / "layers").glob("*.json")
+    saved = state.read_text()
     assert "s3cret" not in saved and str(tmp_path / "m") in saved
-    assert (os.stat(tmp_path / "fsd" / "fsd-state.json").st_mode & 0o777) == 0o600
+    assert (os.stat(state).st_mode & 0o777) == 0o600
+    assert not any(b"s3cret" in f.read_bytes() for f in (tmp_path / "fsd").rglob("*") if f.is_file())
