@@ -40,7 +40,7 @@ class LayerSpec:
     fetch_timeout_sec: float = 60.0
     max_retries: int = 4
     cache_max_bytes: int = 10 << 30
-    record_access: bool = False  # write the files read, in order, to accessed.jsonl (for optimize)
+    record_access: bool = False  # remember the files read, in order (Stats/Unmount return them; optimize)
     passthrough: bool = False  # FUSE passthrough for fully cached files (see FuseServer)
     min_fetch: int = MIN_FETCH  # a miss fetches at least this much of the blob (see Fetcher)
 

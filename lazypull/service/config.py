@@ -47,7 +47,7 @@ class DaemonConfig:
     cache_memory_bytes: int = 64 << 20  # the layer server's memory cache, shared by all layers
     plain_http_hosts: list[str] = field(default_factory=list)
     passthrough: bool = False  # FUSE passthrough for fully cached files
-    record_access: bool = False  # mount processes write the files containers read (optimize)
+    record_access: bool = False  # the layer server records the files containers read (optimize)
     hosts: HostsConfig = field(default_factory=HostsConfig)
     resolver_raw: dict[str, Any] = field(default_factory=dict)
 

@@ -155,3 +155,39 @@ def _tail(path: Path, n: int = 1500) -> str:
         return path.read_text(errors="replace")[-n:].strip()
     except OSError:
         return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m lazypull.service.fsdclient --root ROOT list|status|stats|accessed``: ask a
+    running layer server (the snapshotter's: ``--root /var/lib/containerd-lazypull-grpc``)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="lazypull-fsd-ctl", description="query a running layer server")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--root", type=Path, help="the daemon's root (its layer server's socket is ROOT/fsd.sock)")
+    g.add_argument("--address", type=Path, help="the layer server's socket")
+    p.add_argument("what", choices=["list", "status", "stats", "accessed"])
+    args = p.parse_args(argv)
+    c = FsdClient(args.address or socket_path(args.root))
+    try:
+        if args.what == "list":
+            out: object = c.list()
+        elif args.what == "status":
+            out = c.call("status")[0]
+        elif args.what == "stats":
+            out = c.stats()
+        else:  # files read through each layer, in first-read order (lazypull convert --record-in)
+            for row in c.stats(accessed=True)["layers"]:
+                for path in row.get("accessed", []):
+                    print(json.dumps({"path": path}))
+            return 0
+    except FsdError as e:
+        print(f"lazypull-fsd-ctl: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
