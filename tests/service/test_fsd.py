@@ -152,3 +152,70 @@ def test_saved_state_has_no_credentials(server: tuple[LayerServer, FsdClient], t
     assert "s3cret" not in saved and str(tmp_path / "m") in saved
     assert (os.stat(state).st_mode & 0o777) == 0o600
     assert not any(b"s3cret" in f.read_bytes() for f in (tmp_path / "fsd").rglob("*") if f.is_file())
+
+
+def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
+    """What systemd does for lazypull-fsd.service, with a test notify socket: the server
+    stores each layer's fd (FDSTORE=1), is killed, and its successor gets the fds back
+    (LISTEN_FDS) and serves the same mounts; a read made while no server runs completes."""
+    import signal
+    import subprocess
+    import sys
+
+    data = os.urandom(1 << 20)
+    blob, desc = make_layer(tmp_path, "s", {"a.bin": data, "b.bin": data[::-1]})
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    root = tmp_path / "fsd"
+    addr = socket_path(root)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    cmd = [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root), "--address", str(addr)]
+    first = subprocess.Popen(cmd, env=env)
+    procs = [first]
+    mp = tmp_path / "m"
+    try:
+        client = FsdClient(addr)
+        deadline = time.monotonic() + 30
+        while client.alive() is None:
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        _, fd = client.mount(spec(tmp_path, blob, desc), mp, timeout=30)
+        os.close(fd)  # no daemon holds a copy here: only the fd store
+        assert (mp / "a.bin").read_bytes() == data
+        stored: dict[str, int] = {}
+        notify.settimeout(5)
+        while not stored:
+            msg, fds, _, _ = socket.recv_fds(notify, 4096, 4)
+            fields = dict(line.split("=", 1) for line in msg.decode().splitlines() if "=" in line)
+            if fields.get("FDSTORE") == "1":
+                stored[fields["FDNAME"]] = fds[0]
+            else:
+                for f in fds:
+                    os.close(f)
+        dev = os.stat(mp).st_dev
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        got: dict[str, bytes] = {}
+        reader = threading.Thread(target=lambda: got.update(b=(mp / "b.bin").read_bytes()), daemon=True)
+        reader.start()  # queued in the kernel while no server runs
+        time.sleep(0.5)
+        assert reader.is_alive()
+        [(name, held)] = stored.items()
+        shell = f'exec 3<&{held} {held}<&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={name} exec "$@"'
+        second = subprocess.Popen(["bash", "-c", shell, "fsd", *cmd], env=env, pass_fds=(held,))
+        procs.append(second)
+        os.close(held)
+        reader.join(30)
+        assert not reader.is_alive() and got["b"] == data[::-1]
+        assert os.stat(mp).st_dev == dev and (mp / "a.bin").read_bytes() == data
+        assert [r["state"] for r in client.list()] == ["serving"]
+        client.shutdown(unmount_all=True)
+        second.wait(20)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if os.path.ismount(mp):
+            subprocess.run(["umount", "-l", str(mp)], check=False)
+        notify.close()
