@@ -91,6 +91,7 @@ def run(n_images: int, n_layers: int, work: Path) -> dict[str, object]:
                 "rss_total_mb": round(sum(rss_kib(p) for p in procs) / 1024, 1),
                 "rss_daemon_mb": round(rss_kib(daemon.proc.pid) / 1024, 1),
                 "rss_layer_server_mb": round(sum(rss_kib(p) for p in fsd) / 1024, 1),
+                "layer_server_threads": sum(len(os.listdir(f"/proc/{p}/task")) for p in fsd),
                 "fallbacks": daemon.log().count("falling back to a normal pull"),
             }
             if os.environ.get("SCALE_LOG"):

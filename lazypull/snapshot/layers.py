@@ -25,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ class RemoteLayers:
         self.server_restarts = 0
         self.unhealthy_events = 0
         self._stop = threading.Event()
+        self._ahead = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mount-ahead")
 
     # -- the server ---------------------------------------------------------------------
     def ensure_server(self) -> None:
@@ -144,8 +146,11 @@ class RemoteLayers:
         with self._lock:
             return list(self._handles.values())
 
-    def start(self, digest: str, mountpoint: Path, spec: dict[str, Any]) -> LayerHandle:
-        """The mount of a layer: serving, being mounted, or started now in the background."""
+    def start(self, digest: str, mountpoint: Path, spec: dict[str, Any], ahead: bool = False) -> LayerHandle:
+        """The mount of a layer: serving, being mounted, or started now in the background.
+
+        *ahead*: mounted before anyone asks (an image's next layers), a few at a time in the
+        order given, so the layer containerd asks for next is ready first."""
         with self._lock:
             h = self._handles.get(digest)
             if h is not None and (not h.ready.is_set() or (not h.error and h.healthy)):
@@ -153,7 +158,10 @@ class RemoteLayers:
             if h is not None:
                 h.close_fd()
             h = self._handles[digest] = LayerHandle(digest, mountpoint, spec)
-        threading.Thread(target=self._mount, args=(h,), daemon=True, name=f"mount-{digest[7:15]}").start()
+        if ahead:
+            self._ahead.submit(self._mount, h)
+        else:
+            threading.Thread(target=self._mount, args=(h,), daemon=True, name=f"mount-{digest[7:15]}").start()
         return h
 
     def _mount(self, h: LayerHandle) -> None:

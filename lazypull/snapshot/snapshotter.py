@@ -236,7 +236,7 @@ class Snapshotter:
             h.ready.wait(self.remote.fetch_timeout_sec)
             for other in layer.image_layers:
                 if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
-                    self._start_layer(layer.ref, other)
+                    self._start_layer(layer.ref, other, ahead=True)
             h.wait(self.remote.fetch_timeout_sec)
         except Exception as e:
             self.mount_errors += 1
@@ -283,11 +283,11 @@ class Snapshotter:
             min_fetch=rs.min_fetch,
         )
 
-    def _start_layer(self, ref: object, desc: Descriptor) -> LayerHandle:
+    def _start_layer(self, ref: object, desc: Descriptor, ahead: bool = False) -> LayerHandle:
         """The mount of layer *desc*: serving, being mounted, or started now (without waiting)."""
         d = self._layer_dir(desc.digest)
         d.mkdir(exist_ok=True, mode=0o700)
-        return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc).to_json())
+        return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc).to_json(), ahead)
 
     def _wait_prefetch(self, chain: list[Snapshot]) -> None:
         if self.remote is None or not self.remote.prefetch:
