@@ -48,7 +48,7 @@ from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
 from lazypull.service.fsdclient import socket_path
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
-from lazypull.service.notify import listen_fds, sd_notify, sd_notify_fds
+from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
 
 log = logging.getLogger("lazypull.fsd")
 
@@ -474,6 +474,7 @@ def run(args: argparse.Namespace) -> int:
     )
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raise_fd_limit()
     lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,7 +18,7 @@ from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.service.config import DaemonConfig
 from lazypull.service.grpc_service import SnapshotsService
-from lazypull.service.notify import sd_notify
+from lazypull.service.notify import raise_fd_limit, sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
 from lazypull.snapshot.remote import LayerResolver
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
@@ -98,6 +98,7 @@ def serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     cfg = DaemonConfig.load(Path(args.config))
+    raise_fd_limit()  # one held /dev/fuse fd per lazily mounted layer
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     sn = build(cfg, root, args.fsd_address)

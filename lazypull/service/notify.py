@@ -51,3 +51,18 @@ def listen_fds() -> dict[str, list[int]]:
     for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(k, None)
     return out
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: every mounted layer holds /dev/fuse
+    fds (the layer server two, the daemon one), so 1,000 layers exceed the usual 1,024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+        except (ValueError, OSError):
+            pass
+    return soft
