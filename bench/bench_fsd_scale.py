@@ -102,6 +102,9 @@ def run(n_images: int, n_layers: int, work: Path, concurrent: bool = False) -> d
                 "layer_server_threads": sum(len(os.listdir(f"/proc/{p}/task")) for p in fsd),
                 "fallbacks": daemon.log().count("falling back to a normal pull"),
             }
+            reasons = [line for line in daemon.log().splitlines() if "falling back" in line]
+            if reasons:
+                result["first_fallbacks"] = reasons[:3]
             if os.environ.get("SCALE_LOG"):
                 print(daemon.log()[-20000:])
         finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError
-from lazypull.service.fsdwire import recv_msg, send_msg
+from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 
 START_TIMEOUT = 30.0
 _SUN_PATH_MAX = 107
@@ -87,14 +87,19 @@ class FsdClient:
         return self.call("stats", mountpoints=mountpoints or [], accessed=accessed, timeout=5)[0]
 
     def fds(self, mountpoints: list[str]) -> dict[str, int]:
-        reply, fds = self.call("fds", mountpoints=mountpoints)
-        return dict(zip(reply["mountpoints"], fds, strict=True))
+        """Copies of the layers' FUSE fds (in batches: one message carries at most MAX_FDS)."""
+        out: dict[str, int] = {}
+        for i in range(0, len(mountpoints), MAX_FDS):
+            reply, fds = self.call("fds", mountpoints=mountpoints[i : i + MAX_FDS])
+            out.update(zip(reply["mountpoints"], fds, strict=True))
+        return out
 
     def attach(self, layers: list[dict[str, Any]], fds: list[int], timeout: float = 120) -> list[dict[str, Any]]:
         """Hand held connections back to a (re)started server; *fds* stay the caller's."""
         out: list[dict[str, Any]] = []
-        for i in range(0, len(layers), 200):
-            out += self.call("attach", layers=layers[i : i + 200], fds=fds[i : i + 200], timeout=timeout)[0]["layers"]
+        for i in range(0, len(layers), MAX_FDS):
+            batch = slice(i, i + MAX_FDS)
+            out += self.call("attach", layers=layers[batch], fds=fds[batch], timeout=timeout)[0]["layers"]
         return out
 
     def shutdown(self, unmount_all: bool = False) -> None:

@@ -152,9 +152,10 @@ class FuseSession:
         try:
             self.clone = clone_fd(self.fd)
             deadline = _clock() + 10
+            poller = select.poll()  # not select(): fds above 1023 with hundreds of layers
+            poller.register(self.clone, select.POLLIN)
             while True:
-                r, _, _ = select.select([self.clone], [], [], 1.0)
-                if r:
+                if poller.poll(1000):
                     try:
                         buf = os.read(self.clone, BUFSIZE)
                     except BlockingIOError:
