@@ -61,11 +61,18 @@ class MemoryLRU:
 
 class ChunkCache:
     def __init__(
-        self, root: Path, max_bytes: int = 10 << 30, memory_bytes: int = 64 << 20, write_queue: int = 16
+        self,
+        root: Path,
+        max_bytes: int = 10 << 30,
+        memory_bytes: int = 64 << 20,
+        write_queue: int = 16,
+        memory: MemoryLRU | None = None,
     ) -> None:
+        """*memory*: a memory tier shared with other caches (the layer server keeps one per
+        process, so the node has one memory budget); otherwise one of *memory_bytes*."""
         self.root = Path(root)
         self.max_bytes = max_bytes
-        self.memory = MemoryLRU(memory_bytes)
+        self.memory = memory if memory is not None else MemoryLRU(memory_bytes)
         self._lock = threading.Lock()
         self._sizes: OrderedDict[str, int] = OrderedDict()  # LRU order of disk entries
         self._total = 0
@@ -191,9 +198,33 @@ class ChunkCache:
             self._evict()
 
     def path_of(self, digest: str) -> Path | None:
-        """The file holding *digest*'s content, if cached (for FUSE passthrough)."""
+        """The file holding *digest*'s content, if cached."""
         path = self._path(digest)
         return path if path.exists() else None
+
+    def open_verified(self, digest: str) -> int | None:
+        """An fd on the cache file of *digest*, its whole content checked through that very fd
+        (for FUSE passthrough, where the kernel then reads the file without us). A file that
+        does not match is dropped (and counted); None then, or when there is no such file."""
+        try:
+            fd = os.open(self._path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            h = hashlib.sha256()
+            while block := os.read(fd, 1 << 20):
+                h.update(block)
+            if "sha256:" + h.hexdigest() == digest:
+                os.lseek(fd, 0, os.SEEK_SET)
+                return fd
+        except OSError as e:
+            log.warning("cannot read cache entry %s: %s", digest, e)
+        os.close(fd)
+        log.warning("cache entry %s is corrupted; dropping it", digest)
+        self.corrupt += 1
+        self.memory.drop(digest)
+        self._drop(digest)
+        return None
 
     def put_parts(self, digest: str, parts: Iterable[bytes]) -> Path | None:
         """Store content given as verified parts (a whole file from its chunks), streaming.

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from lazypull.errors import LazypullError
-from lazypull.fs.mountproc import is_mounted
+from lazypull.fs.fuse.server import is_mounted
 from lazypull.fs.rootfs import (
     DEFAULT_CACHE_DIR,
     DEFAULT_STATE_ROOT,

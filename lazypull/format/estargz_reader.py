@@ -231,9 +231,7 @@ class TOCIndex(LayerIndex):
             for c in e.chunks:
                 key = (c.blob_offset, c.inner_offset)
                 if key in seen:
-                    raise FormatError(
-                        f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} overlaps another chunk"
-                    )
+                    raise FormatError(f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} overlaps another chunk")
                 seen.add(key)
                 i = bisect.bisect_right(starts, c.blob_offset)
                 c.blob_end = starts[i] if i < len(starts) else data_end

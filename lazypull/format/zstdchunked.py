@@ -124,9 +124,7 @@ def parse_zstd_footer(tail: bytes, blob_size: int) -> tuple[int, int, int]:
     raise FormatError("zstd:chunked footer is malformed")
 
 
-def open_zstdchunked(
-    source: ReadAt, *, toc_digest: str | None = None, limits: Limits = DEFAULT_LIMITS
-) -> TOCIndex:
+def open_zstdchunked(source: ReadAt, *, toc_digest: str | None = None, limits: Limits = DEFAULT_LIMITS) -> TOCIndex:
     if toc_digest:
         toc_digest = checked_toc_digest(toc_digest)
     max_toc_bytes = limits.max_toc_bytes

@@ -18,7 +18,7 @@ from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.service.config import ConfigError, DaemonConfig
 from lazypull.service.grpc_service import SnapshotsService
-from lazypull.service.notify import sd_notify
+from lazypull.service.notify import raise_fd_limit, sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
 from lazypull.snapshot.remote import LayerResolver
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
@@ -35,9 +35,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=DEFAULT_ROOT, help="state: metadata, snapshots, cache")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (the reference daemon's keys)")
     p.add_argument("--log-level", help="debug, info, warning or error (default: the config's log_level, else info)")
+    p.add_argument(
+        "--fsd-address", default="", help="the layer server's socket (default ROOT/fsd.sock; started if not running)"
+    )
 
 
-def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
+def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
     ropts = RegistryOptions(
         docker_config=Path(cfg.docker_config) if cfg.docker_config else None, plain_http_hosts=set(cfg.plain_http_hosts)
     )
@@ -54,9 +57,11 @@ def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
         record_access=cfg.record_access,
         passthrough=cfg.passthrough,
         min_fetch=cfg.min_fetch_bytes,
+        fsd_address=Path(fsd_address) if fsd_address else None,
+        memory_bytes=cfg.cache_memory_bytes,
     )
     if cfg.resolver_raw:
-        # Mount processes read the same hosts config; hand it over as a file next to the state.
+        # The layer server reads the same hosts config; hand it over as a file next to the state.
         hosts_file = root / "resolver.toml"
         hosts_file.write_text(_toml_resolver(cfg.resolver_raw))
         os.chmod(hosts_file, 0o600)
@@ -94,9 +99,10 @@ def serve(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level or cfg.log_level or "info").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    raise_fd_limit()  # one held /dev/fuse fd per lazily mounted layer
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sn = build(cfg, root)
+    sn = build(cfg, root, args.fsd_address)
     if cfg.metrics_address:  # first: a busy port must fail before the socket exists
         _start_metrics(cfg.metrics_address, sn)
     sn.restore()

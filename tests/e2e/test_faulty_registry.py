@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,9 +15,8 @@ import pytest
 
 from lazypull.cli.main import main
 from tests.support.containerd import start_containerd
-from tests.support.daemon import Daemon, start_daemon
+from tests.support.daemon import start_daemon
 from tests.support.images import Entry, write_image
-from tests.support.net import wait_for
 from tests.support.proxy import Proxy, start_proxy, unaccepting_port
 from tests.support.registry import Registry, start_registry
 
@@ -112,13 +110,6 @@ def test_stale_keepalive_connection_costs_no_read_timeout(world: World, mounted:
 
 
 # -- Prepare through the real daemon and containerd ----------------------------------------
-def _stop_mount_processes(daemon: Daemon) -> None:
-    """Layer mounts started ahead of time for the image outlive the daemon by design."""
-    for pid in daemon.mount_processes():
-        os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
-
-
 RESOLVE_TIMEOUT = 4.0
 
 
@@ -156,7 +147,7 @@ def test_prepare_against_unresponsive_registry_falls_back_within_the_bound(
             if fault == "stall-blobs":  # the manifest arrives, the layers' TOCs never do
                 world.proxy.faults.match = "/blobs/"
         daemon = start_daemon(tmp_path / "daemon", cfg)
-        stack.callback(_stop_mount_processes, daemon)
+        stack.callback(daemon.stop_layers)
         stack.callback(daemon.stop)
         cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
         stack.callback(cd.stop)

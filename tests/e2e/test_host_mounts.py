@@ -18,6 +18,7 @@ import pytest
 
 from lazypull.cli.main import main
 from tests.support.images import Entry, busybox_layer, write_image
+from tests.support.processes import layer_servers
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry, start_registry
 
@@ -87,16 +88,7 @@ def _our_mounts(root: Path) -> list[str]:
 
 
 def _mount_procs(root: Path) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"lazypull.fs.mountproc" in cmd and str(root).encode() in cmd:
-                out.append(int(pid))
-    return out
+    return layer_servers(root)
 
 
 def _as_nobody(*cmd: str) -> str:

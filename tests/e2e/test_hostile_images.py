@@ -4,7 +4,6 @@ cache directories, and leaves no mount or process behind."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.support.hostile import (
     zeros_member,
 )
 from tests.support.images import Entry, busybox_layer
+from tests.support.processes import layer_servers
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -45,16 +45,7 @@ def _mounts_under(root: Path) -> list[str]:
 
 
 def _mount_procs(root: Path) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"lazypull.fs.mountproc" in cmd and str(root).encode() in cmd:
-                out.append(int(pid))
-    return out
+    return layer_servers(root)
 
 
 def mount(root: Path, ref: str, *extra: str) -> CliRun:
