@@ -170,9 +170,14 @@ def _mount_layers(client: FsdClient, lazy: list[tuple[LayerSpec, Path]], opts: M
         if fd >= 0:
             os.close(fd)  # nobody holds a copy for a hand-made mount: it lives with its server
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    # Not `with`: on Ctrl-C the caller must not wait for mounts still fetching their TOCs
+    # (the server drops those when it is told to unmount them).
+    pool = ThreadPoolExecutor(max_workers=8)
+    try:
         for f in [pool.submit(one, item) for item in lazy]:
             f.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     if not opts.prefetch:
         return
     mps = [str(mp) for _, mp in lazy]

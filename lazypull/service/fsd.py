@@ -146,6 +146,7 @@ class LayerServer:
         self.exit_when_idle = exit_when_idle
         self._lock = threading.Lock()
         self._mounting: dict[str, threading.Event] = {}
+        self._cancelled: set[str] = set()  # unmounted while being mounted: dropped once mounted
         self.loop = ServeLoop(readers, data_threads, on_dead=self._on_dead)
         self._prefetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prefetch")
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background")
@@ -215,6 +216,10 @@ class LayerServer:
             ly.session, ly.init, ly.state = session, session.init_params, "serving"
             with self._lock:
                 self.layers[mountpoint] = ly
+                cancelled = mountpoint in self._cancelled
+            if cancelled:
+                self._teardown(ly, free_cache=False)
+                raise LazypullError(f"the mount at {mountpoint} was cancelled (unmounted while mounting)")
             self.loop.add(session)
             sd_notify_fds(f"FDSTORE=1\nFDNAME={fd_name(mountpoint)}", [session.fd])
             self._save(ly)
@@ -224,7 +229,9 @@ class LayerServer:
         finally:
             with self._lock:
                 self._mounting.pop(mountpoint, None)
+                self._cancelled.discard(mountpoint)
             ev.set()
+            self._check_idle()
 
     def _open(self, ly: Layer) -> None:
         saved = self._toc_path(ly)
@@ -310,9 +317,12 @@ class LayerServer:
         """Unmount a layer; returns the files read through it (with ``record_access``)."""
         with self._lock:
             ly = self.layers.pop(mountpoint, None)
+            if ly is None and mountpoint in self._mounting:
+                self._cancelled.add(mountpoint)
         if ly is None:
             if os.path.ismount(mountpoint) or _is_dead_mount(mountpoint):
                 unmount(mountpoint)
+            self._check_idle()
             return []
         accessed = self._teardown(ly, free_cache)
         self._check_idle()
@@ -361,8 +371,10 @@ class LayerServer:
             ly.stop.set()
 
     def _check_idle(self) -> None:
-        if self.exit_when_idle and not self.layers and not self._mounting:
-            self.idle.set()
+        with self._lock:
+            idle = not self.layers and all(m in self._cancelled for m in self._mounting)
+        if self.exit_when_idle and idle:
+            self.idle.set()  # mounts still fetching a TOC nobody wants hold nothing worth waiting for
 
     # -- control requests -----------------------------------------------------------------
     def handle(self, req: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:

@@ -180,6 +180,23 @@ class RemoteLayers:
         """Unmount a layer (its chunks leave the cache with *free_cache*)."""
         with self._lock:
             h = self._handles.pop(digest, None)
+        self._unmount(h, free_cache, mountpoint)
+
+    def abandon(self, digest: str, mountpoint: Path) -> None:
+        """Give up on a layer whose mount is late: forget it now, unmount it in the background
+        once its mount ends (Prepare must not wait for a registry that does not answer)."""
+        with self._lock:
+            h = self._handles.pop(digest, None)
+
+        def later() -> None:
+            if h is not None:
+                h.ready.wait(self.mount_timeout)
+            if self.get(digest) is None:  # not mounted again meanwhile
+                self._unmount(h, False, mountpoint)
+
+        threading.Thread(target=later, daemon=True, name=f"abandon-{digest[7:15]}").start()
+
+    def _unmount(self, h: LayerHandle | None, free_cache: bool, mountpoint: Path | None) -> None:
         mp = h.mountpoint if h is not None else mountpoint
         if h is not None:
             h.ready.wait(self.mount_timeout)

@@ -236,10 +236,10 @@ class Snapshotter:
             end = time.monotonic() + wait
             # containerd prepares layers one after another: start the following ones, once
             # this one (which containerd waits for) is mounted.
-            h.ready.wait(wait)
-            for other in layer.image_layers:
-                if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
-                    self._start_layer(layer.ref, other, ahead=True)
+            if h.ready.wait(wait) and not h.error:
+                for other in layer.image_layers:
+                    if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
+                        self._start_layer(layer.ref, other, ahead=True)
             h.wait(max(end - time.monotonic(), 0.01))
         except Exception as e:
             self.mount_errors += 1
@@ -247,7 +247,7 @@ class Snapshotter:
             digest = layer.layer.digest
             log.warning("lazy mount of %s of %s failed, pulling it normally: %s", digest, layer.ref, why)
             self.resolver.remember_failure(labels, f"mounting layer {digest} failed: {why}")
-            self.layers.stop(digest, free_cache=False, mountpoint=self._layer_dir(digest) / "fs")
+            self.layers.abandon(digest, self._layer_dir(digest) / "fs")
             return False
         size = layer.layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, str(layer.layer.size))
         self.store.create(key, parent, Kind.ACTIVE, labels)

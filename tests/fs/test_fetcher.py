@@ -15,6 +15,7 @@ from lazypull.cache.chunks import ChunkCache
 from lazypull.format import BytesSource, build_estargz, open_layer
 from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher, FetchError
+from lazypull.polling import wait_for
 from lazypull.registry.blobsource import RegistryBlobSource
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
@@ -74,7 +75,9 @@ def test_concurrent_readers_share_one_fetch(tmp_path: Path) -> None:
         threading.Thread(target=lambda o=o: results.append(f.read(e, o, 4096)))
         for o in (0, 100_000, 300_000, 900_000, 0)
     ]
-    for t in threads:
+    threads[0].start()  # the first miss is in flight (its fetch takes 0.2 s) before the others read
+    wait_for(lambda: src.calls, 5, "the first fetch to start")
+    for t in threads[1:]:
         t.start()
     for t in threads:
         t.join()
