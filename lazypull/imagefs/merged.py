@@ -53,6 +53,7 @@ class MergedView:
         self._views: list[LayerView | None] = [None] * len(self._openers)
         self._locks = [threading.Lock() for _ in self._openers]
         self._lookups: dict[str, Node | None] = {}
+        self._dir_lookups: dict[str, Node | None] = {}
         self.what = what
 
     # -- layers ------------------------------------------------------------------------------
@@ -92,28 +93,35 @@ class MergedView:
                 return True
             a = ap
 
-    def lookup(self, path: str) -> Node | None:
-        """The merged entry at normalised *path*, not following symlinks."""
+    def lookup(self, path: str, *, metadata: bool = True) -> Node | None:
+        """The merged entry at normalised *path*, not following symlinks.
+
+        Without *metadata* a directory only needs to be known as one: a layer that has
+        it only implicitly (as a parent of its files) answers, and lower layers stay closed.
+        """
+        cache = self._lookups if metadata else self._dir_lookups
         try:
-            return self._lookups[path]
+            return cache[path]
         except KeyError:
             pass
-        node = self._lookup(path)
-        if len(self._lookups) > _CACHE_LIMIT:
-            self._lookups.clear()
-        self._lookups[path] = node
+        node = self._lookup(path, metadata)
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        cache[path] = node
         return node
 
-    def _lookup(self, path: str) -> Node | None:
+    def _lookup(self, path: str, metadata: bool) -> Node | None:
         if not path:
-            for i in self._top_down():
-                e = self.layer(i).get("")
-                if e is not None and not e.implicit:
-                    return Node("", e, i)
+            if metadata:
+                for i in self._top_down():
+                    e = self.layer(i).get("")
+                    if e is not None and not e.implicit:
+                        return Node("", e, i)
             return Node("", _ROOT, len(self._openers) - 1)
         parts = path.split("/")
         if any(p.startswith(WHITEOUT) for p in parts) or (len(parts) == 1 and parts[0] in HIDDEN_AT_ROOT):
             return None
+        implicit: Node | None = None  # a parent directory a layer has no entry of its own for
         for i in self._top_down():
             v = self.layer(i)
             e = v.get(path)
@@ -121,12 +129,18 @@ class MergedView:
                 if e.type == EntryType.HARDLINK:
                     target = v.get(e.link_name)
                     if target is None or target.type == EntryType.HARDLINK:
-                        return None
+                        return implicit
                     e = target
-                return Node(path, e, i)
+                if e.type == EntryType.DIR and e.implicit and metadata:
+                    # Applying such a layer keeps the directory that is already there.
+                    implicit = implicit or Node(path, e, i)
+                elif implicit is None or e.type == EntryType.DIR:
+                    return Node(path, e, i)
+                else:
+                    return implicit
             if self._hides(v, path):
-                return None
-        return None
+                return implicit
+        return implicit
 
     def children(self, path: str) -> list[str]:
         """Names in merged directory *path* (normalised, a directory)."""
@@ -163,7 +177,7 @@ class MergedView:
         pending.reverse()  # a stack: the next component is last
         done: list[str] = []
         hops = 0
-        node = self.lookup("")
+        node = self.lookup("", metadata=not pending)
         assert node is not None
         while pending:
             comp = pending.pop()
@@ -172,11 +186,11 @@ class MergedView:
             if comp == "..":
                 if done:
                     done.pop()
-                node = self.lookup("/".join(done))
+                node = self.lookup("/".join(done), metadata=not pending)
                 assert node is not None
                 continue
             cand = join("/".join(done), comp)
-            nxt = self.lookup(cand)
+            nxt = self.lookup(cand, metadata=not pending)
             if nxt is None:
                 raise ImageFileNotFoundError(f"{self.what}: /{cand}: no such file or directory")
             if nxt.entry.type == EntryType.SYMLINK and (pending or follow):
@@ -186,12 +200,15 @@ class MergedView:
                 target = nxt.entry.link_name
                 if target.startswith("/"):
                     done = []
-                    node = self.lookup("")
+                    node = self.lookup("", metadata=False)
                     assert node is not None
                 pending.extend(reversed(split(target)))
                 continue
             done.append(comp)
             node = nxt
+        if not node.path:  # reached through an absolute symlink to "/": the root's own metadata
+            node = self.lookup("")
+            assert node is not None
         return node
 
     def close(self) -> None:
