@@ -281,10 +281,11 @@ class ImageFS:
 
     # -- life cycle --------------------------------------------------------------------------
     def close(self) -> None:
-        """Release layer files and spools (the cache stays)."""
+        """Release layer files and spools; the chunks read are on disk in the cache when it returns."""
         if not self._closed:
             self._closed = True
             self._view.close()
+            self._cache.flush()
 
     def __enter__(self) -> ImageFS:
         return self
