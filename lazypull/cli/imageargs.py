@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from lazypull.imagefs import ImageFS, open_image
@@ -17,7 +18,12 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("ref", help="oci:DIR[:TAG] or a registry reference")
 
 
+def _one_line(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> str:
+    return f"lazypull: warning: {message}\n"
+
+
 def open_from_args(args: argparse.Namespace) -> ImageFS:
+    warnings.formatwarning = _one_line  # type: ignore[assignment]  # a streamed layer, said in one line
     o = options_from_args(args)
     return open_image(
         args.ref,

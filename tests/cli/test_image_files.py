@@ -108,3 +108,14 @@ def test_registry_flags_and_credentials(auth_registry: Registry, layout: str, tm
     assert ok.returncode == 0 and ok.stdout == "127.0.0.1 localhost\n"
     wrong = subprocess.run([*base, "--user", "bob:nope", target, "etc/hosts"], capture_output=True, text=True, env=env)
     assert wrong.returncode == 1 and "nope" not in wrong.stderr
+
+
+def test_streamed_layer_warning_is_one_line(tmp_path: Path) -> None:
+    ref = build(tmp_path, "gzip")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "lazypull.cli.main", "cat", "--cache-dir", str(tmp_path / "c"), ref, "etc/hosts"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout == "127.0.0.1 localhost\n"
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lazypull: warning: layer sha256:")
+    assert "no index for lazy reads" in lines[0]
