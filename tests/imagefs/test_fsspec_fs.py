@@ -120,6 +120,18 @@ def test_pyarrow_reads_parquet_inside_an_oci_layout(tmp_path: Path) -> None:
     assert table.num_rows == 1000 and table.column("x").to_pylist()[-1] == 999
 
 
+def test_xarray_opens_netcdf_inside_an_image(tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("scipy")
+    import numpy as np
+
+    nc = bytes(xr.Dataset({"t": ("x", np.arange(100.0))}).to_netcdf(engine="scipy"))
+    ref = build(tmp_path, "estargz", [[Entry("data/t.nc", data=nc)]])
+    with fsspec.open(f"lazypull://{ref}/data/t.nc", cache_dir=str(tmp_path / "cache")) as f:
+        ds = xr.open_dataset(f, engine="scipy")
+        assert float(ds["t"].sum()) == 4950.0
+
+
 def test_wrong_credentials_and_missing_paths_are_lazypull_errors(pushed: str, tmp_path: Path) -> None:
     fs = LazypullFileSystem(plain_http=True, cache_dir=str(tmp_path / "cache"), skip_instance_cache=True)
     with pytest.raises(ImageFileNotFoundError):
