@@ -34,11 +34,17 @@ def main() -> None:
         t0 = time.monotonic()
         with lazypull.open_image(args.images[0], plain_http=args.plain_http, cache_dir=cache) as img:
             data = img.read_bytes(args.big_file)
+            big = img.stats()
+            t1 = time.monotonic()
             os_release = img.read_text("etc/os-release")
             st = img.stats()
         name = next(line for line in os_release.splitlines() if line.startswith("PRETTY_NAME="))
         print(f"{args.images[0]}: {name}")
-        print(f"  read {args.big_file} ({mb(len(data))}) and etc/os-release in {time.monotonic() - t0:.2f} s")
+        print(f"  {args.big_file}: {mb(len(data))} in {t1 - t0:.2f} s, fetched {mb(big.bytes_fetched)}")
+        print(
+            f"  etc/os-release: {len(os_release)} bytes in {time.monotonic() - t1:.2f} s,"
+            f" fetched {(st.bytes_fetched - big.bytes_fetched) / 1e3:.1f} kB more"
+        )
         print(f"  fetched {mb(st.bytes_fetched)} of the image's {mb(st.image_bytes)}")
 
     print("\nvar/lib/dpkg/status of each image:")
