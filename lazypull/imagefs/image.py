@@ -234,7 +234,8 @@ class ImageFS:
         stack = [self._node(top)]
         while stack:
             node = stack.pop()
-            dirs, others = [], []
+            dirs: list[str] = []
+            others: list[str] = []
             for info in self.scandir("/" + node.path):
                 (dirs if info.is_dir else others).append(info.name)
             yield "/" + node.path, dirs, others
