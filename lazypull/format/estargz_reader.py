@@ -86,13 +86,12 @@ class TOCIndex(LayerIndex):
             e = self._entry_from(te, name)
             existing = self._entries.get(name)
             if existing is not None:
-                if name in self._explicit or existing.type != EntryType.DIR or e.type != EntryType.DIR:
-                    raise FormatError(f"TOC has duplicate entry {name!r}")
-                # An implicit parent created earlier: take the explicit metadata.
-                e.chunks, e.nlink = existing.chunks, existing.nlink
-                self._entries[name] = e
-                self._explicit.add(name)
-                continue
+                if existing.type == EntryType.DIR and e.type == EntryType.DIR:
+                    # An implicit parent, or a directory listed again: the later metadata, same children.
+                    self._entries[name] = e
+                    self._explicit.add(name)
+                    continue
+                self._drop(name, hardlinks)  # a name listed again: the later entry wins (format/lastwins.py)
             parent, _, base = name.rpartition("/")
             self._ensure_dir(parent)
             self._entries[name] = e
@@ -111,6 +110,8 @@ class TOCIndex(LayerIndex):
         if last_reg is not None:
             self._finish_reg(last_reg)
         for h in hardlinks:
+            if self._entries.get(h.name) is not h:
+                continue  # replaced by a later entry
             target = self._entries.get(h.link_name)
             if target is None or target.type == EntryType.DIR:
                 raise FormatError(f"hardlink {h.name!r} points at {h.link_name!r}, which is not a file in the layer")
@@ -119,6 +120,33 @@ class TOCIndex(LayerIndex):
             h.link_name = target.name
             target.nlink += 1
         self._fill_ends(chunk_offsets, data_end)
+
+    def _drop(self, name: str, hardlinks: list[Entry]) -> None:
+        """Remove *name* and its subtree, replaced by a later entry as tar extraction does.
+
+        Hardlinks made to a replaced file keep its content: the first becomes the file.
+        Chunk offsets stay recorded, so the remaining chunks' spans are unchanged."""
+        e = self._entries.pop(name)
+        self._explicit.discard(name)
+        parent, _, base = name.rpartition("/")
+        siblings = self._children.get(parent)
+        if siblings is not None:  # None while the parent itself is being dropped
+            siblings.remove(base)
+        kids = self._children.pop(name, None)
+        for k in kids or ():
+            self._drop(f"{name}/{k}", hardlinks)
+        links = [h for h in hardlinks if h.link_name == name and self._entries.get(h.name) is h]
+        if not links or e.type not in (EntryType.REG, EntryType.HARDLINK):
+            return
+        if e.type == EntryType.HARDLINK:
+            for h in links:
+                h.link_name = e.link_name
+            return
+        first = links[0]
+        e.name = first.name
+        self._entries[first.name] = e
+        for h in links[1:]:
+            h.link_name = first.name
 
     def _entry_from(self, te: TOCEntry, name: str) -> Entry:
         typ = _ENTRY_TYPES[te.type]

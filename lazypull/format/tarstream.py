@@ -18,6 +18,7 @@ from isal import igzip
 
 from lazypull.errors import FormatError
 from lazypull.format.index import normalize
+from lazypull.format.lastwins import LastWins
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 
 _SKIP = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME})
@@ -73,7 +74,7 @@ def iter_members(src: BinaryIO, prioritized: Prioritized | None = None) -> tuple
     shutil.copyfileobj(plain, spool, 1 << 20)
     spool.seek(0)
     tf = _open_tar(spool, "r:")
-    members = [m for m in tf.getmembers() if normalize(m.name) not in _SKIP]
+    members = last_wins([m for m in tf.getmembers() if normalize(m.name) not in _SKIP])
     for m in members:
         _check(m)
     wanted = prioritized([m.name for m in members]) if callable(prioritized) else prioritized
@@ -129,6 +130,28 @@ def _stream(plain: BinaryIO) -> Iterator[Member]:
             yield ti, (tf.extractfile(ti) if ti.isreg() and ti.size else None)
     finally:
         tf.close()
+
+
+def _merge_dir(earlier: tarfile.TarInfo, later: tarfile.TarInfo) -> None:
+    earlier.mode, earlier.uid, earlier.gid, earlier.mtime = later.mode, later.uid, later.gid, later.mtime
+    earlier.uname, earlier.gname, earlier.pax_headers = later.uname, later.gname, later.pax_headers
+
+
+def _rename(ti: tarfile.TarInfo, name: str, as_file: bool) -> None:
+    if as_file:
+        ti.name = name
+    else:
+        ti.linkname = name
+
+
+def last_wins(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
+    """The entries extraction leaves, in source order (reordering must not change which
+    duplicate wins)."""
+    names: LastWins[tarfile.TarInfo] = LastWins(_merge_dir, _rename)
+    for m in members:
+        kind = "dir" if m.isdir() else "reg" if m.isreg() else "hardlink" if m.islnk() else "other"
+        names.add(normalize(m.name), kind, normalize(m.linkname) if m.islnk() else "", m)
+    return names.items() if names.replaced else members
 
 
 def _prioritize(members: list[tarfile.TarInfo], prioritized: Sequence[str]) -> list[tarfile.TarInfo]:

@@ -176,7 +176,15 @@ def _blob_with_toc(entries: list[dict[str, object]], payload: bytes = b"") -> by
         ([{"name": "/abs", "type": "dir"}], "absolute"),
         ([{"name": "a", "type": "reg", "size": 5, "offset": 999999, "chunkDigest": "sha256:00"}], "beyond"),
         ([{"name": "a", "type": "reg", "size": 5, "offset": 0}], "chunkDigest"),
-        ([{"name": "a", "type": "dir"}, {"name": "a", "type": "reg"}], "duplicate"),
+        (  # a name listed twice is accepted (the later wins) but never lets two files share a chunk
+            [
+                {"name": "a", "type": "reg", "size": 5, "offset": 0, "chunkDigest": "sha256:00"},
+                {"name": "b", "type": "reg", "size": 5, "offset": 0, "chunkDigest": "sha256:00"},
+                {"name": "b", "type": "reg", "size": 5, "offset": 0, "chunkDigest": "sha256:00"},
+            ],
+            "overlaps",
+        ),
+        ([{"name": "d", "type": "dir"}, {"name": "d", "type": "reg"}, {"name": "d/x", "type": "reg"}], "not one"),
         ([{"name": "h", "type": "hardlink", "linkName": "nope"}], "hardlink"),
         ([{"name": "h", "type": "hardlink", "linkName": "../../x"}], "escapes"),
         ([{"name": "a", "type": "weird"}], r"Invalid enum value 'weird' - at `\$.entries\[0\].type`"),
