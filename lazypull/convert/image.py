@@ -20,6 +20,7 @@ from lazypull.format import BuildResult, build_estargz, open_layer
 from lazypull.format.tarstream import Prioritized
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.resolve import select_manifest
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import Descriptor, ImageConfig, Index, Manifest, Platform, host_platform, is_index
 
@@ -84,13 +85,18 @@ class Converter:
             wanted = list(self.opts.platforms or [host_platform()])
             chosen = []
             for p in wanted:
-                d = index.select(p)
+                d = select_manifest(self.src, desc, p)  # follows nested indexes
                 if d not in chosen:
                     chosen.append(d)
             if len(chosen) == 1:
                 return self._convert_manifest(chosen[0], chosen[0].platform)
         new_descs = []
         for d in chosen:
+            if is_index(d.media_type):  # a nested index: converted as a whole, kept nested
+                nd = self._convert_index_all(d)
+                self.dst.push_manifest(nd, self._pending_docs.pop(nd.digest))
+                new_descs.append(nd)
+                continue
             if d.media_type not in mt.MANIFEST_TYPES:
                 log.info("keeping non-image manifest %s (%s) as is", d.digest, d.media_type)
                 self._copy_blob(d)
@@ -106,6 +112,14 @@ class Converter:
             extra=index.extra,
         )
         return self._doc(new_index.media_type, new_index.to_bytes(), None, desc.annotations)
+
+    def _convert_index_all(self, desc: Descriptor) -> Descriptor:
+        saved = self.opts.all_platforms
+        self.opts.all_platforms = True
+        try:
+            return self._convert_index(desc)
+        finally:
+            self.opts.all_platforms = saved
 
     def _convert_manifest(self, desc: Descriptor, platform: Platform | None) -> Descriptor:
         manifest = Manifest.parse(self.src.fetch(desc), desc.media_type)
