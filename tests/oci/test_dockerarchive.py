@@ -87,7 +87,9 @@ def test_named_image_in_a_multi_image_archive(tmp_path: Path) -> None:
 def test_convert_to_docker_archive_reads_back_and_skopeo_agrees(tmp_path: Path) -> None:
     docker_save(tmp_path / "img.tar", ["example.com/app:v1"])
     out = tmp_path / "esgz.tar"
-    assert main(["convert", f"docker-archive:{tmp_path / 'img.tar'}", f"docker-archive:{out}:example.com/app:esgz"]) == 0
+    assert (
+        main(["convert", f"docker-archive:{tmp_path / 'img.tar'}", f"docker-archive:{out}:example.com/app:esgz"]) == 0
+    )
     assert not list(tmp_path.glob(".esgz.tar.*"))  # the staging layout is gone
     assert main(["check", "--full", f"docker-archive:{out}"]) == 0
     with tarfile.open(out) as tf:
