@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from lazypull.oci.resolve import select_manifest
 from lazypull.oci.store import ImageStore, VerifyingReader
-from lazypull.oci.types import Descriptor, Index, Manifest, Platform, is_index
+from lazypull.oci.types import Descriptor, Index, Manifest, Platform, is_foreign_layer, is_index
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ def _copy_manifest(
         return
     m = Manifest.parse(src.fetch(desc), desc.media_type)
     for blob in [m.config, *m.layers]:
+        if is_foreign_layer(blob.media_type):
+            log.warning("layer %s is non-distributable: not copied (the manifest keeps its descriptor)", blob.digest)
+            continue
         copy_blob(src, dst, blob)
         if progress:
             progress("copied", blob, blob.size, blob.size)

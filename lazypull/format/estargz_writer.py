@@ -55,6 +55,15 @@ _TYPES = {
 }
 
 
+class HardlinkOutsideLayerError(FormatError):
+    """Hardlinks to files the layer does not hold (legal: they name files of a lower layer)."""
+
+    def __init__(self, targets: set[str]) -> None:
+        self.targets = targets
+        shown = ", ".join(sorted(targets)[:3]) + (" ..." if len(targets) > 3 else "")
+        super().__init__(f"layer has hardlinks to files of a lower layer ({shown})")
+
+
 @dataclass(frozen=True)
 class BuildResult:
     blob_digest: str  # sha256 of the compressed blob (the layer descriptor's digest)
@@ -287,6 +296,8 @@ def _write_entries(src: BinaryIO, mw: _MemberWriter, chunk_size: int, prioritize
     mw.flush()
     for entry, seg in fixups:
         entry.offset = mw.offsets[seg]
+    if dangling := names.dangling_links():
+        raise HardlinkOutsideLayerError(dangling)
     if names.replaced:
         # The blob keeps every entry (its tar stream extracts the same way); the TOC
         # lists what extraction leaves.

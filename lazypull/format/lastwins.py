@@ -69,6 +69,12 @@ class LastWins(Generic[T]):
     def items(self) -> list[T]:
         return [s.item for s in self._slots if s is not None]
 
+    def dangling_links(self) -> set[str]:
+        """Targets of surviving hardlinks that name nothing in the layer (files of a lower layer)."""
+        return {
+            t for t, idx in self._links.items() if t not in self._live and any(self._slots[i] is not None for i in idx)
+        }
+
     def _drop(self, name: str) -> None:
         idx = self._live.pop(name)
         slot = self._slots[idx]

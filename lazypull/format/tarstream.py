@@ -53,11 +53,36 @@ class _Raw(io.RawIOBase):
         return n
 
 
+class NameNotUTF8Error(FormatError):
+    """A tar name or link target that is not UTF-8: a TOC (JSON) cannot carry it exactly."""
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check(ti: tarfile.TarInfo) -> None:
-    if ti.issparse():
-        raise FormatError(f"{ti.name}: sparse tar entries are not supported; rebuild the layer without sparse files")
     if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.ischr() or ti.isblk() or ti.isfifo()):
         raise FormatError(f"{ti.name}: unsupported tar entry type {ti.type!r}")
+    for what, text in (("name", ti.name), ("link target", ti.linkname)):
+        if not _utf8(text):
+            shown = text.encode("utf-8", "surrogateescape")
+            raise NameNotUTF8Error(f"tar entry {what} {shown!r} is not UTF-8; a TOC cannot name it exactly")
+
+
+def _payload(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> BinaryIO | None:
+    """The entry's content; a sparse file (GNU or PAX) becomes a regular one, holes as zeros."""
+    f = tf.extractfile(ti) if ti.isreg() and ti.size else None
+    if ti.issparse():
+        ti.type, ti.sparse = tarfile.REGTYPE, None
+        ti.pax_headers = {k: v for k, v in ti.pax_headers.items() if not k.startswith("GNU.sparse.")}
+    return f  # type: ignore[return-value]
 
 
 # A fixed list, or a function from the layer's entry names (tar order) to a list
@@ -89,7 +114,7 @@ def iter_members(src: BinaryIO, prioritized: Prioritized | None = None) -> tuple
                 if m is None:
                     yield _LANDMARK_MARK
                     continue
-                yield m, (tf.extractfile(m) if m.isreg() and m.size else None)
+                yield m, _payload(tf, m)
         finally:
             tf.close()
             spool.close()
@@ -127,7 +152,7 @@ def _stream(plain: BinaryIO) -> Iterator[Member]:
             if normalize(ti.name) in _SKIP:
                 continue
             _check(ti)
-            yield ti, (tf.extractfile(ti) if ti.isreg() and ti.size else None)
+            yield ti, _payload(tf, ti)
     finally:
         tf.close()
 

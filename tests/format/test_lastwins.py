@@ -80,6 +80,9 @@ def _keep_all(monkeypatch: pytest.MonkeyPatch) -> None:
         def items(self) -> list[object]:
             return self._items
 
+        def dangling_links(self) -> set[str]:
+            return set()
+
     monkeypatch.setattr(estargz_writer, "LastWins", KeepAll)
 
 
