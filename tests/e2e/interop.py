@@ -27,9 +27,8 @@ def export_layout(cd: Containerd, ref: str, dest: Path) -> None:
     tar.unlink()
 
 
-def snapshot_tree(root: Path, mtime_resolution_ns: int = 1) -> dict[str, tuple[object, ...]]:
-    """Everything that must survive a layer round trip, per path. eStargz TOCs carry whole
-    seconds, so trees of sources with sub-second mtimes compare at ``10**9``."""
+def snapshot_tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything that must survive a layer round trip, per path."""
     out: dict[str, tuple[object, ...]] = {}
     inodes: dict[tuple[int, int], str] = {}
     for dirpath, dirs, files in os.walk(root):
@@ -55,6 +54,5 @@ def snapshot_tree(root: Path, mtime_resolution_ns: int = 1) -> dict[str, tuple[o
             except OSError:
                 xattrs = {}
             mtime = 0 if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) else st.st_mtime_ns
-            mtime -= mtime % mtime_resolution_ns
             out[rel] = (stat.filemode(st.st_mode), st.st_uid, st.st_gid, content, tuple(sorted(xattrs.items())), mtime)
     return out

@@ -299,3 +299,12 @@ def test_fuzz_toc_parser_only_raises_format_errors(doc: object) -> None:
         open_estargz(BytesSource(blob))
     except FormatError:
         pass
+
+
+def test_sub_second_mtimes_round_to_the_nearest_second_as_the_reference() -> None:
+    from lazypull.format.toc import format_modtime
+
+    assert format_modtime(1795837120.709454501) == "2026-11-28T03:38:41Z"
+    assert format_modtime(1795837108.49) == "2026-11-28T03:38:28Z"
+    assert format_modtime(1_600_000_000) == "2020-09-13T12:26:40Z"
+    assert format_modtime(0) == ""
