@@ -14,7 +14,7 @@ from lazypull.format.source import ReadAt
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.resolve import image_manifests
 from lazypull.oci.store import ImageStore
-from lazypull.oci.types import Descriptor, Manifest, Platform
+from lazypull.oci.types import Descriptor, Manifest, Platform, is_foreign_layer
 
 WINDOW = 8 << 20  # read chunks in ranges of about this size
 
@@ -63,6 +63,8 @@ def iter_chunk_data(idx: LayerIndex, source: ReadAt) -> Iterator[tuple[Entry, Ch
 
 
 def check_layer(store: ImageStore, desc: Descriptor, full: bool) -> LayerReport:
+    if is_foreign_layer(desc.media_type):
+        return LayerReport(desc.digest, "non-distributable (not fetched)")
     toc_digest = desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)
     if not toc_digest:
         return LayerReport(desc.digest, "not eStargz", error="" if not full else _check_whole(store, desc))

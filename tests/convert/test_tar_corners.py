@@ -233,6 +233,7 @@ def test_foreign_layers_are_kept_and_never_fetched(tmp_path: Path, caplog: pytes
     om = Manifest.parse(out.fetch(out.resolve()))
     assert om.layers[0] == foreign and not out.has_blob(foreign)
     assert mt.ANNOTATION_TOC_DIGEST in om.layers[1].annotations
+    assert main(["check", "--full", f"oci:{tmp_path / 'c'}:x"]) == 0
     assert main(["copy", src, f"oci:{tmp_path / 'cp'}:x"]) == 0
     assert not OCILayout(tmp_path / "cp").has_blob(foreign)
 
