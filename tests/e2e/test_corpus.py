@@ -17,6 +17,7 @@ minbase). Per image:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -25,10 +26,13 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lazypull.cli.main import main
+from lazypull.format.estargz_reader import read_toc_member
+from lazypull.format.footer import parse_footer
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.resolve import select_manifest
 from lazypull.oci.types import ImageConfig, Manifest
@@ -359,3 +363,20 @@ def test_duplicate_tmp_keeps_the_last_entry(corpus: Corpus) -> None:
     img = corpus.images["tar-dup"]
     want = truth(corpus, img)
     assert want["tmp"][0] == "drwxrwxrwt" and "tmp/inside" in want
+    # Both converters' TOCs list the directory once (the last entry, mode 01777).
+    for ref in (ours(corpus, img), reference_conversion(corpus, img)):
+        tmp = [e for e in _toc_entries(ref)[-1] if e["name"].rstrip("/") in ("tmp", "./tmp")]
+        assert len(tmp) == 1 and tmp[0]["mode"] & 0o7777 == 0o1777, (ref, tmp)
+
+
+def _toc_entries(ref: str) -> list[list[dict[str, Any]]]:
+    """The TOC entries of each layer of *ref*, as JSON."""
+    store = RegistryStore.open(ref, RegistryOptions(plain_http=True))
+    m = Manifest.parse(store.fetch(select_manifest(store, store.resolve())))
+    out = []
+    for layer in m.layers:
+        src = store.blob_source(layer)
+        footer = parse_footer(src.read_at(src.size - 51, 51), src.size)
+        toc = read_toc_member(src, footer.toc_offset, src.size - footer.size, 1 << 26)
+        out.append(json.loads(toc)["entries"])
+    return out

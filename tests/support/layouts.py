@@ -51,9 +51,11 @@ def raw_image(root: Path, layers: list[tuple[bytes, str]], *, tag: str = "latest
 
 
 def gnu_tar(src: Path, *args: str) -> bytes:
-    """A layer tar made by GNU tar from the directory *src* (numeric owners, sorted names)."""
+    """A layer tar made by GNU tar from the directory *src* (numeric owners, sorted names,
+    whole-second mtimes: sub-second PAX mtimes are compared in the corpus e2e test, where a
+    one-second tolerance covers the TOC's rounding)."""
     return subprocess.run(
-        ["tar", "--numeric-owner", "--sort=name", "-C", str(src), *args, "-cf", "-", "."],
+        ["tar", "--numeric-owner", "--sort=name", "--mtime=@1600000000", "-C", str(src), *args, "-cf", "-", "."],
         check=True,
         capture_output=True,
     ).stdout
