@@ -110,14 +110,18 @@ class LazypullFileSystem(AbstractFileSystem):  # type: ignore[misc]
             d["digest"] = shown.digest
         return d
 
-    def _info_of(self, img: ImageFS, ref: str, inner: str) -> dict[str, Any]:
+    def _info_of(self, img: ImageFS, ref: str, inner: str, listing: bool = False) -> dict[str, Any]:
+        """A symlink shows its target's type and size, except in a listing when the target is a
+        directory: there it is "other", so walk/find/get do not descend into it (as ``os.walk``;
+        images have links like ``usr/bin/X11 -> .``)."""
         own = img.stat(inner, follow_symlinks=False)
         if not own.is_symlink:
             return self._entry(ref, own)
         try:
-            return self._entry(ref, own, img.stat(inner))
-        except FileNotFoundError:
-            return self._entry(ref, own)  # dangling: shown as "other"
+            target = img.stat(inner)
+        except OSError:
+            return self._entry(ref, own)  # dangling or a loop: "other"
+        return self._entry(ref, own, None if listing and target.is_dir else target)
 
     # -- AbstractFileSystem ------------------------------------------------------------------
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -134,7 +138,7 @@ class LazypullFileSystem(AbstractFileSystem):  # type: ignore[misc]
         out = []
         for name in img.ls(real):
             child = f"{real}/{name}" if real else name
-            d = self._info_of(img, ref, child)
+            d = self._info_of(img, ref, child, listing=True)
             d["name"] = f"{base}/{name}"
             out.append(d)
         return out if detail else [d["name"] for d in out]

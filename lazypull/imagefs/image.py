@@ -377,7 +377,8 @@ def open_image(
 
     *ref* is a registry reference (``localhost:5000/app:v1``, ``...@sha256:...``) or an
     OCI layout ``oci:DIR[:TAG]``. The keywords are the CLI's registry flags: *plain_http*,
-    *insecure* (skip TLS verification), *user* (``NAME:PASSWORD``), *docker_config*
+    *insecure* (skip TLS verification), *user* (``NAME:PASSWORD``; default: the
+    ``LAZYPULL_USER`` environment variable, as for the CLI), *docker_config*
     (credentials), *registry_config* (hosts and mirrors). *platform* (``os/arch[/variant]``)
     picks from a multi-platform index (default: this machine's). *cache_dir* holds verified
     chunks (default ``~/.cache/lazypull``).
@@ -387,7 +388,7 @@ def open_image(
     opts = RegistryOptions(
         plain_http=plain_http,
         insecure=insecure,
-        user=user,
+        user=user or os.environ.get("LAZYPULL_USER") or None,
         docker_config=Path(docker_config) if docker_config else None,
         registry_config=Path(registry_config) if registry_config else None,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tarfile
 import tempfile
 import threading
@@ -123,7 +124,7 @@ class StreamedLayer(LayerView):
                 f"layer {self.desc.digest} ({self.desc.size} bytes, {self.desc.media_type}) has no index for "
                 "lazy reads: downloading all of it once (convert the image to eStargz to read it lazily)",
                 StreamedLayerWarning,
-                stacklevel=6,
+                stacklevel=_caller_level(),
             )
             spool = tempfile.TemporaryFile(prefix="lazypull-layer-", dir=self._spool_dir)  # noqa: SIM115
             try:
@@ -250,6 +251,18 @@ class StreamedLayer(LayerView):
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _caller_level() -> int:
+    """The stacklevel of the first frame outside lazypull: warnings point at the user's call."""
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class _CountingReader(io.RawIOBase):

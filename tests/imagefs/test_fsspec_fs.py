@@ -132,6 +132,19 @@ def test_xarray_opens_netcdf_inside_an_image(tmp_path: Path) -> None:
         assert float(ds["t"].sum()) == 4950.0
 
 
+def test_find_walks_an_image_with_dangling_and_looping_symlinks(tmp_path: Path) -> None:
+    fs = LazypullFileSystem(cache_dir=str(tmp_path / "cache"), skip_instance_cache=True)
+    ref = build(tmp_path, "estargz")  # tests.imagefs.helpers.overlay_layers
+    found = fs.find(ref, withdirs=True, detail=True)
+    assert found[f"{ref}/loop1"]["type"] == "other" and found[f"{ref}/dangling"]["type"] == "other"
+    assert found[f"{ref}/updir"]["type"] == "other" and found[f"{ref}/updir"]["islink"]  # not descended
+    assert f"{ref}/updir/hosts" not in found and fs.isdir(f"{ref}/updir")
+    assert found[f"{ref}/abs"]["type"] == "file" and found[f"{ref}/abs"]["size"] == 20
+    assert found[f"{ref}/var/cache/b"]["size"] == len(b"upper b")
+    assert f"{ref}/etc/old" not in found and f"{ref}/var/cache/a" not in found
+    assert fs.cat_file(f"{ref}/updir/hosts") == b"127.0.0.1 localhost\n"
+
+
 def test_wrong_credentials_and_missing_paths_are_lazypull_errors(pushed: str, tmp_path: Path) -> None:
     fs = LazypullFileSystem(plain_http=True, cache_dir=str(tmp_path / "cache"), skip_instance_cache=True)
     with pytest.raises(ImageFileNotFoundError):
@@ -219,3 +232,14 @@ class TestFsspecGet(AbstractGetTests, AbstractFixtures):  # type: ignore[misc]
     @pytest.fixture
     def fs_10_files_with_hashed_names(self, fs_path: str) -> str:
         return f"{fs_path}/hashed/source"
+
+
+def test_find_does_not_loop_on_a_link_to_its_own_directory(tmp_path: Path) -> None:
+    layers = [[Entry("usr/bin/tool", data=b"x"), Entry("usr/bin/X11", "symlink", link=".")]]
+    ref = build(tmp_path, "estargz", layers)
+    fs = LazypullFileSystem(cache_dir=str(tmp_path / "cache"), skip_instance_cache=True)
+    assert fs.find(ref) == [f"{ref}/usr/bin/X11", f"{ref}/usr/bin/tool"]
+    assert fs.ls(f"{ref}/usr/bin/X11/X11/X11", detail=False) == [
+        f"{ref}/usr/bin/X11/X11/X11/X11",
+        f"{ref}/usr/bin/X11/X11/X11/tool",
+    ]

@@ -285,7 +285,8 @@ def htpasswd_registry(tmp_path: Path) -> Iterator[Registry]:
         reg.stop()
 
 
-def test_registry_with_basic_auth(htpasswd_registry: Registry, tmp_path: Path) -> None:
+def test_registry_with_basic_auth(htpasswd_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAZYPULL_USER", raising=False)
     ref = build(tmp_path, "zstdchunked")
     target = f"{htpasswd_registry.host}/private/app:v1"
     push = RegistryOptions(plain_http=True, user="alice:s3cret-pw")
@@ -298,6 +299,9 @@ def test_registry_with_basic_auth(htpasswd_registry: Registry, tmp_path: Path) -
     assert "wrong" not in str(e.value)
     with open_image(target, plain_http=True, user="alice:s3cret-pw", cache_dir=tmp_path / "cache") as img:
         assert img.read_bytes("data/big.bin") == BIG
+    monkeypatch.setenv("LAZYPULL_USER", "alice:s3cret-pw")  # as for the CLI
+    with open_image(target, plain_http=True, cache_dir=tmp_path / "cache") as img:
+        assert img.read_bytes("etc/hosts.lnk") == b"127.0.0.1 localhost\n"
 
 
 def test_platform_is_chosen_from_an_index(tmp_path: Path) -> None:
