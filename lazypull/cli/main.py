@@ -22,6 +22,9 @@ COMMAND_MODULES = [
     "check",
     "unpack",
     "mount",
+    "ls",
+    "cat",
+    "cp",
     "snapshotter",
     "bench",
 ]

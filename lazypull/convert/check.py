@@ -13,8 +13,9 @@ from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
 from lazypull.format.source import ReadAt
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.resolve import image_manifests
 from lazypull.oci.store import ImageStore
-from lazypull.oci.types import Descriptor, Index, Manifest, Platform, host_platform, is_index
+from lazypull.oci.types import Descriptor, Manifest, Platform, is_foreign_layer
 
 WINDOW = 8 << 20  # read chunks in ranges of about this size
 
@@ -34,15 +35,8 @@ class LayerReport:
 
 
 def manifests_of(store: ImageStore, platform: Platform | None, all_platforms: bool) -> Iterator[Manifest]:
-    root = store.resolve()
-    if is_index(root.media_type):
-        index = Index.parse(store.fetch(root), root.media_type)
-        descs = index.manifests if all_platforms else [index.select(platform or host_platform())]
-        for d in descs:
-            if d.media_type in mt.MANIFEST_TYPES:
-                yield Manifest.parse(store.fetch(d), d.media_type)
-    else:
-        yield Manifest.parse(store.fetch(root), root.media_type)
+    for d in image_manifests(store, store.resolve(), platform, all_platforms):
+        yield Manifest.parse(store.fetch(d), d.media_type)
 
 
 def iter_chunk_data(
@@ -92,6 +86,8 @@ def iter_chunk_data(
 
 
 def check_layer(store: ImageStore, desc: Descriptor, full: bool) -> LayerReport:
+    if is_foreign_layer(desc.media_type):
+        return LayerReport(desc.digest, "non-distributable (not fetched)")
     toc_digest = desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)
     if not toc_digest:
         return LayerReport(desc.digest, "not eStargz", error="" if not full else _check_whole(store, desc))

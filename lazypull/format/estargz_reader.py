@@ -94,6 +94,7 @@ class TOCIndex(LayerIndex):
         chunk_offsets: list[int] = []
         last_reg: Entry | None = None
         hardlinks: list[Entry] = []
+        links_to: dict[str, list[Entry]] = {}  # link target name -> the hardlinks naming it
         for n, te in enumerate(toc):
             if n >= self.limits.max_entries:
                 raise FormatError(f"TOC has more than {self.limits.max_entries} entries (max_entries)")
@@ -115,13 +116,12 @@ class TOCIndex(LayerIndex):
             e = self._entry_from(te, name)
             existing = self._entries.get(name)
             if existing is not None:
-                if name in self._explicit or existing.type != EntryType.DIR or e.type != EntryType.DIR:
-                    raise FormatError(f"TOC has duplicate entry {name[:200]!r}")
-                # An implicit parent created earlier: take the explicit metadata.
-                e.chunks, e.nlink = existing.chunks, existing.nlink
-                self._entries[name] = e
-                self._explicit.add(name)
-                continue
+                if existing.type == EntryType.DIR and e.type == EntryType.DIR:
+                    # An implicit parent, or a directory listed again: the later metadata, same children.
+                    self._entries[name] = e
+                    self._explicit.add(name)
+                    continue
+                self._drop(name, links_to)  # a name listed again: the later entry wins (format/lastwins.py)
             parent, _, base = name.rpartition("/")
             self._ensure_dir(parent)
             self._entries[name] = e
@@ -131,6 +131,7 @@ class TOCIndex(LayerIndex):
                 self._children[name] = []
             elif e.type == EntryType.HARDLINK:
                 hardlinks.append(e)
+                links_to.setdefault(e.link_name, []).append(e)
             elif e.type == EntryType.REG:
                 if name == PREFETCH_LANDMARK:
                     self.prefetch_end = min(te.offset, data_end)
@@ -140,6 +141,8 @@ class TOCIndex(LayerIndex):
         if last_reg is not None:
             self._finish_reg(last_reg)
         for h in hardlinks:
+            if self._entries.get(h.name) is not h:
+                continue  # replaced by a later entry
             target = self._link_target(h)
             h.link_name = target.name
             target.nlink += 1
@@ -160,6 +163,37 @@ class TOCIndex(LayerIndex):
                 raise FormatError(f"hardlink {h.name[:200]!r} is part of a hardlink cycle")
             target = nxt
         raise FormatError(f"hardlink {h.name[:200]!r}: chain of more than {MAX_HARDLINK_HOPS} hardlinks (or a cycle)")
+
+    def _drop(self, name: str, links_to: dict[str, list[Entry]]) -> None:
+        """Remove *name* and its subtree, replaced by a later entry as tar extraction does
+        (iteratively: a subtree may be as deep as the limits allow).
+
+        Hardlinks made to a replaced file keep its content: the first becomes the file.
+        Chunk offsets stay recorded, so the remaining chunks' spans are unchanged."""
+        parent, _, base = name.rpartition("/")
+        siblings = self._children.get(parent)
+        if siblings is not None:
+            siblings.remove(base)
+        stack = [name]
+        while stack:
+            n = stack.pop()
+            e = self._entries.pop(n)
+            self._explicit.discard(n)
+            stack.extend(f"{n}/{k}" for k in self._children.pop(n, None) or ())
+            links = [h for h in links_to.pop(n, ()) if self._entries.get(h.name) is h]
+            if not links or e.type not in (EntryType.REG, EntryType.HARDLINK):
+                continue
+            if e.type == EntryType.HARDLINK:
+                for h in links:
+                    h.link_name = e.link_name
+                links_to.setdefault(e.link_name, []).extend(links)
+                continue
+            first = links[0]
+            e.name = first.name
+            self._entries[first.name] = e
+            for h in links[1:]:
+                h.link_name = first.name
+            links_to.setdefault(first.name, []).extend(links[1:])
 
     def _entry_from(self, te: TOCEntry, name: str) -> Entry:
         typ = _ENTRY_TYPES[te.type]

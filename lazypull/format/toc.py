@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -160,10 +161,12 @@ def iter_entries(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Iterator[TOCEn
 
 
 def format_modtime(epoch_seconds: float) -> str:
-    """RFC3339 in UTC with whole seconds, as Go's time.RFC3339 (empty for the zero time)."""
+    """RFC3339 in UTC with whole seconds (empty for the zero time). Sub-second mtimes (PAX)
+    round to the nearest second, halves away from zero, as the reference writer does."""
     if epoch_seconds == 0:
         return ""
-    return datetime.fromtimestamp(int(epoch_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    whole = math.floor(abs(epoch_seconds) + 0.5) * (1 if epoch_seconds > 0 else -1)
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @functools.lru_cache(maxsize=1024)  # a layer's files share few distinct modtimes

@@ -66,6 +66,14 @@ class LayerFS:
             name = base.encode("utf-8", "surrogateescape")
             if base.startswith(WHITEOUT):
                 name = base[len(WHITEOUT) :].encode("utf-8", "surrogateescape")
+            # ".wh.X" beside X: X removed from below and recreated here; X wins, opaque if a dir.
+            other = self._children[parent].get(name)
+            if other is not None and base.startswith(WHITEOUT):
+                if other in self._children:
+                    self._opaque.add(other)
+                continue
+            if other in self._whiteout and e.type == EntryType.DIR:
+                self._opaque.add(len(self._entries))
             ino = len(self._entries)
             self._entries.append(e)
             self._attrs.append(None)

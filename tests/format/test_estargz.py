@@ -179,7 +179,15 @@ Z = "sha256:" + "0" * 64  # well-formed, matches nothing
         ([{"name": "/abs", "type": "dir"}], "absolute"),
         ([{"name": "a", "type": "reg", "size": 5, "offset": 999999, "chunkDigest": Z}], "beyond"),
         ([{"name": "a", "type": "reg", "size": 5, "offset": 0}], "chunkDigest"),
-        ([{"name": "a", "type": "dir"}, {"name": "a", "type": "reg"}], "duplicate"),
+        (  # a name listed twice is accepted (the later wins) but never lets two files share a chunk
+            [
+                {"name": "a", "type": "reg", "size": 5, "offset": 0, "chunkDigest": Z},
+                {"name": "b", "type": "reg", "size": 5, "offset": 0, "chunkDigest": Z},
+                {"name": "b", "type": "reg", "size": 5, "offset": 0, "chunkDigest": Z},
+            ],
+            "overlaps",
+        ),
+        ([{"name": "d", "type": "dir"}, {"name": "d", "type": "reg"}, {"name": "d/x", "type": "reg"}], "not one"),
         ([{"name": "h", "type": "hardlink", "linkName": "nope"}], "hardlink"),
         ([{"name": "h", "type": "hardlink", "linkName": "../../x"}], "escapes"),
         ([{"name": "a", "type": "weird"}], r"Invalid enum value 'weird' - at `\$.entries\[0\].type`"),
@@ -294,3 +302,12 @@ def test_fuzz_toc_parser_only_raises_format_errors(doc: object) -> None:
         open_estargz(BytesSource(blob))
     except FormatError:
         pass
+
+
+def test_sub_second_mtimes_round_to_the_nearest_second_as_the_reference() -> None:
+    from lazypull.format.toc import format_modtime
+
+    assert format_modtime(1795837120.709454501) == "2026-11-28T03:38:41Z"
+    assert format_modtime(1795837108.49) == "2026-11-28T03:38:28Z"
+    assert format_modtime(1_600_000_000) == "2020-09-13T12:26:40Z"
+    assert format_modtime(0) == ""
