@@ -134,3 +134,32 @@ def test_traversal_digest_from_a_registry(root: Path, registry: Registry) -> Non
     assert_one_line_error(mount(root, ref, "--plain-http", "--passthrough"), "digest: malformed digest")
     assert_clean(root)
     assert victim.read_bytes() == b"host file"
+
+
+def test_largest_admitted_toc_stays_under_512mb_in_the_mount_process(root: Path) -> None:
+    """As many entries as the default limit admits, each as costly as a few bytes of blob can
+    make it (a directory with an xattr and its own owner names), mounted and listed."""
+    import json
+
+    from lazypull.format import DEFAULT_LIMITS
+    from lazypull.format.gzipmember import compress_member
+    from tests.support.hostile import blob_around_toc, sha
+
+    n = DEFAULT_LIMITS.max_entries
+    entry = '{"name":"%x/","type":"dir","xattrs":{"user.a":"AAAA"},"userName":"u%x","groupName":"g%x"}'
+    toc = ('{"version":1,"entries":[' + ",".join(entry % (i, i, i) for i in range(n)) + "]}").encode()
+    blob = blob_around_toc(compress_member(b"\0" * 512, 6), toc)
+    assert len(blob) < 10 << 20
+    ref = write_crafted_image(root / "img", [esgz_layer(blob, sha(toc))])
+    run = mount(root, ref, "--fetch-timeout", "120")
+    assert run.rc == 0, run.output
+    state = next((root / "state").glob("*/layer0/state.json"))
+    pid = json.loads(state.read_text())["pid"]
+    try:
+        assert len(os.listdir(root / "mnt")) == n  # every entry's attributes built and cached
+        with open(f"/proc/{pid}/status") as f:
+            peak_mb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        assert peak_mb < 512, peak_mb
+    finally:
+        assert run_cli(["umount", "--state-dir", str(root / "state"), str(root / "mnt")]).rc == 0
+    assert_clean(root)
