@@ -7,6 +7,7 @@ from lazypull.format.limits import DEFAULT_LIMITS, Limits
 from lazypull.format.source import BytesSource, FileSource, ReadAt
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "BuildResult",
     "BytesSource",
     "Chunk",

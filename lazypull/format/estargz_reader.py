@@ -23,6 +23,8 @@ from lazypull.format.whiteout import whiteout_target
 from lazypull.oci import digest as digestlib
 
 DEFAULT_MAX_TOC_BYTES = DEFAULT_LIMITS.max_toc_bytes
+# Shared by every entry that is not a regular file (never appended to): 56 bytes less each.
+_NO_CHUNKS: list[Chunk] = []
 MAX_HARDLINK_HOPS = 64  # a hardlink to a hardlink to ... (tar writers never chain them)
 _ENTRY_TYPES = {t.value: t for t in EntryType} | {"chunk": EntryType.REG}
 BLOCK = 512
@@ -72,7 +74,6 @@ class TOCIndex(LayerIndex):
         self._decoder = decoder
         self._entries: dict[str, Entry] = {"": Entry("", EntryType.DIR, mode=0o755)}
         self._children: dict[str, list[str]] = {"": []}
-        self._explicit: set[str] = set()  # names that had their own TOC entry
         self._build(toc, data_end)
 
     # -- construction ---------------------------------------------------------------
@@ -86,7 +87,7 @@ class TOCIndex(LayerIndex):
             raise FormatError(f"TOC entry {name[:200]!r} is used as a directory but is not one")
         for d in reversed(missing):
             parent, _, base = d.rpartition("/")
-            self._entries[d] = Entry(d, EntryType.DIR, mode=0o755, implicit=True)
+            self._entries[d] = Entry(d, EntryType.DIR, mode=0o755, implicit=True, chunks=_NO_CHUNKS)
             self._children[d] = []
             self._children[parent].append(base)
 
@@ -118,14 +119,13 @@ class TOCIndex(LayerIndex):
             if existing is not None:
                 if existing.type == EntryType.DIR and e.type == EntryType.DIR:
                     # An implicit parent, or a directory listed again: the later metadata, same children.
+                    e.chunks, e.nlink = existing.chunks, existing.nlink
                     self._entries[name] = e
-                    self._explicit.add(name)
                     continue
                 self._drop(name, links_to)  # a name listed again: the later entry wins (format/lastwins.py)
             parent, _, base = name.rpartition("/")
             self._ensure_dir(parent)
             self._entries[name] = e
-            self._explicit.add(name)
             self._children[parent].append(base)
             if e.type == EntryType.DIR:
                 self._children[name] = []
@@ -178,7 +178,6 @@ class TOCIndex(LayerIndex):
         while stack:
             n = stack.pop()
             e = self._entries.pop(n)
-            self._explicit.discard(n)
             stack.extend(f"{n}/{k}" for k in self._children.pop(n, None) or ())
             links = [h for h in links_to.pop(n, ()) if self._entries.get(h.name) is h]
             if not links or e.type not in (EntryType.REG, EntryType.HARDLINK):
@@ -206,6 +205,7 @@ class TOCIndex(LayerIndex):
             uname=te.uname,
             gname=te.gname,
             size=te.size if typ == EntryType.REG else 0,
+            chunks=[] if typ == EntryType.REG else _NO_CHUNKS,
             mtime_ns=parse_modtime_ns(te.modtime),
             dev_major=te.dev_major,
             dev_minor=te.dev_minor,

@@ -125,3 +125,47 @@ def test_traversal_digest_from_a_registry(root: Path, registry: Registry) -> Non
     assert_one_line_error(mount(root, ref, "--plain-http", "--passthrough"), "digest: malformed digest")
     assert_clean(root)
     assert victim.read_bytes() == b"host file"
+
+
+def test_largest_admitted_toc_stays_under_512mb_in_the_mount_process(root: Path) -> None:
+    """As many entries as the default limit admits, each as costly as a few bytes of blob can
+    make it (a directory with an xattr and its own owner names), mounted and listed."""
+    from lazypull.format import DEFAULT_LIMITS
+    from lazypull.format.gzipmember import compress_member
+    from tests.support.hostile import blob_around_toc, sha
+
+    n = DEFAULT_LIMITS.max_entries
+    entry = '{"name":"%x/","type":"dir","xattrs":{"user.a":"AAAA"},"userName":"u%x","groupName":"g%x"}'
+    toc = ('{"version":1,"entries":[' + ",".join(entry % (i, i, i) for i in range(n)) + "]}").encode()
+    blob = blob_around_toc(compress_member(b"\0" * 512, 6), toc)
+    assert len(blob) < 10 << 20
+    ref = write_crafted_image(root / "img", [esgz_layer(blob, sha(toc))])
+    run = mount(root, ref, "--fetch-timeout", "120")
+    assert run.rc == 0, run.output
+    try:
+        assert sum(1 for _ in (root / "mnt").iterdir()) == n  # every entry's attributes built and cached
+        peaks = [_peak_rss_mb(pid) for pid in _serving_processes(root)]
+        assert peaks and max(peaks) < 512, peaks
+    finally:
+        assert run_cli(["umount", "--state-dir", str(root / "state"), str(root / "mnt")]).rc == 0
+    assert_clean(root)
+
+
+def _serving_processes(root: Path) -> list[int]:
+    """The processes serving the layers of mounts under *root* (whatever serves them)."""
+    me = Path("/proc/self").resolve().name
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and proc.name != me:
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"lazypull" in cmd and str(root).encode() in cmd:
+                out.append(int(proc.name))
+    return out
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024

@@ -135,6 +135,7 @@ class FuseSession:
         self.want_passthrough = passthrough
         self.passthrough_active = False
         self._backing: dict[int, int] = {}  # ino -> backing id (kept for the mount's lifetime)
+        self._listings: dict[int, list[tuple[bytes, Attr]]] = {}  # dirs being listed (read-only tree)
         self._lock = threading.Lock()
 
     @property
@@ -352,7 +353,15 @@ class FuseSession:
 
     def _readdir(self, nodeid: int, body: memoryview, plus: bool = False) -> bytes:
         _fh, offset, size, _flags = p.READ_IN.unpack_from(body)
-        entries = [(b".", self.fs.getattr(nodeid)), (b"..", self.fs.getattr(nodeid)), *self.fs.readdir(nodeid)]
+        # One listing per directory, reused for the calls that continue it (offset > 0): rebuilding
+        # it per call made listing a 500k-entry directory quadratic (minutes of CPU).
+        entries = self._listings.get(nodeid) if offset else None
+        if entries is None:
+            entries = [(b".", self.fs.getattr(nodeid)), (b"..", self.fs.getattr(nodeid)), *self.fs.readdir(nodeid)]
+            with self._lock:
+                while len(self._listings) >= 16:
+                    self._listings.pop(next(iter(self._listings)))
+                self._listings[nodeid] = entries
         out = bytearray()
         for i in range(offset, len(entries)):
             name, a = entries[i]
