@@ -63,21 +63,35 @@ def _selector(field: str, op: str | None, value: str | None) -> Predicate:
     return lambda s: (f := _field(s, field)) is not None and rx.search(f) is not None
 
 
+def _selectors(text: str) -> list[tuple[str, str | None, str | None]]:
+    out = []
+    pos = 0
+    while pos < len(text):
+        m = _SELECTOR.match(text, pos)
+        if m is None or m.end() == pos:
+            raise FilterError(f"cannot parse filter {text!r} at {pos}")
+        out.append((m["field"], m["op"], m["value"]))
+        pos = m.end()
+    return out
+
+
 def parse(filters: list[str]) -> Predicate:
     """A predicate for *filters* (all snapshots match when there are none)."""
-    alternatives: list[list[Predicate]] = []
-    for text in filters:
-        if not text.strip():
-            continue
-        sels: list[Predicate] = []
-        pos = 0
-        while pos < len(text):
-            m = _SELECTOR.match(text, pos)
-            if m is None or m.end() == pos:
-                raise FilterError(f"cannot parse filter {text!r} at {pos}")
-            sels.append(_selector(m["field"], m["op"], m["value"]))
-            pos = m.end()
-        alternatives.append(sels)
+    alternatives = [[_selector(*sel) for sel in _selectors(t)] for t in filters if t.strip()]
     if not alternatives:
         return lambda s: True
     return lambda s: any(all(p(s) for p in sels) for sels in alternatives)
+
+
+def index_hints(filters: list[str]) -> list[tuple[str, str]] | None:
+    """For each alternative, an equality on ``name`` or ``parent`` that narrows the candidates
+    to an indexed lookup; None when some alternative has none (then every snapshot is checked)."""
+    hints: list[tuple[str, str]] = []
+    for text in filters:
+        if not text.strip():
+            continue
+        eq = [(f, _unquote(v or "")) for f, op, v in _selectors(text) if op == "==" and f in ("name", "parent")]
+        if not eq:
+            return None
+        hints.append(eq[0])
+    return hints or None

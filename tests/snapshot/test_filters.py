@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lazypull.snapshot.filters import FilterError, parse
+from lazypull.snapshot.filters import FilterError, index_hints, parse
 from lazypull.snapshot.store import Kind, Snapshot
 
 
@@ -29,3 +29,12 @@ def test_operators_alternatives_and_errors() -> None:
     assert parse(["kind==active"])(s) and parse(["name==nope", "labels.a==1"])(s)
     with pytest.raises(FilterError):
         parse(["name~=("])
+
+
+def test_index_hints_narrow_containerds_walk() -> None:
+    assert index_hints(['labels."containerd.io/snapshot.ref"==sha256:abc,parent=="sha256:p"']) == [
+        ("parent", "sha256:p")
+    ]
+    assert index_hints(["name==k1", 'parent==""']) == [("name", "k1"), ("parent", "")]
+    assert index_hints(["labels.a==1"]) is None and index_hints([]) is None
+    assert index_hints(["name==k1", "labels.a==1"]) is None
