@@ -32,6 +32,10 @@ class MemoryLRU:
         self._size = 0
         self._lock = threading.Lock()
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     def get(self, key: str) -> bytes | None:
         with self._lock:
             v = self._d.get(key)

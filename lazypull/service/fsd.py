@@ -417,7 +417,7 @@ class LayerServer:
             if req.get("accessed"):
                 for ly, row in zip(layers, rows, strict=True):
                     row["accessed"] = ["/" + p for p in list((ly.fs.accessed if ly.fs else None) or {})]
-            return {"layers": rows, "caches": caches, "memory_bytes": self.memory._size}, []
+            return {"layers": rows, "caches": caches, "memory_bytes": self.memory.size}, []
         if op == "fds":
             want = list(req.get("mountpoints") or [])[:MAX_FDS]
             with self._lock:

@@ -22,6 +22,8 @@ from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.service.fsdclient import FsdError, socket_path
+from lazypull.snapshot.filters import index_hints
+from lazypull.snapshot.filters import parse as parse_filters
 from lazypull.snapshot.layers import LayerHandle, LayerMountError, RemoteLayers, spec_of
 from lazypull.snapshot.remote import LayerResolver, NotRemote
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
@@ -188,8 +190,21 @@ class Snapshotter:
     def update(self, key: str, labels: dict[str, str], paths: list[str]) -> Snapshot:
         return self.store.update_labels(key, labels, paths)
 
-    def list(self) -> list[Snapshot]:
-        return self.store.all()
+    def list(self, filters: list[str] | None = None) -> list[Snapshot]:
+        """Snapshots matching containerd's *filters* (all when none)."""
+        if not filters:
+            return self.store.all()
+        match = parse_filters(filters)
+        hints = index_hints(filters)
+        if hints is None:
+            candidates = self.store.all()
+        else:  # containerd's per-layer Walk names the parent: an indexed lookup, not a scan
+            keys = {v for f, v in hints if f == "name"}
+            for f, v in hints:
+                if f == "parent":
+                    keys.update(self.store.children(v))
+            candidates = sorted((s for k in keys if (s := self.store.find(k)) is not None), key=lambda s: s.id)
+        return [s for s in candidates if match(s)]
 
     def usage(self, key: str) -> tuple[int, int]:
         s = self.store.get(key)

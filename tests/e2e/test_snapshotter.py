@@ -472,3 +472,37 @@ def test_wedged_layer_server_is_replaced(node: Node, world: World) -> None:
             os.kill(pid, signal.SIGCONT)
     assert pid not in node.daemon.server_processes()
     assert os.stat(mp).st_dev == dev and (mp / "data/hello.txt").read_bytes() == b"hello from a lazy layer\n"
+
+
+def test_planned_layer_server_restart_fails_no_request(node: Node, world: World) -> None:
+    """SIGTERM (a stop or upgrade): the server answers what it has in flight and exits; requests
+    made until the daemon has started the next one wait in the kernel and are then answered."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    mp = _layer_with(node, "data/big.bin")
+    errors: list[int] = []
+    served = [0]
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                os.statvfs(mp)  # never cached: every call is a request to the layer server
+                served[0] += 1
+            except OSError as e:
+                errors.append(e.errno)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)
+        [pid] = node.daemon.server_processes()
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "the next layer server")
+        before = served[0]
+        wait_for(lambda: served[0] > before + 5, 10, "requests answered by the new server")
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive() and errors == []
+    assert md5((mp / "data/big.bin").read_bytes()) == md5(BIG)
