@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 pkgs=(containerd runc docker-registry stargz-snapshotter fuse3 libfuse3-dev pkg-config gcc python3-dev
-      busybox-static iproute2 debootstrap openssl apache2-utils e2fsprogs attr curl)
+      busybox-static iproute2 debootstrap openssl apache2-utils e2fsprogs attr curl
+      buildah skopeo git)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
