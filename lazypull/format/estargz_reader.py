@@ -50,6 +50,7 @@ class TOCIndex(LayerIndex):
         self._entries: dict[str, Entry] = {"": Entry("", EntryType.DIR, mode=0o755)}
         self._children: dict[str, list[str]] = {"": []}
         self._explicit: set[str] = set()  # names that had their own TOC entry
+        self._stale: set[str] = set()  # directories whose child lists name replaced entries twice
         self._build(toc, data_end)
 
     # -- construction ---------------------------------------------------------------
@@ -68,6 +69,7 @@ class TOCIndex(LayerIndex):
         chunk_offsets: list[int] = []
         last_reg: Entry | None = None
         hardlinks: list[Entry] = []
+        links_to: dict[str, list[Entry]] = {}  # target name -> hardlinks made to it (for duplicates)
         for te in toc:
             if te.type == "chunk":
                 if last_reg is None or normalize(te.name) != last_reg.name:
@@ -91,7 +93,7 @@ class TOCIndex(LayerIndex):
                     self._entries[name] = e
                     self._explicit.add(name)
                     continue
-                self._drop(name, hardlinks)  # a name listed again: the later entry wins (format/lastwins.py)
+                self._drop(name, links_to)  # a name listed again: the later entry wins (format/lastwins.py)
             parent, _, base = name.rpartition("/")
             self._ensure_dir(parent)
             self._entries[name] = e
@@ -101,6 +103,7 @@ class TOCIndex(LayerIndex):
                 self._children[name] = []
             elif e.type == EntryType.HARDLINK:
                 hardlinks.append(e)
+                links_to.setdefault(e.link_name, []).append(e)
             elif e.type == EntryType.REG:
                 if name == PREFETCH_LANDMARK:
                     self.prefetch_end = te.offset
@@ -109,6 +112,8 @@ class TOCIndex(LayerIndex):
                     last_reg = e
         if last_reg is not None:
             self._finish_reg(last_reg)
+        for d in self._stale:
+            self._dedupe_children(d)
         for h in hardlinks:
             if self._entries.get(h.name) is not h:
                 continue  # replaced by a later entry
@@ -121,32 +126,46 @@ class TOCIndex(LayerIndex):
             target.nlink += 1
         self._fill_ends(chunk_offsets, data_end)
 
-    def _drop(self, name: str, hardlinks: list[Entry]) -> None:
+    def _drop(self, name: str, links_to: dict[str, list[Entry]]) -> None:
         """Remove *name* and its subtree, replaced by a later entry as tar extraction does.
 
         Hardlinks made to a replaced file keep its content: the first becomes the file.
         Chunk offsets stay recorded, so the remaining chunks' spans are unchanged."""
-        e = self._entries.pop(name)
-        self._explicit.discard(name)
-        parent, _, base = name.rpartition("/")
-        siblings = self._children.get(parent)
-        if siblings is not None:  # None while the parent itself is being dropped
-            siblings.remove(base)
-        kids = self._children.pop(name, None)
-        for k in kids or ():
-            self._drop(f"{name}/{k}", hardlinks)
-        links = [h for h in hardlinks if h.link_name == name and self._entries.get(h.name) is h]
-        if not links or e.type not in (EntryType.REG, EntryType.HARDLINK):
-            return
-        if e.type == EntryType.HARDLINK:
+        self._stale.add(name.rpartition("/")[0])  # its old place in the parent's list goes at the end
+        stack = [name]
+        while stack:  # iterative: a hostile TOC may nest deeply
+            n = stack.pop()
+            e = self._entries.pop(n, None)
+            if e is None:
+                continue  # a stale name listed again under a dropped directory
+            self._explicit.discard(n)
+            stack.extend(f"{n}/{k}" for k in self._children.pop(n, None) or ())
+            links = [h for h in links_to.pop(n, ()) if self._entries.get(h.name) is h]
+            if not links or e.type not in (EntryType.REG, EntryType.HARDLINK):
+                continue
+            if e.type == EntryType.HARDLINK:
+                target = e.link_name
+            else:
+                first, links = links[0], links[1:]
+                e.name = target = first.name
+                self._entries[target] = e
             for h in links:
-                h.link_name = e.link_name
+                h.link_name = target
+            links_to.setdefault(target, []).extend(links)
+
+    def _dedupe_children(self, d: str) -> None:
+        """Keep each live child once, at its last place (one pass, however many duplicates)."""
+        kids = self._children.get(d)
+        if kids is None:
             return
-        first = links[0]
-        e.name = first.name
-        self._entries[first.name] = e
-        for h in links[1:]:
-            h.link_name = first.name
+        prefix = d + "/" if d else ""
+        seen: set[str] = set()
+        out: list[str] = []
+        for k in reversed(kids):
+            if k not in seen and prefix + k in self._entries:
+                seen.add(k)
+                out.append(k)
+        kids[:] = out[::-1]
 
     def _entry_from(self, te: TOCEntry, name: str) -> Entry:
         typ = _ENTRY_TYPES[te.type]
