@@ -74,6 +74,7 @@ class TOCIndex(LayerIndex):
         self._decoder = decoder
         self._entries: dict[str, Entry] = {"": Entry("", EntryType.DIR, mode=0o755)}
         self._children: dict[str, list[str]] = {"": []}
+        self._stale: set[str] = set()  # directories whose child lists name replaced entries twice
         self._build(toc, data_end)
 
     # -- construction ---------------------------------------------------------------
@@ -140,6 +141,8 @@ class TOCIndex(LayerIndex):
                     last_reg = e
         if last_reg is not None:
             self._finish_reg(last_reg)
+        for d in self._stale:
+            self._dedupe_children(d)
         for h in hardlinks:
             if self._entries.get(h.name) is not h:
                 continue  # replaced by a later entry
@@ -165,34 +168,44 @@ class TOCIndex(LayerIndex):
         raise FormatError(f"hardlink {h.name[:200]!r}: chain of more than {MAX_HARDLINK_HOPS} hardlinks (or a cycle)")
 
     def _drop(self, name: str, links_to: dict[str, list[Entry]]) -> None:
-        """Remove *name* and its subtree, replaced by a later entry as tar extraction does
-        (iteratively: a subtree may be as deep as the limits allow).
+        """Remove *name* and its subtree, replaced by a later entry as tar extraction does.
 
         Hardlinks made to a replaced file keep its content: the first becomes the file.
         Chunk offsets stay recorded, so the remaining chunks' spans are unchanged."""
-        parent, _, base = name.rpartition("/")
-        siblings = self._children.get(parent)
-        if siblings is not None:
-            siblings.remove(base)
+        self._stale.add(name.rpartition("/")[0])  # its old place in the parent's list goes at the end
         stack = [name]
-        while stack:
+        while stack:  # iterative: a hostile TOC may nest deeply
             n = stack.pop()
-            e = self._entries.pop(n)
+            e = self._entries.pop(n, None)
+            if e is None:
+                continue  # a stale name listed again under a dropped directory
             stack.extend(f"{n}/{k}" for k in self._children.pop(n, None) or ())
             links = [h for h in links_to.pop(n, ()) if self._entries.get(h.name) is h]
             if not links or e.type not in (EntryType.REG, EntryType.HARDLINK):
                 continue
             if e.type == EntryType.HARDLINK:
-                for h in links:
-                    h.link_name = e.link_name
-                links_to.setdefault(e.link_name, []).extend(links)
-                continue
-            first = links[0]
-            e.name = first.name
-            self._entries[first.name] = e
-            for h in links[1:]:
-                h.link_name = first.name
-            links_to.setdefault(first.name, []).extend(links[1:])
+                target = e.link_name
+            else:
+                first, links = links[0], links[1:]
+                e.name = target = first.name
+                self._entries[target] = e
+            for h in links:
+                h.link_name = target
+            links_to.setdefault(target, []).extend(links)
+
+    def _dedupe_children(self, d: str) -> None:
+        """Keep each live child once, at its last place (one pass, however many duplicates)."""
+        kids = self._children.get(d)
+        if kids is None:
+            return
+        prefix = d + "/" if d else ""
+        seen: set[str] = set()
+        out: list[str] = []
+        for k in reversed(kids):
+            if k not in seen and prefix + k in self._entries:
+                seen.add(k)
+                out.append(k)
+        kids[:] = out[::-1]
 
     def _entry_from(self, te: TOCEntry, name: str) -> Entry:
         typ = _ENTRY_TYPES[te.type]

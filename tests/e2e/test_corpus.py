@@ -246,10 +246,12 @@ def snapshot_view(cd: Containerd, ref: str, snapshotter: str, where: Path, *, la
     where.mkdir(parents=True)
     key = f"corpus-view-{where.name}-{snapshotter}"
     sn = ["snapshots", "--snapshotter", snapshotter]
-    cd.ctr(*sn, "view", key, top_chain_id(ref))
+    # The view has no lease: take its mounts from the call that creates it, and pin it
+    # with a GC root label at once (containerd's collector removes unreferenced views).
+    out = cd.ctr(*sn, "view", "--target", str(where), key, top_chain_id(ref)).stdout
     try:
-        cmd = shlex.split(cd.ctr(*sn, "mounts", str(where), key).stdout.strip())
-        assert cmd[:1] == ["mount"], cmd
+        cd.ctr(*sn, "label", key, "containerd.io/gc.root=corpus", check=False)
+        cmd = shlex.split(next(line for line in out.splitlines() if line.startswith("mount ")))
         if lazy:
             opts = cmd[cmd.index("-o") + 1].split(",")
             lowers = [d for o in opts if o.startswith("lowerdir=") for d in o[len("lowerdir=") :].split(":")]
