@@ -5,6 +5,8 @@ one clear line (``str(err)``) instead of a traceback. Messages say what went wro
 where possible, what to do next. They never contain credentials.
 """
 
+import errno
+
 
 class LazypullError(Exception):
     """Base of every error lazypull raises on purpose."""
@@ -46,26 +48,26 @@ class _ImagePathError(LazypullError, OSError):
 
 
 class ImageFileNotFoundError(_ImagePathError, FileNotFoundError):
-    errno_value = 2  # ENOENT
+    errno_value = errno.ENOENT
 
 
 class ImageNotADirectoryError(_ImagePathError, NotADirectoryError):
-    errno_value = 20  # ENOTDIR
+    errno_value = errno.ENOTDIR
 
 
 class ImageIsADirectoryError(_ImagePathError, IsADirectoryError):
-    errno_value = 21  # EISDIR
+    errno_value = errno.EISDIR
 
 
 class ImageSymlinkLoopError(_ImagePathError):
-    errno_value = 40  # ELOOP
+    errno_value = errno.ELOOP
 
 
 class ImageReadOnlyError(_ImagePathError, PermissionError):
-    errno_value = 30  # EROFS
+    errno_value = errno.EROFS
 
 
 class ImageNotAFileError(_ImagePathError):
     """Not what the operation needs: open of a device, readlink of a regular file."""
 
-    errno_value = 22  # EINVAL
+    errno_value = errno.EINVAL

@@ -6,7 +6,7 @@ import argparse
 import shutil
 import sys
 
-from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats
+from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats, stdout_may_close
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
+@stdout_may_close
 def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as img:
         for path in args.paths:

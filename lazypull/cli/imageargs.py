@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from lazypull.imagefs import ImageFS, open_image
@@ -38,8 +41,6 @@ def open_from_args(args: argparse.Namespace) -> ImageFS:
 
 
 def print_stats(img: ImageFS) -> None:
-    import sys
-
     st = img.stats()
     pct = 100 * st.bytes_fetched / max(st.image_bytes, 1)
     print(
@@ -47,3 +48,17 @@ def print_stats(img: ImageFS) -> None:
         f" {st.layers_opened}/{st.layers} layers opened",
         file=sys.stderr,
     )
+
+
+def stdout_may_close(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``lazypull cat ... | head``: a reader that stops early ends the command quietly."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+            return 0
+
+    return wrapped

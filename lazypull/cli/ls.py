@@ -6,7 +6,7 @@ import argparse
 import stat
 import time
 
-from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats
+from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats, stdout_may_close
 from lazypull.imagefs import FileInfo
 
 
@@ -27,6 +27,7 @@ def _line(info: FileInfo, shown: str, long: bool) -> str:
     return f"{stat.filemode(info.mode)} {info.uid:>5} {info.gid:>5} {info.size:>12} {when} {shown}{target}"
 
 
+@stdout_may_close
 def run(args: argparse.Namespace) -> int:
     with open_from_args(args) as img:
         top = img.stat(args.path, follow_symlinks=False)

@@ -119,3 +119,14 @@ def test_streamed_layer_warning_is_one_line(tmp_path: Path) -> None:
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("lazypull: warning: layer sha256:")
     assert "no index for lazy reads" in lines[0]
+
+
+def test_a_reader_that_stops_early_ends_cat_quietly(layout: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "lazypull.cli.main", "cat", "--cache-dir", str(tmp_path / "c"), layout, "data/big.bin"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == BIG[:10]
+    proc.stdout.close()  # like `| head -c 10`
+    assert proc.wait(60) == 0
+    assert proc.stderr.read() == b""

@@ -350,3 +350,18 @@ def test_package_level_reexport() -> None:
     assert lazypull.open_image is open_image
     with pytest.raises(AttributeError):
         lazypull.no_such_name  # noqa: B018
+
+
+def test_a_streamed_layer_is_downloaded_once_by_concurrent_readers(tmp_path: Path) -> None:
+    layers = [[Entry("d", "dir"), *(Entry(f"d/f{i}", data=os.urandom(50_000 + i)) for i in range(8))]]
+    expect = {f"d/f{i}": e.data for i, e in enumerate(layers[0][1:])}
+    with open_image(build(tmp_path, "gzip", layers), cache_dir=tmp_path / "cache") as img:
+        barrier = threading.Barrier(8)
+
+        def read(path: str) -> bytes:
+            barrier.wait(timeout=30)
+            return img.read_bytes(path)
+
+        with ThreadPoolExecutor(8) as pool:
+            assert dict(zip(expect, pool.map(read, list(expect)), strict=True)) == expect
+        assert img.stats().bytes_fetched == img.size  # one pass over the blob, not eight
