@@ -197,21 +197,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
         images = _build_corpus(root, reg)
         ref_proc, ref_sock = _start_reference(binary, root / "reference", reg.host)
         daemon = start_daemon(root / "lazypull", f'plain_http_hosts = ["{reg.host}"]\nno_background_fetch = true\n')
-        # containerd's garbage collector calls the snapshotters' Cleanup; lazypull's (as of this
-        # test) stops layer mounts started ahead of time whose Prepare has not arrived yet, so a
-        # collection in the middle of an rpull hangs it. Collections are kept out of this test.
-        gc = '[plugins."io.containerd.gc.v1.scheduler"]\n  mutation_threshold = 1000000\n'
-        cd = start_containerd(
-            root / "containerd", proxy_plugins={"stargz": ref_sock, "lazypull": daemon.address}, extra_config=gc
-        )
+        cd = start_containerd(root / "containerd", proxy_plugins={"stargz": ref_sock, "lazypull": daemon.address})
         yield Corpus(reg, Node(cd, daemon, ref_proc, root / "reference"), images, root)
     finally:
         if cd is not None:
             cd.stop()
         if daemon is not None:
             daemon.stop()
-            for pid in daemon.mount_processes():
-                os.kill(pid, signal.SIGTERM)
+            daemon.stop_layers()
         if ref_proc is not None and ref_proc.poll() is None:
             ref_proc.send_signal(signal.SIGTERM)
             try:
