@@ -27,6 +27,7 @@ from lazypull.errors import LazypullError
 from lazypull.fs.fuse.server import FuseServer, unmount
 from lazypull.fs.spec import LayerSpec, open_layer_fs
 from lazypull.fs.stats import OpStats, read_stats, write_stats
+from lazypull.registry.credentials import Credential
 
 log = logging.getLogger("lazypull.mount")
 
@@ -110,7 +111,10 @@ def is_mounted(path: Path) -> bool:
     return False
 
 
-def spawn_layer_mount(spec: LayerSpec, mountpoint: Path, state_dir: Path) -> MountHandle:
+def spawn_layer_mount(
+    spec: LayerSpec, mountpoint: Path, state_dir: Path, credential: Credential | None = None
+) -> MountHandle:
+    """Start the mount process; a *credential* (the kubelet's) goes through its stdin, never to disk."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     mountpoint.mkdir(parents=True, exist_ok=True)
     (state_dir / "state.json").unlink(missing_ok=True)
@@ -119,13 +123,16 @@ def spawn_layer_mount(spec: LayerSpec, mountpoint: Path, state_dir: Path) -> Mou
     logf = open(state_dir / "mount.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "lazypull.fs.mountproc", str(state_dir)],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if credential else subprocess.DEVNULL,
         stdout=logf,
         stderr=subprocess.STDOUT,
         start_new_session=True,
         close_fds=True,
     )
     logf.close()
+    if credential and proc.stdin:
+        with proc.stdin:
+            proc.stdin.write(json.dumps([credential.username, credential.secret, credential.identity_token]).encode())
     return MountHandle(proc.pid, mountpoint, state_dir)
 
 
@@ -185,8 +192,12 @@ def main(state_dir_arg: str) -> int:
     spec = LayerSpec.load(state_dir / "spec.json")
     mountpoint = Path((state_dir / "mountpoint").read_text())
     desc = spec.descriptor
+    credential = None
+    if spec.registry.get("credential_stdin"):  # empty when re-spawned by a restarted daemon
+        raw = sys.stdin.read()
+        credential = Credential(*json.loads(raw)) if raw else None
     try:
-        fs, fetcher, source, index = open_layer_fs(spec)
+        fs, fetcher, source, index = open_layer_fs(spec, credential)
     except Exception as e:
         log.error("layer %s: cannot open: %s", desc.digest, e)
         _write_state(state_dir, mountpoint=str(mountpoint), error=str(e))

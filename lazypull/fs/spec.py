@@ -18,6 +18,7 @@ from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.registry.credentials import Credential
 from lazypull.registry.options import RegistryOptions
 
 
@@ -52,7 +53,7 @@ class LayerSpec:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def open_source(spec: LayerSpec) -> ReadAt:
+def open_source(spec: LayerSpec, credential: Credential | None = None) -> ReadAt:
     if spec.blob_path:
         return FileSource(spec.blob_path)
     from lazypull.registry.blobsource import RegistryBlobSource
@@ -61,16 +62,19 @@ def open_source(spec: LayerSpec) -> ReadAt:
     from lazypull.registry.transport import Transport
 
     opts = RegistryOptions.from_json(spec.registry) if spec.registry else RegistryOptions()
+    opts.credential = credential
     client = RegistryClient(
         opts, transport=Transport(max_retries=spec.max_retries, total_timeout=spec.fetch_timeout_sec)
     )
     return RegistryBlobSource(client, Reference.parse(spec.ref), spec.descriptor)
 
 
-def open_layer_fs(spec: LayerSpec) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
+def open_layer_fs(
+    spec: LayerSpec, credential: Credential | None = None
+) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
     """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree."""
     desc = spec.descriptor
-    source = CountingSource(open_source(spec))
+    source = CountingSource(open_source(spec, credential))
     index = open_layer(source, toc_digest=desc.annotations.get(mt.ANNOTATION_TOC_DIGEST))
     cache = ChunkCache(Path(spec.cache_dir), max_bytes=spec.cache_max_bytes)
     fetcher = Fetcher(

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazypull.registry.credentials import Credential
+
 
 @dataclass
 class RegistryOptions:
@@ -16,6 +18,7 @@ class RegistryOptions:
     user: str | None = field(default=None, repr=False)  # "name:password"
     registry_config: Path | None = None  # hosts/mirrors TOML
     docker_config: Path | None = None  # docker config.json (default ~/.docker/config.json)
+    credential: Credential | None = field(default=None, repr=False)  # in memory only (CRI keychain); wins
 
     def to_json(self) -> dict[str, object]:
         """For handing to a mount process; credentials travel only through this (0600) spec."""

@@ -27,9 +27,11 @@ _KNOWN = {
     "plain_http_hosts",
     "fuse_threads",
     "log_level",
+    "cri_keychain",
 }
 _KNOWN_BLOB = {"fetching_timeout_sec", "max_retries", "min_fetch_bytes"}
 _KNOWN_CACHE = {"dir", "max_bytes"}
+_KNOWN_CRI = {"enable_keychain", "image_service_path"}
 
 
 @dataclass
@@ -49,6 +51,8 @@ class DaemonConfig:
     record_access: bool = False  # mount processes write the files containers read (optimize)
     hosts: HostsConfig = field(default_factory=HostsConfig)
     resolver_raw: dict[str, Any] = field(default_factory=dict)
+    enable_keychain: bool = False  # [cri_keychain]: serve the CRI image service, keep PullImage credentials
+    image_service_path: str = "/run/containerd/containerd.sock"  # containerd's CRI socket
 
     @classmethod
     def load(cls, path: Path | None) -> DaemonConfig:
@@ -74,6 +78,10 @@ class DaemonConfig:
             if k not in _KNOWN_CACHE:
                 log.warning("%s: unknown key cache.%s (ignored)", where, k)
         resolver = data.get("resolver", {}) or {}
+        cri = data.get("cri_keychain", {}) or {}
+        for k in cri:
+            if k not in _KNOWN_CRI:
+                log.warning("%s: unknown key cri_keychain.%s (ignored)", where, k)
         return cls(
             noprefetch=bool(data.get("noprefetch", False)),
             prefetch_timeout_sec=float(data.get("prefetch_timeout_sec", 10)),
@@ -90,4 +98,6 @@ class DaemonConfig:
             passthrough=bool(data.get("passthrough", False)),
             hosts=HostsConfig.from_mapping(resolver),
             resolver_raw=resolver,
+            enable_keychain=bool(cri.get("enable_keychain", False)),
+            image_service_path=str(cri.get("image_service_path", "/run/containerd/containerd.sock")),
         )

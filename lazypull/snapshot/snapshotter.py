@@ -28,6 +28,7 @@ from lazypull.fs.mountproc import (
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.registry.credentials import Credential
 from lazypull.snapshot.remote import LayerResolver, NotRemote
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
 
@@ -214,9 +215,9 @@ class Snapshotter:
         # containerd prepares layers one after another: start the following ones now.
         for other in layer.image_layers:
             if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
-                self._start_layer(layer.ref, other)
+                self._start_layer(layer.ref, other, layer.credential)
         try:
-            h = self._start_layer(layer.ref, layer.layer)
+            h = self._start_layer(layer.ref, layer.layer, layer.credential)
             self._spawning.get(layer.layer.digest, _READY).wait(self.remote.fetch_timeout_sec)
             h.wait_ready(self.remote.fetch_timeout_sec)
         except Exception as e:
@@ -247,7 +248,7 @@ class Snapshotter:
         )
         return True
 
-    def _start_layer(self, ref: object, desc: Descriptor) -> MountHandle:
+    def _start_layer(self, ref: object, desc: Descriptor, credential: Credential | None = None) -> MountHandle:
         """The mount of layer *desc*: running, starting, or spawned now (without waiting)."""
         assert self.remote is not None
         rs = self.remote
@@ -260,7 +261,7 @@ class Snapshotter:
                 layer=desc.to_json(),
                 cache_dir=str(rs.cache_dir),
                 ref=str(ref),
-                registry=rs.registry,
+                registry={**rs.registry, "credential_stdin": True} if credential else rs.registry,
                 prefetch=rs.prefetch,
                 background_fetch=rs.background_fetch,
                 fetch_timeout_sec=rs.fetch_timeout_sec,
@@ -272,7 +273,7 @@ class Snapshotter:
             )
             if is_mounted(d / "fs"):
                 unmount(str(d / "fs"))
-            h = spawn_layer_mount(spec, d / "fs", d / "mount")
+            h = spawn_layer_mount(spec, d / "fs", d / "mount", credential=credential)
             self._handles[desc.digest] = h
             ready = self._spawning[desc.digest] = threading.Event()
 
