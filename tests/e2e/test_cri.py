@@ -1,0 +1,207 @@
+"""The kubelet's whole path over CRI: a private (htpasswd) registry, credentials that only
+PullImage carries, the pod's prefetch hint, a host-network pod with a locally built pause
+image, and the container's first output; real containerd, runc, registry and FUSE."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lazypull.cli.main import main
+from lazypull.oci.types import Manifest
+from lazypull.registry.options import RegistryOptions
+from lazypull.registry.repository import RegistryStore
+from lazypull.service.cri.kubelet import Kubelet, Pod
+from lazypull.service.cri.proto import api_pb2
+from tests.support.containerd import Containerd, start_containerd
+from tests.support.daemon import Daemon, start_daemon
+from tests.support.images import Entry, busybox_layer, write_image
+from tests.support.net import free_port
+from tests.support.proxy import Proxy, start_proxy
+from tests.support.registry import Registry, start_registry
+
+pytestmark = pytest.mark.e2e
+
+USER = "kube"
+PASSWORD = "pull-s3cret-Zq9"
+HINTED = os.urandom(3 << 20)  # the pod's hint names it; the container reads it
+COLD = os.urandom(6 << 20)  # never read: stays remote
+CONFIGS = {f"app/config/{n}.yaml": os.urandom(40_000) for n in ("a", "b", "c")}
+
+
+@dataclass
+class World:
+    private: Registry  # htpasswd
+    proxy: Proxy  # counts what the node fetches from the private registry
+    public: Registry  # the pause image
+    image: str  # eStargz, private, through the proxy
+    pause: str
+    layer_sizes: list[int]
+
+
+def _htpasswd(path: Path) -> None:
+    out = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True)
+    path.write_text(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("cri-world")
+    _htpasswd(root / "htpasswd")
+    private = start_registry(root / "private", htpasswd=root / "htpasswd")
+    public = start_registry(root / "public")
+    proxy = start_proxy(private.url)
+    try:
+        app = [Entry("app", "dir", mode=0o755), Entry("app/config", "dir", mode=0o755)]
+        app += [Entry(n, data=d) for n, d in CONFIGS.items()]
+        app += [Entry("app/hinted.bin", data=HINTED), Entry("app/cold.bin", data=COLD)]
+        write_image(root / "src", [busybox_layer(), app], cmd=["/bin/sh"])
+        user = ["--user", f"{USER}:{PASSWORD}"]
+        plain = f"{private.host}/team/app:orig"
+        assert main(["copy", "--plain-http", *user, f"oci:{root / 'src'}:latest", plain]) == 0
+        assert main(["convert", "--plain-http", *user, "--oci", plain, f"{private.host}/team/app:esgz"]) == 0
+        store = RegistryStore.open(
+            f"{private.host}/team/app:esgz", RegistryOptions(plain_http=True, user=f"{USER}:{PASSWORD}")
+        )
+        d = store.resolve()
+        sizes = [x.size for x in Manifest.parse(store.fetch(d), d.media_type).layers]
+        # The sandbox's pause image, built here: static busybox sleeping (no registry outside).
+        write_image(root / "pause", [busybox_layer()], cmd=["/bin/sleep", "2147483647"])
+        pause = f"{public.host}/k8s/pause:local"
+        assert main(["copy", "--plain-http", f"oci:{root / 'pause'}:latest", pause]) == 0
+        yield World(private, proxy, public, f"{proxy.host}/team/app:esgz", pause, sizes)
+    finally:
+        proxy.stop()
+        private.stop()
+        public.stop()
+
+
+@dataclass
+class Node:
+    daemon: Daemon
+    cd: Containerd
+    metrics_port: int
+    root: Path
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+
+def cri_containerd_config(world: World) -> str:
+    hosts = (world.proxy.host, world.public.host)
+    return (
+        '[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+        '  snapshotter = "lazypull"\n'
+        "  disable_snapshot_annotations = false\n"
+        + "".join(
+            f'[plugins."io.containerd.grpc.v1.cri".registry.mirrors."{h}"]\n  endpoint = ["http://{h}"]\n'
+            for h in hosts
+        )
+    )
+
+
+@pytest.fixture
+def node(tmp_path: Path, world: World) -> Iterator[Node]:
+    from tests.e2e.test_snapshotter import stop_node
+
+    port = free_port()
+    cd_root = tmp_path / "containerd"
+    cfg = (
+        f'plain_http_hosts = ["{world.proxy.host}", "{world.private.host}", "{world.public.host}"]\n'
+        f'docker_config = "{tmp_path / "no-docker-config.json"}"\n'  # the node itself has no credentials
+        f'no_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\nprefetch_timeout_sec = 20\n'
+        "[blob]\nfetching_timeout_sec = 20\nmax_retries = 2\n"
+        f'[cri_keychain]\nenable_keychain = true\nimage_service_path = "{cd_root / "containerd.sock"}"\n'
+    )
+    daemon = start_daemon(tmp_path / "daemon", cfg)
+    try:
+        cd = start_containerd(
+            cd_root,
+            proxy_plugins={"lazypull": daemon.address},
+            extra_config=cri_containerd_config(world),
+            cri_options=f'sandbox_image = "{world.pause}"\nrestrict_oom_score_adj = true',
+        )
+    except BaseException:
+        daemon.stop()
+        raise
+    try:
+        yield Node(daemon, cd, port, tmp_path)
+    finally:
+        stop_node(daemon, cd, tmp_path)
+
+
+def _files_containing(root: Path, secret: bytes) -> list[str]:
+    """Files under *root* holding *secret*, not descending into the lazy mounts (reading them would fetch)."""
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(dirpath, d))]
+        for f in files:
+            p = os.path.join(dirpath, f)
+            try:
+                if os.path.isfile(p) and secret in Path(p).read_bytes():
+                    found.append(p)
+            except OSError:
+                pass
+    return found
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_private_image_pod_starts_lazily_with_kubelet_credentials_and_hint(node: Node, world: World) -> None:
+    world.proxy.reset_counters()
+    pod = Pod("web", node.root / "pods" / "web").with_prefetch(["/app/config/*", "/app/hinted.bin", "/nope/*"])
+    cmd = ["/bin/sh", "-c", "md5sum /app/hinted.bin; echo started"]
+    with Kubelet(node.daemon.address, node.cd.address) as kubelet:
+        times = kubelet.run(world.image, pod, cmd, user=f"{USER}:{PASSWORD}", wait_for="started")
+    assert hashlib.md5(HINTED).hexdigest() in times.output
+    log = node.daemon.log()
+    # Every layer was mounted lazily (not pulled in full) with the kubelet's credentials ...
+    assert len(re.findall(r"layer \w+ of \S+ mounted lazily", log)) == len(world.layer_sizes)
+    assert not [x for x in log.splitlines() if "pulled normally" in x and world.image in x]  # (the pause image is)
+    # busybox's layer (run) and the hinted file, fetched once by the prefetch; COLD never came.
+    assert world.proxy.blob_bytes() < world.layer_sizes[0] + 1.2 * len(HINTED) < 0.5 * sum(world.layer_sizes)
+    # ... the hinted files were made local before the container started, one log line for the pod ...
+    assert re.search(r"pod default/web: prefetched 4 hinted files of \S+ from 1 layers", log)
+    metrics = node.metrics()
+    assert _metric(metrics, "lazypull_prefetch_hint_files_total") == 4
+    assert _metric(metrics, "lazypull_prefetch_hint_pods_total", '{result="ok"}') == 1
+    assert _metric(metrics, "lazypull_prefetch_hint_fetched_bytes_total") >= len(HINTED)
+    # ... and the credentials were never logged or written under the daemon's root.
+    assert PASSWORD not in log
+    assert not _files_containing(node.daemon.root, PASSWORD.encode())
+    print(
+        f"\nCRI pod: pull {times.pull_s:.2f}s sandbox {times.sandbox_s:.2f}s create {times.create_s:.2f}s "
+        f"start {times.start_s:.2f}s first output {times.first_output_s:.2f}s total {times.total_s:.2f}s; "
+        f"{world.proxy.blob_bytes() / 1e6:.1f} of {sum(world.layer_sizes) / 1e6:.1f} MB fetched"
+    )
+
+
+def test_errors_pass_through_and_malformed_hints_are_ignored(node: Node, world: World) -> None:
+    pod = Pod("bad-hint", node.root / "pods" / "bad").with_prefetch("{not json")
+    with Kubelet(node.daemon.address, node.cd.address) as kubelet:
+        with pytest.raises(grpc.RpcError) as e:  # no credentials: containerd's own error, unchanged
+            kubelet.pull(world.image, Pod("anon", node.root / "pods" / "anon"))
+        assert e.value.code() == grpc.StatusCode.UNKNOWN and "401" in (e.value.details() or "")
+        ref = kubelet.pull(world.image, pod, user=f"{USER}:{PASSWORD}")
+        assert ref.startswith("sha256:")
+    assert "pod default/bad-hint: ignoring prefetch hint: prefetch hint is not JSON" in node.daemon.log()
+    assert _metric(node.metrics(), "lazypull_prefetch_hint_pods_total", '{result="malformed"}') == 1
+    # The older CRI package name is forwarded too (kubelets before 1.26 may speak it).
+    with grpc.insecure_channel(f"unix://{node.daemon.address}") as ch:
+        status = ch.unary_unary("/runtime.v1alpha2.ImageService/ImageStatus")
+        req = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=world.image)).SerializeToString()
+        reply = api_pb2.ImageStatusResponse.FromString(status(req, timeout=30))
+    assert reply.image.id == ref
