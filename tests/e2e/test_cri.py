@@ -5,11 +5,14 @@ image, and the container's first output; real containerd, runc, registry and FUS
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +29,10 @@ from tests.support.containerd import Containerd, start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.net import free_port
+from tests.support.pki import make_ca, make_cert
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry, start_registry
+from tests.support.tokenserver import start_token_server
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +51,7 @@ class World:
     image: str  # eStargz, private, through the proxy
     pause: str
     layer_sizes: list[int]
+    src: Path  # the app image as an OCI layout
 
 
 def _htpasswd(path: Path) -> None:
@@ -78,7 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         write_image(root / "pause", [busybox_layer()], cmd=["/bin/sleep", "2147483647"])
         pause = f"{public.host}/k8s/pause:local"
         assert main(["copy", "--plain-http", f"oci:{root / 'pause'}:latest", pause]) == 0
-        yield World(private, proxy, public, f"{proxy.host}/team/app:esgz", pause, sizes)
+        yield World(private, proxy, public, f"{proxy.host}/team/app:esgz", pause, sizes, root / "src")
     finally:
         proxy.stop()
         private.stop()
@@ -97,8 +103,7 @@ class Node:
             return r.read().decode()
 
 
-def cri_containerd_config(world: World) -> str:
-    hosts = (world.proxy.host, world.public.host)
+def cri_containerd_config(hosts: list[str]) -> str:
     return (
         '[plugins."io.containerd.grpc.v1.cri".containerd]\n'
         '  snapshotter = "lazypull"\n'
@@ -110,14 +115,15 @@ def cri_containerd_config(world: World) -> str:
     )
 
 
-@pytest.fixture
-def node(tmp_path: Path, world: World) -> Iterator[Node]:
+@contextmanager
+def make_node(tmp_path: Path, world: World, extra_hosts: tuple[str, ...] = ()) -> Iterator[Node]:
     from tests.e2e.test_snapshotter import stop_node
 
     port = free_port()
     cd_root = tmp_path / "containerd"
+    hosts = [world.proxy.host, world.private.host, world.public.host, *extra_hosts]
     cfg = (
-        f'plain_http_hosts = ["{world.proxy.host}", "{world.private.host}", "{world.public.host}"]\n'
+        f"plain_http_hosts = {json.dumps(hosts)}\n"
         f'docker_config = "{tmp_path / "no-docker-config.json"}"\n'  # the node itself has no credentials
         f'no_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\nprefetch_timeout_sec = 20\n'
         "[blob]\nfetching_timeout_sec = 20\nmax_retries = 2\n"
@@ -128,7 +134,7 @@ def node(tmp_path: Path, world: World) -> Iterator[Node]:
         cd = start_containerd(
             cd_root,
             proxy_plugins={"lazypull": daemon.address},
-            extra_config=cri_containerd_config(world),
+            extra_config=cri_containerd_config(hosts),
             cri_options=f'sandbox_image = "{world.pause}"\nrestrict_oom_score_adj = true',
         )
     except BaseException:
@@ -138,6 +144,12 @@ def node(tmp_path: Path, world: World) -> Iterator[Node]:
         yield Node(daemon, cd, port, tmp_path)
     finally:
         stop_node(daemon, cd, tmp_path)
+
+
+@pytest.fixture
+def node(tmp_path: Path, world: World) -> Iterator[Node]:
+    with make_node(tmp_path, world) as n:
+        yield n
 
 
 def _files_containing(root: Path, secret: bytes) -> list[str]:
@@ -205,3 +217,29 @@ def test_errors_pass_through_and_malformed_hints_are_ignored(node: Node, world: 
         req = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=world.image)).SerializeToString()
         reply = api_pb2.ImageStatusResponse.FromString(status(req, timeout=30))
     assert reply.image.id == ref
+
+
+def test_short_lived_tokens_refresh_in_lazy_mounts(tmp_path: Path, world: World) -> None:
+    """A token-auth registry whose tokens live 2 s: the layers keep reading after they expire."""
+    ca = make_ca(tmp_path / "pki")
+    ts = start_token_server(make_cert(tmp_path / "pki", ca, "token-signer", server=False), {"bob": "hunter2"}, ttl=2)
+    reg = start_registry(tmp_path / "token-reg", token=ts.registry_config())
+    try:
+        image = f"{reg.host}/tok/app:esgz"
+        user = ["--plain-http", "--user", "bob:hunter2"]
+        assert main(["copy", *user, f"oci:{world.src}:latest", f"{reg.host}/tok/app:orig"]) == 0
+        assert main(["convert", *user, "--oci", f"{reg.host}/tok/app:orig", image]) == 0
+        with make_node(tmp_path / "n", world, (reg.host,)) as node, Kubelet(node.daemon.address, node.cd.address) as k:
+            pod = Pod("tok", node.root / "pods" / "tok")
+            ref = k.pull(image, pod, user="bob:hunter2")
+            assert len(re.findall(r"layer \w+ of \S+ mounted lazily", node.daemon.log())) == 2
+            issued = len(ts.issued)
+            time.sleep(2.5)  # every token handed out so far has expired; containerd needs the registry no more
+            t = k.run(ref, pod, ["/bin/sh", "-c", "md5sum /app/cold.bin"], wait_for="cold", pull=False)
+            assert hashlib.md5(COLD).hexdigest() in t.output
+            assert len(ts.issued) > issued  # the lazy mounts refreshed theirs with the kubelet's credentials
+            log = node.daemon.log()
+            assert "hunter2" not in log
+    finally:
+        reg.stop()
+        ts.stop()

@@ -101,12 +101,20 @@ class Kubelet:
         return str(self.images.PullImage(req, timeout=self.timeout).image_ref)
 
     def run(
-        self, image: str, pod: Pod, command: list[str], user: str | None = None, wait_for: str = "", wait_s: float = 120
+        self,
+        image: str,
+        pod: Pod,
+        command: list[str],
+        user: str | None = None,
+        wait_for: str = "",
+        wait_s: float = 120,
+        pull: bool = True,
     ) -> PodTimes:
-        """Pull, start the pod and one container; return when its log has *wait_for* (or any line)."""
+        """Pull (unless *pull* is False: the image is there), start the pod and one container;
+        return when its log has *wait_for* (or any line)."""
         t = PodTimes()
         t0 = time.monotonic()
-        t.image_ref = self.pull(image, pod, user)
+        t.image_ref = self.pull(image, pod, user) if pull else image
         t.pull_s = time.monotonic() - t0
         pod.log_dir.mkdir(parents=True, exist_ok=True)
         cfg = pod.sandbox_config()
