@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lazypull.cli.main import main
 from lazypull.oci.types import Manifest
@@ -28,7 +30,7 @@ from lazypull.service.cri.proto import api_pb2
 from tests.support.containerd import Containerd, start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for
 from tests.support.pki import make_ca, make_cert
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry, start_registry
@@ -243,3 +245,108 @@ def test_short_lived_tokens_refresh_in_lazy_mounts(tmp_path: Path, world: World)
     finally:
         reg.stop()
         ts.stop()
+
+
+RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "lazypull-rules.yaml"
+PROMTOOL = shutil.which("promtool")
+# The reference daemon's series, kept under its name for its dashboards.
+KNOWN_LINT = 'stargz_fs_operation_duration_milliseconds use base unit "seconds" instead of "milliseconds"'
+
+
+def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile over (upper bound, cumulative count), same float steps."""
+    buckets = sorted(buckets)
+    rank = q * buckets[-1][1]
+    b = next((i for i in range(len(buckets) - 1) if buckets[i][1] >= rank), len(buckets) - 1)
+    if b == len(buckets) - 1:
+        return buckets[-2][0]
+    if b == 0 and buckets[0][0] <= 0:
+        return buckets[0][0]
+    start, end, count = 0.0, buckets[b][0], buckets[b][1]
+    if b > 0:
+        start = buckets[b - 1][0]
+        count -= buckets[b - 1][1]
+        rank -= buckets[b - 1][1]
+    return start + (end - start) * (rank / count)
+
+
+def rules_test_from_scrape(scrape: str) -> tuple[dict[str, object], dict[str, float]]:
+    """A promtool rules test: each counter of the scrape grows from 0 to its scraped value
+    over 5 minutes on node-1; the expected values follow from Prometheus' rate()."""
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(scrape)
+        for s in fam.samples
+    }
+    wanted = [
+        k
+        for k in samples
+        if k[0] in ("stargz_cache_hits_total", "stargz_cache_requests_total", "stargz_bytes_downloaded_total")
+        or (k[0] == "stargz_fs_operation_duration_seconds_bucket" and ("operation", "read") in k[1])
+    ]
+    series = []
+    for name, labels in wanted:
+        text = ",".join(f'{k}="{v}"' for k, v in (*labels, ("instance", "node-1"), ("job", "lazypull")))
+        series.append({"series": f"{name}{{{text}}}", "values": f"0x9 {samples[(name, labels)]!r}"})
+    # 0 -> v over [0s, 300s], sampled every 30s: rate() multiplies by (300 s / 300 s) / 300 s.
+    rate = {k: v * ((300.0 / 300.0) / 300.0) for k, v in samples.items()}
+    hits, reqs = rate[("stargz_cache_hits_total", ())], rate[("stargz_cache_requests_total", ())]
+    read = [
+        (float("inf") if dict(lb)["le"] == "+Inf" else float(dict(lb)["le"]), v)
+        for (n, lb), v in rate.items()
+        if n == "stargz_fs_operation_duration_seconds_bucket" and ("operation", "read") in lb
+    ]
+    expected = {
+        "stargz_cache_hit_rate": hits / reqs,
+        "stargz_bytes_fetched": rate[("stargz_bytes_downloaded_total", ())],
+        "stargz_fetch_duration_seconds": bucket_quantile(0.99, read),
+    }
+    tests = [
+        {
+            "expr": name,
+            "eval_time": "5m",
+            "exp_samples": [
+                {
+                    "labels": f'{name}{{instance="node-1"'
+                    + (',quantile="0.99"' if name == "stargz_fetch_duration_seconds" else "")
+                    + "}",
+                    "value": value,
+                }
+            ],
+        }
+        for name, value in expected.items()
+    ]
+    return {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "30s",
+        "tests": [{"interval": "30s", "input_series": series, "promql_expr_test": tests}],
+    }, expected
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) not installed")
+def test_recording_rules_on_a_real_scrape(node: Node, world: World, tmp_path: Path) -> None:
+    pod = Pod("metrics", node.root / "pods" / "metrics")
+    with Kubelet(node.daemon.address, node.cd.address) as kubelet:
+        kubelet.run(
+            world.image, pod, ["/bin/sh", "-c", "md5sum /app/hinted.bin /app/config/*"], user=f"{USER}:{PASSWORD}"
+        )
+
+    def reads_published() -> bool:  # the mounts publish their counters every second
+        return _metric(node.metrics(), "stargz_bytes_downloaded_total") >= len(HINTED)
+
+    wait_for(reads_published, 20, "read counters in /metrics")
+    scrape = node.metrics()
+    (tmp_path / "scrape.prom").write_text(scrape)
+    lint = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape, capture_output=True, text=True)  # type: ignore[list-item]
+    assert [x for x in lint.stdout.splitlines() + lint.stderr.splitlines() if x.strip()] in ([], [KNOWN_LINT])
+    test, expected = rules_test_from_scrape(scrape)
+    assert 0 < expected["stargz_cache_hit_rate"] <= 1 and expected["stargz_bytes_fetched"] > 0
+    assert 0 < expected["stargz_fetch_duration_seconds"] <= 5
+    (tmp_path / "rules_test.yaml").write_text(json.dumps(test, indent=1))  # JSON is YAML
+    res = subprocess.run([PROMTOOL, "test", "rules", str(tmp_path / "rules_test.yaml")], capture_output=True, text=True)  # type: ignore[list-item]
+    assert res.returncode == 0, res.stdout + res.stderr
+    # promtool compares exactly: a wrong rule or a wrong expectation fails; so does a changed one.
+    test["tests"][0]["promql_expr_test"][0]["exp_samples"][0]["value"] *= 1.001  # type: ignore[index]
+    (tmp_path / "rules_test_wrong.yaml").write_text(json.dumps(test))
+    wrong = subprocess.run([PROMTOOL, "test", "rules", str(tmp_path / "rules_test_wrong.yaml")], capture_output=True)  # type: ignore[list-item]
+    assert wrong.returncode != 0
