@@ -97,8 +97,9 @@ class AuthRegistry:
         self.proc = subprocess.Popen(
             [*net.exec_prefix(), "docker-registry", "serve", str(root / "config.yml")],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(root / "registry.log", "wb"),  # noqa: SIM115 - the child owns it
         )
+        self.log = root / "registry.log"
 
         def answers() -> bool:
             import urllib.error
@@ -112,7 +113,11 @@ class AuthRegistry:
                 return False
             return False
 
-        wait_for(answers, 20, "the benchmark's htpasswd registry")
+        try:
+            wait_for(answers, 20, "the benchmark's htpasswd registry")
+        except LazypullError:
+            self.stop()
+            raise LazypullError(f"the htpasswd registry did not start: {self.log.read_text()[-600:]}") from None
 
     @property
     def user(self) -> str:
