@@ -78,5 +78,5 @@ def test_node_config_and_kubelet_files(caplog: pytest.LogCaptureFixture) -> None
     assert cfg.enable_keychain
     assert not [r for r in caplog.records if "unknown key" in r.getMessage() and "cri" in r.getMessage()]
     sock = "unix:///run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock"
-    assert f"--image-service-endpoint={sock}" in (DEPLOY / "kubelet" / "10-lazypull-image-service.conf").read_text()
+    assert f"--image-service-endpoint={sock}" in (DEPLOY / "kubelet" / "kubelet-default").read_text()
     assert f"imageServiceEndpoint: {sock}" in (DEPLOY / "kubelet" / "kubelet-config.yaml").read_text()
