@@ -33,3 +33,39 @@ class OCIError(LazypullError):
 
 class RegistryError(LazypullError):
     """A registry request failed after retries, or the registry answered wrongly."""
+
+
+class _ImagePathError(LazypullError, OSError):
+    """A path inside an image cannot be used as asked; also the matching ``OSError``."""
+
+    errno_value = 0
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = self.errno_value
+
+
+class ImageFileNotFoundError(_ImagePathError, FileNotFoundError):
+    errno_value = 2  # ENOENT
+
+
+class ImageNotADirectoryError(_ImagePathError, NotADirectoryError):
+    errno_value = 20  # ENOTDIR
+
+
+class ImageIsADirectoryError(_ImagePathError, IsADirectoryError):
+    errno_value = 21  # EISDIR
+
+
+class ImageSymlinkLoopError(_ImagePathError):
+    errno_value = 40  # ELOOP
+
+
+class ImageReadOnlyError(_ImagePathError, PermissionError):
+    errno_value = 30  # EROFS
+
+
+class ImageNotAFileError(_ImagePathError):
+    """Not what the operation needs: open of a device, readlink of a regular file."""
+
+    errno_value = 22  # EINVAL

@@ -224,7 +224,7 @@ def _kill_mount_processes(root: Path) -> None:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"lazypull.fs.mountproc" in cmd and str(root).encode() in cmd:
+            if b"lazypull.service.fsd" in cmd and str(root).encode() in cmd:
                 try:
                     os.kill(int(pid), signal.SIGTERM)
                 except ProcessLookupError:

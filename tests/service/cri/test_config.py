@@ -22,3 +22,10 @@ def test_cri_keychain_keys(caplog: pytest.LogCaptureFixture) -> None:
     assert not caplog.records
     DaemonConfig.from_mapping({"cri_keychain": {"enable_keychian": True}})
     assert "unknown key cri_keychain.enable_keychian" in caplog.text
+
+
+def test_cri_keychain_keys_are_typed() -> None:
+    from lazypull.service.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cri_keychain\.enable_keychain must be a boolean"):
+        DaemonConfig.from_mapping({"cri_keychain": {"enable_keychain": "true"}})

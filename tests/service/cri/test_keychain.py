@@ -40,3 +40,19 @@ def test_keyed_by_repository_bounded_and_secret_hidden() -> None:
     kc.add("127.0.0.1:5000/x:1", c)
     assert len(kc) == 2 and kc.get("127.0.0.1:5000/team/app:v1") is None  # the oldest went
     assert "top-secret" not in repr(c)
+
+
+def test_credential_rides_in_the_layer_spec_never_in_its_public_form() -> None:
+    """The keychain's credential reaches the layer server inside the LayerSpec (memory only)."""
+    from lazypull.fs.spec import LayerSpec
+    from lazypull.registry.credentials import Credential
+    from lazypull.registry.options import RegistryOptions
+
+    cred = Credential("u", "refresh-token", identity_token=True)
+    opts = RegistryOptions(plain_http=True, credential=cred)
+    assert RegistryOptions.from_json(opts.to_json()).credential == cred
+    spec = LayerSpec(layer={"digest": "sha256:" + "0" * 64}, cache_dir="/c", registry=opts.to_json())
+    assert spec.has_secrets
+    assert "refresh-token" not in str(spec.public()) and spec.public()["registry"]["plain_http"]
+    assert not LayerSpec.from_json(spec.public()).has_secrets
+    assert "refresh-token" not in repr(opts)
