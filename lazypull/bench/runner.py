@@ -34,8 +34,9 @@ from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
 
 log = logging.getLogger(__name__)
-MODES = ("overlayfs", "lazypull", "lazypull-opt", "reference")
+MODES = ("overlayfs", "lazypull", "lazypull-opt", "reference", "cri")
 SNAPSHOTTER = {"overlayfs": "overlayfs", "lazypull": "lazypull", "lazypull-opt": "lazypull", "reference": "stargz"}
+# "cri": the image as a Kubernetes pod over CRI, pulled with credentials (lazypull.bench.cri)
 
 
 @dataclass
@@ -262,7 +263,7 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             cfg.progress(f"[images] building {img.build_name} (scale {cfg.scale:g})")
             layout = build_image(img, work, cfg.scale)
             copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
-            if any(m.startswith(("lazypull", "reference")) for m in cfg.modes):
+            if any(m.startswith(("lazypull", "reference", "cri")) for m in cfg.modes):
                 cfg.progress(f"[images] converting {img.build_name} to eStargz")
                 t0 = time.monotonic()
                 convert_image(
@@ -275,7 +276,7 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             built[img.build_name] = (f"{base}:org", f"{base}:esgz")
         org, esgz = built[img.build_name]
         refs[(name, "overlayfs")] = org
-        refs[(name, "lazypull")] = refs[(name, "reference")] = esgz
+        refs[(name, "lazypull")] = refs[(name, "reference")] = refs[(name, "cri")] = esgz
         if "lazypull-opt" in cfg.modes:
             cfg.progress(f"[images] optimizing {name} for its workload (lazypull optimize)")
             opt = f"{reg.host}/bench/{name}:esgz-opt"  # per workload: the record differs
@@ -325,6 +326,7 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
     work = cfg.workdir.resolve()
     results: list[RunResult] = []
     delay: DelayProxy | None = None
+    stack: list[Callable[[], None]] = []
     with bench_registry(cfg) as (net, reg):
         try:
             refs = prepare_images(cfg, reg, work, net)
@@ -335,20 +337,32 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
                 pull_host = delay.address
             else:
                 pull_host = reg.host
+            if "cri" in cfg.modes:
+                from lazypull.bench import cri
+
+                auth, pause = cri.prepare(net, reg.host, work / "registry", work)
+                stack.append(auth.stop)
             for name in cfg.images:
                 for mode in cfg.modes:
                     for run in range(1, cfg.runs + 1):
-                        node = Node(work / "node", mode, pull_host, cfg)
-                        try:
-                            r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
-                        finally:
-                            node.stop()
+                        if mode == "cri":
+                            ref, img, bg = refs[(name, mode)], IMAGES[name], cfg.background_fetch
+                            p, c, x, n = cri.cri_run(work / "node", net, auth, pause, img, ref, run, bg)
+                            r = RunResult(name, mode, run, p, c, x, n)
+                        else:
+                            node = Node(work / "node", mode, pull_host, cfg)
+                            try:
+                                r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
+                            finally:
+                                node.stop()
                         cfg.progress(
                             f"[run] {name:12} {mode:13} #{run}: pull {r.pull_s:6.2f}s create {r.create_s:5.2f}s "
                             f"run {r.run_s:6.2f}s total {r.total_s:6.2f}s, {r.bytes / 1e6:8.1f} MB"
                         )
                         results.append(r)
         finally:
+            for stop in stack:
+                stop()
             if delay is not None:
                 delay.stop()
     return results

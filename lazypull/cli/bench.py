@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--modes",
         default="overlayfs,lazypull,lazypull-opt",
-        help="comma-separated: overlayfs, lazypull, lazypull-opt, reference",
+        help="comma-separated: overlayfs, lazypull, lazypull-opt, reference, cri (a pod over CRI, private registry)",
     )
     p.add_argument("--runs", type=int, default=3, help="runs per image and mode (default 3)")
     p.add_argument("--rate", default="150mbit", help="registry bandwidth as tc understands it (default 150mbit)")

@@ -1,7 +1,8 @@
 """What the layer server needs to open one layer: the ``Mount`` request's payload.
 
-It may carry registry credentials (``registry["user"]``); those live in the server's
-memory only: :meth:`LayerSpec.public` is what may be written to disk."""
+It may carry registry credentials (``registry["user"]``, or ``registry["credential"]``: the
+kubelet's, from the CRI keychain); those live in the server's memory only:
+:meth:`LayerSpec.public` is what may be written to disk."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from lazypull.fs.layer import LayerFS
 from lazypull.fs.opened import RecordingSource, ReplaySource
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
-from lazypull.registry.options import RegistryOptions
+from lazypull.registry.options import SECRET_KEYS, RegistryOptions
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,12 @@ class LayerSpec:
     def public(self) -> dict[str, Any]:
         """The spec without credentials (what the server saves to re-attach after a restart)."""
         d = asdict(self)
-        d["registry"] = {k: v for k, v in self.registry.items() if k != "user"}
+        d["registry"] = {k: v for k, v in self.registry.items() if k not in SECRET_KEYS}
         return d
 
     @property
     def has_secrets(self) -> bool:
-        return bool(self.registry.get("user"))
+        return any(self.registry.get(k) for k in SECRET_KEYS)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LayerSpec:

@@ -65,7 +65,9 @@ class RegistryClient:
         with self._lock:
             h = self._hosts.get(ref.registry)
             if h is None:
-                cred = credentials.lookup(ref.registry, user=self.opts.user, docker_config=self.opts.docker_config)
+                cred = self.opts.credential or credentials.lookup(
+                    ref.registry, user=self.opts.user, docker_config=self.opts.docker_config
+                )
                 h = _Host(self.hosts.endpoints(ref.registry, ref.host), Authenticator(cred, self.transport))
                 self._hosts[ref.registry] = h
             return h

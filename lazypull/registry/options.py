@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazypull.errors import LazypullError
+from lazypull.registry.credentials import Credential
+
+SECRET_KEYS = ("user", "credential")  # the keys of to_json() that carry secrets (never written to disk)
 
 
 @dataclass
@@ -25,10 +28,11 @@ class RegistryOptions:
     user: str | None = field(default=None, repr=False)  # "name:password"
     registry_config: Path | None = None  # hosts/mirrors TOML
     docker_config: Path | None = None  # docker config.json (default ~/.docker/config.json)
+    credential: Credential | None = field(default=None, repr=False)  # in memory only (CRI keychain); wins
 
     def to_json(self) -> dict[str, object]:
-        """For handing to a mount process; credentials travel only through this (0600) spec."""
-        return {
+        """For handing to the layer server; credentials travel only through its (0600) socket."""
+        d: dict[str, object] = {
             "plain_http": self.plain_http,
             "plain_http_hosts": sorted(self.plain_http_hosts),
             "insecure": self.insecure,
@@ -36,6 +40,9 @@ class RegistryOptions:
             "registry_config": str(self.registry_config) if self.registry_config else None,
             "docker_config": str(self.docker_config) if self.docker_config else None,
         }
+        if self.credential is not None:
+            d["credential"] = credential_to_json(self.credential)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> RegistryOptions:
@@ -46,7 +53,18 @@ class RegistryOptions:
             user=d.get("user") or None,  # type: ignore[arg-type]
             registry_config=Path(str(d["registry_config"])) if d.get("registry_config") else None,
             docker_config=Path(str(d["docker_config"])) if d.get("docker_config") else None,
+            credential=credential_from_json(d.get("credential")),
         )
+
+
+def credential_to_json(c: Credential) -> dict[str, object]:
+    return {"username": c.username, "secret": c.secret, "identity_token": c.identity_token}
+
+
+def credential_from_json(v: object) -> Credential | None:
+    if not isinstance(v, dict) or not v.get("secret"):
+        return None
+    return Credential(str(v.get("username", "")), str(v["secret"]), bool(v.get("identity_token")))
 
 
 def add_registry_args(parser: argparse.ArgumentParser) -> None:

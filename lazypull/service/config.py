@@ -64,6 +64,9 @@ class DaemonConfig:
     # [resolver]: which layers can be mounted lazily (manifest lookups), and registry hosts
     resolve_timeout_sec: float = key("resolver.timeout_sec", 10.0, min=0.1, max=3600)  # one deadline per lookup
     resolve_failure_ttl_sec: float = key("resolver.failure_ttl_sec", 30.0, min=0, max=86400)  # failures cached
+    # [cri_keychain]: serve the kubelet's CRI image service, keep PullImage credentials in memory
+    enable_keychain: bool = key("cri_keychain.enable_keychain", False)
+    image_service_path: str = key("cri_keychain.image_service_path", "/run/containerd/containerd.sock")  # CRI socket
     hosts: HostsConfig = field(default_factory=HostsConfig)  # [resolver.host."NAME"] tables
     resolver_raw: dict[str, Any] = field(default_factory=dict)
 

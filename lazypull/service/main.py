@@ -17,6 +17,8 @@ from lazypull.errors import LazypullError
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.service.config import ConfigError, DaemonConfig
+from lazypull.service.cri.keychain import Keychain
+from lazypull.service.cri.server import add_image_service
 from lazypull.service.grpc_service import SnapshotsService
 from lazypull.service.notify import raise_fd_limit, sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
@@ -66,7 +68,12 @@ def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
         hosts_file.write_text(_toml_resolver(cfg.resolver_raw))
         os.chmod(hosts_file, 0o600)
         remote.registry["registry_config"] = str(hosts_file)
-    resolver = LayerResolver(client, timeout=cfg.resolve_timeout_sec, failure_ttl=cfg.resolve_failure_ttl_sec)
+    resolver = LayerResolver(
+        client,
+        Keychain() if cfg.enable_keychain else None,
+        timeout=cfg.resolve_timeout_sec,
+        failure_ttl=cfg.resolve_failure_ttl_sec,
+    )
     return Snapshotter(root, resolver, remote)
 
 
@@ -111,6 +118,8 @@ def serve(args: argparse.Namespace) -> int:
     sock.unlink(missing_ok=True)
     server = grpc.server(ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"))
     snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(sn), server)
+    if cfg.enable_keychain:  # the kubelet's --image-service-endpoint (CRI), beside the snapshots API
+        add_image_service(server, sn, cfg.image_service_path, cfg.prefetch_timeout_sec)
     old = os.umask(0o177)  # the socket is created 0600
     try:
         server.add_insecure_port(f"unix://{sock}")

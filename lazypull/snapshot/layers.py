@@ -32,6 +32,7 @@ from typing import Any
 
 from lazypull.errors import LazypullError
 from lazypull.fs.fuse.server import unmount
+from lazypull.fs.spec import LayerSpec
 from lazypull.service.fsdclient import FsdClient, FsdError, start_server
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class RemoteLayers:
         with self._lock:
             h = self._handles.get(digest)
             if h is not None and (not h.ready.is_set() or (not h.error and h.healthy)):
+                if LayerSpec.from_json(spec).has_secrets:
+                    h.spec = spec  # fresh credentials (memory only) for its later re-mounts and re-attaches
                 return h
             if h is not None:
                 h.close_fd()

@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from lazypull.errors import LazypullError
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor, Index, Manifest, host_platform, is_index
 from lazypull.registry.client import RegistryClient
+from lazypull.registry.credentials import Credential
 from lazypull.registry.deadline import deadline_scope
 from lazypull.registry.reference import Reference
 
@@ -38,6 +41,11 @@ class RemoteLayer:
     ref: Reference
     layer: Descriptor
     image_layers: tuple[Descriptor, ...] = ()  # every layer of the image, for mounting ahead
+    credential: Credential | None = field(default=None, repr=False, compare=False)  # from the CRI keychain
+
+
+class CredentialSource(Protocol):
+    def get(self, ref: Reference) -> Credential | None: ...
 
 
 def target_of(labels: dict[str, str]) -> tuple[str, str, str | None, tuple[str, ...]] | None:
@@ -56,14 +64,36 @@ FAILURE_TTL = 30.0
 
 class LayerResolver:
     def __init__(
-        self, client: RegistryClient, *, timeout: float = RESOLVE_TIMEOUT, failure_ttl: float = FAILURE_TTL
+        self,
+        client: RegistryClient,
+        keychain: CredentialSource | None = None,
+        *,
+        timeout: float = RESOLVE_TIMEOUT,
+        failure_ttl: float = FAILURE_TTL,
     ) -> None:
         self.client = client
+        self.keychain = keychain  # the kubelet's credentials per image (CRI), ahead of the node's own
         self.timeout = timeout
         self.failure_ttl = failure_ttl
+        self._clients: OrderedDict[Credential, RegistryClient] = OrderedDict()
         self._manifests: dict[str, Manifest] = {}
         self._failures: dict[str, tuple[float, str]] = {}  # image -> (until, reason)
         self._lock = threading.Lock()
+
+    def client_for(self, ref: Reference) -> RegistryClient:
+        """A client with the keychain's credentials for *ref* (one per credential: tokens refresh there)."""
+        cred = self.keychain.get(ref) if self.keychain is not None else None
+        if cred is None:
+            return self.client
+        with self._lock:
+            c = self._clients.get(cred)
+            if c is None:
+                opts = replace(self.client.opts, credential=cred)
+                c = self._clients[cred] = RegistryClient(opts, hosts=self.client.hosts, transport=self.client.transport)
+                while len(self._clients) > 64:
+                    self._clients.popitem(last=False)
+            self._clients.move_to_end(cred)
+            return c
 
     def resolve(self, labels: dict[str, str]) -> RemoteLayer:
         t = target_of(labels)
@@ -76,12 +106,13 @@ class LayerResolver:
             ref = Reference.parse(ref_text)
         except LazypullError as e:
             raise NotRemote(str(e)) from None
-        manifest = self._manifest(ref, manifest_digest)
+        manifest = self.manifest(ref, manifest_digest)
         for layer in manifest.layers:
             if layer.digest == digest:
                 if mt.ANNOTATION_TOC_DIGEST not in layer.annotations:
                     raise NotRemote(f"layer {digest} of {ref} has no TOC digest annotation (not eStargz)")
-                return RemoteLayer(ref, layer, tuple(manifest.layers))
+                cred = self.keychain.get(ref) if self.keychain is not None else None
+                return RemoteLayer(ref, layer, tuple(manifest.layers), cred)
         raise NotRemote(f"layer {digest} is not in the manifest of {ref}")
 
     def remember_failure(self, labels: dict[str, str], reason: str) -> None:
@@ -97,7 +128,9 @@ class LayerResolver:
         with self._lock:
             self._failures[key] = (time.monotonic() + self.failure_ttl, reason)
 
-    def _manifest(self, ref: Reference, manifest_digest: str | None) -> Manifest:
+    def manifest(self, ref: Reference, manifest_digest: str | None = None) -> Manifest:
+        """The image's manifest for this platform (cached per reference and digest; failures
+        for ``failure_ttl``)."""
         key = f"{ref}@{manifest_digest or ''}"
         now = time.monotonic()
         with self._lock:
@@ -113,10 +146,11 @@ class LayerResolver:
         try:
             with deadline_scope(self.timeout):
                 target = ref.with_digest(manifest_digest) if manifest_digest else ref
-                data, media_type, _dg = self.client.get_manifest(target)
+                client = self.client_for(ref)
+                data, media_type, _dg = client.get_manifest(target)
                 if is_index(media_type):
                     d = Index.parse(data, media_type).select(host_platform())
-                    data, media_type, _dg = self.client.get_manifest(ref.with_digest(d.digest))
+                    data, media_type, _dg = client.get_manifest(ref.with_digest(d.digest))
                 m = Manifest.parse(data, media_type)
         except LazypullError as e:
             reason = f"cannot read the manifest of {ref}: {e}"

@@ -15,12 +15,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lazypull.errors import LazypullError
 from lazypull.fs.fetcher import MIN_FETCH
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.registry.credentials import Credential
+from lazypull.registry.options import credential_to_json
+from lazypull.registry.reference import Reference
 from lazypull.service.fsdclient import FsdError, socket_path
 from lazypull.snapshot.filters import index_hints
 from lazypull.snapshot.filters import parse as parse_filters
@@ -158,7 +162,7 @@ class Snapshotter:
         log.warning("layer %s of %s is not serving: mounting it again", s.remote["digest"][7:19], s.key)
         try:
             if h is None:
-                spec = spec_of(s.remote)
+                spec = self._with_keychain(spec_of(s.remote))
                 if spec is None:
                     raise LayerMountError("no saved spec")
                 h = self.layers.start(s.remote["digest"], Path(s.remote["mountpoint"]), spec)
@@ -246,7 +250,7 @@ class Snapshotter:
             return False
         wait = min(self.remote.fetch_timeout_sec, self.resolver.timeout)
         try:
-            h = self._start_layer(layer.ref, layer.layer)
+            h = self._start_layer(layer.ref, layer.layer, layer.credential)
             # Prepare blocks containerd: the layer's TOC gets the resolver's deadline, not a fetch's.
             end = time.monotonic() + wait
             # containerd prepares layers one after another: start the following ones, once
@@ -254,7 +258,7 @@ class Snapshotter:
             if h.ready.wait(wait) and not h.error:
                 for other in layer.image_layers:
                     if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
-                        self._start_layer(layer.ref, other, ahead=True)
+                        self._start_layer(layer.ref, other, layer.credential, ahead=True)
             h.wait(max(end - time.monotonic(), 0.01))
         except Exception as e:
             self.mount_errors += 1
@@ -273,7 +277,8 @@ class Snapshotter:
                 "digest": layer.layer.digest,
                 "mountpoint": str(h.mountpoint),
                 "size": size,
-                "spec": json.dumps(h.spec),  # no credentials: the daemon's come from docker_config
+                # no credentials on disk: the daemon's come from docker_config, the kubelet's from the keychain
+                "spec": json.dumps(LayerSpec.from_json(h.spec).public()),
             },
         )
         log.info(
@@ -285,14 +290,16 @@ class Snapshotter:
         )
         return True
 
-    def _spec(self, ref: object, desc: Descriptor) -> LayerSpec:
+    def _spec(self, ref: object, desc: Descriptor, credential: Credential | None = None) -> LayerSpec:
+        """The layer's spec; the kubelet's *credential* (CRI keychain) rides in it to the layer
+        server's memory only (its socket is 0600; ``LayerSpec.public`` is what reaches disk)."""
         rs = self.remote
         assert rs is not None
         return LayerSpec(
             layer=desc.to_json(),
             cache_dir=str(rs.cache_dir),
             ref=str(ref),
-            registry=rs.registry,
+            registry={**rs.registry, "credential": credential_to_json(credential)} if credential else rs.registry,
             prefetch=rs.prefetch,
             background_fetch=rs.background_fetch,
             fetch_timeout_sec=rs.fetch_timeout_sec,
@@ -303,11 +310,27 @@ class Snapshotter:
             min_fetch=rs.min_fetch,
         )
 
-    def _start_layer(self, ref: object, desc: Descriptor, ahead: bool = False) -> LayerHandle:
+    def _with_keychain(self, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A saved (credential-free) spec with the keychain's current credential for its image,
+        so a layer mounted again after a restart still uses the kubelet's credentials."""
+        keychain = self.resolver.keychain if self.resolver is not None else None
+        if spec is None or keychain is None or not spec.get("ref"):
+            return spec
+        try:
+            cred = keychain.get(Reference.parse(str(spec["ref"])))
+        except LazypullError:
+            return spec
+        if cred is None:
+            return spec
+        return {**spec, "registry": {**(spec.get("registry") or {}), "credential": credential_to_json(cred)}}
+
+    def _start_layer(
+        self, ref: object, desc: Descriptor, credential: Credential | None = None, ahead: bool = False
+    ) -> LayerHandle:
         """The mount of layer *desc*: serving, being mounted, or started now (without waiting)."""
         d = self._layer_dir(desc.digest)
         d.mkdir(exist_ok=True, mode=0o700)
-        return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc).to_json(), ahead)
+        return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc, credential).to_json(), ahead)
 
     def _wait_prefetch(self, chain: list[Snapshot]) -> None:
         if self.remote is None or not self.remote.prefetch:
@@ -335,7 +358,7 @@ class Snapshotter:
         for s in self.store.all():
             if s.remote and s.remote["digest"] not in wanted:
                 mp = Path(s.remote.get("mountpoint") or self._layer_dir(s.remote["digest"]) / "fs")
-                wanted[s.remote["digest"]] = (s.remote["digest"], mp, spec_of(s.remote))
+                wanted[s.remote["digest"]] = (s.remote["digest"], mp, self._with_keychain(spec_of(s.remote)))
         if wanted or self.remote is not None:
             try:
                 n = self.layers.restore(list(wanted.values()))

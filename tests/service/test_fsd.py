@@ -140,11 +140,19 @@ def test_bad_requests_get_one_line_errors(server: tuple[LayerServer, FsdClient],
     assert not os.path.ismount(tmp_path / "bad") and client.list() == []
 
 
-def test_saved_state_has_no_credentials(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "secret",
+    [{"user": "alice:s3cret"}, {"credential": {"username": "alice", "secret": "s3cret", "identity_token": False}}],
+    ids=["user", "kubelet-credential"],
+)
+def test_saved_state_has_no_credentials(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, secret: dict[str, object]
+) -> None:
     _srv, client = server
     blob, desc = make_layer(tmp_path, "c", {"c": b"c"})
     s = spec(tmp_path, blob, desc)
-    s["registry"] = {"user": "alice:s3cret", "plain_http": True}
+    s["registry"] = {**secret, "plain_http": True}
+    assert LayerSpec.from_json(s).has_secrets
     _, fd = client.mount(s, tmp_path / "m", timeout=30)
     os.close(fd)
     [state] = (tmp_path / "fsd" / "layers").glob("*.json")
