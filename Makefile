@@ -1,4 +1,10 @@
-.PHONY: test demo bench bench-all bench-parts lint
+.PHONY: setup test demo bench bench-all bench-parts lint install-node check-stock-debian
+
+# Everything runs through the project's venv (.venv/, made by scripts/setup.sh).
+PY := .venv/bin/python
+
+setup:
+	./scripts/setup.sh
 
 test:
 	./scripts/test.sh
@@ -6,19 +12,27 @@ test:
 demo:
 	./demo.sh
 
-lint:
-	python3 -m ruff check lazypull tests bench
+lint: setup
+	$(PY) -m ruff check lazypull tests bench
+
+# Install the daemon and CLI on this node (/opt/lazypull, /usr/local/bin, the systemd unit).
+install-node:
+	./scripts/install-node.sh
+
+# The README's commands on a fresh Debian 12 root, as root and through sudo (also a test in tests/e2e).
+check-stock-debian:
+	./scripts/check-stock-debian.sh
 
 # The benchmark (by hand; never part of the tests): see `lazypull bench --help`.
-bench:
-	lazypull bench --images seed-large --runs 3
+bench: setup
+	.venv/bin/lazypull bench --images seed-large --runs 3
 
-bench-all:
-	lazypull bench --images all --runs 3
+bench-all: setup
+	.venv/bin/lazypull bench --images all --runs 3
 
 # Component benchmarks (by hand): conversion vs ctr-remote, registry client vs curl, one layer vs ext4.
-bench-parts:
-	python3 bench/bench_convert.py
-	python3 bench/bench_convert.py --registry
-	python3 bench/bench_registry.py
-	python3 bench/bench_layer.py
+bench-parts: setup
+	$(PY) bench/bench_convert.py
+	$(PY) bench/bench_convert.py --registry
+	$(PY) bench/bench_registry.py
+	$(PY) bench/bench_layer.py

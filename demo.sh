@@ -3,9 +3,11 @@
 # then start it through containerd twice over a 150 Mbit/s link - full pull vs lazy pull -
 # and print both times and the bytes fetched. DEMO_SCALE=0.1 makes a ~140 MB image.
 set -euo pipefail
-cd "$(dirname "$0")"
-if [ "$(id -u)" != 0 ]; then exec sudo --preserve-env=DEMO_SCALE "$0" "$@"; fi
+self=$(readlink -f "$0")
+cd "$(dirname "$self")"
+. scripts/lib.sh
+as_root "$self" "$@"
 echo "demo: [1/2] installing dependencies"
 ./scripts/setup.sh
 echo "demo: [2/2] running (registry in a shaped network namespace, containerd, lazypull)"
-exec python3 -m lazypull.bench.demo
+exec .venv/bin/python -m lazypull.bench.demo

@@ -5,6 +5,8 @@ one clear line (``str(err)``) instead of a traceback. Messages say what went wro
 where possible, what to do next. They never contain credentials.
 """
 
+import errno
+
 
 class LazypullError(Exception):
     """Base of every error lazypull raises on purpose."""
@@ -33,3 +35,39 @@ class OCIError(LazypullError):
 
 class RegistryError(LazypullError):
     """A registry request failed after retries, or the registry answered wrongly."""
+
+
+class _ImagePathError(LazypullError, OSError):
+    """A path inside an image cannot be used as asked; also the matching ``OSError``."""
+
+    errno_value = 0
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = self.errno_value
+
+
+class ImageFileNotFoundError(_ImagePathError, FileNotFoundError):
+    errno_value = errno.ENOENT
+
+
+class ImageNotADirectoryError(_ImagePathError, NotADirectoryError):
+    errno_value = errno.ENOTDIR
+
+
+class ImageIsADirectoryError(_ImagePathError, IsADirectoryError):
+    errno_value = errno.EISDIR
+
+
+class ImageSymlinkLoopError(_ImagePathError):
+    errno_value = errno.ELOOP
+
+
+class ImageReadOnlyError(_ImagePathError, PermissionError):
+    errno_value = errno.EROFS
+
+
+class ImageNotAFileError(_ImagePathError):
+    """Not what the operation needs: open of a device, readlink of a regular file."""
+
+    errno_value = errno.EINVAL

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README and CI): install what is missing, lint, then every test —
-# unit tests and end-to-end tests against a real registry, containerd, runc and FUSE.
+# unit tests and end-to-end tests against a real registry, containerd, runc and FUSE —
+# all through the project's venv (.venv/, made by scripts/setup.sh). Arguments go to pytest.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ "$(id -u)" != 0 ]; then exec sudo --preserve-env=PYTHON "$0" "$@"; fi  # containerd, FUSE, netns
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/.."
+. scripts/lib.sh
+as_root "$self" "$@"  # containerd, FUSE, network namespaces
 ./scripts/setup.sh
-PY=${PYTHON:-python3}
+PY=.venv/bin/python
 $PY -m ruff check lazypull tests bench
 exec $PY -m pytest -q -p no:cacheprovider "$@"

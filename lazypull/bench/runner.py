@@ -8,6 +8,7 @@ registry's namespace during the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
 
 log = logging.getLogger(__name__)
-MODES = ("overlayfs", "lazypull", "lazypull-opt", "lazypull-soci", "reference")
+MODES = ("overlayfs", "lazypull", "lazypull-opt", "lazypull-soci", "reference", "cri")
 SNAPSHOTTER = {
     "overlayfs": "overlayfs",
     "lazypull": "lazypull",
@@ -41,6 +42,7 @@ SNAPSHOTTER = {
     "lazypull-soci": "lazypull",  # the unconverted image plus a SOCI index
     "reference": "stargz",
 }
+# "cri": the image as a Kubernetes pod over CRI, pulled with credentials (lazypull.bench.cri)
 
 
 @dataclass
@@ -156,7 +158,8 @@ class Node:
             if not cfg.reference_snapshotter:
                 raise LazypullError("mode 'reference' needs --reference-snapshotter PATH")
             sock = root / "stargz.sock"
-            (root / "stargz.toml").write_text(
+            (root / "stargz.toml").write_text(  # top-level keys first, then the tables
+                f"no_background_fetch = {str(not cfg.background_fetch).lower()}\n"
                 f'[[resolver.host."{registry_host}".mirrors]]\nhost = "{registry_host}"\ninsecure = true\n'
             )
             self.snap_proc = subprocess.Popen(
@@ -228,7 +231,7 @@ def _kill_mount_processes(root: Path) -> None:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"lazypull.fs.mountproc" in cmd and str(root).encode() in cmd:
+            if b"lazypull.service.fsd" in cmd and str(root).encode() in cmd:
                 try:
                     os.kill(int(pid), signal.SIGTERM)
                 except ProcessLookupError:
@@ -267,7 +270,7 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             cfg.progress(f"[images] building {img.build_name} (scale {cfg.scale:g})")
             layout = build_image(img, work, cfg.scale)
             copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
-            if any(m.startswith(("lazypull", "reference")) and m != "lazypull-soci" for m in cfg.modes):
+            if any(m.startswith(("lazypull", "reference", "cri")) and m != "lazypull-soci" for m in cfg.modes):
                 cfg.progress(f"[images] converting {img.build_name} to eStargz")
                 t0 = time.monotonic()
                 convert_image(
@@ -282,7 +285,7 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
         if "lazypull-soci" in cfg.modes and (name, "lazypull-soci") not in refs:
             refs.update(_soci_index(cfg, img, org))
         refs[(name, "overlayfs")] = org
-        refs[(name, "lazypull")] = refs[(name, "reference")] = esgz
+        refs[(name, "lazypull")] = refs[(name, "reference")] = refs[(name, "cri")] = esgz
         if "lazypull-opt" in cfg.modes:
             cfg.progress(f"[images] optimizing {name} for its workload (lazypull optimize)")
             opt = f"{reg.host}/bench/{name}:esgz-opt"  # per workload: the record differs
@@ -323,44 +326,67 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C: through the finally blocks
 
 
-def run_bench(cfg: BenchConfig) -> list[RunResult]:
+@contextlib.contextmanager
+def bench_registry(cfg: BenchConfig) -> Iterator[tuple[ShapedNet, Registry]]:
+    """The shaped network namespace with the registry in it, torn down on exit (also on Ctrl-C/SIGTERM)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     work = cfg.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     net = ShapedNet(rate=cfg.rate)
-    results: list[RunResult] = []
     reg: Registry | None = None
-    delay: DelayProxy | None = None
     try:
         net.create()
         cfg.progress(f"[net] registry namespace {net.name}, {net.registry_ip}, egress shaped to {cfg.rate}")
         reg = Registry(net, work / "registry")
-        refs = prepare_images(cfg, reg, work, net)
-        if cfg.rtt_ms:
-            delay = DelayProxy(net.host_ip, (net.registry_ip, 5000), cfg.rtt_ms).start()
-            cfg.progress(f"[net] adding {cfg.rtt_ms:g} ms round-trip time via {delay.address}")
-            refs = {k: v.replace(reg.host, delay.address, 1) for k, v in refs.items()}
-            pull_host = delay.address
-        else:
-            pull_host = reg.host
-        for name in cfg.images:
-            for mode in cfg.modes:
-                for run in range(1, cfg.runs + 1):
-                    node = Node(work / "node", mode, pull_host, cfg)
-                    try:
-                        r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
-                    finally:
-                        node.stop()
-                    cfg.progress(
-                        f"[run] {name:12} {mode:13} #{run}: pull {r.pull_s:6.2f}s create {r.create_s:5.2f}s "
-                        f"run {r.run_s:6.2f}s total {r.total_s:6.2f}s, {r.bytes / 1e6:8.1f} MB"
-                    )
-                    results.append(r)
+        yield net, reg
     finally:
-        if delay is not None:
-            delay.stop()
         if reg is not None:
             reg.stop()
         net.destroy()
+
+
+def run_bench(cfg: BenchConfig) -> list[RunResult]:
+    work = cfg.workdir.resolve()
+    results: list[RunResult] = []
+    delay: DelayProxy | None = None
+    stack: list[Callable[[], None]] = []
+    with bench_registry(cfg) as (net, reg):
+        try:
+            refs = prepare_images(cfg, reg, work, net)
+            if cfg.rtt_ms:
+                delay = DelayProxy(net.host_ip, (net.registry_ip, 5000), cfg.rtt_ms).start()
+                cfg.progress(f"[net] adding {cfg.rtt_ms:g} ms round-trip time via {delay.address}")
+                refs = {k: v.replace(reg.host, delay.address, 1) for k, v in refs.items()}
+                pull_host = delay.address
+            else:
+                pull_host = reg.host
+            if "cri" in cfg.modes:
+                from lazypull.bench import cri
+
+                auth, pause = cri.prepare(net, reg.host, work / "registry", work)
+                stack.append(auth.stop)
+            for name in cfg.images:
+                for mode in cfg.modes:
+                    for run in range(1, cfg.runs + 1):
+                        if mode == "cri":
+                            ref, img, bg = refs[(name, mode)], IMAGES[name], cfg.background_fetch
+                            p, c, x, n = cri.cri_run(work / "node", net, auth, pause, img, ref, run, bg)
+                            r = RunResult(name, mode, run, p, c, x, n)
+                        else:
+                            node = Node(work / "node", mode, pull_host, cfg)
+                            try:
+                                r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
+                            finally:
+                                node.stop()
+                        cfg.progress(
+                            f"[run] {name:12} {mode:13} #{run}: pull {r.pull_s:6.2f}s create {r.create_s:5.2f}s "
+                            f"run {r.run_s:6.2f}s total {r.total_s:6.2f}s, {r.bytes / 1e6:8.1f} MB"
+                        )
+                        results.append(r)
+        finally:
+            for stop in stack:
+                stop()
+            if delay is not None:
+                delay.stop()
     return results

@@ -18,7 +18,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
+from lazypull.errors import LazypullError
 from lazypull.fsutil import atomic_write
+from lazypull.oci import digest as digestlib
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,10 @@ class MemoryLRU:
         self._d: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -59,11 +65,18 @@ class MemoryLRU:
 
 class ChunkCache:
     def __init__(
-        self, root: Path, max_bytes: int = 10 << 30, memory_bytes: int = 64 << 20, write_queue: int = 16
+        self,
+        root: Path,
+        max_bytes: int = 10 << 30,
+        memory_bytes: int = 64 << 20,
+        write_queue: int = 16,
+        memory: MemoryLRU | None = None,
     ) -> None:
+        """*memory*: a memory tier shared with other caches (the layer server keeps one per
+        process, so the node has one memory budget); otherwise one of *memory_bytes*."""
         self.root = Path(root)
         self.max_bytes = max_bytes
-        self.memory = MemoryLRU(memory_bytes)
+        self.memory = memory if memory is not None else MemoryLRU(memory_bytes)
         self._lock = threading.Lock()
         self._sizes: OrderedDict[str, int] = OrderedDict()  # LRU order of disk entries
         self._total = 0
@@ -72,14 +85,26 @@ class ChunkCache:
         self.corrupt = 0
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
+        self._real_root = os.path.realpath(self.root) + os.sep
+        self._confined: set[str] = set()  # subdirectories checked to resolve inside root
         self._scan()
         self._pending: set[str] = set()
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=write_queue)
         threading.Thread(target=self._writer, daemon=True, name="cache-writer").start()
 
     def _path(self, digest: str) -> Path:
-        hexd = digest.partition(":")[2]
-        return self.root / hexd[:2] / hexd
+        """``root/hex[:2]/hex`` for a validated sha256 digest, and never anything outside root.
+
+        Digests come from TOCs (untrusted) and are validated when the TOC is parsed; this
+        checks again, so no caller can turn a crafted string into a path elsewhere."""
+        hexd = digestlib.validate(digest, ("sha256",)).partition(":")[2]
+        sub = self.root / hexd[:2]
+        if hexd[:2] not in self._confined:  # resolved once per subdirectory (hot path)
+            if os.path.realpath(sub) != self._real_root + hexd[:2]:
+                raise LazypullError(f"cache path for {digest} leaves the cache directory {self.root}")
+            if sub.is_dir():
+                self._confined.add(hexd[:2])
+        return sub / hexd
 
     def _scan(self) -> None:
         """Rebuild the index after a restart, oldest access first."""
@@ -91,8 +116,11 @@ class ChunkCache:
                 if f.name.startswith(".tmp-"):
                     f.unlink(missing_ok=True)  # leftovers of an interrupted write
                     continue
+                key = f"sha256:{f.name}"
+                if sub.name != f.name[:2] or not digestlib.is_valid(key, ("sha256",)) or not f.is_file():
+                    continue  # not ours: never indexed, so never evicted or served
                 st = f.stat()
-                found.append((st.st_atime, f"sha256:{f.name}", st.st_size))
+                found.append((st.st_atime, key, st.st_size))
         for _, key, size in sorted(found):
             self._sizes[key] = size
             self._total += size
@@ -174,9 +202,33 @@ class ChunkCache:
             self._evict()
 
     def path_of(self, digest: str) -> Path | None:
-        """The file holding *digest*'s content, if cached (for FUSE passthrough)."""
+        """The file holding *digest*'s content, if cached."""
         path = self._path(digest)
         return path if path.exists() else None
+
+    def open_verified(self, digest: str) -> int | None:
+        """An fd on the cache file of *digest*, its whole content checked through that very fd
+        (for FUSE passthrough, where the kernel then reads the file without us). A file that
+        does not match is dropped (and counted); None then, or when there is no such file."""
+        try:
+            fd = os.open(self._path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            h = hashlib.sha256()
+            while block := os.read(fd, 1 << 20):
+                h.update(block)
+            if "sha256:" + h.hexdigest() == digest:
+                os.lseek(fd, 0, os.SEEK_SET)
+                return fd
+        except OSError as e:
+            log.warning("cannot read cache entry %s: %s", digest, e)
+        os.close(fd)
+        log.warning("cache entry %s is corrupted; dropping it", digest)
+        self.corrupt += 1
+        self.memory.drop(digest)
+        self._drop(digest)
+        return None
 
     def put_parts(self, digest: str, parts: Iterable[bytes]) -> Path | None:
         """Store content given as verified parts (a whole file from its chunks), streaming.

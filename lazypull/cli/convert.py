@@ -65,5 +65,6 @@ def run(args: argparse.Namespace) -> int:
         opts = conversion_options(args, prioritized)
         opts.progress = progress  # type: ignore[assignment]
         desc = convert_image(src, dst, opts, tag=dst.tag)
+    dst.close()  # a docker-archive destination is written here
     print(desc.digest)
     return 0

@@ -30,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
             all_platforms=not args.platform,
             progress=progress,
         )  # type: ignore[arg-type]
+    dst.close()  # a docker-archive destination is written here
     print(desc.digest)
     return 0

@@ -23,6 +23,9 @@ COMMAND_MODULES = [
     "unpack",
     "mount",
     "soci",
+    "ls",
+    "cat",
+    "cp",
     "snapshotter",
     "bench",
 ]
@@ -59,11 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LazypullError as e:
-        print(f"lazypull: error: {e}", file=sys.stderr)
+        print(f"lazypull: error: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a path the user gave: missing, not a directory, no permission, ...
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        print(f"lazypull: error: {_one_line(what)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lazypull: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    """Errors may quote hostile input (names from a layer): never more than one line."""
+    return " ".join(text.split("\n")).replace("\r", " ")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,28 @@
-"""``lazypull mount`` / ``umount``: an image's rootfs mounted lazily from its registry."""
+"""``lazypull mount`` / ``umount``: an image's rootfs mounted lazily from its registry.
+
+A foreground mount serves until Ctrl-C/SIGTERM or until its mount point is unmounted
+(``lazypull umount`` or plain ``umount``), then removes everything and exits; an
+interrupt during start-up leaves nothing mounted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from lazypull.errors import LazypullError
+from lazypull.fs.fuse.server import is_mounted
 from lazypull.fs.rootfs import (
     DEFAULT_CACHE_DIR,
     DEFAULT_STATE_ROOT,
     MountOptions,
     mount_image,
     mount_stats,
+    state_dir_for,
     umount_image,
 )
 from lazypull.registry.options import add_registry_args, options_from_args
@@ -26,12 +35,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-background-fetch", action="store_true", help="fetch only what is read")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS)
-    p.add_argument("--fetch-timeout", type=float, default=60.0, help="seconds before a read fails with EIO")
+    p.add_argument(
+        "--fetch-timeout",
+        type=_seconds,
+        default=60.0,
+        help="one deadline per read, retries and body included: seconds before it fails with EIO",
+    )
     p.add_argument(
         "--passthrough",
         action="store_true",
         help="kernel reads fully cached files directly (native speed; slower small-file opens)",
     )
+    p.add_argument(
+        "--suid", action="store_true", help="honour the image's setuid bits (default nosuid: images are untrusted)"
+    )
+    p.add_argument("--dev", action="store_true", help="allow opening the image's device nodes (default nodev)")
     p.add_argument("--daemon", action="store_true", help="return once mounted (layers keep serving)")
     p.add_argument("--stats", action="store_true", help="show per-layer statistics of MOUNTPOINT and exit")
     add_registry_args(p)
@@ -43,8 +61,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     u.set_defaults(func=run_umount)
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return v
+
+
 def run_umount(args: argparse.Namespace) -> int:
-    umount_image(args.mountpoint, args.state_dir)
+    mp = Path(args.mountpoint)
+    if not state_dir_for(mp, args.state_dir).exists():  # never unmounts what lazypull did not mount
+        raise LazypullError(f"{mp} is not mounted by lazypull")
+    umount_image(mp, args.state_dir)
     return 0
 
 
@@ -63,18 +94,49 @@ def run(args: argparse.Namespace) -> int:
         state_root=args.state_dir,
         fetch_timeout_sec=args.fetch_timeout,
         passthrough=args.passthrough,
+        suid=args.suid,
+        dev=args.dev,
     )
-    mount_image(open_store(ref, ropts), mountpoint, opts, ropts)
-    print(f"mounted {ref} at {mountpoint}")
+    interrupted = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        if not interrupted.is_set():  # the first one interrupts; cleanup itself is not interrupted
+            interrupted.set()
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        mount_image(open_store(ref, ropts), mountpoint, opts, ropts)  # cleans up after itself on any error
+    except KeyboardInterrupt:
+        print(f"lazypull: interrupted while mounting {ref}; nothing left mounted", file=sys.stderr)
+        return 130
+    print(f"mounted {ref} at {mountpoint}", flush=True)
     if args.daemon:
         return 0
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    try:
+        while not interrupted.wait(0.5):
+            _reap_children()
+            if not is_mounted(mountpoint):
+                print(f"{mountpoint} was unmounted; stopping", flush=True)
+                break
+    except KeyboardInterrupt:
+        pass
     umount_image(mountpoint, args.state_dir)
+    _reap_children()
     print(f"unmounted {mountpoint}")
     return 0
+
+
+def _reap_children() -> None:
+    """Layer processes are our children: collect those that exited (no zombies)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def show_stats(mountpoint: Path, state_root: Path) -> int:

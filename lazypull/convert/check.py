@@ -11,9 +11,11 @@ from lazypull.format import open_layer
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
 from lazypull.format.source import ReadAt
+from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.resolve import image_manifests
 from lazypull.oci.store import ImageStore
-from lazypull.oci.types import Descriptor, Index, Manifest, Platform, host_platform, is_index
+from lazypull.oci.types import Descriptor, Manifest, Platform, is_foreign_layer
 
 WINDOW = 8 << 20  # read chunks in ranges of about this size
 
@@ -33,32 +35,45 @@ class LayerReport:
 
 
 def manifests_of(store: ImageStore, platform: Platform | None, all_platforms: bool) -> Iterator[Manifest]:
-    root = store.resolve()
-    if is_index(root.media_type):
-        index = Index.parse(store.fetch(root), root.media_type)
-        descs = index.manifests if all_platforms else [index.select(platform or host_platform())]
-        for d in descs:
-            if d.media_type in mt.MANIFEST_TYPES:
-                yield Manifest.parse(store.fetch(d), d.media_type)
-    else:
-        yield Manifest.parse(store.fetch(root), root.media_type)
+    for d in image_manifests(store, store.resolve(), platform, all_platforms):
+        yield Manifest.parse(store.fetch(d), d.media_type)
 
 
-def iter_chunk_data(idx: LayerIndex, source: ReadAt) -> Iterator[tuple[Entry, Chunk, bytes]]:
-    """Every chunk of every regular file, decoded and verified, read in large windows."""
+def iter_chunk_data(
+    idx: LayerIndex, source: ReadAt, whole: digestlib.Digester | None = None
+) -> Iterator[tuple[Entry, Chunk, bytes]]:
+    """Every chunk of every regular file, decoded and verified, read in large windows.
+
+    With *whole*, every byte of the blob (the gaps between chunks, TOC and footer too) is
+    read once, in order, and fed to it: the caller can then check the blob's own digest."""
     items = sorted(
         ((e, c) for e in idx.entries() if e.type == EntryType.REG for c in e.chunks),
         key=lambda ec: (ec[1].blob_offset, ec[1].inner_offset),
     )
+    pos = 0  # with *whole*: the blob is hashed up to here
+
+    def hash_to(end: int) -> None:
+        nonlocal pos
+        assert whole is not None
+        while pos < end:
+            n = min(WINDOW, end - pos)
+            whole.update(source.read_at(pos, n))
+            pos += n
+
     i = 0
     while i < len(items):
         start = items[i][1].blob_offset
+        if whole is not None:
+            hash_to(start)
         j = i
         end = items[i][1].blob_end
         while j + 1 < len(items) and items[j + 1][1].blob_end - start <= WINDOW:
             j += 1
             end = max(end, items[j][1].blob_end)
         window = source.read_at(start, end - start)
+        if whole is not None and end > pos:
+            whole.update(memoryview(window)[pos - start :])
+            pos = end
         for e, c in items[i : j + 1]:
             raw = window[c.blob_offset - start : c.blob_end - start]
             try:
@@ -66,9 +81,13 @@ def iter_chunk_data(idx: LayerIndex, source: ReadAt) -> Iterator[tuple[Entry, Ch
             except (FormatError, DigestMismatchError) as err:
                 raise FormatError(f"{e.name}: {err}") from None
         i = j + 1
+    if whole is not None:
+        hash_to(source.size)
 
 
 def check_layer(store: ImageStore, desc: Descriptor, full: bool) -> LayerReport:
+    if is_foreign_layer(desc.media_type):
+        return LayerReport(desc.digest, "non-distributable (not fetched)")
     toc_digest = desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)
     if not toc_digest:
         return LayerReport(desc.digest, "not eStargz", error="" if not full else _check_whole(store, desc))
@@ -77,17 +96,36 @@ def check_layer(store: ImageStore, desc: Descriptor, full: bool) -> LayerReport:
     try:
         idx = open_layer(src, toc_digest=toc_digest)
         rep.kind = idx.format
-        rep.entries = len(list(idx.entries()))
+        rep.entries = sum(1 for _ in idx.entries())
         if full:
             hashes: dict[str, hashlib._Hash] = {}
-            for e, _c, data in iter_chunk_data(idx, src):
+            hashed: dict[str, int] = {}  # bytes hashed so far, while chunks come in file order
+            unordered: list[Entry] = []  # files whose chunks lie out of order in the blob
+            whole = digestlib.Digester(digestlib.algorithm(desc.digest))
+            for e, c, data in iter_chunk_data(idx, src, whole):
                 rep.chunks_checked += 1
+                if hashed.setdefault(e.name, 0) != c.file_offset:
+                    if hashed[e.name] >= 0:
+                        unordered.append(e)
+                    hashed[e.name] = -1
+                    continue
                 hashes.setdefault(e.name, hashlib.sha256()).update(data)
+                hashed[e.name] += c.size
+            for e in unordered:  # re-read in file order: rare, only for odd or crafted layouts
+                h = hashes[e.name] = hashlib.sha256()
+                for off in range(0, e.size, WINDOW):
+                    h.update(idx.read(src, e.name, off, WINDOW))
             for e in idx.entries():
                 if e.type == EntryType.REG and e.digest and e.size:
                     actual = "sha256:" + hashes[e.name].hexdigest()
                     if actual != e.digest:
                         raise FormatError(f"{e.name}: file digest mismatch (TOC {e.digest}, content {actual})")
+            # Every byte was read: the blob itself must be the one the manifest names
+            # (bytes outside the chunks, e.g. tar headers, are covered by nothing else).
+            if whole.size != desc.size:
+                raise FormatError(f"blob is {whole.size} bytes, the manifest says {desc.size}")
+            if whole.digest() != desc.digest:
+                raise DigestMismatchError("blob", desc.digest, whole.digest())
     except (LazypullError, OSError) as e:
         rep.error = str(e)
     rep.bytes_read = src.bytes_read

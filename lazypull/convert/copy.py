@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from lazypull.oci.resolve import select_manifest
 from lazypull.oci.store import ImageStore, VerifyingReader
-from lazypull.oci.types import Descriptor, Index, Manifest, Platform, host_platform, is_index
+from lazypull.oci.types import Descriptor, Index, Manifest, Platform, is_foreign_layer, is_index
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def copy_image(
     if is_index(root.media_type):
         index = Index.parse(src.fetch(root), root.media_type)
         if not all_platforms:
-            chosen = index.select(platform or host_platform())
+            chosen = select_manifest(src, root, platform)
             _copy_manifest(src, dst, chosen, progress)
             dst.push_manifest(chosen, src.fetch(chosen), tag=tag)
             return chosen
@@ -49,6 +50,9 @@ def _copy_manifest(
         return
     m = Manifest.parse(src.fetch(desc), desc.media_type)
     for blob in [m.config, *m.layers]:
+        if is_foreign_layer(blob.media_type):
+            log.warning("layer %s is non-distributable: not copied (the manifest keeps its descriptor)", blob.digest)
+            continue
         copy_blob(src, dst, blob)
         if progress:
             progress("copied", blob, blob.size, blob.size)

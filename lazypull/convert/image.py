@@ -14,14 +14,27 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from lazypull.convert.lowerlinks import find_lower_files, with_lower_files
 from lazypull.errors import FormatError, LazypullError, OCIError
 from lazypull.format import BuildResult, build_estargz, open_layer
-from lazypull.format.tarstream import Prioritized
+from lazypull.format.estargz_writer import HardlinkOutsideLayerError
+from lazypull.format.tarstream import NameNotUTF8Error, Prioritized
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.resolve import select_manifest
 from lazypull.oci.store import ImageStore, VerifyingReader
-from lazypull.oci.types import Descriptor, ImageConfig, Index, Manifest, Platform, host_platform, is_index
+from lazypull.oci.types import (
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    host_platform,
+    is_foreign_layer,
+    is_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +97,18 @@ class Converter:
             wanted = list(self.opts.platforms or [host_platform()])
             chosen = []
             for p in wanted:
-                d = index.select(p)
+                d = select_manifest(self.src, desc, p)  # follows nested indexes
                 if d not in chosen:
                     chosen.append(d)
             if len(chosen) == 1:
                 return self._convert_manifest(chosen[0], chosen[0].platform)
         new_descs = []
         for d in chosen:
+            if is_index(d.media_type):  # a nested index: converted as a whole, kept nested
+                nd = self._convert_index_all(d)
+                self.dst.push_manifest(nd, self._pending_docs.pop(nd.digest))
+                new_descs.append(nd)
+                continue
             if d.media_type not in mt.MANIFEST_TYPES:
                 log.info("keeping non-image manifest %s (%s) as is", d.digest, d.media_type)
                 self._copy_blob(d)
@@ -107,6 +125,14 @@ class Converter:
         )
         return self._doc(new_index.media_type, new_index.to_bytes(), None, desc.annotations)
 
+    def _convert_index_all(self, desc: Descriptor) -> Descriptor:
+        saved = self.opts.all_platforms
+        self.opts.all_platforms = True
+        try:
+            return self._convert_index(desc)
+        finally:
+            self.opts.all_platforms = saved
+
     def _convert_manifest(self, desc: Descriptor, platform: Platform | None) -> Descriptor:
         manifest = Manifest.parse(self.src.fetch(desc), desc.media_type)
         config = ImageConfig.parse(self.src.fetch(manifest.config))
@@ -118,7 +144,9 @@ class Converter:
         jobs = list(enumerate(manifest.layers))
         workers = 1 if len(jobs) < 2 else 2  # each layer already compresses on all cores
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert-layer") as pool:
-            results = list(pool.map(lambda j: self._convert_layer(j[1], config.diff_ids[j[0]]), jobs))
+            results = list(
+                pool.map(lambda j: self._convert_layer(j[1], config.diff_ids[j[0]], manifest.layers[: j[0]]), jobs)
+            )
         new_layers = [r[0] for r in results]
         config.diff_ids = [r[1] for r in results]
         cfg_bytes = config.to_bytes()
@@ -138,9 +166,17 @@ class Converter:
         return self._doc(new_manifest.media_type, new_manifest.to_bytes(), platform, desc.annotations)
 
     # -- layers -----------------------------------------------------------------------
-    def _convert_layer(self, desc: Descriptor, diff_id: str) -> tuple[Descriptor, str]:
+    def _convert_layer(
+        self, desc: Descriptor, diff_id: str, lowers: Sequence[Descriptor] = ()
+    ) -> tuple[Descriptor, str]:
         if desc.digest in self._converted:
             return self._converted[desc.digest], self._diff_ids[desc.digest]
+        if is_foreign_layer(desc.media_type):
+            where = f" (its content is at {', '.join(desc.urls)})" if desc.urls else ""
+            log.warning("layer %s is non-distributable%s: kept as is, not fetched or converted", desc.digest, where)
+            nd = self._retype(desc, desc.annotations)
+            self._converted[desc.digest], self._diff_ids[desc.digest] = nd, diff_id
+            return nd, diff_id
         if desc.media_type not in mt.LAYER_TYPES:
             raise OCIError(f"layer {desc.digest} has unsupported media type {desc.media_type!r}")
         if is_estargz_layer(desc) and not self.opts.force and self._valid_estargz(desc):
@@ -149,10 +185,32 @@ class Converter:
             nd = self._retype(desc, desc.annotations)
             self._converted[desc.digest], self._diff_ids[desc.digest] = nd, diff_id
             return nd, diff_id
+        try:
+            nd, new_diff_id = self._build(desc, lambda: VerifyingReader(self.src.open_blob(desc), desc))
+        except HardlinkOutsideLayerError as e:
+            if not lowers:
+                raise FormatError(f"layer {desc.digest}: {e}, but no layer lies below it") from None
+            log.info("layer %s: %s; copying them up into the layer, as overlayfs would", desc.digest, e)
+            with tempfile.TemporaryDirectory(prefix="lazypull-lower-", dir=self.opts.tmpdir) as tmpd:
+                found = find_lower_files(self.src, lowers, e.targets, tmpd)
+                spooled = Path(tmpd) / "layer.tar"
+                with VerifyingReader(self.src.open_blob(desc), desc) as raw, open(spooled, "wb") as f:
+                    with_lower_files(raw, found, f)  # type: ignore[arg-type]
+                nd, new_diff_id = self._build(desc, lambda: open(spooled, "rb"))  # noqa: SIM115
+        except NameNotUTF8Error as e:
+            log.warning("layer %s: %s; kept as a plain layer (pulled whole, not lazily)", desc.digest, e)
+            self._copy_blob(desc)
+            ann = {k: v for k, v in desc.annotations.items() if k not in _LAYER_FORMAT_ANNOTATIONS}
+            nd, new_diff_id = self._retype(desc, ann), diff_id
+        self._converted[desc.digest], self._diff_ids[desc.digest] = nd, new_diff_id
+        return nd, new_diff_id
+
+    def _build(self, desc: Descriptor, open_source: Callable[[], Any]) -> tuple[Descriptor, str]:
+        """Build the lazy layer from the source stream *open_source* gives; push it."""
         progress = self.opts.progress
         fd, tmp = tempfile.mkstemp(prefix="lazypull-layer-", dir=self.opts.tmpdir)
         try:
-            with os.fdopen(fd, "w+b") as out, VerifyingReader(self.src.open_blob(desc), desc) as raw:
+            with os.fdopen(fd, "w+b") as out, open_source() as raw:
                 reader = _ProgressReader(raw, desc, progress) if progress else raw
                 res = self._builder()(
                     reader,  # type: ignore[arg-type]
@@ -184,7 +242,6 @@ class Converter:
                 progress("done", desc, desc.size, desc.size)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        self._converted[desc.digest], self._diff_ids[desc.digest] = nd, res.diff_id
         return nd, res.diff_id
 
     def _builder(self) -> Callable[..., BuildResult]:

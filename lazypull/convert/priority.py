@@ -14,15 +14,29 @@ from pathlib import Path
 from lazypull.errors import LazypullError
 from lazypull.format.index import normalize
 
+MAX_LIST_BYTES = 256 << 20  # a record or profile larger than this is not a file list
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file, or one clear error (binary files, directories, missing files)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_LIST_BYTES + 1)
+    except OSError as e:
+        raise LazypullError(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > MAX_LIST_BYTES:
+        raise LazypullError(f"{what} {path} is over {MAX_LIST_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LazypullError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+
 
 def read_record(path: Path) -> list[str]:
     """Paths from a record file: one JSON object per line with a "path" key (order kept, deduped)."""
     out: list[str] = []
     seen: set[str] = set()
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise LazypullError(f"cannot read record file {path}: {e.strerror}") from None
+    lines = _read_text(path, "record file").splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -50,15 +64,15 @@ class PrefetchProfile:
     @classmethod
     def load(cls, path: Path) -> PrefetchProfile:
         try:
-            obj = json.loads(path.read_text())
-        except OSError as e:
-            raise LazypullError(f"cannot read prefetch profile {path}: {e.strerror}") from None
+            obj = json.loads(_read_text(path, "prefetch profile"))
         except ValueError as e:
             raise LazypullError(f"prefetch profile {path} is not valid JSON: {e}") from None
         pf = obj.get("prefetch") if isinstance(obj, dict) else None
         if not isinstance(pf, dict):
             raise LazypullError(f'prefetch profile {path} needs a top-level "prefetch" object')
         landmarks, patterns = pf.get("landmarks", []), pf.get("patterns", [])
+        if not isinstance(landmarks, list) or not isinstance(patterns, list):
+            raise LazypullError(f"prefetch profile {path}: landmarks and patterns must be lists of strings")
         if not all(isinstance(x, str) for x in [*landmarks, *patterns]):
             raise LazypullError(f"prefetch profile {path}: landmarks and patterns must be lists of strings")
         return cls(list(landmarks), list(patterns))

@@ -10,6 +10,7 @@ symlink planted by one layer can never redirect a write outside the target direc
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import stat
@@ -18,20 +19,21 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from lazypull.convert.check import iter_chunk_data, manifests_of
 from lazypull.errors import FormatError, LazypullError
 from lazypull.format import open_layer
 from lazypull.format.estargz_reader import safe_name
 from lazypull.format.index import Entry, EntryType
+from lazypull.format.limits import DEFAULT_LIMITS, Limits
 from lazypull.format.tarstream import open_decompressed
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from lazypull.format.whiteout import OPAQUE, is_whiteout, whiteout_target
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import Descriptor, Platform
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE = ".wh..wh..opq"
 LANDMARKS = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -60,9 +62,16 @@ class RootDir:
     """Writes under one directory through fds; refuses anything that would leave it."""
 
     def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, _DIR_FLAGS)
+        except (FileExistsError, NotADirectoryError):
+            raise LazypullError(f"{path} is not a directory (or lies under a file)") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafePathError(f"{path} is a symlink; give the real directory") from None
+            raise LazypullError(f"cannot use {path} as the target directory: {e.strerror}") from None
         self.path = path
-        self.fd = os.open(path, _DIR_FLAGS)
         self.dir_times: dict[str, int] = {}
 
     def close(self) -> None:
@@ -71,6 +80,9 @@ class RootDir:
     def parent_fd(self, name: str, create: bool = True) -> tuple[int, str]:
         """An fd of *name*'s parent directory (created as needed) and the base name."""
         parts = name.split("/")
+        if any(p in ("", ".", "..") or "\0" in p for p in parts):
+            # Layer readers normalise names; this is the last line of defence.
+            raise UnsafePathError(f"refusing to write {name[:200]!r}: not a plain relative path")
         fd = os.dup(self.fd)
         try:
             for comp in parts[:-1]:
@@ -140,11 +152,20 @@ class RootDir:
             _remove_at(pfd, base)
             if t == EntryType.HARDLINK:
                 assert hardlink_target is not None
-                tpfd, tbase = self.parent_fd(hardlink_target, create=False)
                 try:
-                    os.link(tbase, base, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
-                finally:
-                    os.close(tpfd)
+                    tpfd, tbase = self.parent_fd(hardlink_target, create=False)
+                    try:
+                        os.link(tbase, base, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+                    finally:
+                        os.close(tpfd)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise FormatError(
+                        f"hardlink {item.name[:200]!r} points at {hardlink_target[:200]!r}, which does not exist"
+                    ) from None
+                except PermissionError:
+                    raise FormatError(
+                        f"hardlink {item.name[:200]!r} points at {hardlink_target[:200]!r}, which is not a file"
+                    ) from None
                 return  # a hardlink shares the target's metadata
             if t == EntryType.REG:
                 fd = os.open(
@@ -212,36 +233,52 @@ class RootDir:
 
 
 def _remove_at(pfd: int, base: str) -> None:
+    """Remove *base* in directory *pfd*, a whole tree without following symlinks.
+
+    Depth first with an explicit stack (one fd per level), not recursion: a layer can
+    make trees deeper than Python's recursion limit."""
     try:
         st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
-        try:
-            for child in os.listdir(fd):
-                _remove_at(fd, child)
-        finally:
-            os.close(fd)
-        os.rmdir(base, dir_fd=pfd)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(base, dir_fd=pfd)
+        return
+    top = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+    stack: list[tuple[int, Iterator[str]]] = [(top, iter(os.listdir(top)))]
+    names = [base]
+    try:
+        while stack:
+            fd, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(names.pop(), dir_fd=stack[-1][0] if stack else pfd)
+                continue
+            st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                cfd = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                stack.append((cfd, iter(os.listdir(cfd))))
+                names.append(child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
 def _whiteouts(names: list[str]) -> tuple[list[str], list[str]]:
-    """(paths to delete, directories made opaque) declared by a layer."""
+    """(paths to delete, directories made opaque) declared by a layer; FormatError for a
+    whiteout whose target is not a plain name (``.wh...`` would delete the target's parent)."""
     removed, opaque = [], []
     for n in names:
         parent, _, base = n.rpartition("/")
         if base == OPAQUE:
             opaque.append(parent)
-        elif base.startswith(WHITEOUT_PREFIX):
-            removed.append(f"{parent}/{base[len(WHITEOUT_PREFIX) :]}" if parent else base[len(WHITEOUT_PREFIX) :])
+        elif (target := whiteout_target(n)) is not None:
+            removed.append(target)
     return removed, opaque
-
-
-def _is_whiteout(name: str) -> bool:
-    return name.rpartition("/")[2].startswith(WHITEOUT_PREFIX)
 
 
 def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> None:
@@ -254,28 +291,33 @@ def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> N
     for r in removed:
         root.remove(r)
     for e in entries:
-        if _is_whiteout(e.name) or e.type == EntryType.HARDLINK:
+        if is_whiteout(e.name) or e.type == EntryType.HARDLINK:
             continue
         if e.type != EntryType.REG or e.size == 0:
             root.write(_item_from_entry(e), iter(()))
     # File contents in blob order, from one sequential pass of large verified reads.
+    # A file is complete when all its bytes are written: a crafted TOC may put its chunks
+    # in any blob order, and reopening a finished file would truncate it.
     open_fds: dict[str, int] = {}
+    left: dict[str, int] = {}
     try:
         for e, c, data in iter_chunk_data(idx, src):
-            if _is_whiteout(e.name) or e.name in LANDMARKS:
+            if is_whiteout(e.name) or e.name in LANDMARKS:
                 continue
             fd = open_fds.get(e.name)
             if fd is None:
                 fd = open_fds[e.name] = root.open_file(e.name)
+                left[e.name] = e.size
             os.pwrite(fd, data, c.file_offset)
-            if c.file_offset + c.size == e.size:
+            left[e.name] -= c.size
+            if left[e.name] == 0:
                 os.close(open_fds.pop(e.name))
                 root.set_meta(_item_from_entry(e))
     finally:
         for fd in open_fds.values():
             os.close(fd)
     for e in entries:
-        if e.type == EntryType.HARDLINK and not _is_whiteout(e.name):
+        if e.type == EntryType.HARDLINK and not is_whiteout(e.name):
             root.write(_item_from_entry(e), hardlink_target=e.link_name)
 
 
@@ -294,64 +336,90 @@ _TAR_TYPES = {
 
 
 def apply_tar_layer(
-    root: RootDir, store: ImageStore, desc: Descriptor, tmpdir: str | None = None, *, overlay_lower: bool = False
+    root: RootDir,
+    store: ImageStore,
+    desc: Descriptor,
+    tmpdir: str | None = None,
+    *,
+    overlay_lower: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Apply a tar layer. With *overlay_lower*, whiteouts are not applied but written the
-    way overlayfs reads a lower layer (0/0 char devices, ``trusted.overlay.opaque``)."""
+    way overlayfs reads a lower layer (0/0 char devices, ``trusted.overlay.opaque``).
+
+    Two passes over the spooled tar, one entry at a time: the first finds the whiteouts
+    (they apply before the layer's own entries) and checks every name, the second writes.
+    Memory stays flat however many entries a (possibly crafted) layer has."""
     with tempfile.TemporaryFile(dir=tmpdir) as spool:
         with VerifyingReader(store.open_blob(desc), desc) as raw:
             shutil.copyfileobj(open_decompressed(raw), spool, 1 << 20)  # type: ignore[arg-type]
-        spool.seek(0)
-        try:
-            tf = tarfile.open(fileobj=spool, mode="r:", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-        except tarfile.TarError as e:
-            raise FormatError(f"layer {desc.digest} is not a valid tar: {e}") from None
-        with tf:
-            members = tf.getmembers()
-            names = [safe_name(m.name) for m in members]
-            removed, opaque = _whiteouts(names)
-            if overlay_lower:
-                for r in removed:
-                    root.write(Item(r, EntryType.CHAR))
+        names = (safe_name(m.name, limits) for _, m in _iter_tar(spool, desc, limits))
+        removed, opaque = _whiteouts([n for n in names if is_whiteout(n)])
+        if overlay_lower:
+            for r in removed:
+                root.write(Item(r, EntryType.CHAR))
+        else:
+            for d in opaque:
+                root.clear_dir(d)
+            for r in removed:
+                root.remove(r)
+        for tf, m in _iter_tar(spool, desc, limits):
+            name = safe_name(m.name, limits)
+            if not name or is_whiteout(name):
+                continue
+            typ = _TAR_TYPES.get(m.type, EntryType.REG if m.isreg() else None)
+            if typ is None:
+                raise FormatError(f"{m.name[:200]}: unsupported tar entry type {m.type!r}")
+            xattrs = {
+                k[13:]: v.encode("utf-8", "surrogateescape")
+                for k, v in m.pax_headers.items()
+                if k.startswith("SCHILY.xattr.")
+            }
+            item = Item(
+                name,
+                typ,
+                m.mode,
+                m.uid,
+                m.gid,
+                int(m.mtime) * 1_000_000_000,
+                m.linkname,
+                m.devmajor,
+                m.devminor,
+                xattrs,
+            )
+            if typ == EntryType.REG:
+                f = tf.extractfile(m)
+                root.write(item, iter(lambda f=f: f.read(1 << 20), b"") if f else None)  # type: ignore[misc]
+            elif typ == EntryType.HARDLINK:
+                root.write(item, hardlink_target=safe_name(m.linkname, limits))
             else:
-                for d in opaque:
-                    root.clear_dir(d)
-                for r in removed:
-                    root.remove(r)
-            for m, name in zip(members, names, strict=True):
-                if not name or _is_whiteout(name):
-                    continue
-                typ = _TAR_TYPES.get(m.type, EntryType.REG if m.isreg() else None)
-                if typ is None:
-                    raise FormatError(f"{m.name}: unsupported tar entry type {m.type!r}")
-                xattrs = {
-                    k[13:]: v.encode("utf-8", "surrogateescape")
-                    for k, v in m.pax_headers.items()
-                    if k.startswith("SCHILY.xattr.")
-                }
-                item = Item(
-                    name,
-                    typ,
-                    m.mode,
-                    m.uid,
-                    m.gid,
-                    int(m.mtime) * 1_000_000_000,
-                    m.linkname,
-                    m.devmajor,
-                    m.devminor,
-                    xattrs,
-                )
-                if typ == EntryType.REG:
-                    f = tf.extractfile(m)
-                    root.write(item, iter(lambda f=f: f.read(1 << 20), b"") if f else None)  # type: ignore[misc]
-                elif typ == EntryType.HARDLINK:
-                    root.write(item, hardlink_target=safe_name(m.linkname))
-                else:
-                    root.write(item)
-            if overlay_lower:
-                for d in opaque:
-                    root.set_xattr(d, "trusted.overlay.opaque", b"y")
-            root.finish()
+                root.write(item)
+        if overlay_lower:
+            for d in opaque:
+                root.set_xattr(d, "trusted.overlay.opaque", b"y")
+        root.finish()
+
+
+def _iter_tar(spool: BinaryIO, desc: Descriptor, limits: Limits) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """The members of the spooled tar from its start, one at a time and not kept (tarfile
+    would keep every TarInfo, ~0.5 KB each), at most ``limits.max_entries`` of them."""
+    spool.seek(0)
+    try:
+        tf = tarfile.open(fileobj=spool, mode="r:", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except tarfile.TarError as e:
+        raise FormatError(f"layer {desc.digest} is not a valid tar: {e}") from None
+    with tf:
+        for n in itertools.count(1):
+            try:
+                m = tf.next()
+            except tarfile.TarError as e:
+                raise FormatError(f"layer {desc.digest} is not a valid tar: {e}") from None
+            if m is None:
+                return
+            tf.members.clear()
+            if n > limits.max_entries:
+                raise FormatError(f"layer {desc.digest} has more than {limits.max_entries} entries (max_entries)")
+            yield tf, m
 
 
 def unpack_image(store: ImageStore, dest: Path, *, platform: Platform | None = None) -> int:

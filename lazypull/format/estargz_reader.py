@@ -8,23 +8,32 @@ names, offsets, chunk layout and hardlink targets are checked before use.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Iterator
 
-from lazypull.errors import DigestMismatchError, FormatError
+from lazypull.errors import DigestMismatchError, FormatError, InvalidDigestError
 from lazypull.format.footer import ESTARGZ_FOOTER_SIZE, parse_footer
 from lazypull.format.gzipmember import decompress_prefix
 from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, LayerIndex, normalize
+from lazypull.format.limits import DEFAULT_LIMITS, GZIP_MAX_RATIO, RATIO_SLACK, Limits, check_path
 from lazypull.format.source import ReadAt
 from lazypull.format.toc import PREFETCH_LANDMARK, TOC_TAR_NAME, TOCEntry, iter_entries, parse_modtime_ns
+from lazypull.format.whiteout import whiteout_target
+from lazypull.oci import digest as digestlib
 
-DEFAULT_MAX_TOC_BYTES = 64 << 20
+DEFAULT_MAX_TOC_BYTES = DEFAULT_LIMITS.max_toc_bytes
+# Shared by every entry that is not a regular file (never appended to): 56 bytes less each.
+_NO_CHUNKS: list[Chunk] = []
+MAX_HARDLINK_HOPS = 64  # a hardlink to a hardlink to ... (tar writers never chain them)
 _ENTRY_TYPES = {t.value: t for t in EntryType} | {"chunk": EntryType.REG}
 BLOCK = 512
 
 
-def safe_name(raw: str) -> str:
-    """Normalise a TOC name, rejecting absolute paths and '..' components."""
+def safe_name(raw: str, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Normalise a TOC name, rejecting absolute paths, '..' components and names over the
+    length and depth limits."""
+    check_path(raw, "TOC entry", limits)
     if "\0" not in raw and "//" not in raw and "/." not in raw and not raw.startswith((".", "/")) and raw[-1:] != "/":
         return raw  # already normal (the common case): no '.', '..' or empty components
     if raw.startswith("/"):
@@ -37,88 +46,166 @@ def safe_name(raw: str) -> str:
     return "/".join(parts)
 
 
+def _checked_digest(d: str, name: str, field: str) -> str:
+    """A TOC digest, validated before it can become a cache path or a comparison key."""
+    try:
+        return digestlib.validate(d, ("sha256",))
+    except InvalidDigestError as e:
+        raise FormatError(f"TOC entry {name[:200]!r}: {field}: {e}") from None
+
+
 class TOCIndex(LayerIndex):
     """A LayerIndex built from a parsed TOC (shared by eStargz and zstd:chunked)."""
 
     def __init__(
-        self, toc: Iterable[TOCEntry], *, blob_size: int, data_end: int, fmt: str, decoder: ChunkDecoder
+        self,
+        toc: Iterable[TOCEntry],
+        *,
+        blob_size: int,
+        data_end: int,
+        fmt: str,
+        decoder: ChunkDecoder,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.format = fmt
         self.blob_size = blob_size
         self.prefetch_end = 0
+        self.limits = limits
         self._decoder = decoder
         self._entries: dict[str, Entry] = {"": Entry("", EntryType.DIR, mode=0o755)}
         self._children: dict[str, list[str]] = {"": []}
-        self._explicit: set[str] = set()  # names that had their own TOC entry
+        self._stale: set[str] = set()  # directories whose child lists name replaced entries twice
         self._build(toc, data_end)
 
     # -- construction ---------------------------------------------------------------
     def _ensure_dir(self, name: str) -> None:
-        if name in self._entries:
-            if self._entries[name].type != EntryType.DIR:
-                raise FormatError(f"TOC entry {name!r} is used as a directory but is not one")
-            return
-        parent, _, base = name.rpartition("/")
-        self._ensure_dir(parent)
-        self._entries[name] = Entry(name, EntryType.DIR, mode=0o755, implicit=True)
-        self._children[name] = []
-        self._children[parent].append(base)
+        """Make *name* and its missing ancestors directories (iteratively: paths can be deep)."""
+        missing: list[str] = []
+        while name not in self._entries:
+            missing.append(name)
+            name = name.rpartition("/")[0]
+        if self._entries[name].type != EntryType.DIR:
+            raise FormatError(f"TOC entry {name[:200]!r} is used as a directory but is not one")
+        for d in reversed(missing):
+            parent, _, base = d.rpartition("/")
+            self._entries[d] = Entry(d, EntryType.DIR, mode=0o755, implicit=True, chunks=_NO_CHUNKS)
+            self._children[d] = []
+            self._children[parent].append(base)
 
     def _build(self, toc: Iterable[TOCEntry], data_end: int) -> None:
         chunk_offsets: list[int] = []
         last_reg: Entry | None = None
         hardlinks: list[Entry] = []
-        for te in toc:
+        links_to: dict[str, list[Entry]] = {}  # link target name -> the hardlinks naming it
+        for n, te in enumerate(toc):
+            if n >= self.limits.max_entries:
+                raise FormatError(f"TOC has more than {self.limits.max_entries} entries (max_entries)")
             if te.type == "chunk":
                 if last_reg is None or normalize(te.name) != last_reg.name:
-                    raise FormatError(f"chunk entry {te.name!r} does not follow its file")
+                    raise FormatError(f"chunk entry {te.name[:200]!r} does not follow its file")
                 self._add_chunk(last_reg, te, data_end, chunk_offsets)
                 continue
             if last_reg is not None:
                 self._finish_reg(last_reg)
                 last_reg = None
-            name = safe_name(te.name)
+            name = safe_name(te.name, self.limits)
             if name == "":
                 root = self._entries[""]
                 root.mode, root.uid, root.gid = te.mode & 0o7777, te.uid, te.gid
                 root.mtime_ns, root.xattrs = parse_modtime_ns(te.modtime), te.xattrs or NO_XATTRS
                 continue
+            whiteout_target(name)  # raises for a whiteout that would leave its directory
             e = self._entry_from(te, name)
             existing = self._entries.get(name)
             if existing is not None:
-                if name in self._explicit or existing.type != EntryType.DIR or e.type != EntryType.DIR:
-                    raise FormatError(f"TOC has duplicate entry {name!r}")
-                # An implicit parent created earlier: take the explicit metadata.
-                e.chunks, e.nlink = existing.chunks, existing.nlink
-                self._entries[name] = e
-                self._explicit.add(name)
-                continue
+                if existing.type == EntryType.DIR and e.type == EntryType.DIR:
+                    # An implicit parent, or a directory listed again: the later metadata, same children.
+                    e.chunks, e.nlink = existing.chunks, existing.nlink
+                    self._entries[name] = e
+                    continue
+                self._drop(name, links_to)  # a name listed again: the later entry wins (format/lastwins.py)
             parent, _, base = name.rpartition("/")
             self._ensure_dir(parent)
             self._entries[name] = e
-            self._explicit.add(name)
             self._children[parent].append(base)
             if e.type == EntryType.DIR:
                 self._children[name] = []
             elif e.type == EntryType.HARDLINK:
                 hardlinks.append(e)
+                links_to.setdefault(e.link_name, []).append(e)
             elif e.type == EntryType.REG:
                 if name == PREFETCH_LANDMARK:
-                    self.prefetch_end = te.offset
+                    self.prefetch_end = min(te.offset, data_end)
                 if te.size > 0:
                     self._add_chunk(e, te, data_end, chunk_offsets)
                     last_reg = e
         if last_reg is not None:
             self._finish_reg(last_reg)
+        for d in self._stale:
+            self._dedupe_children(d)
         for h in hardlinks:
-            target = self._entries.get(h.link_name)
-            if target is None or target.type == EntryType.DIR:
-                raise FormatError(f"hardlink {h.name!r} points at {h.link_name!r}, which is not a file in the layer")
-            while target.type == EntryType.HARDLINK:
-                target = self._entries[target.link_name]
+            if self._entries.get(h.name) is not h:
+                continue  # replaced by a later entry
+            target = self._link_target(h)
             h.link_name = target.name
             target.nlink += 1
         self._fill_ends(chunk_offsets, data_end)
+
+    def _link_target(self, h: Entry) -> Entry:
+        """The non-hardlink entry *h* finally names; FormatError for cycles and dangling links."""
+        target: Entry = h
+        for _ in range(MAX_HARDLINK_HOPS):
+            nxt = self._entries.get(target.link_name)
+            if nxt is None or nxt.type == EntryType.DIR:
+                raise FormatError(
+                    f"hardlink {h.name[:200]!r} points at {target.link_name[:200]!r}, which is not a file in the layer"
+                )
+            if nxt.type != EntryType.HARDLINK:
+                return nxt
+            if nxt is h:
+                raise FormatError(f"hardlink {h.name[:200]!r} is part of a hardlink cycle")
+            target = nxt
+        raise FormatError(f"hardlink {h.name[:200]!r}: chain of more than {MAX_HARDLINK_HOPS} hardlinks (or a cycle)")
+
+    def _drop(self, name: str, links_to: dict[str, list[Entry]]) -> None:
+        """Remove *name* and its subtree, replaced by a later entry as tar extraction does.
+
+        Hardlinks made to a replaced file keep its content: the first becomes the file.
+        Chunk offsets stay recorded, so the remaining chunks' spans are unchanged."""
+        self._stale.add(name.rpartition("/")[0])  # its old place in the parent's list goes at the end
+        stack = [name]
+        while stack:  # iterative: a hostile TOC may nest deeply
+            n = stack.pop()
+            e = self._entries.pop(n, None)
+            if e is None:
+                continue  # a stale name listed again under a dropped directory
+            stack.extend(f"{n}/{k}" for k in self._children.pop(n, None) or ())
+            links = [h for h in links_to.pop(n, ()) if self._entries.get(h.name) is h]
+            if not links or e.type not in (EntryType.REG, EntryType.HARDLINK):
+                continue
+            if e.type == EntryType.HARDLINK:
+                target = e.link_name
+            else:
+                first, links = links[0], links[1:]
+                e.name = target = first.name
+                self._entries[target] = e
+            for h in links:
+                h.link_name = target
+            links_to.setdefault(target, []).extend(links)
+
+    def _dedupe_children(self, d: str) -> None:
+        """Keep each live child once, at its last place (one pass, however many duplicates)."""
+        kids = self._children.get(d)
+        if kids is None:
+            return
+        prefix = d + "/" if d else ""
+        seen: set[str] = set()
+        out: list[str] = []
+        for k in reversed(kids):
+            if k not in seen and prefix + k in self._entries:
+                seen.add(k)
+                out.append(k)
+        kids[:] = out[::-1]
 
     def _entry_from(self, te: TOCEntry, name: str) -> Entry:
         typ = _ENTRY_TYPES[te.type]
@@ -131,56 +218,81 @@ class TOCIndex(LayerIndex):
             uname=te.uname,
             gname=te.gname,
             size=te.size if typ == EntryType.REG else 0,
+            chunks=[] if typ == EntryType.REG else _NO_CHUNKS,
             mtime_ns=parse_modtime_ns(te.modtime),
             dev_major=te.dev_major,
             dev_minor=te.dev_minor,
             xattrs=te.xattrs or NO_XATTRS,
-            digest=te.digest,
+            digest=_checked_digest(te.digest, name, "digest") if te.digest else "",
         )
         if typ == EntryType.SYMLINK:
             if not te.link_name:
-                raise FormatError(f"symlink {name!r} has no target")
+                raise FormatError(f"symlink {name[:200]!r} has no target")
+            check_path(te.link_name, f"symlink {name[:200]!r} target", self.limits)
             e.link_name = te.link_name
         elif typ == EntryType.HARDLINK:
-            e.link_name = safe_name(te.link_name)
+            e.link_name = safe_name(te.link_name, self.limits)
             if not e.link_name:
-                raise FormatError(f"hardlink {name!r} has no target")
+                raise FormatError(f"hardlink {name[:200]!r} has no target")
         return e
 
     def _add_chunk(self, e: Entry, te: TOCEntry, data_end: int, offsets: list[int]) -> None:
         if not te.chunk_digest:
-            raise FormatError(f"{e.name!r}: chunk at {te.chunk_offset} has no chunkDigest; cannot verify it")
+            raise FormatError(f"{e.name[:200]!r}: chunk at {te.chunk_offset} has no chunkDigest; cannot verify it")
         if te.offset >= data_end:
-            raise FormatError(f"{e.name!r}: chunk offset {te.offset} lies beyond the layer data ({data_end})")
+            raise FormatError(f"{e.name[:200]!r}: chunk offset {te.offset} lies beyond the layer data ({data_end})")
         last = e.chunks[-1] if e.chunks else None
         expected = last.file_offset + last.size if last else 0
         if te.chunk_offset != expected:
             raise FormatError(
-                f"{e.name!r}: chunk at file offset {te.chunk_offset}, expected {expected} (overlap or gap)"
+                f"{e.name[:200]!r}: chunk at file offset {te.chunk_offset}, expected {expected} (overlap or gap)"
             )
         size = te.chunk_size if te.chunk_size else e.size - te.chunk_offset
         if size <= 0 or te.chunk_offset + size > e.size:
-            raise FormatError(f"{e.name!r}: chunk sizes do not add up to the file size {e.size}")
-        digest = e.digest if te.chunk_digest == e.digest else te.chunk_digest  # one string for a one-chunk file
+            raise FormatError(f"{e.name[:200]!r}: chunk sizes do not add up to the file size {e.size}")
+        if te.inner_offset + size > self.limits.max_chunk_bytes:
+            raise FormatError(
+                f"{e.name[:200]!r}: chunk at file offset {te.chunk_offset} declares {te.inner_offset + size} "
+                f"uncompressed bytes, over the limit of {self.limits.max_chunk_bytes} (max_chunk_bytes)"
+            )
+        if te.chunk_digest == e.digest:
+            digest = e.digest  # one string for a one-chunk file
+        else:
+            digest = _checked_digest(te.chunk_digest, e.name, "chunkDigest")
         e.chunks.append(Chunk(te.chunk_offset, size, te.offset, 0, digest, te.inner_offset))
         offsets.append(te.offset)
 
     def _finish_reg(self, e: Entry) -> None:
         covered = e.chunks[-1].file_offset + e.chunks[-1].size if e.chunks else 0
         if covered != e.size:
-            raise FormatError(f"{e.name!r}: chunks cover {covered} of {e.size} bytes")
+            raise FormatError(f"{e.name[:200]!r}: chunks cover {covered} of {e.size} bytes")
 
     def _fill_ends(self, offsets: list[int], data_end: int) -> None:
+        """Each chunk's compressed span ends where the next one starts. A span that declares
+        more than its compression can expand to is rejected here, before anything inflates."""
         starts = sorted(set(offsets))
         seen: set[tuple[int, int]] = set()
+        ratio = self._decoder.max_ratio
+        total = 0
         for e in self._entries.values():
             for c in e.chunks:
                 key = (c.blob_offset, c.inner_offset)
                 if key in seen:
-                    raise FormatError(f"{e.name!r}: chunk at blob offset {c.blob_offset} overlaps another chunk")
+                    raise FormatError(f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} overlaps another chunk")
                 seen.add(key)
                 i = bisect.bisect_right(starts, c.blob_offset)
                 c.blob_end = starts[i] if i < len(starts) else data_end
+                if c.inner_offset + c.size > ratio * (c.blob_end - c.blob_offset) + RATIO_SLACK:
+                    raise FormatError(
+                        f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} declares {c.size} bytes from "
+                        f"{c.blob_end - c.blob_offset} compressed bytes, more than {self.format} can hold"
+                    )
+                total += c.size
+        if total > ratio * data_end + RATIO_SLACK * len(seen):
+            raise FormatError(
+                f"the TOC declares {total} bytes of file data in {data_end} compressed bytes, "
+                f"more than {self.format} can hold"
+            )
 
     # -- LayerIndex -------------------------------------------------------------------
     def lookup(self, path: str) -> Entry | None:
@@ -213,6 +325,9 @@ class TOCIndex(LayerIndex):
 
 class ChunkDecoder:
     """Decompress a chunk's compressed span and verify it: the one place bytes get verified."""
+
+    #: The most one compressed byte can expand to (bounds what a TOC may declare).
+    max_ratio = GZIP_MAX_RATIO
 
     def __call__(self, chunk: Chunk, raw: bytes) -> bytes:
         if len(raw) != chunk.blob_end - chunk.blob_offset:
@@ -262,20 +377,38 @@ def read_toc_member(source: ReadAt, toc_offset: int, end: int, max_toc_bytes: in
 
 
 def open_estargz(
-    source: ReadAt, *, toc_digest: str | None = None, max_toc_bytes: int = DEFAULT_MAX_TOC_BYTES
+    source: ReadAt,
+    *,
+    toc_digest: str | None = None,
+    max_toc_bytes: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> TOCIndex:
     """Open an eStargz or legacy stargz blob; verify the TOC when *toc_digest* is given."""
+    if max_toc_bytes is not None:
+        limits = dataclasses.replace(limits, max_toc_bytes=max_toc_bytes)
+    if toc_digest:
+        toc_digest = checked_toc_digest(toc_digest)
     size = source.size
     if size < 47:
         raise FormatError(f"blob is {size} bytes: too small to be eStargz (truncated?)")
     tail = source.read_at(max(size - ESTARGZ_FOOTER_SIZE, 0), min(size, ESTARGZ_FOOTER_SIZE))
     footer = parse_footer(tail, size)
     data_end = footer.toc_offset
-    toc_json = read_toc_member(source, footer.toc_offset, size - footer.size, max_toc_bytes)
+    toc_json = read_toc_member(source, footer.toc_offset, size - footer.size, limits.max_toc_bytes)
     if toc_digest:
         actual = "sha256:" + hashlib.sha256(toc_json).hexdigest()
         if actual != toc_digest:
             raise DigestMismatchError("TOC", toc_digest, actual)
-    entries = iter_entries(toc_json)
+    entries = iter_entries(toc_json, limits)
     del toc_json  # the generator holds the only reference and drops it once decoded
-    return TOCIndex(entries, blob_size=size, data_end=data_end, fmt="estargz", decoder=GzipChunkDecoder())
+    return TOCIndex(
+        entries, blob_size=size, data_end=data_end, fmt="estargz", decoder=GzipChunkDecoder(), limits=limits
+    )
+
+
+def checked_toc_digest(d: str) -> str:
+    """The manifest's TOC digest annotation, validated (it is compared, never trusted as text)."""
+    try:
+        return digestlib.validate(d, ("sha256",))
+    except InvalidDigestError as e:
+        raise FormatError(f"TOC digest annotation: {e}") from None

@@ -10,6 +10,7 @@ written in order; memory stays bounded by the number of members in flight.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tarfile
 from collections import deque
@@ -22,6 +23,7 @@ from lazypull.errors import FormatError
 from lazypull.format.footer import estargz_footer
 from lazypull.format.gzipmember import compress_member
 from lazypull.format.index import normalize
+from lazypull.format.lastwins import LastWins
 from lazypull.format.tarstream import Prioritized, is_landmark_mark, iter_members
 from lazypull.format.toc import (
     LANDMARK_CONTENTS,
@@ -32,6 +34,8 @@ from lazypull.format.toc import (
     TOCEntry,
     format_modtime,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_COMPRESSION_LEVEL = 9
@@ -49,6 +53,15 @@ _TYPES = {
     tarfile.BLKTYPE: "block",
     tarfile.FIFOTYPE: "fifo",
 }
+
+
+class HardlinkOutsideLayerError(FormatError):
+    """Hardlinks to files the layer does not hold (legal: they name files of a lower layer)."""
+
+    def __init__(self, targets: set[str]) -> None:
+        self.targets = targets
+        shown = ", ".join(sorted(targets)[:3]) + (" ..." if len(targets) > 3 else "")
+        super().__init__(f"layer has hardlinks to files of a lower layer ({shown})")
 
 
 @dataclass(frozen=True)
@@ -218,25 +231,36 @@ def build_layer(
 _Fixups = list[tuple[TOCEntry, int]]
 
 
+def _merge_dir(earlier: list[TOCEntry], later: list[TOCEntry]) -> None:
+    """A directory listed again: the later entry's metadata, the earlier entry's place."""
+    a, b = earlier[0], later[0]
+    a.modtime, a.mode, a.uid, a.gid = b.modtime, b.mode, b.uid, b.gid
+    a.uname, a.gname, a.xattrs = b.uname, b.gname, b.xattrs
+
+
+def _rename(group: list[TOCEntry], name: str, as_file: bool) -> None:
+    if as_file:
+        for e in group:  # the file entry and its chunk entries
+            e.name = name
+    else:
+        group[0].link_name = name
+
+
 def _write_entries(src: BinaryIO, mw: _MemberWriter, chunk_size: int, prioritized: Prioritized | None) -> TOC:
     members, moved = iter_members(src, prioritized)
-    entries: list[TOCEntry] = []
+    names: LastWins[list[TOCEntry]] = LastWins(_merge_dir, _rename)
     fixups: _Fixups = []
     cur = bytearray()
-    seen: set[str] = set()
 
     def add(ti: tarfile.TarInfo, payload: BinaryIO | None, data: bytes | None = None) -> None:
         nonlocal cur
         e = toc_entry_for(ti)
-        key = normalize(e.name)
-        if key in seen and e.type != "dir":
-            raise FormatError(f"source tar has duplicate entry {e.name!r}; squash the layer first")
-        seen.add(key)
+        group = [e]
+        names.add(normalize(e.name), e.type, normalize(e.link_name) if e.type == "hardlink" else "", group)
         cur += tar_header(ti)
         if e.type == "reg" and ti.size == 0:
             e.digest = _EMPTY_DIGEST  # the reference records it for empty files too
         if e.type != "reg" or ti.size == 0:
-            entries.append(e)
             return
         file_hash = hashlib.sha256()
         written = 0
@@ -252,7 +276,8 @@ def _write_entries(src: BinaryIO, mw: _MemberWriter, chunk_size: int, prioritize
             entry.chunk_size = n if written + n < ti.size else 0
             entry.chunk_digest = "sha256:" + hashlib.sha256(buf).hexdigest()
             fixups.append((entry, seg))
-            entries.append(entry)
+            if entry is not e:
+                group.append(entry)
             written += n
             entry = TOCEntry(name=e.name, type="chunk")
         e.digest = "sha256:" + file_hash.hexdigest()
@@ -271,7 +296,13 @@ def _write_entries(src: BinaryIO, mw: _MemberWriter, chunk_size: int, prioritize
     mw.flush()
     for entry, seg in fixups:
         entry.offset = mw.offsets[seg]
-    return TOC(entries=entries)
+    if dangling := names.dangling_links():
+        raise HardlinkOutsideLayerError(dangling)
+    if names.replaced:
+        # The blob keeps every entry (its tar stream extracts the same way); the TOC
+        # lists what extraction leaves.
+        log.info("source layer lists %d names more than once; the TOC keeps the last of each", names.replaced)
+    return TOC(entries=[e for group in names.items() for e in group])
 
 
 def _read_exact(f: BinaryIO | None, n: int, name: str) -> bytes:

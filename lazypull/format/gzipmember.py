@@ -30,21 +30,40 @@ def compress_member(data: bytes | memoryview, level: int) -> bytes:
     return header + body + struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
 
 
+_FEED = 64 << 10  # input handed to the inflater at a time
+MAX_MEMBERS = 4096  # gzip members one chunk may span (the reference writes one per chunk)
+
+
 def decompress_prefix(raw: bytes | memoryview, need: int, what: str) -> bytes:
     """The first *need* bytes decompressed from the gzip member(s) starting at raw[0].
 
     Bounded: never inflates more than *need* bytes, so a hostile span cannot expand
-    into unbounded memory. Crosses member boundaries when a span holds several.
+    into unbounded memory. Crosses member boundaries when a span holds several; after
+    the first member, input is fed in small pieces, so even a span of thousands of tiny
+    members costs linear time.
     """
-    out = bytearray()
-    buf = bytes(raw)
+    if need <= 0:
+        return b""  # (a max_length of 0 would mean "no limit")
     try:
-        while len(out) < need and buf:
+        d = isal_zlib.decompressobj(31)
+        first = d.decompress(raw, need)
+        if len(first) == need:
+            return first  # the common case: one member, one allocation
+        out = bytearray(first)
+        rest = memoryview(d.unused_data if d.eof else b"")
+        pos = 0
+        members = 1
+        while len(out) < need and pos < len(rest):
+            members += 1
+            if members > MAX_MEMBERS:
+                raise FormatError(f"{what}: spans more than {MAX_MEMBERS} gzip members")
             d = isal_zlib.decompressobj(31)
-            out += d.decompress(buf, need - len(out))
-            if len(out) >= need or not d.eof:
+            while len(out) < need and pos < len(rest) and not d.eof:
+                piece = rest[pos : pos + _FEED]
+                out += d.decompress(piece, need - len(out))
+                pos += len(piece) - len(d.unused_data if d.eof else d.unconsumed_tail)
+            if not d.eof:
                 break
-            buf = d.unused_data
     except (isal_zlib.error, zlib.error) as e:
         raise FormatError(f"{what}: corrupt gzip data ({e})") from None
     if len(out) < need:

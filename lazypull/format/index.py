@@ -45,6 +45,10 @@ class Chunk:
     inner_offset: int = 0  # bytes to skip in the decompressed stream (eStargz innerOffset)
 
 
+def _file_offset(c: Chunk) -> int:
+    return c.file_offset
+
+
 @dataclass(slots=True)
 class Entry:
     """A filesystem object in a layer. Paths are normalised: no leading '/' or './'; root is ''."""
@@ -71,8 +75,7 @@ class Entry:
         """The chunks that overlap [offset, offset+length) of this file."""
         if length <= 0 or offset >= self.size or not self.chunks:
             return []
-        starts = [c.file_offset for c in self.chunks]
-        i = max(bisect.bisect_right(starts, offset) - 1, 0)
+        i = max(bisect.bisect_right(self.chunks, offset, key=_file_offset) - 1, 0)  # O(log n) per read
         end = offset + length
         out: list[Chunk] = []
         for c in self.chunks[i:]:

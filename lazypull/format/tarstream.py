@@ -18,7 +18,10 @@ from isal import igzip
 
 from lazypull.errors import FormatError
 from lazypull.format.index import normalize
+from lazypull.format.lastwins import LastWins
+from lazypull.format.limits import check_path
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
+from lazypull.format.whiteout import whiteout_target
 
 _SKIP = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME})
 
@@ -52,11 +55,38 @@ class _Raw(io.RawIOBase):
         return n
 
 
+class NameNotUTF8Error(FormatError):
+    """A tar name or link target that is not UTF-8: a TOC (JSON) cannot carry it exactly."""
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check(ti: tarfile.TarInfo) -> None:
-    if ti.issparse():
-        raise FormatError(f"{ti.name}: sparse tar entries are not supported; rebuild the layer without sparse files")
+    check_path(ti.name, "tar entry")
+    whiteout_target(normalize(ti.name))  # an invalid whiteout would make an unreadable layer
     if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.ischr() or ti.isblk() or ti.isfifo()):
         raise FormatError(f"{ti.name}: unsupported tar entry type {ti.type!r}")
+    for what, text in (("name", ti.name), ("link target", ti.linkname)):
+        if not _utf8(text):
+            shown = text.encode("utf-8", "surrogateescape")
+            raise NameNotUTF8Error(f"tar entry {what} {shown!r} is not UTF-8; a TOC cannot name it exactly")
+
+
+def _payload(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> BinaryIO | None:
+    """The entry's content; a sparse file (GNU or PAX) becomes a regular one, holes as zeros."""
+    f = tf.extractfile(ti) if ti.isreg() and ti.size else None
+    if ti.issparse():
+        ti.type, ti.sparse = tarfile.REGTYPE, None
+        ti.pax_headers = {k: v for k, v in ti.pax_headers.items() if not k.startswith("GNU.sparse.")}
+    return f  # type: ignore[return-value]
 
 
 # A fixed list, or a function from the layer's entry names (tar order) to a list
@@ -73,7 +103,7 @@ def iter_members(src: BinaryIO, prioritized: Prioritized | None = None) -> tuple
     shutil.copyfileobj(plain, spool, 1 << 20)
     spool.seek(0)
     tf = _open_tar(spool, "r:")
-    members = [m for m in tf.getmembers() if normalize(m.name) not in _SKIP]
+    members = last_wins([m for m in tf.getmembers() if normalize(m.name) not in _SKIP])
     for m in members:
         _check(m)
     wanted = prioritized([m.name for m in members]) if callable(prioritized) else prioritized
@@ -88,7 +118,7 @@ def iter_members(src: BinaryIO, prioritized: Prioritized | None = None) -> tuple
                 if m is None:
                     yield _LANDMARK_MARK
                     continue
-                yield m, (tf.extractfile(m) if m.isreg() and m.size else None)
+                yield m, _payload(tf, m)
         finally:
             tf.close()
             spool.close()
@@ -126,9 +156,31 @@ def _stream(plain: BinaryIO) -> Iterator[Member]:
             if normalize(ti.name) in _SKIP:
                 continue
             _check(ti)
-            yield ti, (tf.extractfile(ti) if ti.isreg() and ti.size else None)
+            yield ti, _payload(tf, ti)
     finally:
         tf.close()
+
+
+def _merge_dir(earlier: tarfile.TarInfo, later: tarfile.TarInfo) -> None:
+    earlier.mode, earlier.uid, earlier.gid, earlier.mtime = later.mode, later.uid, later.gid, later.mtime
+    earlier.uname, earlier.gname, earlier.pax_headers = later.uname, later.gname, later.pax_headers
+
+
+def _rename(ti: tarfile.TarInfo, name: str, as_file: bool) -> None:
+    if as_file:
+        ti.name = name
+    else:
+        ti.linkname = name
+
+
+def last_wins(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
+    """The entries extraction leaves, in source order (reordering must not change which
+    duplicate wins)."""
+    names: LastWins[tarfile.TarInfo] = LastWins(_merge_dir, _rename)
+    for m in members:
+        kind = "dir" if m.isdir() else "reg" if m.isreg() else "hardlink" if m.islnk() else "other"
+        names.add(normalize(m.name), kind, normalize(m.linkname) if m.islnk() else "", m)
+    return names.items() if names.replaced else members
 
 
 def _prioritize(members: list[tarfile.TarInfo], prioritized: Sequence[str]) -> list[tarfile.TarInfo]:
@@ -139,17 +191,15 @@ def _prioritize(members: list[tarfile.TarInfo], prioritized: Sequence[str]) -> l
     moved: list[tarfile.TarInfo] = []
     seen: set[str] = set()
 
-    def move(name: str) -> None:
-        if name in seen or name not in by_name:
-            return
-        parent = name.rpartition("/")[0]
-        if parent:
-            move(parent)
-        seen.add(name)
-        moved.append(by_name[name])
-
     for p in prioritized:
         n = normalize(p)
-        if n in by_name and n not in seen:
-            move(n)
+        if n not in by_name or n in seen:
+            continue
+        chain = []  # n and its not-yet-moved ancestors, deepest first (iterative: paths can be deep)
+        while n and n not in seen and n in by_name:
+            chain.append(n)
+            n = n.rpartition("/")[0]
+        for name in reversed(chain):
+            seen.add(name)
+            moved.append(by_name[name])
     return moved

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from lazypull.errors import FormatError
+from lazypull.format.limits import DEFAULT_LIMITS, Limits
 
 TOC_TAR_NAME = "stargz.index.json"
 PREFETCH_LANDMARK = ".prefetch.landmark"
@@ -94,6 +96,32 @@ class _TOCDocument(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_TOCDocument)
 
 
+class _Skipped(msgspec.Struct, gc=False):
+    """An entry decoded to nothing: counting entries costs a few bytes each."""
+
+
+class _CountDocument(msgspec.Struct):
+    entries: list[_Skipped] | None = None
+
+
+_COUNTER = msgspec.json.Decoder(_CountDocument)
+
+
+def _check_entry_count(data: bytes, limits: Limits) -> None:
+    """Reject a TOC with too many entries before decoding them (each costs ~0.5 KB).
+
+    Every entry is a JSON object, so the number of '{' bytes bounds the entry count from
+    above; only when that bound is over the limit are the entries counted exactly."""
+    if data.count(b"{") <= limits.max_entries:
+        return
+    try:
+        n = len(_COUNTER.decode(data).entries or ())
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
+        raise FormatError(f"TOC is not valid JSON: {str(e)[:200]}") from None
+    if n > limits.max_entries:
+        raise FormatError(f"TOC has {n} entries, over the limit of {limits.max_entries} (max_entries)")
+
+
 @dataclass
 class TOC:
     version: int = 1
@@ -109,11 +137,12 @@ class TOC:
         return cls(version=1, entries=list(iter_entries(data)))
 
 
-def iter_entries(data: bytes) -> Iterator[TOCEntry]:
+def iter_entries(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Iterator[TOCEntry]:
     """Validated entries of a TOC document, one at a time.
 
     Each entry is dropped from the decoded list as it is handed out, so a huge TOC never
     sits in memory twice (these entries and the reader's own)."""
+    _check_entry_count(data, limits)
     try:
         doc = _DECODER.decode(data)
         del data  # a huge TOC's text is not kept alive while its entries are built
@@ -132,10 +161,12 @@ def iter_entries(data: bytes) -> Iterator[TOCEntry]:
 
 
 def format_modtime(epoch_seconds: float) -> str:
-    """RFC3339 in UTC with whole seconds, as Go's time.RFC3339 (empty for the zero time)."""
+    """RFC3339 in UTC with whole seconds (empty for the zero time). Sub-second mtimes (PAX)
+    round to the nearest second, halves away from zero, as the reference writer does."""
     if epoch_seconds == 0:
         return ""
-    return datetime.fromtimestamp(int(epoch_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    whole = math.floor(abs(epoch_seconds) + 0.5) * (1 if epoch_seconds > 0 else -1)
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @functools.lru_cache(maxsize=1024)  # a layer's files share few distinct modtimes

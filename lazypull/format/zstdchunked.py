@@ -16,8 +16,9 @@ import struct
 import zstandard
 
 from lazypull.errors import DigestMismatchError, FormatError
-from lazypull.format.estargz_reader import DEFAULT_MAX_TOC_BYTES, ChunkDecoder, TOCIndex
+from lazypull.format.estargz_reader import ChunkDecoder, TOCIndex, checked_toc_digest
 from lazypull.format.estargz_writer import BuildResult, _MemberWriter, build_layer
+from lazypull.format.limits import DEFAULT_LIMITS, ZSTD_MAX_RATIO, Limits
 from lazypull.format.source import ReadAt
 from lazypull.format.tarstream import Prioritized
 from lazypull.format.toc import TOC, iter_entries
@@ -82,6 +83,8 @@ def build_zstdchunked(
 
 
 class ZstdChunkDecoder(ChunkDecoder):
+    max_ratio = ZSTD_MAX_RATIO
+
     def inflate(self, raw: bytes, need: int, what: str) -> bytes:
         try:
             with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True) as r:
@@ -121,9 +124,10 @@ def parse_zstd_footer(tail: bytes, blob_size: int) -> tuple[int, int, int]:
     raise FormatError("zstd:chunked footer is malformed")
 
 
-def open_zstdchunked(
-    source: ReadAt, *, toc_digest: str | None = None, max_toc_bytes: int = DEFAULT_MAX_TOC_BYTES
-) -> TOCIndex:
+def open_zstdchunked(source: ReadAt, *, toc_digest: str | None = None, limits: Limits = DEFAULT_LIMITS) -> TOCIndex:
+    if toc_digest:
+        toc_digest = checked_toc_digest(toc_digest)
+    max_toc_bytes = limits.max_toc_bytes
     size = source.size
     if size < FOOTER_SIZE + 8:
         raise FormatError(f"blob is {size} bytes: too small to be zstd:chunked")
@@ -131,16 +135,15 @@ def open_zstdchunked(
     off, clen, ulen = parse_zstd_footer(tail, size)
     if clen > max_toc_bytes or ulen > max_toc_bytes:
         raise FormatError(f"TOC is {max(clen, ulen)} bytes, over the {max_toc_bytes} byte limit")
-    try:
-        toc_json = zstandard.ZstdDecompressor().decompress(source.read_at(off, clen), max_output_size=ulen)
-    except zstandard.ZstdError as e:
-        raise FormatError(f"zstd:chunked TOC is corrupt ({e})") from None
-    if len(toc_json) != ulen:
-        raise FormatError(f"zstd:chunked TOC is {len(toc_json)} bytes, footer says {ulen}")
+    # Streamed and bounded by the footer's length: a frame header may claim any content
+    # size, and one-shot decompression would allocate it up front.
+    toc_json = ZstdChunkDecoder().inflate(source.read_at(off, clen), ulen, "zstd:chunked TOC")
     if toc_digest:
         actual = "sha256:" + hashlib.sha256(toc_json).hexdigest()
         if actual != toc_digest:
             raise DigestMismatchError("TOC", toc_digest, actual)
-    entries = iter_entries(toc_json)
+    entries = iter_entries(toc_json, limits)
     del toc_json  # the generator holds the only reference and drops it once decoded
-    return TOCIndex(entries, blob_size=size, data_end=off - 8, fmt="zstdchunked", decoder=ZstdChunkDecoder())
+    return TOCIndex(
+        entries, blob_size=size, data_end=off - 8, fmt="zstdchunked", decoder=ZstdChunkDecoder(), limits=limits
+    )

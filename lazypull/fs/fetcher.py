@@ -7,6 +7,13 @@ Every chunk being fetched is registered as in flight first, so concurrent reader
 the kernel's readahead issues several reads at once — wait for that fetch instead of
 starting overlapping ones. Bytes are decoded and verified by the layer index before
 anyone sees them.
+
+Deadlines: a read, whether it starts a fetch or waits for one, fails (-> EIO) within
+``timeout`` seconds; the fetch it starts runs under that same deadline (a deadline
+scope the registry transport enforces on its sockets, so a trickling or stalled
+registry cannot hold a reader longer). A failed fetch is remembered for a moment
+(``FAILED_HOLD``): the kernel retries a failed readahead with a synchronous read of the
+same page at once, and that retry must not wait a second deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
 from lazypull.format.source import ReadAt
+from lazypull.registry.deadline import deadline_scope
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,7 @@ MAX_SPAN = 16 << 20  # never one request larger than this
 # On a miss, fetch at least this much of the blob: the next files of the same directory
 # come along (numpy + scipy import: 332 -> 198 requests for +7% bytes; see README).
 MIN_FETCH = 64 << 10
+FAILED_HOLD = 2.0  # seconds a failed chunk fails again at once instead of being fetched again
 
 
 def chunk_key(c: Chunk) -> tuple[int, int]:
@@ -67,6 +76,7 @@ class Fetcher:
         name: str = "layer",
         timeout: float = 60.0,
         min_fetch: int = MIN_FETCH,
+        failed_hold: float = FAILED_HOLD,
     ) -> None:
         self.index = index
         self.source = source
@@ -74,8 +84,10 @@ class Fetcher:
         self.name = name
         self.timeout = timeout
         self.min_fetch = min_fetch
+        self.failed_hold = failed_hold
         self.stats = FetchStats()
         self._inflight: dict[tuple[int, int], Future[bytes]] = {}
+        self._failed: dict[tuple[int, int], tuple[float, FetchError]] = {}  # chunk -> (until, error)
         self._lock = threading.Lock()
         self.active_reads = 0  # on-demand reads in progress (background fetch yields to them)
         self._idle = threading.Condition(self._lock)
@@ -86,13 +98,14 @@ class Fetcher:
         end = min(offset + size, entry.size)
         if offset >= end:
             return b""
+        deadline = time.monotonic() + self.timeout
         with self._lock:
             self.active_reads += 1
         try:
             chunks = entry.chunks_for(offset, end - offset)
             parts = []
             for i, c in enumerate(chunks):
-                data = self.chunk(entry, c, chunks[i:])
+                data = self.chunk(entry, c, chunks[i:], deadline=deadline)
                 lo = max(offset - c.file_offset, 0)
                 hi = min(end - c.file_offset, c.size)
                 parts.append(data[lo:hi])
@@ -103,25 +116,36 @@ class Fetcher:
                 if self.active_reads == 0:
                     self._idle.notify_all()
 
-    def chunk(self, entry: Entry, c: Chunk, wanted: list[Chunk] | None = None) -> bytes:
-        """One verified chunk, from cache, an in-flight fetch, or a new coalesced fetch."""
+    def chunk(
+        self, entry: Entry, c: Chunk, wanted: list[Chunk] | None = None, *, deadline: float | None = None
+    ) -> bytes:
+        """One verified chunk, from cache, an in-flight fetch, or a new coalesced fetch, by
+        *deadline* (monotonic; default ``timeout`` from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         self.stats.add(cache_requests=1)
         data = self.cache.get(c.digest)
         if data is not None:
             self.stats.add(cache_hits=1)
             return data
+        key = chunk_key(c)
         with self._lock:
-            fut = self._inflight.get(chunk_key(c))
+            failed = self._failed.get(key)
+            if failed is not None:
+                if failed[0] > time.monotonic():
+                    raise failed[1]
+                del self._failed[key]
+            fut = self._inflight.get(key)
             mine: list[tuple[Entry, Chunk]] = []
             if fut is None:
                 mine = self._plan(entry, c, wanted or [c])
                 for _, m in mine:
                     self._inflight[chunk_key(m)] = Future()
-                fut = self._inflight[chunk_key(c)]
+                fut = self._inflight[key]
         if mine:
-            self._fetch(mine, "fetched_bytes")
+            self._fetch(mine, "fetched_bytes", deadline=deadline)
         try:
-            return fut.result(timeout=self.timeout)
+            return fut.result(timeout=max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             raise FetchError(f"{self.name}: {entry.name}: timed out after {self.timeout}s waiting for data") from None
 
@@ -190,12 +214,19 @@ class Fetcher:
     def _resolve(self, c: Chunk, data: bytes) -> None:
         with self._lock:
             fut = self._inflight.pop(chunk_key(c), None)
+            self._failed.pop(chunk_key(c), None)
         if fut is not None:
             fut.set_result(data)
 
-    def _fail(self, chunks: list[Chunk], err: Exception) -> None:
+    def _fail(self, chunks: list[Chunk], err: FetchError) -> None:
+        until = time.monotonic() + self.failed_hold
         with self._lock:
             futs = [self._inflight.pop(chunk_key(c), None) for c in chunks]
+            if len(self._failed) > 4096:  # only a moment's memory; never grows without bound
+                now = time.monotonic()
+                self._failed = {k: v for k, v in self._failed.items() if v[0] > now}
+            for c in chunks:
+                self._failed[chunk_key(c)] = (until, err)
         for f in futs:
             if f is not None and not f.done():
                 f.set_exception(err)
@@ -267,11 +298,13 @@ class Fetcher:
                 time.sleep(0)  # let readers in between ranges
         return total
 
-    def _fetch(self, group: list[tuple[Entry, Chunk]], kind: str) -> None:
-        """One Range request for contiguous in-flight chunks; resolve or fail each one."""
+    def _fetch(self, group: list[tuple[Entry, Chunk]], kind: str, deadline: float | None = None) -> None:
+        """One Range request for contiguous in-flight chunks, ending by *deadline* (default
+        ``timeout`` from now); resolve or fail each one."""
         start, end = group[0][1].blob_offset, max(c.blob_end for _, c in group)
         try:
-            raw = self.source.read_at(start, end - start)
+            with deadline_scope(at=deadline if deadline is not None else time.monotonic() + self.timeout):
+                raw = self.source.read_at(start, end - start)
             self.stats.add(requests=1, **{kind: len(raw)})
         except Exception as e:
             self.stats.add(fetch_errors=1)

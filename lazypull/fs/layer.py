@@ -66,6 +66,14 @@ class LayerFS:
             name = base.encode("utf-8", "surrogateescape")
             if base.startswith(WHITEOUT):
                 name = base[len(WHITEOUT) :].encode("utf-8", "surrogateescape")
+            # ".wh.X" beside X: X removed from below and recreated here; X wins, opaque if a dir.
+            other = self._children[parent].get(name)
+            if other is not None and base.startswith(WHITEOUT):
+                if other in self._children:
+                    self._opaque.add(other)
+                continue
+            if other in self._whiteout and e.type == EntryType.DIR:
+                self._opaque.add(len(self._entries))
             ino = len(self._entries)
             self._entries.append(e)
             self._attrs.append(None)
@@ -168,22 +176,28 @@ class LayerFS:
             raise OSError(errno.ENODATA, "no such attribute")
         return v
 
-    def passthrough_path(self, ino: int) -> str | None:
-        """A cache file with the whole, verified file, once every chunk is cached."""
+    def passthrough_fd(self, ino: int) -> int | None:
+        """An fd on a cache file holding the whole file, verified through that fd, once every
+        chunk is cached. A corrupted file is dropped and assembled again from verified chunks
+        (themselves re-fetched if they fail their check)."""
         e = self._entries[ino] if 0 < ino < len(self._entries) else None
         if e is None or e.type != EntryType.REG or ino in self._whiteout or not e.size or not e.digest:
             return None
         cache = self.fetcher.cache
-        path = cache.path_of(e.digest)
-        if path is None:
-            if not all(cache.contains(c.digest) for c in e.chunks):
+        had = cache.path_of(e.digest) is not None
+        fd = cache.open_verified(e.digest)
+        if fd is not None:
+            return fd
+        if had:
+            self.fetcher.stats.add(verify_errors=1)
+        if not all(cache.contains(c.digest) for c in e.chunks):
+            return None
+        try:
+            if cache.put_parts(e.digest, (self.fetcher.chunk(e, c) for c in e.chunks)) is None:
                 return None
-            try:
-                parts = (self.fetcher.chunk(e, c) for c in e.chunks)
-                path = cache.put_parts(e.digest, parts)
-            except FetchError:
-                return None
-        return str(path) if path is not None else None
+        except FetchError:
+            return None
+        return cache.open_verified(e.digest)
 
     def statfs(self) -> tuple[int, int]:
         return self.index.blob_size, len(self._entries)

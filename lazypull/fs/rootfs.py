@@ -1,17 +1,27 @@
 """A whole image rootfs, mounted lazily: one FUSE mount per eStargz layer, overlayfs on top.
 
-Layers without a TOC are downloaded and unpacked (said in a log line). The state of a
-mount (its layers, their processes) lives in a state directory so ``lazypull umount``
-from another process can tear everything down.
+Layers without a TOC are downloaded and unpacked (said in a log line). The layers are
+served by the state root's layer server (:mod:`lazypull.service.fsd`); the state of a
+mount (its layers) lives in a state directory so ``lazypull umount`` from another
+process can tear everything down.
+
+Images are untrusted: a host-side mount is ``nosuid,nodev`` (the overlay, and each FUSE
+layer, bind-remounted), so no host user gains root through an image's setuid binaries or
+raw disk access through its device nodes; ``suid``/``dev`` are explicit opt-ins. The
+snapshotter's mounts for containers are the runtime's business and are not touched here.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +29,13 @@ from lazypull.convert.check import manifests_of
 from lazypull.convert.unpack import RootDir, apply_tar_layer
 from lazypull.errors import LazypullError
 from lazypull.format.soci.dispatch import is_lazy
-from lazypull.fs.fuse.server import unmount
-from lazypull.fs.mountproc import MountHandle, is_mounted, spawn_layer_mount, stop_layer_mount
+from lazypull.fs.fuse.server import is_mounted, unmount
 from lazypull.fs.spec import LayerSpec
-from lazypull.fs.stats import read_stats
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
+from lazypull.service.fsdclient import FsdClient, FsdError, socket_path, start_server
 from lazypull.soci.find import soci_layers
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,12 @@ class MountOptions:
     prefetch_timeout_sec: float = 10.0
     passthrough: bool = False
     record_access: bool = False  # umount_image then returns the files read, in order (optimize)
+    suid: bool = False  # honour the image's setuid/setgid bits (default: nosuid)
+    dev: bool = False  # allow opening the image's device nodes (default: nodev)
+
+    @property
+    def mount_flags(self) -> str:
+        return f"{'suid' if self.suid else 'nosuid'},{'dev' if self.dev else 'nodev'}"
 
 
 def state_dir_for(mountpoint: Path, root: Path = DEFAULT_STATE_ROOT) -> Path:
@@ -74,6 +89,20 @@ def layer_spec(store: ImageStore, layer_desc: object, opts: MountOptions, ropts:
     return spec
 
 
+def layer_server(state_root: Path, start: bool = True) -> FsdClient:
+    """The layer server of *state_root* (started on demand; it exits once it serves nothing).
+
+    ``lazypull mount`` uses its own server per state root rather than the snapshotter's: its
+    cache directory and options are the command line's, and a mount made by hand never
+    depends on (or disturbs) the node's containers."""
+    address = socket_path(state_root)
+    if not start:
+        return FsdClient(address)
+    state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    client, _ = start_server(state_root, address, log_path=state_root / "fsd.log", exit_when_idle=True)
+    return client
+
+
 def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: RegistryOptions | None = None) -> Path:
     """Mount the image at *mountpoint*; returns the state directory."""
     mountpoint = mountpoint.resolve()
@@ -84,15 +113,15 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
         umount_image(mountpoint, opts.state_root)
     state.mkdir(parents=True, mode=0o700)
     manifest = next(iter(manifests_of(store, None, False)))
-    handles: list[MountHandle] = []
     lowers: list[str] = []
+    lazy: list[tuple[LayerSpec, Path]] = []
     record: dict[str, object] = {"mountpoint": str(mountpoint), "layers": []}
     try:
         for i, layer in enumerate(soci_layers(store, manifest)):
             ldir = state / f"layer{i}"
+            ldir.mkdir(mode=0o700)
             if is_lazy(layer):
-                h = spawn_layer_mount(layer_spec(store, layer, opts, ropts), ldir / "fs", ldir)
-                handles.append(h)
+                lazy.append((layer_spec(store, layer, opts, ropts), ldir / "fs"))
                 record["layers"].append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})  # type: ignore[attr-defined]
             else:
                 log.info("layer %s is neither eStargz nor SOCI-indexed: downloading and unpacking it", layer.digest)
@@ -104,19 +133,21 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
                 record["layers"].append({"digest": layer.digest, "lazy": False, "dir": str(ldir)})  # type: ignore[attr-defined]
             lowers.append(str(ldir / "fs"))
             (state / "mount.json").write_text(json.dumps(record))
-        for h in handles:
-            h.wait_ready(opts.fetch_timeout_sec)
-        for h in handles:
-            if opts.prefetch and not h.wait_prefetch(opts.prefetch_timeout_sec):
-                log.warning("prefetch of %s not done within %ss; continuing", h.mountpoint, opts.prefetch_timeout_sec)
+        if lazy:
+            _mount_layers(layer_server(opts.state_root), lazy, opts)
+            if not (opts.suid and opts.dev):  # only ever adds restrictions to a layer mount
+                for _, mp in lazy:
+                    _run_mount(["-o", f"remount,bind,ro,{opts.mount_flags}", str(mp)], "restricting a layer mount")
         mountpoint.mkdir(parents=True, exist_ok=True)
         if len(lowers) == 1:
-            cmd = ["mount", "--bind", "-o", "ro", lowers[0], str(mountpoint)]
+            flags = f"ro,{opts.mount_flags}"
+            _run_mount(["--bind", "-o", flags, lowers[0], str(mountpoint)], "mounting the image rootfs")
         else:
-            cmd = ["mount", "-t", "overlay", "overlay", "-o", "lowerdir=" + ":".join(reversed(lowers)), str(mountpoint)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise LazypullError(f"mounting the image rootfs failed: {res.stderr.strip()}")
+            lowerdir = "lowerdir=" + ":".join(reversed(lowers))
+            _run_mount(
+                ["-t", "overlay", "overlay", "-o", f"ro,{lowerdir},{opts.mount_flags}", str(mountpoint)],
+                "mounting the image rootfs",
+            )
         record["mounted"] = True
         (state / "mount.json").write_text(json.dumps(record))
     except BaseException:
@@ -125,37 +156,91 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
     return state
 
 
+def _run_mount(args: list[str], what: str) -> None:
+    res = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise LazypullError(f"{what} failed: {res.stderr.strip()}")
+
+
+def _mount_layers(client: FsdClient, lazy: list[tuple[LayerSpec, Path]], opts: MountOptions) -> None:
+    """Mount the lazy layers in parallel, then wait (bounded) for their prefetch."""
+
+    def one(item: tuple[LayerSpec, Path]) -> None:
+        spec, mp = item
+        _summary, fd = client.mount(spec.to_json(), mp, timeout=opts.fetch_timeout_sec + 30)
+        if fd >= 0:
+            os.close(fd)  # nobody holds a copy for a hand-made mount: it lives with its server
+
+    # Not `with`: on Ctrl-C the caller must not wait for mounts still fetching their TOCs
+    # (the server drops those when it is told to unmount them).
+    pool = ThreadPoolExecutor(max_workers=8)
+    try:
+        for f in [pool.submit(one, item) for item in lazy]:
+            f.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if not opts.prefetch:
+        return
+    mps = [str(mp) for _, mp in lazy]
+    deadline = time.monotonic() + opts.prefetch_timeout_sec
+    while time.monotonic() < deadline:
+        rows = client.stats(mps)["layers"]
+        if all(r.get("prefetch_done") for r in rows):
+            return
+        time.sleep(0.02)
+    log.warning("prefetch not done within %ss; continuing", opts.prefetch_timeout_sec)
+
+
 def umount_image(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
-    """Remove the overlay, every layer mount and process, and the state directory.
+    """Remove the overlay, every layer mount, and the state directory.
 
     Returns the files read through a mount made with ``record_access``, layer by layer
     from the bottom, each layer's in the order of first read (the record file format's
-    paths); the layer processes write their final record as they exit.
+    paths). The state root's layer server exits once it serves no layer.
     """
     mountpoint = mountpoint.resolve()
     state = state_dir_for(mountpoint, state_root)
     if is_mounted(mountpoint):
-        unmount(str(mountpoint), lazy=False)
+        try:
+            unmount(str(mountpoint), lazy=False)
+        except OSError as e:
+            raise LazypullError(str(e.strerror or e)) from None
     if not state.exists():
         return []
     ldirs = sorted(state.glob("layer*"), key=lambda d: int(d.name[5:]) if d.name[5:].isdigit() else -1)
-    for ldir in ldirs:
-        try:
-            st = json.loads((ldir / "state.json").read_text())
-            stop_layer_mount(MountHandle(int(st["pid"]), Path(st["mountpoint"]), ldir))
-        except (OSError, ValueError, KeyError):
-            if is_mounted(ldir / "fs"):
-                unmount(str(ldir / "fs"))
+    client = layer_server(state_root, start=False)
     accessed: dict[str, None] = {}
     for ldir in ldirs:
         try:
-            lines = (ldir / "accessed.jsonl").read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            accessed.setdefault(json.loads(line)["path"], None)
+            for path in client.unmount(ldir / "fs"):
+                accessed.setdefault(path, None)
+        except FsdError:
+            if is_mounted(ldir / "fs") or _is_dead_mount(ldir / "fs"):
+                unmount(str(ldir / "fs"))
     shutil.rmtree(state, ignore_errors=True)
+    _stop_if_idle(client)
     return list(accessed)
+
+
+def _stop_if_idle(client: FsdClient) -> None:
+    """Stop the state root's server once no mount uses it, and wait until it is gone."""
+    try:
+        if client.list():
+            return
+        client.shutdown()
+    except FsdError:
+        return
+    deadline = time.monotonic() + 10
+    while client.alive(timeout=1.0) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _is_dead_mount(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
 
 
 def mount_stats(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[dict[str, object]]:
@@ -164,8 +249,13 @@ def mount_stats(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list
         record = json.loads((state / "mount.json").read_text())
     except (OSError, ValueError):
         raise LazypullError(f"{mountpoint} is not mounted by lazypull") from None
+    try:
+        rows = layer_server(state_root, start=False).stats()["layers"]
+    except FsdError:
+        rows = []
+    by_mp = {r["mountpoint"]: r for r in rows}
     out = []
     for layer in record["layers"]:
-        st = read_stats(Path(layer["dir"]) / "stats.json") if layer["lazy"] else None
+        st = by_mp.get(str(Path(layer["dir"]) / "fs")) if layer["lazy"] else None
         out.append({"digest": layer["digest"], "lazy": layer["lazy"], **(st or {})})
     return out

@@ -1,15 +1,20 @@
-"""What a mount process needs to open one layer, as JSON (the spec file is mode 0600:
-it may carry registry credentials)."""
+"""What the layer server needs to open one layer: the ``Mount`` request's payload.
+
+It may carry registry credentials (``registry["user"]``, or ``registry["credential"]``: the
+kubelet's, from the CRI keychain); those live in the server's memory only:
+:meth:`LayerSpec.public` is what may be written to disk."""
 
 from __future__ import annotations
 
 import json
-import os
+import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lazypull.cache.chunks import ChunkCache
+from lazypull.errors import LazypullError
 from lazypull.format import FileSource
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
@@ -17,8 +22,11 @@ from lazypull.format.soci.dispatch import open_layer_index
 from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
+from lazypull.fs.opened import RecordingSource, ReplaySource
 from lazypull.oci.types import Descriptor
-from lazypull.registry.options import RegistryOptions
+from lazypull.registry.options import SECRET_KEYS, RegistryOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,8 +41,7 @@ class LayerSpec:
     fetch_timeout_sec: float = 60.0
     max_retries: int = 4
     cache_max_bytes: int = 10 << 30
-    threads: int = 4
-    record_access: bool = False  # write the files read, in order, to accessed.jsonl (for optimize)
+    record_access: bool = False  # remember the files read, in order (Stats/Unmount return them; optimize)
     passthrough: bool = False  # FUSE passthrough for fully cached files (see FuseServer)
     min_fetch: int = MIN_FETCH  # a miss fetches at least this much of the blob (see Fetcher)
 
@@ -42,38 +49,85 @@ class LayerSpec:
     def descriptor(self) -> Descriptor:
         return Descriptor.from_json(self.layer)
 
-    def save(self, path: Path) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def public(self) -> dict[str, Any]:
+        """The spec without credentials (what the server saves to re-attach after a restart)."""
+        d = asdict(self)
+        d["registry"] = {k: v for k, v in self.registry.items() if k not in SECRET_KEYS}
+        return d
+
+    @property
+    def has_secrets(self) -> bool:
+        return any(self.registry.get(k) for k in SECRET_KEYS)
 
     @classmethod
-    def load(cls, path: Path) -> LayerSpec:
-        return cls(**json.loads(Path(path).read_text()))
+    def from_json(cls, d: dict[str, Any]) -> LayerSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def open_source(spec: LayerSpec, desc: Descriptor | None = None) -> ReadAt:
+class RegistryClients:
+    """One registry client (connection pool, tokens) per distinct set of options, shared by the
+    layers of a process: a layer mount then costs its footer and TOC requests, not a new
+    connection and token handshake."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: LayerSpec) -> object:
+        from lazypull.registry.client import RegistryClient
+        from lazypull.registry.transport import Transport
+
+        key = json.dumps([spec.registry, spec.max_retries, spec.fetch_timeout_sec], sort_keys=True)
+        with self._lock:
+            c = self._clients.get(key)
+            if c is None:
+                opts = RegistryOptions.from_json(spec.registry) if spec.registry else RegistryOptions()
+                c = self._clients[key] = RegistryClient(
+                    opts, transport=Transport(max_retries=spec.max_retries, total_timeout=spec.fetch_timeout_sec)
+                )
+            return c
+
+
+def open_source(spec: LayerSpec, clients: RegistryClients | None = None, desc: Descriptor | None = None) -> ReadAt:
     """The layer blob (or another blob of the same repository/layout, e.g. its zTOC)."""
     if spec.blob_path:
         return FileSource(Path(spec.blob_path).with_name(desc.digest[7:]) if desc else spec.blob_path)
     from lazypull.registry.blobsource import RegistryBlobSource
-    from lazypull.registry.client import RegistryClient
     from lazypull.registry.reference import Reference
-    from lazypull.registry.transport import Transport
 
-    opts = RegistryOptions.from_json(spec.registry) if spec.registry else RegistryOptions()
-    client = RegistryClient(
-        opts, transport=Transport(max_retries=spec.max_retries, total_timeout=spec.fetch_timeout_sec)
-    )
-    return RegistryBlobSource(client, Reference.parse(spec.ref), desc or spec.descriptor)
+    client = (clients or RegistryClients()).get(spec)
+    return RegistryBlobSource(client, Reference.parse(spec.ref), desc or spec.descriptor)  # type: ignore[arg-type]
 
 
-def open_layer_fs(spec: LayerSpec) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
-    """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree."""
+def open_layer_fs(
+    spec: LayerSpec, cache: ChunkCache, saved: Path | None = None, clients: RegistryClients | None = None
+) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
+    """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree.
+
+    With *saved*, the bytes the open reads are kept there, and taken from there next time
+    (still verified), so re-opening a layer needs no registry."""
     desc = spec.descriptor
-    source = CountingSource(open_source(spec))
-    cache = ChunkCache(Path(spec.cache_dir), max_bytes=spec.cache_max_bytes)
-    index = open_layer_index(desc, source, lambda d: open_source(spec, d), cache)
+    source = CountingSource(open_source(spec, clients))
+
+    def open_blob(d: Descriptor) -> ReadAt:
+        return open_source(spec, clients, d)
+
+    index = None
+    if saved is not None and saved.exists():
+        try:
+            index = open_layer_index(desc, ReplaySource(source, saved), open_blob, cache)
+        except (LazypullError, OSError, ValueError) as e:
+            log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
+            saved.unlink(missing_ok=True)
+    if index is None:
+        rec = RecordingSource(source)
+        index = open_layer_index(desc, rec, open_blob, cache)  # SOCI: the zTOC is kept in *cache*
+        if saved is not None:
+            rec.save(saved)
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
     )

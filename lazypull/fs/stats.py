@@ -1,18 +1,10 @@
-"""Per-layer statistics a mount process publishes for the daemon and ``mount --stats``.
-
-Written atomically as JSON about once a second, so another process (the snapshotter's
-metrics endpoint) can read them without talking to the mount process.
-"""
+"""Per-operation FUSE statistics, served by the layer server's ``Stats`` call."""
 
 from __future__ import annotations
 
 import bisect
-import json
 import threading
-from pathlib import Path
 from typing import Any
-
-from lazypull.fsutil import atomic_write
 
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
@@ -39,14 +31,3 @@ class OpStats:
                 name: {"count": int(r[0]), "sum": r[1], "buckets": [int(x) for x in r[2:]]}
                 for name, r in self.ops.items()
             }
-
-
-def write_stats(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, json.dumps(data).encode(), 0o644)
-
-
-def read_stats(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None

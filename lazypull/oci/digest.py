@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from typing import BinaryIO
 
 from lazypull.errors import DigestMismatchError, InvalidDigestError
 
 _ALGORITHMS = {"sha256": 64, "sha512": 128}
-_HEX = re.compile(r"^[a-f0-9]+$")
+# Exactly "algorithm:" and the algorithm's hex length in lowercase: nothing else can reach a
+# file path or a URL built from a digest.
+_WELL_FORMED = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 
 
-def validate(digest: str) -> str:
-    """Return *digest* if it is a supported, well-formed digest, else raise."""
-    algo, sep, hexpart = digest.partition(":")
-    if not sep or algo not in _ALGORITHMS:
-        raise InvalidDigestError(f"unsupported or malformed digest {digest[:80]!r}")
-    if len(hexpart) != _ALGORITHMS[algo] or not _HEX.match(hexpart):
-        raise InvalidDigestError(f"malformed {algo} digest {digest[:80]!r}")
+def validate(digest: str, algorithms: Collection[str] = _ALGORITHMS.keys()) -> str:
+    """Return *digest* if it is a well-formed digest of one of *algorithms*, else raise.
+
+    Every digest that comes from outside (manifests, TOCs, labels) goes through here
+    before it is used, in particular before it becomes part of a path."""
+    if not isinstance(digest, str) or _WELL_FORMED.fullmatch(digest) is None:
+        raise InvalidDigestError(f"malformed digest {str(digest)[:100]!r}")
+    if digest.partition(":")[0] not in algorithms:
+        raise InvalidDigestError(f"unsupported digest algorithm in {digest[:100]!r} (expected {', '.join(algorithms)})")
     return digest
+
+
+def is_valid(digest: str, algorithms: Collection[str] = _ALGORITHMS.keys()) -> bool:
+    try:
+        validate(digest, algorithms)
+    except InvalidDigestError:
+        return False
+    return True
 
 
 def hex_part(digest: str) -> str:

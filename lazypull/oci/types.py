@@ -265,6 +265,11 @@ def is_index(media_type: str) -> bool:
     return media_type in mt.INDEX_TYPES
 
 
+def is_foreign_layer(media_type: str) -> bool:
+    """Non-distributable (Docker "foreign") layers: their content is not the registry's to serve."""
+    return ".nondistributable." in media_type or ".foreign." in media_type
+
+
 def is_manifest(media_type: str) -> bool:
     return media_type in mt.MANIFEST_TYPES
 

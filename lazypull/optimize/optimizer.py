@@ -25,8 +25,7 @@ from lazypull.convert.copy import copy_image
 from lazypull.convert.image import ConvertOptions, convert_image
 from lazypull.errors import LazypullError
 from lazypull.format.index import normalize
-from lazypull.fs.fuse.server import unmount
-from lazypull.fs.mountproc import is_mounted
+from lazypull.fs.fuse.server import is_mounted, unmount
 from lazypull.fs.rootfs import MountOptions, mount_image, umount_image
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore

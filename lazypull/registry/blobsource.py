@@ -3,7 +3,8 @@
 Thread-safe. Counts bytes and requests (the proof that pulling is lazy). Remembers
 where the registry redirects blob reads (object storage) so later ranges go there
 directly, and goes back to the registry when that URL stops working (signed URLs
-expire).
+expire). Each read, retries and body included, ends within one deadline: the caller's
+deadline scope (the fetcher's), else the transport's ``total_timeout``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import urllib3
 from lazypull.errors import FormatError, RegistryError
 from lazypull.oci.types import Descriptor
 from lazypull.registry.client import RegistryClient, _range_body
+from lazypull.registry.deadline import deadline_scope
 from lazypull.registry.reference import Reference
-from lazypull.registry.transport import TransportError
+from lazypull.registry.transport import TransportError, attempt_timeout
 
 
 class RegistryBlobSource:
@@ -41,7 +43,8 @@ class RegistryBlobSource:
             )
         if length == 0:
             return b""
-        data = self._fetch(offset, length)
+        with deadline_scope(self.client.transport.total_timeout):
+            data = self._fetch(offset, length)
         with self._lock:
             self.bytes_fetched += len(data)
             self.requests += 1
@@ -108,7 +111,7 @@ class RegistryBlobSource:
                 "GET",
                 url,
                 headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-                timeout=urllib3.Timeout(connect=10, read=30),
+                timeout=attempt_timeout(),
                 redirect=True,
             )
 

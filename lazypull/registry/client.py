@@ -21,10 +21,11 @@ from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import MAX_MANIFEST_BYTES, Descriptor
 from lazypull.registry import credentials
 from lazypull.registry.auth import Authenticator
+from lazypull.registry.deadline import current as current_deadline
 from lazypull.registry.hosts import Endpoint, HostsConfig
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.reference import Reference
-from lazypull.registry.transport import Transport, TransportError, _safe
+from lazypull.registry.transport import CONNECT_TIMEOUT, Transport, TransportError, _safe, attempt_timeout
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ class RegistryClient:
         with self._lock:
             h = self._hosts.get(ref.registry)
             if h is None:
-                cred = credentials.lookup(ref.registry, user=self.opts.user, docker_config=self.opts.docker_config)
+                cred = self.opts.credential or credentials.lookup(
+                    ref.registry, user=self.opts.user, docker_config=self.opts.docker_config
+                )
                 h = _Host(self.hosts.endpoints(ref.registry, ref.host), Authenticator(cred, self.transport))
                 self._hosts[ref.registry] = h
             return h
@@ -104,8 +107,9 @@ class RegistryClient:
                     raise
                 last = e
             except (TransportError, RegistryError) as e:
-                if i == len(endpoints) - 1:
-                    raise
+                scope = current_deadline()
+                if i == len(endpoints) - 1 or (scope is not None and scope.expired):
+                    raise  # the last endpoint, or no time left for the next one
                 last = e
             log.info("mirror %s failed for %s (%s); trying the next endpoint", ep.host, ref, last)
         assert last is not None
@@ -133,7 +137,6 @@ class RegistryClient:
         else:
             url = f"{ep.base_url}/v2/{ref.repository}/{path}"
         pm = self.transport.pool(ep.ca, ep.skip_verify)
-        timeout = urllib3.Timeout(connect=min(10.0, ep.timeout), read=ep.timeout)
         for attempt in range(2):  # second try after a 401 refreshed the credentials
             hdrs = {"User-Agent": "lazypull/0.1", **dict(ep.headers), **(headers or {}), **auth.header(scope)}
             if isinstance(body, bytes) or body is None:
@@ -149,7 +152,7 @@ class RegistryClient:
                     body=data,
                     preload_content=preload,  # type: ignore[arg-type]
                     redirect=redirect,
-                    timeout=timeout,
+                    timeout=attempt_timeout(min(CONNECT_TIMEOUT, ep.timeout), ep.timeout),
                     retries=_NO_RETRY_FOLLOW if redirect else False,
                 )
 
@@ -181,6 +184,8 @@ class RegistryClient:
             if length > MAX_MANIFEST_BYTES:
                 raise RegistryError(f"{ref}: manifest is {length} bytes, over the {MAX_MANIFEST_BYTES} byte limit")
             data = resp.read(MAX_MANIFEST_BYTES + 1)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise TransportError(f"{ref}: reading the manifest failed: {type(e).__name__}") from None
         finally:
             resp.release_conn()
         if len(data) > MAX_MANIFEST_BYTES:

@@ -14,12 +14,15 @@ and ``header`` (extra request headers) on a host or a mirror.
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,33 +73,45 @@ class HostsConfig:
 
     @classmethod
     def from_mapping(cls, resolver: dict[str, Any]) -> HostsConfig:
+        """Hosts from a ``[resolver]`` table; wrong types are errors naming the key."""
         out = cls()
         hosts = resolver.get("host", {}) if isinstance(resolver, dict) else {}
         if not isinstance(hosts, dict):
             raise LazypullError("registry config: [resolver.host] must be a table of hosts")
         for name, h in hosts.items():
+            where = f'resolver.host."{name}"'
             if not isinstance(h, dict):
-                raise LazypullError(f"registry config: host {name!r} must be a table")
+                raise LazypullError(f"registry config: {where} must be a table")
+            _known(h, _HOST_KEYS | {"mirrors"}, where)
+            timeout = _get(h, "request_timeout_sec", (int, float), 30.0, where)
             hc = HostConfig(
-                plain_http=h.get("plain_http"),
-                skip_verify=bool(h.get("skip_verify", False)),
-                ca=h.get("ca"),
-                headers={str(k): str(v) for k, v in (h.get("header") or {}).items()},
-                timeout=float(h.get("request_timeout_sec", 30)),
+                plain_http=_get(h, "plain_http", bool, None, where),
+                skip_verify=_get(h, "skip_verify", bool, False, where),
+                ca=_get(h, "ca", str, None, where),
+                headers=_headers(h, where),
+                timeout=_positive(float(timeout), f"{where}.request_timeout_sec"),
             )
-            for m in h.get("mirrors", []) or []:
+            mirrors = h.get("mirrors", []) or []
+            if not isinstance(mirrors, list):
+                raise LazypullError(f"registry config: {where}.mirrors must be an array of tables")
+            for i, m in enumerate(mirrors):
+                mwhere = f"{where}.mirrors[{i}]"
                 if not isinstance(m, dict) or not m.get("host"):
                     raise LazypullError(f"registry config: a mirror of {name!r} has no host")
-                plain = bool(m.get("plain_http", m.get("insecure", False)))
+                _known(m, _HOST_KEYS | {"host", "insecure"}, mwhere)
+                plain = _get(m, "plain_http", bool, None, mwhere)
+                if plain is None:
+                    plain = _get(m, "insecure", bool, False, mwhere)
+                mt = _get(m, "request_timeout_sec", (int, float), hc.timeout, mwhere)
                 hc.mirrors.append(
                     Endpoint(
-                        host=str(m["host"]),
+                        host=_get(m, "host", str, "", mwhere),
                         plain_http=plain,
-                        skip_verify=bool(m.get("skip_verify", False)),
-                        ca=m.get("ca"),
-                        headers=tuple((str(k), str(v)) for k, v in (m.get("header") or {}).items()),
+                        skip_verify=_get(m, "skip_verify", bool, False, mwhere),
+                        ca=_get(m, "ca", str, None, mwhere),
+                        headers=tuple(_headers(m, mwhere).items()),
                         is_mirror=True,
-                        timeout=float(m.get("request_timeout_sec", hc.timeout)),
+                        timeout=_positive(float(mt), f"{mwhere}.request_timeout_sec"),
                     )
                 )
             out.hosts[name] = hc
@@ -117,3 +132,35 @@ class HostsConfig:
             timeout=hc.timeout,
         )
         return [*hc.mirrors, upstream]
+
+
+_HOST_KEYS = {"plain_http", "skip_verify", "ca", "header", "request_timeout_sec"}
+
+
+def _known(table: dict[str, Any], known: set[str], where: str) -> None:
+    for k in table:
+        if k not in known:
+            log.warning("registry config: unknown key %s.%s (ignored)", where, k)
+
+
+def _get(table: dict[str, Any], name: str, types: Any, default: Any, where: str) -> Any:
+    if name not in table:
+        return default
+    v = table[name]
+    if not isinstance(v, types) or (types is not bool and isinstance(v, bool)):
+        kind = {bool: "a boolean (true/false)", str: "a string"}.get(types, "a number")
+        raise LazypullError(f"registry config: {where}.{name} must be {kind}, not {v!r}")
+    return v
+
+
+def _positive(v: float, what: str) -> float:
+    if not v > 0:
+        raise LazypullError(f"registry config: {what} must be positive, not {v!r}")
+    return v
+
+
+def _headers(table: dict[str, Any], where: str) -> dict[str, str]:
+    h = table.get("header") or {}
+    if not isinstance(h, dict):
+        raise LazypullError(f"registry config: {where}.header must be a table")
+    return {str(k): v if isinstance(v, str) else ", ".join(map(str, v)) for k, v in h.items()}

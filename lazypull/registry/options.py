@@ -1,11 +1,23 @@
-"""Registry options shared by every command: plain HTTP, TLS, credentials, hosts file."""
+"""Registry options shared by every command: plain HTTP, TLS, credentials, hosts file.
+
+Secrets stay out of argv (``ps`` shows it to every user for the life of a foreground
+mount): ``--user NAME`` takes the password from ``--password-stdin`` or the environment
+(``LAZYPULL_PASSWORD``; ``LAZYPULL_USER`` for the name); ``--user NAME:PASSWORD`` still
+works for scripts that already use it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lazypull.errors import LazypullError
+from lazypull.registry.credentials import Credential
+
+SECRET_KEYS = ("user", "credential")  # the keys of to_json() that carry secrets (never written to disk)
 
 
 @dataclass
@@ -16,10 +28,11 @@ class RegistryOptions:
     user: str | None = field(default=None, repr=False)  # "name:password"
     registry_config: Path | None = None  # hosts/mirrors TOML
     docker_config: Path | None = None  # docker config.json (default ~/.docker/config.json)
+    credential: Credential | None = field(default=None, repr=False)  # in memory only (CRI keychain); wins
 
     def to_json(self) -> dict[str, object]:
-        """For handing to a mount process; credentials travel only through this (0600) spec."""
-        return {
+        """For handing to the layer server; credentials travel only through its (0600) socket."""
+        d: dict[str, object] = {
             "plain_http": self.plain_http,
             "plain_http_hosts": sorted(self.plain_http_hosts),
             "insecure": self.insecure,
@@ -27,6 +40,9 @@ class RegistryOptions:
             "registry_config": str(self.registry_config) if self.registry_config else None,
             "docker_config": str(self.docker_config) if self.docker_config else None,
         }
+        if self.credential is not None:
+            d["credential"] = credential_to_json(self.credential)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> RegistryOptions:
@@ -37,14 +53,30 @@ class RegistryOptions:
             user=d.get("user") or None,  # type: ignore[arg-type]
             registry_config=Path(str(d["registry_config"])) if d.get("registry_config") else None,
             docker_config=Path(str(d["docker_config"])) if d.get("docker_config") else None,
+            credential=credential_from_json(d.get("credential")),
         )
+
+
+def credential_to_json(c: Credential) -> dict[str, object]:
+    return {"username": c.username, "secret": c.secret, "identity_token": c.identity_token}
+
+
+def credential_from_json(v: object) -> Credential | None:
+    if not isinstance(v, dict) or not v.get("secret"):
+        return None
+    return Credential(str(v.get("username", "")), str(v["secret"]), bool(v.get("identity_token")))
 
 
 def add_registry_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("registry")
     g.add_argument("--plain-http", action="store_true", help="talk to registries over plain HTTP")
     g.add_argument("--insecure", action="store_true", help="skip TLS certificate verification")
-    g.add_argument("--user", help="credentials NAME:PASSWORD (or env LAZYPULL_USER)")
+    g.add_argument(
+        "--user",
+        help="registry user NAME (password from --password-stdin or env LAZYPULL_PASSWORD; "
+        "NAME:PASSWORD also works but shows in ps); default env LAZYPULL_USER",
+    )
+    g.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
     g.add_argument("--registry-config", type=Path, help='hosts/mirrors TOML ([resolver.host."HOST"] tables)')
     g.add_argument("--docker-config", type=Path, help="docker config.json for credentials")
 
@@ -53,7 +85,25 @@ def options_from_args(args: argparse.Namespace) -> RegistryOptions:
     return RegistryOptions(
         plain_http=bool(getattr(args, "plain_http", False)),
         insecure=bool(getattr(args, "insecure", False)),
-        user=getattr(args, "user", None) or os.environ.get("LAZYPULL_USER") or None,
+        user=_credentials(getattr(args, "user", None), bool(getattr(args, "password_stdin", False))),
         registry_config=getattr(args, "registry_config", None),
         docker_config=getattr(args, "docker_config", None),
     )
+
+
+def _credentials(user: str | None, password_stdin: bool) -> str | None:
+    """Credentials as NAME:PASSWORD from the flags and the environment, or None (anonymous/docker config)."""
+    name = user or os.environ.get("LAZYPULL_USER") or None
+    if password_stdin:
+        if not name:
+            raise LazypullError("--password-stdin needs --user NAME (or LAZYPULL_USER)")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise LazypullError("--password-stdin: no password on stdin")
+        return f"{name.partition(':')[0]}:{password}"
+    if name is None or ":" in name:
+        return name
+    password = os.environ.get("LAZYPULL_PASSWORD")
+    if not password:
+        raise LazypullError(f"--user {name}: no password (use --password-stdin or set LAZYPULL_PASSWORD)")
+    return f"{name}:{password}"

@@ -1,10 +1,20 @@
 """The daemon's TOML config. Keys the reference snapshotter has keep its names and
-meanings, so its configs carry over; unknown keys are reported, never silently ignored."""
+meanings, so its configs carry over.
+
+One declarative schema: every key is a field of :class:`DaemonConfig` declared with
+:func:`key` (its TOML path, type from the annotation, range). Loading is strict: a value
+of the wrong TOML type (``passthrough = "false"`` is a string, not a boolean) or out of
+range is a :class:`ConfigError` naming the key; unknown keys are reported, never
+silently ignored.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,39 +25,49 @@ from lazypull.registry.hosts import HostsConfig
 
 log = logging.getLogger(__name__)
 
-_KNOWN = {
-    "noprefetch",
-    "prefetch_timeout_sec",
-    "no_background_fetch",
-    "metrics_address",
-    "blob",
-    "resolver",
-    "docker_config",
-    "cache",
-    "plain_http_hosts",
-    "fuse_threads",
-    "log_level",
-}
-_KNOWN_BLOB = {"fetching_timeout_sec", "max_retries", "min_fetch_bytes"}
-_KNOWN_CACHE = {"dir", "max_bytes"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(LazypullError):
+    """The config file is invalid (the message names the key)."""
+
+
+def key(
+    path: str, default: Any, *, min: float | None = None, max: float | None = None, choices: tuple[str, ...] = ()
+) -> Any:
+    """A config field read from TOML key *path* ("table.name" for keys in a table)."""
+    meta = {"key": path, "min": min, "max": max, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class DaemonConfig:
-    noprefetch: bool = False
-    prefetch_timeout_sec: float = 10.0
-    no_background_fetch: bool = False
-    metrics_address: str = ""
-    fetching_timeout_sec: float = 300.0
-    max_retries: int = 5
-    min_fetch_bytes: int = MIN_FETCH  # a miss fetches at least this much of the blob
-    docker_config: str = ""
-    cache_dir: str = ""  # default: ROOT/cache
-    cache_max_bytes: int = 10 << 30
-    plain_http_hosts: list[str] = field(default_factory=list)
-    passthrough: bool = False  # FUSE passthrough for fully cached files
-    record_access: bool = False  # mount processes write the files containers read (optimize)
-    hosts: HostsConfig = field(default_factory=HostsConfig)
+    noprefetch: bool = key("noprefetch", False)
+    prefetch_timeout_sec: float = key("prefetch_timeout_sec", 10.0, min=0)
+    no_background_fetch: bool = key("no_background_fetch", False)
+    metrics_address: str = key("metrics_address", "")  # HOST:PORT, empty: no metrics
+    log_level: str = key("log_level", "", choices=LOG_LEVELS)  # --log-level wins
+    docker_config: str = key("docker_config", "")
+    plain_http_hosts: list[str] = key("plain_http_hosts", [])  # noqa: RUF009 - a field()
+    passthrough: bool = key("passthrough", False)  # FUSE passthrough for fully cached files
+    record_access: bool = key("record_access", False)  # mount processes write the files containers read
+    # [blob]: fetching layer contents (the reference's defaults: 300 s, 5 retries)
+    fetching_timeout_sec: float = key("blob.fetching_timeout_sec", 300.0, min=0.1)  # one deadline per fetch
+    max_retries: int = key("blob.max_retries", 5, min=0, max=100)
+    min_fetch_bytes: int = key("blob.min_fetch_bytes", MIN_FETCH, min=0, max=1 << 30)  # a miss fetches at least this
+    # [cache]
+    cache_dir: str = key("cache.dir", "")  # default: ROOT/cache
+    cache_max_bytes: int = key("cache.max_bytes", 10 << 30, min=0)
+    cache_memory_bytes: int = key("cache.memory_bytes", 64 << 20, min=0)  # the layer server's, shared by all layers
+    # [resolver]: which layers can be mounted lazily (manifest lookups), and registry hosts
+    resolve_timeout_sec: float = key("resolver.timeout_sec", 10.0, min=0.1, max=3600)  # one deadline per lookup
+    resolve_failure_ttl_sec: float = key("resolver.failure_ttl_sec", 30.0, min=0, max=86400)  # failures cached
+    # [cri_keychain]: serve the kubelet's CRI image service, keep PullImage credentials in memory
+    enable_keychain: bool = key("cri_keychain.enable_keychain", False)
+    image_service_path: str = key("cri_keychain.image_service_path", "/run/containerd/containerd.sock")  # CRI socket
+    hosts: HostsConfig = field(default_factory=HostsConfig)  # [resolver.host."NAME"] tables
     resolver_raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -57,37 +77,86 @@ class DaemonConfig:
         try:
             data = tomllib.loads(Path(path).read_text())
         except tomllib.TOMLDecodeError as e:
-            raise LazypullError(f"config {path} is not valid TOML: {e}") from None
+            raise ConfigError(f"config {path} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         return cls.from_mapping(data, str(path))
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], where: str = "config") -> DaemonConfig:
-        for k in data:
-            if k not in _KNOWN:
-                log.warning("%s: unknown key %r (ignored)", where, k)
-        blob = data.get("blob", {}) or {}
-        cache = data.get("cache", {}) or {}
-        for k in blob:
-            if k not in _KNOWN_BLOB:
-                log.warning("%s: unknown key blob.%s (ignored)", where, k)
-        for k in cache:
-            if k not in _KNOWN_CACHE:
-                log.warning("%s: unknown key cache.%s (ignored)", where, k)
-        resolver = data.get("resolver", {}) or {}
-        return cls(
-            noprefetch=bool(data.get("noprefetch", False)),
-            prefetch_timeout_sec=float(data.get("prefetch_timeout_sec", 10)),
-            no_background_fetch=bool(data.get("no_background_fetch", False)),
-            metrics_address=str(data.get("metrics_address", "")),
-            fetching_timeout_sec=float(blob.get("fetching_timeout_sec", 300)),
-            max_retries=int(blob.get("max_retries", 5)),
-            min_fetch_bytes=int(blob.get("min_fetch_bytes", MIN_FETCH)),
-            docker_config=str(data.get("docker_config", "")),
-            cache_dir=str(cache.get("dir", "")),
-            cache_max_bytes=int(cache.get("max_bytes", 10 << 30)),
-            plain_http_hosts=list(data.get("plain_http_hosts", [])),
-            record_access=bool(data.get("record_access", False)),
-            passthrough=bool(data.get("passthrough", False)),
-            hosts=HostsConfig.from_mapping(resolver),
-            resolver_raw=resolver,
-        )
+        hints = typing.get_type_hints(cls)
+        fields = {f.metadata["key"]: f for f in dataclasses.fields(cls) if "key" in f.metadata}
+        tables = {k.split(".", 1)[0] for k in fields if "." in k}
+        _warn_unknown(data, fields, tables | {"resolver"}, where)
+        values: dict[str, Any] = {}
+        for path, f in fields.items():
+            table, _, name = path.rpartition(".")
+            src = data
+            if table:
+                src = data.get(table, {})
+                if not isinstance(src, dict):
+                    raise ConfigError(f"{where}: [{table}] must be a table")
+            if name in src:
+                values[f.name] = _check(path, src[name], hints[f.name], f.metadata, where)
+        resolver = data.get("resolver", {})
+        if not isinstance(resolver, dict):
+            raise ConfigError(f"{where}: [resolver] must be a table")
+        try:
+            hosts = HostsConfig.from_mapping(resolver)
+        except LazypullError as e:
+            raise ConfigError(f"{where}: {str(e).removeprefix('registry config: ')}") from None
+        return cls(**values, hosts=hosts, resolver_raw=resolver)
+
+
+def _warn_unknown(data: dict[str, Any], fields: dict[str, Any], tables: set[str], where: str) -> None:
+    for k, v in data.items():
+        if k in tables:
+            for sub in v if isinstance(v, dict) else ():
+                if f"{k}.{sub}" not in fields and not (k == "resolver" and sub == "host"):
+                    log.warning("%s: unknown key %s.%s (ignored)", where, k, sub)
+        elif k not in fields:
+            log.warning("%s: unknown key %r (ignored)", where, k)
+
+
+def _type_name(t: Any) -> str:
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}.get(
+        t, "a list of strings"
+    )
+
+
+def _check(path: str, value: Any, t: Any, meta: Any, where: str) -> Any:
+    """*value* if it has type *t* and lies in the field's range; else a ConfigError naming *path*."""
+    ok: bool
+    if t is bool:
+        ok = isinstance(value, bool)
+    elif t is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif t is str:
+        ok = isinstance(value, str)
+    else:  # list[str]
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if not ok:
+        raise ConfigError(f"{where}: {path} must be {_type_name(t)}, not {_toml_repr(value)}")
+    lo, hi, choices = meta["min"], meta["max"], meta["choices"]
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: {path} must be at least {lo:g}, not {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {path} must be at most {hi:g}, not {value!r}")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {path} must be one of {', '.join(choices)}, not {value!r}")
+    if path == "metrics_address" and value:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: metrics_address must be HOST:PORT, not {value!r}")
+    return value
+
+
+def _toml_repr(v: Any) -> str:
+    if isinstance(v, str):
+        return f"the string {v!r}"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)

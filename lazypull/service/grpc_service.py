@@ -90,7 +90,7 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
         return snapshots_pb2.UpdateSnapshotResponse(info=_info(s))
 
     def List(self, req: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        infos = [_info(s) for s in self._call(context, "list", self.sn.list)]
+        infos = [_info(s) for s in self._call(context, "list", lambda: self.sn.list(list(req.filters)))]
         for i in range(0, len(infos), 100):
             yield snapshots_pb2.ListSnapshotsResponse(info=infos[i : i + 100])
 

@@ -16,9 +16,11 @@ import grpc
 from lazypull.errors import LazypullError
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
-from lazypull.service.config import DaemonConfig
+from lazypull.service.config import ConfigError, DaemonConfig
+from lazypull.service.cri.keychain import Keychain
+from lazypull.service.cri.server import add_image_service
 from lazypull.service.grpc_service import SnapshotsService
-from lazypull.service.notify import sd_notify
+from lazypull.service.notify import raise_fd_limit, sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
 from lazypull.snapshot.remote import LayerResolver
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
@@ -34,10 +36,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="unix socket to serve containerd on")
     p.add_argument("--root", default=DEFAULT_ROOT, help="state: metadata, snapshots, cache")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (the reference daemon's keys)")
-    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.add_argument("--log-level", help="debug, info, warning or error (default: the config's log_level, else info)")
+    p.add_argument(
+        "--fsd-address", default="", help="the layer server's socket (default ROOT/fsd.sock; started if not running)"
+    )
 
 
-def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
+def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
     ropts = RegistryOptions(
         docker_config=Path(cfg.docker_config) if cfg.docker_config else None, plain_http_hosts=set(cfg.plain_http_hosts)
     )
@@ -54,14 +59,22 @@ def build(cfg: DaemonConfig, root: Path) -> Snapshotter:
         record_access=cfg.record_access,
         passthrough=cfg.passthrough,
         min_fetch=cfg.min_fetch_bytes,
+        fsd_address=Path(fsd_address) if fsd_address else None,
+        memory_bytes=cfg.cache_memory_bytes,
     )
     if cfg.resolver_raw:
-        # Mount processes read the same hosts config; hand it over as a file next to the state.
+        # The layer server reads the same hosts config; hand it over as a file next to the state.
         hosts_file = root / "resolver.toml"
         hosts_file.write_text(_toml_resolver(cfg.resolver_raw))
         os.chmod(hosts_file, 0o600)
         remote.registry["registry_config"] = str(hosts_file)
-    return Snapshotter(root, LayerResolver(client), remote)
+    resolver = LayerResolver(
+        client,
+        Keychain() if cfg.enable_keychain else None,
+        timeout=cfg.resolve_timeout_sec,
+        failure_ttl=cfg.resolve_failure_ttl_sec,
+    )
+    return Snapshotter(root, resolver, remote)
 
 
 def _toml_resolver(resolver: dict[str, object]) -> str:
@@ -88,20 +101,25 @@ def _tv(v: object) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
+    cfg = DaemonConfig.load(Path(args.config))
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(args.log_level or cfg.log_level or "info").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    cfg = DaemonConfig.load(Path(args.config))
+    raise_fd_limit()  # one held /dev/fuse fd per lazily mounted layer
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sn = build(cfg, root)
+    sn = build(cfg, root, args.fsd_address)
+    if cfg.metrics_address:  # first: a busy port must fail before the socket exists
+        _start_metrics(cfg.metrics_address, sn)
     sn.restore()
     sock = Path(args.address)
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock.unlink(missing_ok=True)
     server = grpc.server(ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"))
     snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(sn), server)
+    if cfg.enable_keychain:  # the kubelet's --image-service-endpoint (CRI), beside the snapshots API
+        add_image_service(server, sn, cfg.image_service_path, cfg.prefetch_timeout_sec)
     old = os.umask(0o177)  # the socket is created 0600
     try:
         server.add_insecure_port(f"unix://{sock}")
@@ -109,15 +127,6 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         os.umask(old)
     os.chmod(sock, 0o600)
-    if cfg.metrics_address:
-        from prometheus_client import REGISTRY, start_http_server
-
-        from lazypull.service.metrics import LayerStatsCollector
-
-        REGISTRY.register(LayerStatsCollector(sn))
-        host, _, port = cfg.metrics_address.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1")
-        log.info("metrics on http://%s/metrics", cfg.metrics_address)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -131,12 +140,29 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_metrics(address: str, sn: Snapshotter) -> None:
+    from prometheus_client import REGISTRY, start_http_server
+
+    from lazypull.service.metrics import LayerStatsCollector
+
+    host, _, port = address.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host or "127.0.0.1")
+    except OSError as e:
+        raise LazypullError(f"cannot serve metrics on {address} (metrics_address): {e.strerror or e}") from None
+    REGISTRY.register(LayerStatsCollector(sn))
+    log.info("metrics on http://%s/metrics", address)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="containerd-lazypull-grpc", description=__doc__)
     add_args(p)
     args = p.parse_args(argv)
     try:
         return serve(args)
+    except ConfigError as e:
+        print(f"containerd-lazypull-grpc: error: {e}", file=sys.stderr)
+        return 2
     except LazypullError as e:
         print(f"containerd-lazypull-grpc: error: {e}", file=sys.stderr)
         return 1

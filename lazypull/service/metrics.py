@@ -1,4 +1,4 @@
-"""Prometheus metrics, collected on scrape from the layer mount processes' stats files.
+"""Prometheus metrics, collected on scrape from the layer server's ``Stats`` call.
 
 Series use the names the seed guide's recording rules and the reference daemon's
 dashboards expect (``stargz_fs_operation_duration_seconds``, ``stargz_cache_*``,
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from lazypull.fs.stats import BUCKETS, read_stats
+from lazypull.fs.stats import BUCKETS
 
 if TYPE_CHECKING:
     from lazypull.snapshot.snapshotter import Snapshotter
@@ -24,7 +24,7 @@ class LayerStatsCollector(Collector):
         self.sn = snapshotter
 
     def collect(self) -> Iterator[object]:
-        stats = [s for h in self.sn.handles() if (s := read_stats(h.stats_path))]
+        stats = self.sn.layers.stats()
         hist = HistogramMetricFamily(
             "stargz_fs_operation_duration_seconds", "Latency of filesystem operations", labels=["operation"]
         )
@@ -46,6 +46,18 @@ class LayerStatsCollector(Collector):
         ferr = CounterMetricFamily("lazypull_fetch_errors", "Failed registry fetches", labels=["layer"])
         verr = CounterMetricFamily("lazypull_verify_errors", "Chunks that failed verification", labels=["layer"])
         merr = CounterMetricFamily("lazypull_mount_errors", "Layer mounts that failed")
+        health = GaugeMetricFamily(
+            "lazypull_layer_health", "1 if the layer is served, 0 if it died or wedged", labels=["layer"]
+        )
+        for h in self.sn.layers.handles():
+            if h.ready.is_set() and not h.error:
+                health.add_metric([h.digest], 1.0 if h.healthy else 0.0)
+        up = GaugeMetricFamily("lazypull_layer_server_up", "1 if the layer server answers")
+        up.add_metric([], 1.0 if self.sn.layers.server_up else 0.0)
+        restarts = CounterMetricFamily("lazypull_layer_server_restarts", "Layer server restarts seen")
+        restarts.add_metric([], self.sn.layers.server_restarts)
+        unhealthy = CounterMetricFamily("lazypull_layer_unhealthy", "Layers found dead or wedged")
+        unhealthy.add_metric([], self.sn.layers.unhealthy_events)
         agg: dict[str, list[float]] = {}
         h_total = r_total = d_total = 0
         for s in stats:
@@ -74,6 +86,7 @@ class LayerStatsCollector(Collector):
         down.add_metric([], d_total)
         merr.add_metric([], self.sn.mount_errors)
         yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, ferr, verr, merr)
+        yield from (health, up, restarts, unhealthy)
 
 
 def _buckets(counts: list[int], scale: float) -> list[tuple[str, float]]:

@@ -8,33 +8,32 @@ and reporting AlreadyExists — containerd then skips downloading the layer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from lazypull.errors import LazypullError
 from lazypull.format.soci.dispatch import is_lazy
 from lazypull.fs.fetcher import MIN_FETCH
-from lazypull.fs.fuse.server import unmount
-from lazypull.fs.mountproc import (
-    MountHandle,
-    adopt_layer_mount,
-    is_mounted,
-    spawn_layer_mount,
-    stop_layer_mount,
-)
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.registry.credentials import Credential
+from lazypull.registry.options import credential_to_json
+from lazypull.registry.reference import Reference
+from lazypull.service.fsdclient import FsdError, socket_path
+from lazypull.snapshot.filters import index_hints
+from lazypull.snapshot.filters import parse as parse_filters
+from lazypull.snapshot.layers import LayerHandle, LayerMountError, RemoteLayers, spec_of
 from lazypull.snapshot.remote import LayerResolver, NotRemote
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
 
 log = logging.getLogger(__name__)
-_READY = threading.Event()
-_READY.set()
 
 
 @dataclass
@@ -59,6 +58,8 @@ class RemoteSettings:
     record_access: bool = False
     passthrough: bool = False
     min_fetch: int = MIN_FETCH
+    fsd_address: Path | None = None  # the layer server's socket (default ROOT/fsd.sock)
+    memory_bytes: int | None = None  # the layer server's memory cache (all layers)
 
 
 class Snapshotter:
@@ -70,10 +71,13 @@ class Snapshotter:
         self.store = MetaStore(root / "metadata.db")
         self.resolver = resolver
         self.remote = remote
-        self._handles: dict[str, MountHandle] = {}  # layer digest -> its mount (shared by snapshots)
-        self._spawning: dict[str, threading.Event] = {}  # layer digest -> set when its mount is ready
         (root / "layers").mkdir(exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
+        self.layers = RemoteLayers(
+            root,
+            (remote.fsd_address if remote and remote.fsd_address else socket_path(root)),
+            mount_timeout=remote.fetch_timeout_sec if remote else 60.0,
+            memory_bytes=remote.memory_bytes if remote else None,
+        )
         self.mount_errors = 0
 
     def _dir(self, s: Snapshot) -> Path:
@@ -92,7 +96,8 @@ class Snapshotter:
     def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
         target = labels.get(mt.LABEL_SNAPSHOT_REF)
         if target and self.resolver is not None and self.remote is not None:
-            if self.store.find(target) is not None:
+            existing = self.store.find(target)
+            if existing is not None and self._usable(existing):
                 raise AlreadyExists(f"target snapshot {target} already exists")
             if self._prepare_remote(key, parent, target, labels):
                 raise AlreadyExists(f"target snapshot {target} already exists (mounted lazily)")
@@ -147,19 +152,42 @@ class Snapshotter:
         if s.remote:
             self._release_layer(s.remote["digest"])
 
+    def _usable(self, s: Snapshot) -> bool:
+        """A committed target is reported as existing only if its lazy layer really serves;
+        a dead one is mounted again, and if that fails the snapshot goes (pulled normally)."""
+        if not s.remote:
+            return True
+        h = self.layers.get(s.remote["digest"])
+        if h is not None and self.layers.check_now(h):
+            return True
+        log.warning("layer %s of %s is not serving: mounting it again", s.remote["digest"][7:19], s.key)
+        try:
+            if h is None:
+                spec = self._with_keychain(spec_of(s.remote))
+                if spec is None:
+                    raise LayerMountError("no saved spec")
+                h = self.layers.start(s.remote["digest"], Path(s.remote["mountpoint"]), spec)
+                h.wait(self.remote.fetch_timeout_sec if self.remote else 60)
+            else:
+                self.layers.remount_now(h)
+            return True
+        except (LazypullError, OSError) as e:
+            self.mount_errors += 1
+            log.error("layer %s cannot be mounted again (%s): %s is removed", s.remote["digest"][7:19], e, s.key)
+        try:
+            self.store.remove(s.key)
+        except LazypullError:
+            return True  # it has children: they keep failing until removed, as containerd's would
+        self._release_layer(s.remote["digest"])
+        return False
+
     def _release_layer(self, digest: str) -> None:
-        """Unmount a lazy layer once no snapshot uses it (its cached chunks stay, LRU-bounded)."""
+        """Unmount a lazy layer once no snapshot uses it; its chunks leave the cache."""
         if any(x.remote and x.remote.get("digest") == digest for x in self.store.all()):
             return
-        with self._lock:
-            h = self._handles.pop(digest, None)
-        if h is None:
-            h = adopt_layer_mount(self._layer_dir(digest) / "mount")
-        if h is not None:
-            stop_layer_mount(h, free_cache=True)
-        else:
-            self._stop_remote_dir(self._layer_dir(digest))
-        shutil.rmtree(self._layer_dir(digest), ignore_errors=True)
+        d = self._layer_dir(digest)
+        self.layers.stop(digest, free_cache=True, mountpoint=d / "fs")
+        shutil.rmtree(d, ignore_errors=True)
 
     def stat(self, key: str) -> Snapshot:
         return self.store.get(key)
@@ -167,8 +195,21 @@ class Snapshotter:
     def update(self, key: str, labels: dict[str, str], paths: list[str]) -> Snapshot:
         return self.store.update_labels(key, labels, paths)
 
-    def list(self) -> list[Snapshot]:
-        return self.store.all()
+    def list(self, filters: list[str] | None = None) -> list[Snapshot]:
+        """Snapshots matching containerd's *filters* (all when none)."""
+        if not filters:
+            return self.store.all()
+        match = parse_filters(filters)
+        hints = index_hints(filters)
+        if hints is None:
+            candidates = self.store.all()
+        else:  # containerd's per-layer Walk names the parent: an indexed lookup, not a scan
+            keys = {v for f, v in hints if f == "name"}
+            for f, v in hints:
+                if f == "parent":
+                    keys.update(self.store.children(v))
+            candidates = sorted((s for k in keys if (s := self.store.find(k)) is not None), key=lambda s: s.id)
+        return [s for s in candidates if match(s)]
 
     def usage(self, key: str) -> tuple[int, int]:
         s = self.store.get(key)
@@ -194,13 +235,9 @@ class Snapshotter:
         used = {s.remote["digest"] for s in snaps if s.remote}
         for d in (self.root / "layers").iterdir():
             digest = d.name.replace("-", ":", 1)
-            if digest not in used and digest not in self._spawning:
-                with self._lock:
-                    h = self._handles.pop(digest, None)
-                if h is not None:
-                    stop_layer_mount(h)
-                else:
-                    self._stop_remote_dir(d)
+            h = self.layers.get(digest)
+            if digest not in used and (h is None or h.ready.is_set()):
+                self.layers.stop(digest, free_cache=False, mountpoint=d / "fs")
                 shutil.rmtree(d, ignore_errors=True)
 
     # -- remote layers -------------------------------------------------------------------
@@ -212,20 +249,25 @@ class Snapshotter:
         except NotRemote as e:
             log.info("layer for %s will be pulled normally: %s", target, e)
             return False
-        # containerd prepares layers one after another: start the following ones now.
-        for other in layer.image_layers:
-            if other.digest != layer.layer.digest and is_lazy(other):
-                self._start_layer(layer.ref, other)
+        wait = min(self.remote.fetch_timeout_sec, self.resolver.timeout)
         try:
-            h = self._start_layer(layer.ref, layer.layer)
-            self._spawning.get(layer.layer.digest, _READY).wait(self.remote.fetch_timeout_sec)
-            h.wait_ready(self.remote.fetch_timeout_sec)
+            h = self._start_layer(layer.ref, layer.layer, layer.credential)
+            # Prepare blocks containerd: the layer's TOC gets the resolver's deadline, not a fetch's.
+            end = time.monotonic() + wait
+            # containerd prepares layers one after another: start the following ones, once
+            # this one (which containerd waits for) is mounted.
+            if h.ready.wait(wait) and not h.error:
+                for other in layer.image_layers:
+                    if other.digest != layer.layer.digest and is_lazy(other):
+                        self._start_layer(layer.ref, other, layer.credential, ahead=True)
+            h.wait(max(end - time.monotonic(), 0.01))
         except Exception as e:
             self.mount_errors += 1
-            log.warning("lazy mount of layer %s failed, falling back to a normal pull: %s", layer.layer.digest, e)
-            with self._lock:
-                self._handles.pop(layer.layer.digest, None)
-            self._stop_remote_dir(self._layer_dir(layer.layer.digest))
+            why = f"its TOC did not arrive within {wait:g}s" if "not ready after" in str(e) else str(e)
+            digest = layer.layer.digest
+            log.warning("lazy mount of %s of %s failed, pulling it normally: %s", digest, layer.ref, why)
+            self.resolver.remember_failure(labels, f"mounting layer {digest} failed: {why}")
+            self.layers.abandon(digest, self._layer_dir(digest) / "fs")
             return False
         size = layer.layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, str(layer.layer.size))
         self.store.create(key, parent, Kind.ACTIVE, labels)
@@ -234,9 +276,10 @@ class Snapshotter:
             target,
             {
                 "digest": layer.layer.digest,
-                "state_dir": str(h.state_dir),
                 "mountpoint": str(h.mountpoint),
                 "size": size,
+                # no credentials on disk: the daemon's come from docker_config, the kubelet's from the keychain
+                "spec": json.dumps(LayerSpec.from_json(h.spec).public()),
             },
         )
         log.info(
@@ -248,93 +291,87 @@ class Snapshotter:
         )
         return True
 
-    def _start_layer(self, ref: object, desc: Descriptor) -> MountHandle:
-        """The mount of layer *desc*: running, starting, or spawned now (without waiting)."""
-        assert self.remote is not None
+    def _spec(self, ref: object, desc: Descriptor, credential: Credential | None = None) -> LayerSpec:
+        """The layer's spec; the kubelet's *credential* (CRI keychain) rides in it to the layer
+        server's memory only (its socket is 0600; ``LayerSpec.public`` is what reaches disk)."""
         rs = self.remote
-        with self._lock:
-            h = self._handles.get(desc.digest)
-            if h is not None and (desc.digest in self._spawning or h.alive()):
-                return h
-            d = self._layer_dir(desc.digest)
-            spec = LayerSpec(
-                layer=desc.to_json(),
-                cache_dir=str(rs.cache_dir),
-                ref=str(ref),
-                registry=rs.registry,
-                prefetch=rs.prefetch,
-                background_fetch=rs.background_fetch,
-                fetch_timeout_sec=rs.fetch_timeout_sec,
-                max_retries=rs.max_retries,
-                cache_max_bytes=rs.cache_max_bytes,
-                record_access=rs.record_access,
-                passthrough=rs.passthrough,
-                min_fetch=rs.min_fetch,
-            )
-            if is_mounted(d / "fs"):
-                unmount(str(d / "fs"))
-            h = spawn_layer_mount(spec, d / "fs", d / "mount")
-            self._handles[desc.digest] = h
-            ready = self._spawning[desc.digest] = threading.Event()
+        assert rs is not None
+        return LayerSpec(
+            layer=desc.to_json(),
+            cache_dir=str(rs.cache_dir),
+            ref=str(ref),
+            registry={**rs.registry, "credential": credential_to_json(credential)} if credential else rs.registry,
+            prefetch=rs.prefetch,
+            background_fetch=rs.background_fetch,
+            fetch_timeout_sec=rs.fetch_timeout_sec,
+            max_retries=rs.max_retries,
+            cache_max_bytes=rs.cache_max_bytes,
+            record_access=rs.record_access,
+            passthrough=rs.passthrough,
+            min_fetch=rs.min_fetch,
+        )
 
-        def wait() -> None:
-            try:
-                h.wait_ready(rs.fetch_timeout_sec)
-            except Exception as e:
-                log.info("ahead-of-time mount of %s failed: %s", desc.digest[7:19], e)
-            finally:
-                ready.set()
-                with self._lock:
-                    self._spawning.pop(desc.digest, None)
+    def _with_keychain(self, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A saved (credential-free) spec with the keychain's current credential for its image,
+        so a layer mounted again after a restart still uses the kubelet's credentials."""
+        keychain = self.resolver.keychain if self.resolver is not None else None
+        if spec is None or keychain is None or not spec.get("ref"):
+            return spec
+        try:
+            cred = keychain.get(Reference.parse(str(spec["ref"])))
+        except LazypullError:
+            return spec
+        if cred is None:
+            return spec
+        return {**spec, "registry": {**(spec.get("registry") or {}), "credential": credential_to_json(cred)}}
 
-        threading.Thread(target=wait, daemon=True, name=f"mount-{desc.digest[7:15]}").start()
-        return h
+    def _start_layer(
+        self, ref: object, desc: Descriptor, credential: Credential | None = None, ahead: bool = False
+    ) -> LayerHandle:
+        """The mount of layer *desc*: serving, being mounted, or started now (without waiting)."""
+        d = self._layer_dir(desc.digest)
+        d.mkdir(exist_ok=True, mode=0o700)
+        return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc, credential).to_json(), ahead)
 
     def _wait_prefetch(self, chain: list[Snapshot]) -> None:
         if self.remote is None or not self.remote.prefetch:
             return
+        mps = [s.remote["mountpoint"] for s in chain if s.remote]
+        if not mps:
+            return
         deadline = time.monotonic() + self.remote.prefetch_timeout_sec
-        for s in chain:
-            if not s.remote:
-                continue
-            with self._lock:
-                h = self._handles.get(s.remote["digest"])
-            if h is not None and not h.wait_prefetch(max(0.0, deadline - time.monotonic())):
-                log.info("prefetch of %s not finished within the timeout; continuing", s.key)
-
-    def _stop_remote_dir(self, d: Path) -> None:
-        h = adopt_layer_mount(d / "mount") if (d / "mount").exists() else None
-        if h is not None:
-            stop_layer_mount(h)
-        elif is_mounted(d / "fs"):
-            unmount(str(d / "fs"))
+        while True:
+            try:
+                rows = self.layers.client.stats(mps)["layers"]
+            except FsdError:
+                return
+            if all(r.get("prefetch_done") for r in rows):
+                return
+            if time.monotonic() >= deadline:
+                log.info("prefetch of %d layers not finished within the timeout; continuing", len(mps))
+                return
+            time.sleep(0.02)
 
     def restore(self) -> None:
-        """After a (re)start: re-adopt running layer mounts, remount those that died."""
+        """After a (re)start: adopt the layers the layer server serves, remount those that died
+        (never adopting a dead one), and watch their health from then on."""
+        wanted: dict[str, tuple[str, Path, dict[str, object] | None]] = {}
         for s in self.store.all():
-            if not s.remote or s.remote["digest"] in self._handles:
-                continue
-            state_dir = Path(s.remote["state_dir"])
-            h = adopt_layer_mount(state_dir)
-            if h is None:
-                log.warning("layer mount for %s is gone; mounting it again", s.key)
-                mountpoint = Path(s.remote.get("mountpoint") or state_dir.parent / "fs")
-                if is_mounted(mountpoint):
-                    unmount(str(mountpoint))
-                try:
-                    h = spawn_layer_mount(LayerSpec.load(state_dir / "spec.json"), mountpoint, state_dir)
-                    h.wait_ready(60)
-                except Exception as e:
-                    self.mount_errors += 1
-                    log.error("cannot remount layer for %s: %s", s.key, e)
-                    continue
-            with self._lock:
-                self._handles[s.remote["digest"]] = h
-        log.info("restored %d lazily mounted layers", len(self._handles))
+            if s.remote and s.remote["digest"] not in wanted:
+                mp = Path(s.remote.get("mountpoint") or self._layer_dir(s.remote["digest"]) / "fs")
+                wanted[s.remote["digest"]] = (s.remote["digest"], mp, self._with_keychain(spec_of(s.remote)))
+        if wanted or self.remote is not None:
+            try:
+                n = self.layers.restore(list(wanted.values()))
+            except LazypullError as e:
+                log.error("cannot reach the layer server: %s", e)
+                n = 0
+            log.info("restored %d lazily mounted layers", n)
+        self.layers.run_health()
 
-    def handles(self) -> list[MountHandle]:
-        with self._lock:
-            return list(self._handles.values())
+    def handles(self) -> list[LayerHandle]:
+        return self.layers.handles()
 
     def close(self) -> None:
+        self.layers.close()
         self.store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_shaped_namespace_counts_bytes_and_tears_down() -> None:
         srv = subprocess.Popen(
             [
                 *net.exec_prefix(),
-                "python3",
+                sys.executable,
                 "-c",
                 "import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
                 f"s.bind(('{net.registry_ip}',9999));s.listen();c,_=s.accept();"

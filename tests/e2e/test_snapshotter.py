@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import signal
 import subprocess
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +25,7 @@ from lazypull.oci.types import Manifest
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from lazypull.service.proto import snapshots_pb2, snapshots_pb2_grpc
+from lazypull.snapshot.layers import abort_connection
 from tests.support.containerd import Containerd, start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
@@ -110,12 +115,10 @@ def node(tmp_path: Path, world: World) -> Iterator[Node]:
 
 
 def stop_node(daemon: Daemon, cd: Containerd, root: Path) -> None:
-    """containerd and the daemon, then the layer mounts the daemon leaves running by design."""
+    """containerd and the daemon, then the layer server the daemon leaves running by design."""
     cd.stop()
     daemon.stop()
-    for pid in daemon.mount_processes():
-        os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not daemon.mount_processes(), 20, "mount processes to exit")
+    daemon.stop_layers()
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if str(root) in line.split()[4]]
     for m in sorted(mounts, key=len, reverse=True):
@@ -132,14 +135,14 @@ def test_normal_gzip_image_pulls_and_runs(node: Node, world: World) -> None:
         "run", "--rm", "--snapshotter", "lazypull", world.plain, "plain1", "/bin/md5sum", "/data/big.bin"
     ).stdout
     assert md5(BIG) in out
-    assert not node.daemon.mount_processes()  # nothing was mounted lazily
+    assert not node.daemon.layers()  # nothing was mounted lazily
 
 
 def test_estargz_rpull_runs_lazily(node: Node, world: World) -> None:
     world.proxy.reset_counters()
     node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
     after_pull = world.proxy.blob_bytes()
-    assert len(node.daemon.mount_processes()) == 2
+    assert len(node.daemon.layers()) == 2
     out = node.cd.ctr(
         "run",
         "--rm",
@@ -165,7 +168,6 @@ def test_estargz_rpull_runs_lazily(node: Node, world: World) -> None:
     ).stdout
     assert mt.LABEL_REMOTE in snaps
     url = f"http://127.0.0.1:{node.metrics_port}/metrics"
-    # Mount processes publish their stats about once a second.
     wait_for(lambda: 'operation="read"' in urllib.request.urlopen(url, timeout=5).read().decode(), 10, "metrics")
     metrics = urllib.request.urlopen(url, timeout=5).read().decode()
     for series in (
@@ -215,8 +217,8 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         resp = stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(key="extract-plain", labels=plain_labels))
         assert resp.mounts[0].type == "bind"
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="view-cri"))
-        # The other layer of the image was mounted ahead of its Prepare, in parallel.
-        assert len(node.daemon.mount_processes()) == 2
+        # The other layer of the image was mounted ahead of its Prepare, in the background.
+        wait_for(lambda: len(node.daemon.layers()) == 2, 10, "the ahead-of-time mount")
         from lazypull.format import open_layer
 
         idx = open_layer(store.blob_source(layer), toc_digest=layer.annotations[mt.ANNOTATION_TOC_DIGEST])
@@ -225,10 +227,10 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         cached = node.daemon.root / "cache" / hello.digest[7:9] / hello.digest[7:]
         wait_for(cached.exists, 10, "the read chunk to reach the disk cache")
         stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="chain-cri-1"))
-        assert len(node.daemon.mount_processes()) == 1  # the prepared layer is gone with its snapshot
+        assert len(node.daemon.layers()) == 1  # the prepared layer is gone with its snapshot
         assert not cached.exists()  # ... and so are its cached chunks
         stub.Cleanup(snapshots_pb2.CleanupRequest())  # containerd's GC: unused ahead-of-time mounts go too
-        wait_for(lambda: not node.daemon.mount_processes(), 10, "unused mounts to stop")
+        wait_for(lambda: not node.daemon.layers(), 10, "unused mounts to stop")
     assert "will be pulled normally" in node.daemon.log()
 
 
@@ -259,7 +261,7 @@ def test_pull_through_containerds_cri_plugin(tmp_path: Path, world: World) -> No
             pull = ch.unary_unary("/runtime.v1.ImageService/PullImage")
             reply = pull(request, timeout=120)
         assert b"sha256:" in reply  # PullImageResponse{image_ref}
-        assert len(node.daemon.mount_processes()) == 2  # both layers mounted lazily, from CRI's labels
+        assert len(node.daemon.layers()) == 2  # both layers mounted lazily, from CRI's labels
         assert world.proxy.blob_bytes() < 0.05 * sum(world.esgz_layers)
         node.cd.namespace = "k8s.io"  # where the CRI plugin keeps images
         snaps = node.cd.ctr("snapshots", "--snapshotter", "lazypull", "ls").stdout
@@ -350,15 +352,157 @@ def test_access_recording_for_optimize(tmp_path: Path, world: World) -> None:
     try:
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
         cd.ctr("run", "--rm", "--snapshotter", "lazypull", world.esgz, "rec1", "/bin/cat", "/data/hello.txt")
-        records = lambda: "".join(  # noqa: E731
-            f.read_text() for f in (daemon.root / "layers").glob("*/mount/accessed.jsonl")
-        )
-        # each layer's mount process publishes its own record about once a second
+        records = lambda: [p for r in daemon.fsd().stats(accessed=True)["layers"] for p in r["accessed"]]  # noqa: E731
         wait_for(
-            lambda: "/data/hello.txt" in records() and '{"path": "/bin/busybox"}' in records(),
+            lambda: "/data/hello.txt" in records() and "/bin/busybox" in records(),
             10,
             "access records of both layers",
         )
         assert "/data/big.bin" not in records()
     finally:
         stop_node(daemon, cd, tmp_path)
+
+
+def _layer_with(node: Node, name: str) -> Path:
+    for r in node.daemon.layers():
+        if (Path(r["mountpoint"]) / name).exists():
+            return Path(r["mountpoint"])
+    raise AssertionError(f"no mounted layer has {name}")
+
+
+def test_layer_server_kill9_fails_or_finishes_reads_and_comes_back(node: Node, world: World) -> None:
+    """kill -9 of the layer server during a slow read: the read ends (EIO or data), never hangs;
+    the daemon starts a new server, hands the connections back, and reads work without a remount."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    node.cd.ctr("run", "-d", "--snapshotter", "lazypull", world.esgz, "srv1", "/bin/sleep", "300")
+    mp = _layer_with(node, "data/big.bin")
+    dev = os.stat(mp).st_dev
+    result: dict[str, object] = {}
+
+    def reader() -> None:
+        try:
+            result["data"] = (mp / "data/big.bin").read_bytes()
+        except OSError as e:
+            result["errno"] = e.errno
+
+    world.proxy.faults.delay_s = 3.0  # the read waits on the registry when the server dies
+    try:
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        time.sleep(1.0)
+        [pid] = node.daemon.server_processes()
+        os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        assert not t.is_alive(), "a read hung after the layer server died"
+    finally:
+        world.proxy.faults.delay_s = 0.0
+    assert result.get("errno") in (errno.EIO, errno.ECONNABORTED) or md5(result["data"]) == md5(BIG), result.keys()  # type: ignore[arg-type]
+    wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "the daemon to restart the layer server")
+    assert len(node.daemon.layers()) == 2 and node.daemon.server_processes() != [pid]
+    assert os.stat(mp).st_dev == dev  # the same mount: nothing was remounted
+    assert md5((mp / "data/big.bin").read_bytes()) == md5(BIG)
+    out = node.cd.ctr("tasks", "exec", "--exec-id", "x1", "srv1", "/bin/md5sum", "/data/other.bin").stdout
+    assert md5(OTHER) in out
+    node.cd.ctr("tasks", "kill", "-s", "KILL", "srv1")
+
+
+def _serves(mp: Path) -> bool:
+    try:
+        os.statvfs(mp)  # FUSE never caches STATFS: an answer means the layer is served
+        return os.path.ismount(mp)  # ... and not the empty directory below it
+    except OSError:
+        return False
+
+
+def _metrics(node: Node) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5).read().decode()
+
+
+def test_dead_layer_is_detected_remounted_and_never_adopted(node: Node, world: World) -> None:
+    """Fault injection: a layer's FUSE connection is aborted (as if its serving died)."""
+    store = RegistryStore.open(world.esgz, RegistryOptions(plain_http=True))
+    d = store.resolve()
+    m = Manifest.parse(store.fetch(d), d.media_type)
+    labels = {
+        mt.LABEL_SNAPSHOT_REF: "chain-dead-1",
+        mt.LABEL_CRI_IMAGE_REF: world.esgz,
+        mt.LABEL_CRI_LAYER_DIGEST: m.layers[1].digest,
+        mt.LABEL_CRI_IMAGE_LAYERS: ",".join(x.digest for x in m.layers),
+    }
+    with grpc.insecure_channel(f"unix://{node.daemon.address}") as ch:
+        stub = snapshots_pb2_grpc.SnapshotsStub(ch)
+        for attempt in range(2):
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(key=f"extract-dead-{attempt}", labels=labels))
+            assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            mp = _layer_with(node, "data/hello.txt")
+            assert _serves(mp)  # "already exists" only for a layer that is served
+            if attempt == 0:
+                assert abort_connection(mp)
+                assert not _serves(mp)
+    assert "is not serving: mounting it again" in node.daemon.log()
+    # The health loop (no Prepare involved) finds a layer that dies later.
+    assert abort_connection(mp)
+    assert not _serves(mp)
+    wait_for(lambda: _serves(mp), 30, "the health loop to remount the layer")
+    assert (mp / "data/hello.txt").read_bytes() == b"hello from a lazy layer\n"
+    assert "lazypull_layer_unhealthy_total 1.0" in _metrics(node)
+    assert 'lazypull_layer_health{layer="' in _metrics(node)
+    # A daemon restart never adopts a dead layer: it is mounted again.
+    node.daemon.stop(signal.SIGKILL)
+    assert abort_connection(mp)
+    node.daemon.start()
+    assert "is dead; mounting it again" in node.daemon.log()
+    assert _serves(mp) and (mp / "data/other.bin").read_bytes() == OTHER
+
+
+def test_wedged_layer_server_is_replaced(node: Node, world: World) -> None:
+    """A server that stops answering (SIGSTOP: as wedged as it gets) is killed and replaced;
+    the layers come back on the same mounts."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    mp = _layer_with(node, "data/hello.txt")
+    dev = os.stat(mp).st_dev
+    [pid] = node.daemon.server_processes()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "does not answer; starting a new one" in node.daemon.log(), 30, "the wedge to be noticed")
+        wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "a new layer server")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert pid not in node.daemon.server_processes()
+    assert os.stat(mp).st_dev == dev and (mp / "data/hello.txt").read_bytes() == b"hello from a lazy layer\n"
+
+
+def test_planned_layer_server_restart_fails_no_request(node: Node, world: World) -> None:
+    """SIGTERM (a stop or upgrade): the server answers what it has in flight and exits; requests
+    made until the daemon has started the next one wait in the kernel and are then answered."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    mp = _layer_with(node, "data/big.bin")
+    errors: list[int] = []
+    served = [0]
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                os.statvfs(mp)  # never cached: every call is a request to the layer server
+                served[0] += 1
+            except OSError as e:
+                errors.append(e.errno)
+            time.sleep(0.01)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)
+        [pid] = node.daemon.server_processes()
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "the next layer server")
+        before = served[0]
+        wait_for(lambda: served[0] > before + 5, 10, "requests answered by the new server")
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive() and errors == []
+    assert md5((mp / "data/big.bin").read_bytes()) == md5(BIG)

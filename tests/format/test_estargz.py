@@ -169,14 +169,25 @@ def _blob_with_toc(entries: list[dict[str, object]], payload: bytes = b"") -> by
     return body + toc_member + estargz_footer(len(body))
 
 
+Z = "sha256:" + "0" * 64  # well-formed, matches nothing
+
+
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
-        ([{"name": "../etc/passwd", "type": "reg", "size": 1, "offset": 0, "chunkDigest": "sha256:00"}], "escapes"),
+        ([{"name": "../etc/passwd", "type": "reg", "size": 1, "offset": 0, "chunkDigest": Z}], "escapes"),
         ([{"name": "/abs", "type": "dir"}], "absolute"),
-        ([{"name": "a", "type": "reg", "size": 5, "offset": 999999, "chunkDigest": "sha256:00"}], "beyond"),
+        ([{"name": "a", "type": "reg", "size": 5, "offset": 999999, "chunkDigest": Z}], "beyond"),
         ([{"name": "a", "type": "reg", "size": 5, "offset": 0}], "chunkDigest"),
-        ([{"name": "a", "type": "dir"}, {"name": "a", "type": "reg"}], "duplicate"),
+        (  # a name listed twice is accepted (the later wins) but never lets two files share a chunk
+            [
+                {"name": "a", "type": "reg", "size": 5, "offset": 0, "chunkDigest": Z},
+                {"name": "b", "type": "reg", "size": 5, "offset": 0, "chunkDigest": Z},
+                {"name": "b", "type": "reg", "size": 5, "offset": 0, "chunkDigest": Z},
+            ],
+            "overlaps",
+        ),
+        ([{"name": "d", "type": "dir"}, {"name": "d", "type": "reg"}, {"name": "d/x", "type": "reg"}], "not one"),
         ([{"name": "h", "type": "hardlink", "linkName": "nope"}], "hardlink"),
         ([{"name": "h", "type": "hardlink", "linkName": "../../x"}], "escapes"),
         ([{"name": "a", "type": "weird"}], r"Invalid enum value 'weird' - at `\$.entries\[0\].type`"),
@@ -184,12 +195,12 @@ def _blob_with_toc(entries: list[dict[str, object]], payload: bytes = b"") -> by
         ([{"name": "a", "type": "reg", "size": 1 << 63}], r"Expected `int` <= \d+ - at `\$.entries\[0\].size`"),
         (
             [
-                {"name": "a", "type": "reg", "size": 10, "offset": 0, "chunkSize": 4, "chunkDigest": "sha256:00"},
-                {"name": "a", "type": "chunk", "offset": 0, "chunkOffset": 2, "chunkDigest": "sha256:00"},
+                {"name": "a", "type": "reg", "size": 10, "offset": 0, "chunkSize": 4, "chunkDigest": Z},
+                {"name": "a", "type": "chunk", "offset": 0, "chunkOffset": 2, "chunkDigest": Z},
             ],
             "overlap",
         ),
-        ([{"name": "a", "type": "reg", "size": 10, "offset": 0, "chunkSize": 4, "chunkDigest": "sha256:00"}], "cover"),
+        ([{"name": "a", "type": "reg", "size": 10, "offset": 0, "chunkSize": 4, "chunkDigest": Z}], "cover"),
         ([{"name": "x", "type": "chunk", "offset": 0}], "does not follow"),
         ([{"name": "a", "type": "reg", "xattrs": {"k": "***"}}], "base64"),
     ],
@@ -291,3 +302,12 @@ def test_fuzz_toc_parser_only_raises_format_errors(doc: object) -> None:
         open_estargz(BytesSource(blob))
     except FormatError:
         pass
+
+
+def test_sub_second_mtimes_round_to_the_nearest_second_as_the_reference() -> None:
+    from lazypull.format.toc import format_modtime
+
+    assert format_modtime(1795837120.709454501) == "2026-11-28T03:38:41Z"
+    assert format_modtime(1795837108.49) == "2026-11-28T03:38:28Z"
+    assert format_modtime(1_600_000_000) == "2020-09-13T12:26:40Z"
+    assert format_modtime(0) == ""

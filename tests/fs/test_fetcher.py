@@ -6,14 +6,25 @@ import io
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lazypull.cache.chunks import ChunkCache
 from lazypull.format import BytesSource, build_estargz, open_layer
+from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher, FetchError
+from lazypull.polling import wait_for
+from lazypull.registry.blobsource import RegistryBlobSource
+from lazypull.registry.client import RegistryClient
+from lazypull.registry.options import RegistryOptions
+from lazypull.registry.reference import Reference
+from lazypull.registry.transport import Transport
+from tests.registry.test_client import push_blob
 from tests.support.images import Entry, make_tar
+from tests.support.proxy import Proxy, start_proxy
+from tests.support.registry import Registry
 
 BIG = os.urandom(1 << 20)
 
@@ -64,7 +75,9 @@ def test_concurrent_readers_share_one_fetch(tmp_path: Path) -> None:
         threading.Thread(target=lambda o=o: results.append(f.read(e, o, 4096)))
         for o in (0, 100_000, 300_000, 900_000, 0)
     ]
-    for t in threads:
+    threads[0].start()  # the first miss is in flight (its fetch takes 0.2 s) before the others read
+    wait_for(lambda: src.calls, 5, "the first fetch to start")
+    for t in threads[1:]:
         t.start()
     for t in threads:
         t.join()
@@ -95,6 +108,11 @@ def test_source_failure_is_an_error_not_a_hang(tmp_path: Path) -> None:
         f.read(idx.lookup("a"), 0, 10)  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 5
     src.fail = False
+    calls = len(src.calls)
+    with pytest.raises(FetchError, match="unreachable"):  # the kernel's immediate retry: no second wait
+        f.read(idx.lookup("a"), 0, 10)  # type: ignore[arg-type]
+    assert len(src.calls) == calls
+    time.sleep(f.failed_hold)
     assert f.read(idx.lookup("a"), 0, 10) == b"a" * 10  # type: ignore[arg-type]
 
 
@@ -139,3 +157,74 @@ def test_min_fetch_zero_fetches_only_what_is_read(tmp_path: Path) -> None:
     for i in range(3):
         assert f.read(idx.lookup(f"f{i:02}"), 0, 3000) == datas[i]  # type: ignore[attr-defined]
     assert len(src.calls) == 3 and all(n < 4096 for _, n in src.calls)
+
+
+# -- against a misbehaving registry (the fault proxy in front of a real docker-registry) --
+FETCH_DEADLINE = 2.0
+
+
+@pytest.fixture
+def remote(tmp_path: Path, registry: Registry) -> Iterator[tuple[Fetcher, Proxy, LayerIndex]]:
+    idx, _src, _f, blob = setup(tmp_path)
+    proxy = start_proxy(registry.url)
+    try:
+        ref = Reference.parse(f"{proxy.host}/fetcher/layer:x")
+        client = RegistryClient(RegistryOptions(plain_http=True), transport=Transport(total_timeout=FETCH_DEADLINE))
+        desc = push_blob(client, ref, blob)
+        src = RegistryBlobSource(client, ref, desc)
+        yield Fetcher(idx, src, ChunkCache(tmp_path / "cache2"), timeout=FETCH_DEADLINE, min_fetch=0), proxy, idx
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "mode", [{"trickle_bps": 1024}, {"stall": "accept"}, {"stall": "body"}, {"resets": 10**6}], ids=str
+)
+def test_faulty_registry_fails_starter_and_waiters_within_the_deadline(
+    remote: tuple[Fetcher, Proxy, LayerIndex], mode: dict[str, object]
+) -> None:
+    f, proxy, idx = remote
+    a, big = idx.lookup("a"), idx.lookup("big")
+    assert a is not None and big is not None
+    assert f.read(a, 0, 10) == b"a" * 10  # keep-alive connection in the pool
+    proxy.faults.match = "/blobs/"
+    for k, v in mode.items():
+        setattr(proxy.faults, k, v)
+    took: list[float] = []
+    errors: list[Exception] = []
+
+    def reader(off: int) -> None:
+        t0 = time.monotonic()
+        try:
+            f.read(big, off, 4096)
+        except FetchError as e:
+            errors.append(e)
+        took.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=reader, args=(o,)) for o in (0, 0, 70_000)]  # a starter and waiters
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(FETCH_DEADLINE + 5)
+    assert len(errors) == 3, errors
+    assert max(took) < FETCH_DEADLINE + 1, took
+    assert f.stats.fetch_errors >= 1
+    proxy.heal()
+    proxy.faults.resets = 0
+    time.sleep(f.failed_hold)
+    assert f.read(big, 0, len(BIG)) == BIG  # the registry is healthy again: reads work
+
+
+def test_stale_connection_costs_no_read_timeout(remote: tuple[Fetcher, Proxy, LayerIndex]) -> None:
+    f, proxy, idx = remote
+    f.timeout = 30.0
+    assert isinstance(f.source, RegistryBlobSource)
+    f.source.client.transport.total_timeout = 30.0
+    a, b = idx.lookup("a"), idx.lookup("b")
+    assert a is not None and b is not None
+    assert f.read(a, 0, 10) == b"a" * 10
+    proxy.faults.stale_after = 1  # the pooled connection is now silently dead
+    t0 = time.monotonic()
+    assert f.read(b, 0, 5000) == b"b" * 5000
+    assert time.monotonic() - t0 < 2.0 + 1  # the 2 s stale bound, then a fresh connection

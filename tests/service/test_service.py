@@ -6,6 +6,8 @@ import logging
 import os
 import socket
 import stat
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -90,3 +92,74 @@ def test_example_config_parses_and_unknown_keys_warn(caplog: pytest.LogCaptureFi
     assert os.path.exists(ROOT / "deploy" / "containerd-lazypull-grpc.service")
     unit = (ROOT / "deploy" / "containerd-lazypull-grpc.service").read_text()
     assert "Type=notify" in unit and "KillMode=process" in unit
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('passthrough = "false"', "passthrough must be a boolean (true/false), not the string 'false'"),
+        ('noprefetch = "no"', "noprefetch must be a boolean"),
+        ("record_access = 1", "record_access must be a boolean"),
+        ("prefetch_timeout_sec = -1", "prefetch_timeout_sec must be at least 0"),
+        ("[blob]\nfetching_timeout_sec = -5", "blob.fetching_timeout_sec must be at least"),
+        ('[blob]\nfetching_timeout_sec = "30"', "blob.fetching_timeout_sec must be a number"),
+        ("[blob]\nmax_retries = 2.5", "blob.max_retries must be an integer"),
+        ("[cache]\nmax_bytes = -1", "cache.max_bytes must be at least 0"),
+        ("[resolver]\ntimeout_sec = 0", "resolver.timeout_sec must be at least"),
+        ('metrics_address = "50051"', "metrics_address must be HOST:PORT"),
+        ("plain_http_hosts = [1]", "plain_http_hosts must be a list of strings"),
+        ('[resolver.host."a.io"]\nskip_verify = "false"', 'resolver.host."a.io".skip_verify must be a boolean'),
+        ("blob = 3", "[blob] must be a table"),
+    ],
+)
+def test_config_is_typed_and_strict(tmp_path: Path, toml: str, message: str) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(toml + "\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "lazypull.service.main", "--config", str(cfg), "--root", str(tmp_path / "r"),
+         "--address", str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_every_key_the_daemon_reads_is_known(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    cfg = DaemonConfig.from_mapping(
+        tomllib.loads(
+            "passthrough = true\nrecord_access = true\nnoprefetch = true\nno_background_fetch = true\n"
+            'log_level = "debug"\nprefetch_timeout_sec = 3\nmetrics_address = "127.0.0.1:1"\n'
+            'docker_config = "/x"\nplain_http_hosts = ["h:1"]\n'
+            "[blob]\nfetching_timeout_sec = 30\nmax_retries = 0\nmin_fetch_bytes = 0\n"
+            '[cache]\ndir = "/c"\nmax_bytes = 1\n'
+            '[resolver]\ntimeout_sec = 5\nfailure_ttl_sec = 0\n[resolver.host."a.io"]\nplain_http = true\n'
+        )
+    )
+    assert caplog.text == ""
+    assert cfg.passthrough is True and cfg.record_access is True and cfg.noprefetch is True
+    assert cfg.fetching_timeout_sec == 30.0 and isinstance(cfg.fetching_timeout_sec, float)
+    assert cfg.resolve_timeout_sec == 5 and cfg.resolve_failure_ttl_sec == 0 and cfg.max_retries == 0
+    assert DaemonConfig().fetching_timeout_sec == 300  # the reference's default
+
+
+def test_busy_metrics_port_is_one_error_and_leaves_no_socket(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(f'metrics_address = "127.0.0.1:{port}"\n')
+        sock = tmp_path / "s.sock"
+        res = subprocess.run(
+            [sys.executable, "-m", "lazypull.service.main", "--config", str(cfg), "--root", str(tmp_path / "r"),
+             "--address", str(sock)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "metrics" in errors[0] and str(port) in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not sock.exists()

@@ -66,8 +66,11 @@ class Containerd:
         return self.log_path.read_text(errors="replace")
 
 
-def start_containerd(root: Path, *, proxy_plugins: dict[str, Path] | None = None, extra_config: str = "") -> Containerd:
-    """Start containerd under *root*; *proxy_plugins* maps snapshotter names to sockets."""
+def start_containerd(
+    root: Path, *, proxy_plugins: dict[str, Path] | None = None, extra_config: str = "", cri_options: str = ""
+) -> Containerd:
+    """Start containerd under *root*; *proxy_plugins* maps snapshotter names to sockets;
+    *cri_options* are lines for the CRI plugin's own table (e.g. ``sandbox_image = "..."``)."""
     root.mkdir(parents=True, exist_ok=True)
     address = root / "containerd.sock"
     lines = [
@@ -83,6 +86,7 @@ def start_containerd(root: Path, *, proxy_plugins: dict[str, Path] | None = None
         "[plugins]",
         '  [plugins."io.containerd.grpc.v1.cri"]',
         "    disable_apparmor = true",
+        cri_options,
         '  [plugins."io.containerd.internal.v1.opt"]',
         f'    path = "{root / "opt"}"',
     ]

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
 from tests.support.net import wait_for
+from tests.support.processes import layer_servers
 
 
 @dataclass
@@ -56,18 +59,31 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def mount_processes(self) -> list[int]:
-        out = []
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"lazypull.fs.mountproc" in cmd and str(self.root).encode() in cmd:
-                out.append(int(pid))
-        return out
+    def fsd(self) -> FsdClient:
+        return FsdClient(socket_path(self.root))
+
+    def layers(self) -> list[dict[str, Any]]:
+        """The layers the node's layer server serves (none if it is not running)."""
+        try:
+            return [r for r in self.fsd().list() if r["state"] == "serving"]
+        except FsdError:
+            return []
+
+    def server_processes(self) -> list[int]:
+        """Layer server processes of this daemon's root."""
+        return layer_servers(self.root)
+
+    def stop_layers(self) -> None:
+        """Unmount every layer and stop the layer server (the daemon leaves both running by design)."""
+        try:
+            self.fsd().shutdown(unmount_all=True)
+        except FsdError:
+            pass
+        try:
+            wait_for(lambda: not self.server_processes(), 20, "layer server to exit")
+        except Exception:
+            for pid in self.server_processes():
+                os.kill(pid, signal.SIGKILL)
 
 
 def start_daemon(root: Path, config_toml: str = "") -> Daemon:

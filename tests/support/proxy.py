@@ -1,7 +1,12 @@
 """A threaded HTTP proxy on loopback in front of a registry: counts and breaks traffic.
 
 Tests use it to count the bytes a lazy reader really fetched and to inject the faults
-a network produces (resets, 5xx, slow and truncated responses).
+a network produces (resets, 5xx, slow and truncated responses) and those a misbehaving
+registry produces: bodies trickled at a few bytes a second, requests accepted and never
+answered, headers followed by silence, and keep-alive connections silently forgotten.
+The lasting modes (trickle, stall, stale) hold until cleared; :meth:`Proxy.heal` clears
+them and releases every connection they hold. :func:`unaccepting_port` is a port whose
+listen queue is full: connecting to it hangs.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import http.client
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -26,6 +33,11 @@ class Faults:
     delay_s: float = 0.0  # added to every matching response
     redirect_blobs: bool = False  # answer blob GETs with 307 to "object storage" (/_storage/GEN/...)
     storage_generation: int = 0  # bump to expire earlier redirect URLs (they then get 403)
+    # Lasting modes, for matching requests (and only those whose User-Agent contains *agent*).
+    agent: str = ""
+    trickle_bps: int = 0  # send the body at this many bytes per second
+    stall: str = ""  # "accept": read the request, never answer; "body": send the headers, then nothing
+    stale_after: int = 0  # a connection answers this many requests, then swallows the rest silently
 
 
 @dataclass
@@ -37,6 +49,7 @@ class Proxy:
     requests: int = 0
     log: list[tuple[str, str, int, int]] = field(default_factory=list)  # method, path, status, bytes
     lock: threading.Lock = field(default_factory=threading.Lock)
+    heals: int = 0  # bumped by heal(): connections held before it let go
 
     @property
     def host(self) -> str:
@@ -57,7 +70,15 @@ class Proxy:
         with self.lock:
             return sum(n for m, p, _s, n in self.log if m == "GET" and "/blobs/" in p)
 
+    def heal(self) -> None:
+        """End the lasting faults; connections they hold are closed unanswered."""
+        with self.lock:
+            f = self.faults
+            f.trickle_bps, f.stall, f.stale_after, f.agent = 0, "", 0, ""
+            self.heals += 1
+
     def stop(self) -> None:
+        self.heal()
         self.server.shutdown()
         self.server.server_close()
 
@@ -81,10 +102,30 @@ def start_proxy(upstream_url: str) -> Proxy:
                 setattr(f, name, getattr(f, name) - 1)
                 return True
 
+        def _lasting(self) -> bool:
+            f = state["p"].faults
+            return f.match in self.path and f.agent in (self.headers.get("User-Agent") or "")
+
+        def _hold(self, still: Callable[[], bool]) -> None:
+            """Keep the connection open and silent while *still* holds (until healed)."""
+            p = state["p"]
+            heals = p.heals
+            while still() and p.heals == heals:
+                time.sleep(0.05)
+            self.close_connection = True
+
         def _handle(self) -> None:
             p = state["p"]
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            served = getattr(self, "_served", 0)  # one handler per connection
+            self._served = served + 1
+            if p.faults.stale_after and served >= p.faults.stale_after and self._lasting():
+                self._hold(lambda: bool(p.faults.stale_after))  # a forgotten connection: silence
+                return
+            if p.faults.stall == "accept" and self._lasting():
+                self._hold(lambda: p.faults.stall == "accept")
+                return
             if self._take("resets"):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 self.close_connection = True
@@ -129,6 +170,8 @@ def start_proxy(upstream_url: str) -> Proxy:
             finally:
                 conn.close()
             truncate = self._take("truncate") and len(data) > 1
+            stall_body = p.faults.stall == "body" and self.command != "HEAD" and self._lasting()
+            trickle = p.faults.trickle_bps if self.command != "HEAD" and self._lasting() else 0
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() in ("transfer-encoding", "connection") or (
@@ -142,14 +185,38 @@ def start_proxy(upstream_url: str) -> Proxy:
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             sent = data[: len(data) // 2] if truncate else data
-            if self.command != "HEAD":
-                self.wfile.write(sent)
-            with p.lock:
+            with p.lock:  # counted before the client can see the answer
                 p.requests += 1
                 n = len(sent) if self.command != "HEAD" else 0
                 p.bytes_served += n
                 p.log.append((self.command, self.path, resp.status, n))
+            if stall_body and sent:
+                self.wfile.flush()
+                self._hold(lambda: p.faults.stall == "body")
+                return
+            if trickle and sent:
+                self._trickle(sent, trickle)
+                return
+            if self.command != "HEAD":
+                self.wfile.write(sent)
             if truncate:
+                self.close_connection = True
+
+        def _trickle(self, data: bytes, bps: int) -> None:
+            """Send *data* a little at a time at about *bps*; back to full speed once healed."""
+            p = state["p"]
+            step = max(1, bps // 10)
+            i = 0
+            try:
+                while i < len(data):
+                    if p.faults.trickle_bps <= 0:
+                        self.wfile.write(data[i:])
+                        return
+                    self.wfile.write(data[i : i + step])
+                    self.wfile.flush()
+                    i += step
+                    time.sleep(step / bps)
+            except OSError:
                 self.close_connection = True
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
@@ -160,3 +227,20 @@ def start_proxy(upstream_url: str) -> Proxy:
     state["p"] = proxy
     threading.Thread(target=server.serve_forever, daemon=True, name="test-proxy").start()
     return proxy
+
+
+@contextmanager
+def unaccepting_port() -> Iterator[str]:
+    """A loopback ``host:port`` that never accepts: its listen queue is full, so a connect
+    hangs until the client's timeout (a registry host whose server is wedged)."""
+    srv = socket.socket()
+    filler = socket.socket()
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        host, port = srv.getsockname()
+        filler.connect((host, port))  # takes the only slot of the queue
+        yield f"{host}:{port}"
+    finally:
+        filler.close()
+        srv.close()

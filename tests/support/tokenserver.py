@@ -74,6 +74,11 @@ def start_token_server(signer: CertKey, users: dict[str, str], ttl: int = 300) -
         def log_message(self, *args: object) -> None:
             pass
 
+        def do_POST(self) -> None:  # OAuth form posts (containerd tries them first): not offered, like GCR
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_GET(self) -> None:
             ts = holder["ts"]
             q = parse_qs(urlsplit(self.path).query)

@@ -41,8 +41,9 @@ class ReadOnlyFS(Protocol):
 
     def getxattr(self, ino: int, name: bytes) -> bytes: ...
 
-    def passthrough_path(self, ino: int) -> str | None:
-        """A local file holding the file's complete, verified content (for passthrough)."""
+    def passthrough_fd(self, ino: int) -> int | None:
+        """An open fd on a local file holding the file's complete content, verified through
+        that fd (for passthrough; the caller closes it)."""
         ...
 
     def statfs(self) -> tuple[int, int]:

@@ -1,10 +1,9 @@
-"""A multi-threaded, read-only FUSE server on /dev/fuse.
+"""A read-only FUSE session on /dev/fuse: mount, INIT, request dispatch, replies.
 
-Each worker thread reads requests from its own cloned /dev/fuse fd, so a read that
-waits for the network never blocks lookups or cached reads. Replies ask the kernel to
-cache entries, attributes, symlinks and pages for a long time (the layer is
-immutable), and OPEN is declined for files without passthrough so the kernel keeps
-opens and page cache without asking again.
+Replies ask the kernel to cache entries, attributes, symlinks and pages for a long time
+(the layer is immutable), and OPEN is declined for files without passthrough so the
+kernel keeps opens and page cache without asking again. Which thread reads which fd is
+:mod:`lazypull.fs.fuse.loop`'s business: one loop serves every session of a process.
 """
 
 from __future__ import annotations
@@ -14,10 +13,12 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import stat
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from lazypull.fs.fuse import protocol as p
@@ -66,76 +67,128 @@ def set_readahead(mountpoint: str, kb: int = 1024) -> None:
         log.debug("cannot set read_ahead_kb for %s: %s", mountpoint, e)
 
 
-class FuseServer:
+@dataclass
+class InitParams:
+    """What INIT negotiated for a connection; a successor serving the same fd must reuse it
+    (the kernel sends INIT once per connection)."""
+
+    minor: int
+    passthrough: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"minor": self.minor, "passthrough": self.passthrough}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> InitParams:
+        return cls(int(d["minor"]), bool(d["passthrough"]))  # type: ignore[call-overload]
+
+
+def clone_fd(primary: int) -> int:
+    """A new /dev/fuse fd with its own processing queue on *primary*'s connection, non-blocking."""
+    c = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(c, p.DEV_IOC_CLONE, struct.pack("<I", primary))
+    except OSError:
+        os.close(c)
+        raise
+    return c
+
+
+def is_fuse_device(fd: int) -> bool:
+    st = os.fstat(fd)
+    return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 10 and os.minor(st.st_rdev) == 229
+
+
+# Requests that may wait for the network (or hash a whole file) run on the data threads;
+# everything else is answered by the thread that read it, from memory.
+DATA_OPS = frozenset({p.READ, p.OPEN})
+
+
+class FuseSession:
+    """One mounted FUSE connection serving one read-only filesystem.
+
+    The primary fd (from mount) is never read after mount: a copy of it is held elsewhere
+    (the daemon or systemd's fd store) to keep the connection alive across a server
+    restart, and a request read on an fd that stays open would hang forever if this
+    process died. Requests are read on a clone, whose in-flight requests the kernel
+    aborts (EIO/ECONNABORTED, never a hang) when this process goes away.
+    """
+
     def __init__(
         self,
         fs: ReadOnlyFS,
         mountpoint: str,
         *,
-        threads: int = 4,
         on_op: Callable[[str, float], None] | None = None,
         passthrough: bool = False,
     ) -> None:
         self.fs = fs
         self.mountpoint = mountpoint
-        self.threads = threads
         self.on_op = on_op  # (operation name, seconds) for metrics
-        self.fd = -1
+        self.fd = -1  # primary
+        self.clone = -1  # the fd requests are read from
         self.proto_minor = 0
-        self._workers: list[threading.Thread] = []
-        self._stopped = threading.Event()
+        self.dead = False
         # Passthrough: the kernel reads fully cached files from their cache file itself. It
         # needs OPEN answered for every file, so it trades small-file open rates for native
         # read speed; opt-in. Active only if the kernel offers it at INIT.
         self.want_passthrough = passthrough
         self.passthrough_active = False
         self._backing: dict[int, int] = {}  # ino -> backing id (kept for the mount's lifetime)
+        self._listings: dict[int, list[tuple[bytes, Attr]]] = {}  # dirs being listed (read-only tree)
         self._lock = threading.Lock()
+
+    @property
+    def passthrough_files(self) -> int:
+        return len(self._backing)
+
+    @property
+    def init_params(self) -> InitParams:
+        return InitParams(self.proto_minor, self.passthrough_active)
 
     # -- lifecycle ----------------------------------------------------------------------
     def mount(self) -> None:
+        """mount(2), then answer INIT on a clone; the session is usable when this returns."""
         self.fd = mount_fuse(self.mountpoint)
-        # INIT must be answered before the mount is usable; do it on this thread.
-        buf = os.read(self.fd, BUFSIZE)
-        self._dispatch(self.fd, buf)
+        try:
+            self.clone = clone_fd(self.fd)
+            deadline = _clock() + 10
+            poller = select.poll()  # not select(): fds above 1023 with hundreds of layers
+            poller.register(self.clone, select.POLLIN)
+            while True:
+                if poller.poll(1000):
+                    try:
+                        buf = os.read(self.clone, BUFSIZE)
+                    except BlockingIOError:
+                        continue
+                    opcode = p.IN_HEADER.unpack_from(buf)[1]
+                    self.dispatch(self.clone, buf)
+                    if opcode == p.INIT:
+                        break
+                if _clock() > deadline:
+                    raise OSError(errno.ETIMEDOUT, f"no FUSE INIT from the kernel for {self.mountpoint}")
+        except BaseException:
+            self.close()
+            unmount(self.mountpoint)
+            raise
 
-    def serve(self) -> None:
-        """Serve until the filesystem is unmounted; returns then."""
-        fds = [self.fd]
-        for _ in range(self.threads - 1):
-            try:
-                c = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-                fcntl.ioctl(c, p.DEV_IOC_CLONE, struct.pack("<I", self.fd))
-                fds.append(c)
-            except OSError:
-                fds.append(self.fd)
-        for i, fd in enumerate(fds):
-            t = threading.Thread(target=self._loop, args=(fd,), name=f"fuse-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
-        set_readahead(self.mountpoint)  # stats the mount: only once workers answer
-        for t in self._workers:
-            t.join()
-        for fd in set(fds):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def attach(self, primary: int, init: InitParams) -> None:
+        """Serve an already mounted connection handed over from an earlier server."""
+        if not is_fuse_device(primary):
+            raise OSError(errno.EBADF, "not a /dev/fuse file descriptor")
+        self.fd = primary
+        self.proto_minor = init.minor
+        self.passthrough_active = init.passthrough
+        self.clone = clone_fd(primary)
 
-    def _loop(self, fd: int) -> None:
-        while not self._stopped.is_set():
-            try:
-                buf = os.read(fd, BUFSIZE)
-            except OSError as e:
-                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
-                    continue  # ENOENT: the request was interrupted before we read it
-                if e.errno == errno.ENODEV:  # unmounted
-                    self._stopped.set()
-                    return
-                raise
-            if not buf:
-                return
-            self._dispatch(fd, buf)
+    def close(self) -> None:
+        for fd in (self.clone, self.fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.clone = self.fd = -1
 
     # -- replies --------------------------------------------------------------------------
     @staticmethod
@@ -161,7 +214,7 @@ class FuseServer:
         return p.ENTRY_OUT.pack(a.ino, 0, TIMEOUT, TIMEOUT, 0, 0) + self._attr(a)
 
     # -- dispatch -----------------------------------------------------------------------------
-    def _dispatch(self, fd: int, buf: bytes) -> None:
+    def dispatch(self, fd: int, buf: bytes | memoryview) -> None:
         _len, opcode, unique, nodeid, _uid, _gid, _pid, _ext, _pad = p.IN_HEADER.unpack_from(buf)
         body = memoryview(buf)[p.IN_HEADER.size :]
         handler = self._handlers.get(opcode)
@@ -240,22 +293,19 @@ class FuseServer:
             raise OSError(errno.ENOSYS, "open not needed")
         backing = self._backing.get(nodeid, 0)
         if not backing:
-            path = self.fs.passthrough_path(nodeid)
-            if path is not None:
-                backing = self._register_backing(nodeid, path)
+            fd = self.fs.passthrough_fd(nodeid)
+            if fd is not None:
+                backing = self._register_backing(nodeid, fd)
         if backing:
             return p.OPEN_OUT.pack(0, p.FOPEN_PASSTHROUGH, backing)
         return p.OPEN_OUT.pack(0, p.FOPEN_KEEP_CACHE, 0)
 
-    def _register_backing(self, ino: int, path: str) -> int:
-        """Hand the kernel the cache file holding *ino*'s complete content (0 on failure)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return 0
+    def _register_backing(self, ino: int, fd: int) -> int:
+        """Hand the kernel the (verified, open) cache file holding *ino*'s content; closes *fd*.
+        Returns the backing id, 0 on failure (the file is then served by us)."""
         try:
             arg = bytearray(p.BACKING_MAP.pack(fd, 0, 0))
-            backing = fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_OPEN, arg)
+            backing = fcntl.ioctl(self.clone, p.DEV_IOC_BACKING_OPEN, arg)
         except OSError as e:
             log.debug("passthrough for inode %d refused by the kernel: %s", ino, e)
             return 0
@@ -264,7 +314,7 @@ class FuseServer:
         with self._lock:
             if ino in self._backing:  # another thread won the race; drop ours
                 try:
-                    fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_CLOSE, struct.pack("<I", backing))
+                    fcntl.ioctl(self.clone, p.DEV_IOC_BACKING_CLOSE, struct.pack("<I", backing))
                 except OSError:
                     pass
                 return self._backing[ino]
@@ -303,7 +353,15 @@ class FuseServer:
 
     def _readdir(self, nodeid: int, body: memoryview, plus: bool = False) -> bytes:
         _fh, offset, size, _flags = p.READ_IN.unpack_from(body)
-        entries = [(b".", self.fs.getattr(nodeid)), (b"..", self.fs.getattr(nodeid)), *self.fs.readdir(nodeid)]
+        # One listing per directory, reused for the calls that continue it (offset > 0): rebuilding
+        # it per call made listing a 500k-entry directory quadratic (minutes of CPU).
+        entries = self._listings.get(nodeid) if offset else None
+        if entries is None:
+            entries = [(b".", self.fs.getattr(nodeid)), (b"..", self.fs.getattr(nodeid)), *self.fs.readdir(nodeid)]
+            with self._lock:
+                while len(self._listings) >= 16:
+                    self._listings.pop(next(iter(self._listings)))
+                self._listings[nodeid] = entries
         out = bytearray()
         for i in range(offset, len(entries)):
             name, a = entries[i]
@@ -337,10 +395,10 @@ class FuseServer:
         raise OSError(errno.ENOTTY, "not a terminal")
 
     def _destroy(self, nodeid: int, body: memoryview) -> bytes:
-        self._stopped.set()
+        self.dead = True
         return b""
 
-    _handlers: dict[int, Callable[[FuseServer, int, memoryview], bytes | None]] = {
+    _handlers: dict[int, Callable[[FuseSession, int, memoryview], bytes | None]] = {
         p.INIT: _init,
         p.LOOKUP: _lookup,
         p.GETATTR: _getattr,
@@ -388,3 +446,12 @@ def _clock() -> float:
     import time
 
     return time.perf_counter()
+
+
+def is_mounted(path: str | os.PathLike[str]) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if line.split()[4].replace("\\040", " ") == target:
+                return True
+    return False

@@ -1,0 +1,92 @@
+"""The kubelet's registry credentials, kept per image for the lazy mounts of its layers.
+
+Pods pull private images with ``imagePullSecrets``; the kubelet hands those credentials
+only to the CRI ``PullImage`` call. The image-service proxy records them here, in memory
+only (never logged, never written to disk), under the image's repository. The snapshotter
+asks for them when it mounts that image's layers. Username/password and identity tokens
+are kept as they are, so the registry client's bearer-token refresh works for as long as
+the layers are mounted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from collections import OrderedDict
+
+from lazypull.errors import LazypullError
+from lazypull.registry.credentials import Credential
+from lazypull.registry.reference import Reference
+from lazypull.service.cri.proto import api_pb2
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRIES = 4096  # images; the oldest are forgotten first
+
+
+class CredentialError(LazypullError):
+    """A CRI AuthConfig cannot be turned into credentials."""
+
+
+def credential_from_auth(auth: api_pb2.AuthConfig) -> Credential | None:
+    """The credential in a CRI ``AuthConfig`` (None when it carries none)."""
+    if auth.identity_token:
+        return Credential(auth.username, auth.identity_token, identity_token=True)
+    if auth.registry_token and not (auth.username or auth.password or auth.auth):
+        # A bare bearer token has no scope or expiry we could refresh; the lazy mount
+        # falls back to the node's own credentials (docker config), or a normal pull.
+        log.info("PullImage carries a registry token only; lazy mounts use the node's credentials")
+        return None
+    user, password = auth.username, auth.password
+    if auth.auth and not (user or password):
+        try:
+            decoded = base64.b64decode(auth.auth, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise CredentialError("PullImage auth field is not base64 of NAME:PASSWORD") from None
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            raise CredentialError("PullImage auth field is not base64 of NAME:PASSWORD")
+    if not user and not password:
+        return None
+    return Credential(user, password)
+
+
+def image_key(ref: Reference | str) -> str:
+    """Credentials are per repository: every tag and digest of an image shares them."""
+    r = Reference.parse(ref) if isinstance(ref, str) else ref
+    return f"{r.registry}/{r.repository}"
+
+
+class Keychain:
+    """Image repository -> the credential of its latest PullImage (bounded, thread-safe)."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._d: OrderedDict[str, Credential] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, ref: Reference | str, credential: Credential) -> None:
+        key = image_key(ref)
+        with self._lock:
+            self._d.pop(key, None)
+            self._d[key] = credential
+            while len(self._d) > self.max_entries:
+                self._d.popitem(last=False)
+        log.debug("keychain: credentials for %s recorded", key)
+
+    def get(self, ref: Reference | str) -> Credential | None:
+        try:
+            key = image_key(ref)
+        except LazypullError:
+            return None
+        with self._lock:
+            cred = self._d.get(key)
+            if cred is not None:
+                self._d.move_to_end(key)
+            return cred
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._d)

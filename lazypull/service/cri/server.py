@@ -1,0 +1,27 @@
+"""Serving the CRI image service beside the snapshots API (``[cri_keychain]`` in the config)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from lazypull.cache.chunks import ChunkCache
+from lazypull.service.cri.prefetch import HintPrefetcher
+from lazypull.service.cri.proxy import ImageServiceProxy
+from lazypull.snapshot.snapshotter import Snapshotter
+
+log = logging.getLogger(__name__)
+
+
+def add_image_service(
+    server: grpc.Server, sn: Snapshotter, image_service_path: str, prefetch_timeout_sec: float
+) -> ImageServiceProxy:
+    """Register the proxy on *server*; the snapshotter's resolver holds the keychain it fills."""
+    assert sn.resolver is not None and sn.remote is not None
+    cache = ChunkCache(sn.remote.cache_dir, max_bytes=sn.remote.cache_max_bytes)
+    prefetcher = HintPrefetcher(sn.resolver, cache, timeout_sec=max(prefetch_timeout_sec, 1.0))
+    proxy = ImageServiceProxy(image_service_path, sn.resolver.keychain, prefetcher, hint_wait_sec=prefetch_timeout_sec)  # type: ignore[arg-type]
+    server.add_generic_rpc_handlers((proxy,))
+    log.info("serving the CRI image service (keychain, prefetch hints) in front of %s", image_service_path)
+    return proxy

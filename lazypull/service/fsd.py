@@ -1,0 +1,572 @@
+"""lazypull-fsd: one long-lived process serving every lazily mounted layer of the node.
+
+A layer mount is a FUSE session registered here: the server fetches and verifies the
+footer and TOC, mounts, answers INIT and serves the connection from a shared request
+loop (:mod:`lazypull.fs.fuse.loop`), with one chunk cache per cache directory and one
+memory tier for the whole process. Clients (the snapshotter daemon, ``lazypull mount``)
+talk to it on a 0600 unix socket (:mod:`lazypull.service.fsdwire`).
+
+Surviving its own restart: every layer's primary /dev/fuse fd is also held elsewhere —
+systemd's fd store (``FDSTORE=1``) when run under systemd, otherwise by the client that
+asked for the mount (it gets a copy with the ``Mount`` reply). The layer table (specs
+without credentials, INIT parameters) is saved in ``ROOT/layers/*.json``; a new server
+re-attaches each layer when it gets the fd back (``LISTEN_FDS`` or ``Attach``). Requests
+made meanwhile queue in the kernel; requests the dead server had read fail with EIO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lazypull.cache.chunks import ChunkCache, MemoryLRU
+from lazypull.errors import LazypullError
+from lazypull.format.counting import CountingSource
+from lazypull.format.index import EntryType, LayerIndex
+from lazypull.fs.fetcher import Fetcher
+from lazypull.fs.fuse.loop import ServeLoop
+from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
+from lazypull.fs.layer import LayerFS
+from lazypull.fs.spec import LayerSpec, RegistryClients, open_layer_fs
+from lazypull.fs.stats import OpStats
+from lazypull.fsutil import atomic_write
+from lazypull.service.fsdclient import socket_path
+from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
+from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
+
+log = logging.getLogger("lazypull.fsd")
+
+LOCK_FILE = "fsd.lock"
+DEFAULT_MEMORY = 64 << 20
+
+
+def fd_name(mountpoint: str) -> str:
+    """The fd store name of a layer's connection (no ':' allowed; stable per mountpoint)."""
+    return "l-" + hashlib.sha256(mountpoint.encode()).hexdigest()[:12]
+
+
+class FailedFS:
+    """Answers every request with EIO: a connection whose layer cannot be opened any more
+    (after a restart, registry gone) fails its readers instead of leaving them waiting."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: object) -> Any:
+            raise OSError(errno.EIO, "layer unavailable")
+
+        return fail
+
+
+@dataclass
+class Layer:
+    mountpoint: str
+    spec: LayerSpec
+    session: FuseSession | None = None
+    fs: LayerFS | None = None
+    fetcher: Fetcher | None = None
+    source: CountingSource | None = None
+    index: LayerIndex | None = None
+    ops: OpStats = field(default_factory=OpStats)
+    state: str = "mounting"  # mounting | serving | waiting-fd | dead | failed
+    error: str = ""
+    init: InitParams | None = None
+    prefetch_done: bool = False
+    background_done: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def digest(self) -> str:
+        return str(self.spec.layer.get("digest", ""))
+
+    def summary(self) -> dict[str, Any]:
+        return {"mountpoint": self.mountpoint, "digest": self.digest, "state": self.state, "error": self.error}
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            **self.summary(),
+            "layer": self.digest,
+            "size": int(self.spec.layer.get("size", 0)),
+            "prefetch_done": self.prefetch_done,
+            "background_done": self.background_done,
+        }
+        if self.fetcher is None or self.fs is None or self.source is None or self.index is None:
+            return out
+        st = self.fetcher.stats
+        out.update(
+            format=self.index.format,
+            files=self.fs.inode_count,
+            fetched_bytes=self.source.bytes_read,
+            requests=self.source.reads,
+            prefetched_bytes=st.prefetched_bytes,
+            background_bytes=st.background_bytes,
+            cache_hits=st.cache_hits,
+            cache_requests=st.cache_requests,
+            fetch_errors=st.fetch_errors,
+            verify_errors=st.verify_errors,
+            bytes_served=self.fs.bytes_served,
+            passthrough=bool(self.session and self.session.passthrough_active),
+            passthrough_files=self.session.passthrough_files if self.session else 0,
+            ops=self.ops.snapshot(),
+        )
+        return out
+
+
+class LayerServer:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        memory_bytes: int = DEFAULT_MEMORY,
+        readers: int = 4,
+        data_threads: int = 16,
+        exit_when_idle: bool = False,
+    ) -> None:
+        self.root = root
+        self.instance = uuid.uuid4().hex[:12]
+        self.started = time.time()
+        self.memory = MemoryLRU(memory_bytes)
+        self.caches: dict[str, ChunkCache] = {}
+        self.clients = RegistryClients()
+        self.layers: dict[str, Layer] = {}
+        self.exit_when_idle = exit_when_idle
+        self._lock = threading.Lock()
+        self._mounting: dict[str, threading.Event] = {}
+        self._cancelled: set[str] = set()  # unmounted while being mounted: dropped once mounted
+        self.loop = ServeLoop(readers, data_threads, on_dead=self._on_dead)
+        self._prefetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prefetch")
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background")
+        self.idle = threading.Event()
+
+    # -- state on disk (no credentials) ---------------------------------------------------
+    def _state_path(self, mountpoint: str) -> Path:
+        return self.root / "layers" / f"{fd_name(mountpoint)}.json"
+
+    def _save(self, ly: Layer) -> None:
+        """One small file per layer (a mount costs the same with 1,000 layers as with one)."""
+        assert ly.init is not None
+        row = {"mountpoint": ly.mountpoint, "spec": ly.spec.public(), "init": ly.init.to_json()}
+        path = self._state_path(ly.mountpoint)
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        atomic_write(path, json.dumps(row).encode(), 0o600)
+
+    def load_saved(self) -> None:
+        for f in sorted((self.root / "layers").glob("*.json")):
+            try:
+                r = json.loads(f.read_text())
+                ly = Layer(r["mountpoint"], LayerSpec.from_json(r["spec"]), state="waiting-fd")
+                ly.init = InitParams.from_json(r["init"])
+            except (OSError, KeyError, TypeError, ValueError) as e:
+                log.warning("ignoring a malformed saved layer %s: %s", f.name, e)
+                continue
+            self.layers[ly.mountpoint] = ly
+        if self.layers:
+            log.info("%d layers to re-attach from the saved state", len(self.layers))
+
+    def cache_for(self, spec: LayerSpec) -> ChunkCache:
+        key = os.path.realpath(spec.cache_dir)
+        with self._lock:
+            c = self.caches.get(key)
+            if c is None:
+                c = self.caches[key] = ChunkCache(Path(key), max_bytes=spec.cache_max_bytes, memory=self.memory)
+            return c
+
+    # -- mounting -----------------------------------------------------------------------------
+    def mount(self, spec: LayerSpec, mountpoint: str) -> Layer:
+        """Mount (or return the serving mount of) a layer at *mountpoint*; concurrent calls coalesce."""
+        while True:
+            with self._lock:
+                ly = self.layers.get(mountpoint)
+                if ly is not None and ly.state == "serving" and ly.digest == spec.layer.get("digest"):
+                    if spec.has_secrets:
+                        ly.spec = spec  # fresh credentials for later re-attaches (memory only)
+                    return ly
+                ev = self._mounting.get(mountpoint)
+                if ev is None:
+                    ev = self._mounting[mountpoint] = threading.Event()
+                    break
+            ev.wait()
+        try:
+            old = self.layers.get(mountpoint)
+            if old is not None:
+                log.info("replacing the %s layer at %s", old.state, mountpoint)
+                self._teardown(old, free_cache=False)
+            if os.path.ismount(mountpoint) or _is_dead_mount(mountpoint):
+                unmount(mountpoint)
+            Path(mountpoint).mkdir(parents=True, exist_ok=True)
+            ly = Layer(mountpoint, spec)
+            self._open(ly)
+            assert ly.fs is not None
+            session = FuseSession(ly.fs, mountpoint, on_op=ly.ops.observe, passthrough=spec.passthrough)
+            session.mount()
+            ly.session, ly.init, ly.state = session, session.init_params, "serving"
+            with self._lock:
+                self.layers[mountpoint] = ly
+                cancelled = mountpoint in self._cancelled
+            if cancelled:
+                self._teardown(ly, free_cache=False)
+                raise LazypullError(f"the mount at {mountpoint} was cancelled (unmounted while mounting)")
+            self.loop.add(session)
+            sd_notify_fds(f"FDSTORE=1\nFDNAME={fd_name(mountpoint)}", [session.fd])
+            self._save(ly)
+            self._start_fetching(ly)
+            log.info("layer %s mounted at %s (%d entries)", ly.digest[7:19], mountpoint, ly.fs.inode_count)
+            return ly
+        finally:
+            with self._lock:
+                self._mounting.pop(mountpoint, None)
+                self._cancelled.discard(mountpoint)
+            ev.set()
+            self._check_idle()
+
+    def _open(self, ly: Layer) -> None:
+        saved = self._toc_path(ly)
+        fs, fetcher, source, index = open_layer_fs(ly.spec, self.cache_for(ly.spec), saved, self.clients)
+        if ly.spec.record_access:
+            fs.accessed = {}
+        ly.fs, ly.fetcher, ly.source, ly.index = fs, fetcher, source, index
+
+    def _toc_path(self, ly: Layer) -> Path:
+        return self.root / "tocs" / f"{fd_name(ly.mountpoint)}-{ly.digest.partition(':')[2][:16]}"
+
+    def attach(self, mountpoint: str, fd: int, spec: LayerSpec | None = None) -> Layer:
+        """Serve a connection mounted by an earlier server: its fd comes back from the holder."""
+        with self._lock:
+            ly = self.layers.get(mountpoint)
+            if ly is not None and ly.state == "serving":
+                os.close(fd)  # already served (the fd store gave it back first)
+                return ly
+        if ly is None or ly.init is None:
+            os.close(fd)
+            raise LazypullError(f"no saved state for the layer at {mountpoint}")
+        if spec is not None:
+            ly.spec = spec
+        session_fs: Any
+        try:
+            self._open(ly)
+            session_fs = ly.fs
+            ly.state = "serving"
+        except Exception as e:
+            log.error("layer at %s cannot be re-opened (%s); its readers get EIO", mountpoint, e)
+            session_fs, ly.state, ly.error = FailedFS(), "failed", str(e)
+        session = FuseSession(session_fs, mountpoint, on_op=ly.ops.observe, passthrough=ly.spec.passthrough)
+        try:
+            session.attach(fd, ly.init)
+        except OSError as e:
+            os.close(fd)
+            ly.state, ly.error = "dead", str(e)
+            raise LazypullError(f"cannot re-attach the layer at {mountpoint}: {e}") from None
+        ly.session = session
+        self.loop.add(session)
+        sd_notify_fds(f"FDSTORE=1\nFDNAME={fd_name(mountpoint)}", [session.fd])
+        if ly.state == "serving":
+            self._start_fetching(ly)
+            log.info("layer %s re-attached at %s", ly.digest[7:19], mountpoint)
+        return ly
+
+    def _start_fetching(self, ly: Layer) -> None:
+        fetcher = ly.fetcher
+        assert fetcher is not None
+
+        def prefetch() -> None:
+            try:
+                if ly.spec.prefetch and not ly.stop.is_set():
+                    t0 = time.monotonic()
+                    n = fetcher.prefetch()
+                    log.info("layer %s: prefetched %d bytes in %.2fs", ly.digest[7:19], n, time.monotonic() - t0)
+            except Exception as e:
+                log.warning("layer %s: prefetch failed: %s", ly.digest[7:19], e)
+            finally:
+                ly.prefetch_done = True
+            if ly.spec.background_fetch and not ly.stop.is_set():
+                self._background.submit(background)
+
+        def background() -> None:
+            if ly.stop.is_set():
+                return
+            try:
+                n = fetcher.background_fetch(ly.stop)
+                ly.background_done = not ly.stop.is_set()
+                log.info("layer %s: background fetch done (%d bytes)", ly.digest[7:19], n)
+            except Exception as e:
+                log.warning("layer %s: background fetch failed: %s", ly.digest[7:19], e)
+
+        if not ly.spec.prefetch:
+            ly.prefetch_done = True
+            if ly.spec.background_fetch:
+                self._background.submit(background)
+            return
+        self._prefetch.submit(prefetch)
+
+    # -- unmounting -----------------------------------------------------------------------
+    def unmount(self, mountpoint: str, free_cache: bool = False) -> list[str]:
+        """Unmount a layer; returns the files read through it (with ``record_access``)."""
+        with self._lock:
+            ly = self.layers.pop(mountpoint, None)
+            if ly is None and mountpoint in self._mounting:
+                self._cancelled.add(mountpoint)
+        if ly is None:
+            if os.path.ismount(mountpoint) or _is_dead_mount(mountpoint):
+                unmount(mountpoint)
+            self._check_idle()
+            return []
+        accessed = self._teardown(ly, free_cache)
+        self._check_idle()
+        return accessed
+
+    def _teardown(self, ly: Layer, free_cache: bool) -> list[str]:
+        ly.stop.set()
+        if ly.session is not None:
+            self.loop.remove(ly.session)
+        unmount(ly.mountpoint)
+        if ly.session is not None:
+            ly.session.close()
+        sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
+        self._toc_path(ly).unlink(missing_ok=True)
+        self._state_path(ly.mountpoint).unlink(missing_ok=True)
+        with self._lock:
+            if self.layers.get(ly.mountpoint) is ly:
+                del self.layers[ly.mountpoint]
+        accessed = ["/" + p for p in (ly.fs.accessed or {})] if ly.fs is not None else []
+        if ly.fetcher is not None:
+            ly.fetcher.cache.flush()
+            if free_cache and ly.index is not None:
+                freed = self._free_chunks(ly)
+                log.info("layer %s released: removed %d chunks from the cache", ly.digest[7:19], freed)
+        log.info("layer %s unmounted from %s", ly.digest[7:19], ly.mountpoint)
+        return accessed
+
+    def _free_chunks(self, ly: Layer) -> int:
+        """Remove the layer's chunks, except those another mounted layer of the same cache uses."""
+        assert ly.fetcher is not None and ly.index is not None
+        cache = ly.fetcher.cache
+        with self._lock:
+            others = [o for o in self.layers.values() if o.fetcher is not None and o.fetcher.cache is cache]
+        keep = {c.digest for o in others if o.index for e in o.index.entries() for c in e.chunks}
+        keep |= {e.digest for o in others if o.index for e in o.index.entries() if e.digest}
+        mine = {c.digest for e in ly.index.entries() for c in e.chunks}
+        mine |= {e.digest for e in ly.index.entries() if e.type == EntryType.REG and e.digest}
+        return sum(cache.remove(d) for d in mine - keep)
+
+    def _on_dead(self, session: FuseSession) -> None:
+        with self._lock:
+            ly = self.layers.get(session.mountpoint)
+        if ly is not None and ly.session is session and ly.state == "serving":
+            ly.state, ly.error = "dead", "FUSE connection ended (unmounted or aborted)"
+            log.warning("layer %s at %s: %s", ly.digest[7:19], ly.mountpoint, ly.error)
+            ly.stop.set()
+
+    def _check_idle(self) -> None:
+        with self._lock:
+            idle = not self.layers and all(m in self._cancelled for m in self._mounting)
+        if self.exit_when_idle and idle:
+            self.idle.set()  # mounts still fetching a TOC nobody wants hold nothing worth waiting for
+
+    # -- control requests -----------------------------------------------------------------
+    def handle(self, req: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        op = req.get("op")
+        if op == "mount":
+            ly = self.mount(LayerSpec.from_json(req["spec"]), str(req["mountpoint"]))
+            return {"layer": ly.summary()}, [ly.session.fd] if ly.session else []
+        if op == "attach":
+            out = []
+            for item, fd in zip(req.get("layers", []), fds, strict=False):
+                spec = LayerSpec.from_json(item["spec"]) if item.get("spec") else None
+                try:
+                    out.append(self.attach(str(item["mountpoint"]), fd, spec).summary())
+                except LazypullError as e:
+                    out.append({"mountpoint": item["mountpoint"], "state": "dead", "error": str(e)})
+            for fd in fds[len(req.get("layers", [])) :]:
+                os.close(fd)
+            return {"layers": out}, []
+        if op == "unmount":
+            return {"accessed": self.unmount(str(req["mountpoint"]), bool(req.get("free_cache")))}, []
+        if op == "list":
+            with self._lock:
+                return {"layers": [ly.summary() for ly in self.layers.values()]}, []
+        if op == "status":
+            with self._lock:
+                states = [ly.state for ly in self.layers.values()]
+            return {
+                "pid": os.getpid(),
+                "instance": self.instance,
+                "started": self.started,
+                "layers": len(states),
+                "serving": states.count("serving"),
+            }, []
+        if op == "stats":
+            want = set(req.get("mountpoints") or [])
+            with self._lock:
+                layers = [ly for ly in self.layers.values() if not want or ly.mountpoint in want]
+            caches = [{"dir": k, "disk_bytes": c.disk_bytes, "max_bytes": c.max_bytes} for k, c in self.caches.items()]
+            rows = [ly.stats() for ly in layers]
+            if req.get("accessed"):
+                for ly, row in zip(layers, rows, strict=True):
+                    row["accessed"] = ["/" + p for p in list((ly.fs.accessed if ly.fs else None) or {})]
+            return {"layers": rows, "caches": caches, "memory_bytes": self.memory.size}, []
+        if op == "fds":
+            want = list(req.get("mountpoints") or [])[:MAX_FDS]
+            with self._lock:
+                got = [(m, self.layers[m]) for m in want if m in self.layers]
+            pairs = [(m, ly.session.fd) for m, ly in got if ly.session is not None and ly.session.fd >= 0]
+            return {"mountpoints": [m for m, _ in pairs]}, [fd for _, fd in pairs]
+        if op == "shutdown":
+            if req.get("unmount_all"):
+                for m in list(self.layers):
+                    self.unmount(m)
+            self.idle.set()
+            return {"ok": True}, []
+        raise LazypullError(f"unknown request {op!r}")
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Stop reading requests and let those being served finish (a planned exit)."""
+        with self._lock:
+            sessions = [ly.session for ly in self.layers.values() if ly.session is not None]
+        for s in sessions:
+            self.loop.remove(s)
+        t = threading.Thread(target=self.loop.drain, daemon=True)
+        t.start()
+        t.join(timeout)
+
+
+def _is_dead_mount(path: str) -> bool:
+    """A mount point whose FUSE server is gone (stat fails with ENOTCONN)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def serve_control(server: LayerServer, sock: socket.socket) -> None:
+    def one(conn: socket.socket) -> None:
+        with conn:
+            try:
+                req, fds = recv_msg(conn)
+            except (OSError, LazypullError) as e:
+                log.debug("control connection: %s", e)
+                return
+            try:
+                reply, out_fds = server.handle(req, fds)
+            except (LazypullError, OSError, KeyError, ValueError, TypeError) as e:
+                log.warning("%s request failed: %s", req.get("op"), e)
+                msg = str(e) if isinstance(e, LazypullError) else f"{type(e).__name__}: {e}"
+                reply, out_fds = {"error": msg}, []
+            with contextlib.suppress(OSError):
+                send_msg(conn, reply, out_fds)
+
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=one, args=(conn,), daemon=True, name="control").start()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raise_fd_limit()
+    lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("another layer server already serves %s", root)
+        return 0
+    server = LayerServer(
+        root,
+        memory_bytes=args.memory_bytes,
+        readers=args.readers,
+        data_threads=args.data_threads,
+        exit_when_idle=args.exit_when_idle,
+    )
+    server.load_saved()
+    for name, fds in listen_fds().items():
+        for m in list(server.layers):
+            if fd_name(m) == name and fds:
+                try:
+                    server.attach(m, fds.pop(0))
+                except LazypullError as e:
+                    log.error("%s", e)
+        for fd in fds:
+            os.close(fd)
+    address = Path(args.address) if args.address else socket_path(root)
+    address.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(address))
+    finally:
+        os.umask(old)
+    os.chmod(address, 0o600)
+    sock.listen(64)
+    threading.Thread(target=serve_control, args=(server, sock), daemon=True, name="accept").start()
+    stop = threading.Event()
+
+    def on_term(*_: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    threading.Thread(target=lambda: (server.idle.wait(), stop.set()), daemon=True).start()
+    sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+    log.info("layer server %s serving on %s (root %s)", server.instance, address, root)
+    idle_since = time.monotonic()
+    while not stop.wait(2.0):
+        sd_notify("WATCHDOG=1")
+        if server.layers or server._mounting:
+            idle_since = time.monotonic()
+        elif server.exit_when_idle and time.monotonic() - idle_since > 30:
+            break  # started for mounts that never came (or all went away)
+    sd_notify("STOPPING=1")
+    server.drain()
+    for c in server.caches.values():
+        c.flush()
+    log.info("layer server exiting; %d layers stay mounted for the next one", len(server.layers))
+    address.unlink(missing_ok=True)  # we hold the lock: no successor has bound it yet
+    if not server.layers:  # nothing to hand over: leave no state behind
+        (root / LOCK_FILE).unlink(missing_ok=True)
+        for d in ("tocs", "layers"):
+            with contextlib.suppress(OSError):
+                (root / d).rmdir()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # reader threads block in epoll; no need to wait for them
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, help="state directory (saved layer table, lock, socket)")
+    p.add_argument("--address", default="", help="control socket (default ROOT/fsd.sock)")
+    p.add_argument("--memory-bytes", type=int, default=DEFAULT_MEMORY, help="memory cache for all layers")
+    p.add_argument("--readers", type=int, default=4, help="threads reading FUSE requests")
+    p.add_argument("--data-threads", type=int, default=16, help="threads serving reads that may fetch")
+    p.add_argument("--exit-when-idle", action="store_true", help="exit once the last layer is unmounted")
+    p.add_argument("--log-level", default="info")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lazypull-fsd", description=__doc__.split("\n\n")[0])
+    add_args(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Talking to the layer server (``lazypull-fsd``), and starting it when nobody else does."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from lazypull.errors import LazypullError
+from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
+
+START_TIMEOUT = 30.0
+_SUN_PATH_MAX = 107
+
+
+def socket_path(root: Path) -> Path:
+    """The control socket for a server rooted at *root*: ``ROOT/fsd.sock``, or, where that is
+    longer than a unix socket path may be, a name derived from *root* under /run."""
+    p = Path(root) / "fsd.sock"
+    if len(os.fsencode(p)) <= _SUN_PATH_MAX:
+        return p
+    d = Path("/run/lazypull-fsd")
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return d / (hashlib.sha256(os.fsencode(Path(root).resolve())).hexdigest()[:16] + ".sock")
+
+
+class FsdError(LazypullError):
+    pass
+
+
+class FsdUnavailable(FsdError):
+    """The server does not answer (not running, or wedged)."""
+
+
+class FsdClient:
+    def __init__(self, address: Path, timeout: float = 10.0) -> None:
+        self.address = Path(address)
+        self.timeout = timeout
+
+    def call(
+        self, op: str, *, fds: list[int] | None = None, timeout: float | None = None, **args: Any
+    ) -> tuple[dict[str, Any], list[int]]:
+        """One request; returns the reply and the fds that came with it (the caller owns them)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        s.settimeout(timeout if timeout is not None else self.timeout)
+        try:
+            try:
+                s.connect(str(self.address))
+                send_msg(s, {"op": op, **args}, fds)
+                reply, got = recv_msg(s)
+            except (OSError, LazypullError) as e:
+                raise FsdUnavailable(f"layer server at {self.address}: {op}: {e}") from None
+        finally:
+            s.close()
+        if "error" in reply:
+            for fd in got:
+                os.close(fd)
+            raise FsdError(str(reply["error"]))
+        return reply, got
+
+    def alive(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            return self.call("status", timeout=timeout)[0]
+        except FsdError:
+            return None
+
+    def mount(self, spec: dict[str, Any], mountpoint: Path, timeout: float) -> tuple[dict[str, Any], int]:
+        """Mount a layer (or get the running mount); returns its summary and a copy of its fd."""
+        reply, fds = self.call("mount", spec=spec, mountpoint=str(mountpoint), timeout=timeout)
+        for extra in fds[1:]:
+            os.close(extra)
+        return reply["layer"], (fds[0] if fds else -1)
+
+    def unmount(self, mountpoint: Path, free_cache: bool = False) -> list[str]:
+        return list(self.call("unmount", mountpoint=str(mountpoint), free_cache=free_cache, timeout=60)[0]["accessed"])
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(self.call("list")[0]["layers"])
+
+    def stats(self, mountpoints: list[str] | None = None, accessed: bool = False) -> dict[str, Any]:
+        return self.call("stats", mountpoints=mountpoints or [], accessed=accessed, timeout=5)[0]
+
+    def fds(self, mountpoints: list[str]) -> dict[str, int]:
+        """Copies of the layers' FUSE fds (in batches: one message carries at most MAX_FDS)."""
+        out: dict[str, int] = {}
+        for i in range(0, len(mountpoints), MAX_FDS):
+            reply, fds = self.call("fds", mountpoints=mountpoints[i : i + MAX_FDS])
+            out.update(zip(reply["mountpoints"], fds, strict=True))
+        return out
+
+    def attach(self, layers: list[dict[str, Any]], fds: list[int], timeout: float = 120) -> list[dict[str, Any]]:
+        """Hand held connections back to a (re)started server; *fds* stay the caller's."""
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(layers), MAX_FDS):
+            batch = slice(i, i + MAX_FDS)
+            out += self.call("attach", layers=layers[batch], fds=fds[batch], timeout=timeout)[0]["layers"]
+        return out
+
+    def shutdown(self, unmount_all: bool = False) -> None:
+        self.call("shutdown", unmount_all=unmount_all, timeout=60)
+
+
+_start_lock = threading.Lock()
+
+
+def start_server(
+    root: Path,
+    address: Path,
+    *,
+    log_path: Path,
+    memory_bytes: int | None = None,
+    exit_when_idle: bool = False,
+    log_level: str = "info",
+) -> tuple[FsdClient, subprocess.Popen[bytes] | None]:
+    """The running server at *address*, or a new detached one (its own session, so it outlives
+    the caller). Returns the client and the process if this call started it."""
+    client = FsdClient(address)
+    with _start_lock:
+        if client.alive() is not None:
+            return client, None
+        cmd = [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root), "--address", str(address)]
+        cmd += ["--log-level", log_level]
+        if memory_bytes is not None:
+            cmd += ["--memory-bytes", str(memory_bytes)]
+        if exit_when_idle:
+            cmd.append("--exit-when-idle")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Not the caller's systemd notifications: a server started here is not a unit's main process.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_"))}
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while client.alive(timeout=1.0) is None:
+            if proc.poll() is not None:
+                if client.alive() is not None:  # another starter won the race
+                    return client, None
+                raise FsdError(f"layer server exited at start: {_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise FsdError(f"layer server did not start within {START_TIMEOUT}s: {_tail(log_path)}")
+            time.sleep(0.02)
+        return client, proc
+
+
+def _tail(path: Path, n: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:].strip()
+    except OSError:
+        return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m lazypull.service.fsdclient --root ROOT list|status|stats|accessed``: ask a
+    running layer server (the snapshotter's: ``--root /var/lib/containerd-lazypull-grpc``)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="lazypull-fsd-ctl", description="query a running layer server")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--root", type=Path, help="the daemon's root (its layer server's socket is ROOT/fsd.sock)")
+    g.add_argument("--address", type=Path, help="the layer server's socket")
+    p.add_argument("what", choices=["list", "status", "stats", "accessed"])
+    args = p.parse_args(argv)
+    c = FsdClient(args.address or socket_path(args.root))
+    try:
+        if args.what == "list":
+            out: object = c.list()
+        elif args.what == "status":
+            out = c.call("status")[0]
+        elif args.what == "stats":
+            out = c.stats()
+        else:  # files read through each layer, in first-read order (lazypull convert --record-in)
+            for row in c.stats(accessed=True)["layers"]:
+                for path in row.get("accessed", []):
+                    print(json.dumps({"path": path}))
+            return 0
+    except FsdError as e:
+        print(f"lazypull-fsd-ctl: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The layer server in-process with real FUSE mounts, through its control socket."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.format import build_estargz
+from lazypull.fs.spec import LayerSpec
+from lazypull.oci import mediatypes as mt
+from lazypull.service.fsd import LayerServer, serve_control
+from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
+from tests.support.images import Entry, make_tar
+
+
+def make_layer(tmp: Path, name: str, files: dict[str, bytes]) -> tuple[Path, dict[str, object]]:
+    out = io.BytesIO()
+    res = build_estargz(io.BytesIO(make_tar([Entry(n, data=d) for n, d in files.items()])), out, chunk_size=256 << 10)
+    blob = out.getvalue()
+    path = tmp / f"{name}.blob"
+    path.write_bytes(blob)
+    desc = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+        "size": len(blob),
+        "annotations": {mt.ANNOTATION_TOC_DIGEST: res.toc_digest},
+    }
+    return path, desc
+
+
+class Slow:
+    """Blocks the data reads of a layer's source until released (a registry that stalls)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+
+    @property
+    def size(self) -> int:
+        return self.inner.size  # type: ignore[attr-defined]
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        self.release.wait(30)
+        return self.inner.read_at(offset, length)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[LayerServer, FsdClient]]:
+    srv = LayerServer(tmp_path / "fsd", memory_bytes=1 << 20)
+    (tmp_path / "fsd").mkdir()
+    addr = socket_path(tmp_path / "fsd")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(addr))
+    sock.listen(8)
+    threading.Thread(target=serve_control, args=(srv, sock), daemon=True).start()
+    try:
+        yield srv, FsdClient(addr)
+    finally:
+        for m in list(srv.layers):
+            srv.unmount(m)
+        sock.close()
+
+
+def spec(tmp: Path, blob: Path, desc: dict[str, object], **kw: object) -> dict[str, object]:
+    s = LayerSpec(
+        layer=desc, cache_dir=str(tmp / "cache"), blob_path=str(blob), prefetch=False, background_fetch=False, **kw
+    )  # type: ignore[arg-type]
+    return s.to_json()
+
+
+def test_one_cache_bound_for_all_layers(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
+    srv, client = server
+    a, b = os.urandom(2 << 20), os.urandom(2 << 20)
+    la = make_layer(tmp_path, "a", {"a.bin": a})
+    lb = make_layer(tmp_path, "b", {"b.bin": b})
+    for name, (blob, desc) in (("m1", la), ("m2", lb)):
+        _, fd = client.mount(spec(tmp_path, blob, desc, cache_max_bytes=3 << 20), tmp_path / name, timeout=30)
+        os.close(fd)
+    assert (tmp_path / "m1/a.bin").read_bytes() == a
+    assert (tmp_path / "m2/b.bin").read_bytes() == b
+    assert len(srv.caches) == 1  # one cache (one bound) for both layers
+    [cache] = srv.caches.values()
+    cache.flush()
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file())
+    assert on_disk <= 3 << 20 and cache.disk_bytes <= 3 << 20  # per-layer bounds would keep 4 MiB
+    assert [r["state"] for r in client.list()] == ["serving", "serving"]
+    stats = client.stats()
+    assert stats["memory_bytes"] <= 1 << 20  # one memory budget
+    client.unmount(tmp_path / "m1", free_cache=True)
+    assert not os.path.ismount(tmp_path / "m1") and len(client.list()) == 1
+
+
+def test_metadata_answers_while_reads_wait_on_the_registry(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path
+) -> None:
+    srv, client = server
+    files = {f"f{i}.bin": os.urandom(300 << 10) for i in range(24)}
+    blob, desc = make_layer(tmp_path, "slow", files)
+    _, fd = client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=30)
+    os.close(fd)
+    ly = srv.layers[str(tmp_path / "m")]
+    assert ly.fetcher is not None
+    slow = Slow(ly.fetcher.source)
+    ly.fetcher.source = slow  # type: ignore[assignment]
+    readers = [
+        threading.Thread(target=(tmp_path / "m" / n).read_bytes, daemon=True) for n in files
+    ]  # more stalled reads than there are data threads
+    for t in readers:
+        t.start()
+    try:
+        time.sleep(0.5)
+        names = sorted(os.listdir(tmp_path / "m"))
+        sizes = {n: os.stat(tmp_path / "m" / n).st_size for n in names}
+        os.statvfs(tmp_path / "m")
+        assert all(t.is_alive() for t in readers)  # metadata answered while every read still waits
+        assert names == sorted(files) and all(sizes[n] == len(files[n]) for n in files)
+    finally:
+        slow.release.set()
+    for t in readers:
+        t.join(30)
+    assert all((tmp_path / "m" / n).read_bytes() == d for n, d in files.items())
+
+
+def test_bad_requests_get_one_line_errors(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
+    _srv, client = server
+    with pytest.raises(FsdError, match="unknown request"):
+        client.call("nope")
+    blob, desc = make_layer(tmp_path, "x", {"x": b"x"})
+    desc["annotations"] = {mt.ANNOTATION_TOC_DIGEST: "sha256:" + "0" * 64}  # not this layer's TOC
+    with pytest.raises(FsdError):
+        client.mount(spec(tmp_path, blob, desc), tmp_path / "bad", timeout=30)
+    assert not os.path.ismount(tmp_path / "bad") and client.list() == []
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [{"user": "alice:s3cret"}, {"credential": {"username": "alice", "secret": "s3cret", "identity_token": False}}],
+    ids=["user", "kubelet-credential"],
+)
+def test_saved_state_has_no_credentials(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, secret: dict[str, object]
+) -> None:
+    _srv, client = server
+    blob, desc = make_layer(tmp_path, "c", {"c": b"c"})
+    s = spec(tmp_path, blob, desc)
+    s["registry"] = {**secret, "plain_http": True}
+    assert LayerSpec.from_json(s).has_secrets
+    _, fd = client.mount(s, tmp_path / "m", timeout=30)
+    os.close(fd)
+    [state] = (tmp_path / "fsd" / "layers").glob("*.json")
+    saved = state.read_text()
+    assert "s3cret" not in saved and str(tmp_path / "m") in saved
+    assert (os.stat(state).st_mode & 0o777) == 0o600
+    assert not any(b"s3cret" in f.read_bytes() for f in (tmp_path / "fsd").rglob("*") if f.is_file())
+
+
+def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
+    """What systemd does for lazypull-fsd.service, with a test notify socket: the server
+    stores each layer's fd (FDSTORE=1), is killed, and its successor gets the fds back
+    (LISTEN_FDS) and serves the same mounts; a read made while no server runs completes."""
+    import signal
+    import subprocess
+    import sys
+
+    data = os.urandom(1 << 20)
+    blob, desc = make_layer(tmp_path, "s", {"a.bin": data, "b.bin": data[::-1]})
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    root = tmp_path / "fsd"
+    addr = socket_path(root)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    cmd = [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root), "--address", str(addr)]
+    first = subprocess.Popen(cmd, env=env)
+    procs = [first]
+    mp = tmp_path / "m"
+    try:
+        client = FsdClient(addr)
+        deadline = time.monotonic() + 30
+        while client.alive() is None:
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        _, fd = client.mount(spec(tmp_path, blob, desc), mp, timeout=30)
+        os.close(fd)  # no daemon holds a copy here: only the fd store
+        assert (mp / "a.bin").read_bytes() == data
+        stored: dict[str, int] = {}
+        notify.settimeout(5)
+        while not stored:
+            msg, fds, _, _ = socket.recv_fds(notify, 4096, 4)
+            fields = dict(line.split("=", 1) for line in msg.decode().splitlines() if "=" in line)
+            if fields.get("FDSTORE") == "1":
+                stored[fields["FDNAME"]] = fds[0]
+            else:
+                for f in fds:
+                    os.close(f)
+        dev = os.stat(mp).st_dev
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        got: dict[str, bytes] = {}
+        reader = threading.Thread(target=lambda: got.update(b=(mp / "b.bin").read_bytes()), daemon=True)
+        reader.start()  # queued in the kernel while no server runs
+        time.sleep(0.5)
+        assert reader.is_alive()
+        [(name, held)] = stored.items()
+        shell = f'exec 3<&{held} {held}<&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={name} exec "$@"'
+        second = subprocess.Popen(["bash", "-c", shell, "fsd", *cmd], env=env, pass_fds=(held,))
+        procs.append(second)
+        os.close(held)
+        reader.join(30)
+        assert not reader.is_alive() and got["b"] == data[::-1]
+        assert os.stat(mp).st_dev == dev and (mp / "a.bin").read_bytes() == data
+        assert [r["state"] for r in client.list()] == ["serving"]
+        client.shutdown(unmount_all=True)
+        second.wait(20)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if os.path.ismount(mp):
+            subprocess.run(["umount", "-l", str(mp)], check=False)
+        notify.close()

@@ -1,0 +1,64 @@
+"""Resolving a Prepare's layer against a registry that does not answer: one deadline,
+failures remembered per image, fallback logged at WARNING."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazypull.cli.main import main
+from lazypull.oci import mediatypes as mt
+from lazypull.oci.types import Manifest
+from lazypull.registry.client import RegistryClient
+from lazypull.registry.options import RegistryOptions
+from lazypull.registry.repository import RegistryStore
+from lazypull.snapshot.remote import LayerResolver, NotRemote
+from tests.support.images import Entry, write_image
+from tests.support.proxy import Proxy, start_proxy
+from tests.support.registry import Registry
+
+TIMEOUT = 2.0
+
+
+@pytest.fixture
+def image(registry: Registry, tmp_path: Path) -> Iterator[tuple[Proxy, dict[str, str], dict[str, str]]]:
+    """Labels for two layers of one eStargz image, as ctr-remote sends them, via a proxy."""
+    write_image(tmp_path / "src", [[Entry("a", data=b"a" * 1000)], [Entry("b", data=b"b" * 1000)]])
+    plain = f"{registry.host}/res/img:orig"
+    assert main(["copy", "--plain-http", f"oci:{tmp_path / 'src'}:latest", plain]) == 0
+    assert main(["convert", "--plain-http", "--oci", plain, f"{registry.host}/res/img:esgz"]) == 0
+    proxy = start_proxy(registry.url)
+    try:
+        ref = f"{proxy.host}/res/img:esgz"
+        store = RegistryStore.open(ref, RegistryOptions(plain_http=True))
+        d = store.resolve()
+        layers = Manifest.parse(store.fetch(d), d.media_type).layers
+        labels = [{mt.LABEL_STARGZ_REFERENCE: ref, mt.LABEL_STARGZ_DIGEST: d.digest} for d in layers]
+        yield proxy, labels[0], labels[1]
+    finally:
+        proxy.stop()
+
+
+def test_stalled_registry_resolution_is_bounded_and_remembered(
+    image: tuple[Proxy, dict[str, str], dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy, first, second = image
+    resolver = LayerResolver(RegistryClient(RegistryOptions(plain_http=True)), timeout=TIMEOUT, failure_ttl=1.5)
+    proxy.faults.stall = "accept"
+    caplog.set_level(logging.WARNING)
+    t0 = time.monotonic()
+    with pytest.raises(NotRemote, match="manifest"):
+        resolver.resolve(first)
+    assert time.monotonic() - t0 < TIMEOUT + 1
+    assert "normal pull" in caplog.text and "res/img" in caplog.text
+    t0 = time.monotonic()
+    with pytest.raises(NotRemote, match="remembered"):
+        resolver.resolve(second)  # the same image: no second wait
+    assert time.monotonic() - t0 < 0.5
+    proxy.heal()
+    time.sleep(1.6)  # the remembered failure expires; the registry answers again
+    assert resolver.resolve(second).layer.digest == second[mt.LABEL_STARGZ_DIGEST]
