@@ -142,13 +142,14 @@ def start_proxy(upstream_url: str) -> Proxy:
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             sent = data[: len(data) // 2] if truncate else data
-            if self.command != "HEAD":
-                self.wfile.write(sent)
+            # Counted before the body goes out: a client that has read it sees the count.
             with p.lock:
                 p.requests += 1
                 n = len(sent) if self.command != "HEAD" else 0
                 p.bytes_served += n
                 p.log.append((self.command, self.path, resp.status, n))
+            if self.command != "HEAD":
+                self.wfile.write(sent)
             if truncate:
                 self.close_connection = True
 
