@@ -34,8 +34,14 @@ from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
 
 log = logging.getLogger(__name__)
-MODES = ("overlayfs", "lazypull", "lazypull-opt", "reference", "cri")
-SNAPSHOTTER = {"overlayfs": "overlayfs", "lazypull": "lazypull", "lazypull-opt": "lazypull", "reference": "stargz"}
+MODES = ("overlayfs", "lazypull", "lazypull-opt", "lazypull-soci", "reference", "cri")
+SNAPSHOTTER = {
+    "overlayfs": "overlayfs",
+    "lazypull": "lazypull",
+    "lazypull-opt": "lazypull",
+    "lazypull-soci": "lazypull",  # the unconverted image plus a SOCI index
+    "reference": "stargz",
+}
 # "cri": the image as a Kubernetes pod over CRI, pulled with credentials (lazypull.bench.cri)
 
 
@@ -64,6 +70,7 @@ class BenchConfig:
     workdir: Path = Path("bench/work")
     reference_snapshotter: str | None = None
     background_fetch: bool = False
+    soci_span_size: int = 4 << 20  # lazypull-soci: uncompressed bytes between checkpoints
     rtt_ms: float = 0.0
     progress: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
 
@@ -263,7 +270,7 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             cfg.progress(f"[images] building {img.build_name} (scale {cfg.scale:g})")
             layout = build_image(img, work, cfg.scale)
             copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
-            if any(m.startswith(("lazypull", "reference", "cri")) for m in cfg.modes):
+            if any(m.startswith(("lazypull", "reference", "cri")) and m != "lazypull-soci" for m in cfg.modes):
                 cfg.progress(f"[images] converting {img.build_name} to eStargz")
                 t0 = time.monotonic()
                 convert_image(
@@ -275,6 +282,8 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
                 cfg.progress(f"[images] converted in {time.monotonic() - t0:.1f}s")
             built[img.build_name] = (f"{base}:org", f"{base}:esgz")
         org, esgz = built[img.build_name]
+        if "lazypull-soci" in cfg.modes and (name, "lazypull-soci") not in refs:
+            refs.update(_soci_index(cfg, img, org))
         refs[(name, "overlayfs")] = org
         refs[(name, "lazypull")] = refs[(name, "reference")] = refs[(name, "cri")] = esgz
         if "lazypull-opt" in cfg.modes:
@@ -296,6 +305,21 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             cfg.progress(f"[images] optimized in {time.monotonic() - t0:.1f}s ({len(res.record)} files prioritized)")
             refs[(name, "lazypull-opt")] = opt
     return refs
+
+
+def _soci_index(cfg: BenchConfig, img: BenchImage, org: str) -> dict[tuple[str, str], str]:
+    """A SOCI index beside the published image: every gzip layer gets a zTOC, since
+    containerd's unpacker pulls all layers above one it must fetch. Made on every run (the
+    same options give the same bytes; the newest index is the one mounts use)."""
+    from lazypull.registry.repository import RegistryStore
+    from lazypull.soci.create import create_index
+
+    store = RegistryStore.open(org, RegistryOptions(plain_http=True))
+    cfg.progress(f"[images] SOCI index for {img.build_name} (lazypull soci create)")
+    t0 = time.monotonic()
+    create_index(store, span_size=cfg.soci_span_size, min_layer_size=0)
+    cfg.progress(f"[images] indexed in {time.monotonic() - t0:.1f}s")
+    return {(n, "lazypull-soci"): org for n, i in IMAGES.items() if i.build_name == img.build_name}
 
 
 def _interrupt(signum: int, frame: object) -> None:

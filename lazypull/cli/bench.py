@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--modes",
         default="overlayfs,lazypull,lazypull-opt",
-        help="comma-separated: overlayfs, lazypull, lazypull-opt, reference, cri (a pod over CRI, private registry)",
+        help="comma-separated: overlayfs, lazypull, lazypull-opt, lazypull-soci, reference,"
+        " cri (a pod over CRI, private registry)",
     )
     p.add_argument("--runs", type=int, default=3, help="runs per image and mode (default 3)")
     p.add_argument("--rate", default="150mbit", help="registry bandwidth as tc understands it (default 150mbit)")
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="let lazy modes fetch whole layers in the background (counts those bytes too)",
     )
+    p.add_argument("--soci-span-size", type=int, default=4 << 20, help="lazypull-soci: zTOC span size (4 MiB)")
     p.add_argument("--reference-snapshotter", metavar="PATH", help="containerd-stargz-grpc binary for mode reference")
     p.add_argument("--workdir", type=Path, default=Path("bench/work"), help="image cache and scratch space")
     p.add_argument("--out", type=Path, help="results directory (default bench/results/<date>)")
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             workdir=args.workdir,
             reference_snapshotter=args.reference_snapshotter,
             background_fetch=args.background_fetch,
+            soci_span_size=args.soci_span_size,
         )
         results = run_bench(cfg) if cfg.images else []
         out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "check",
     "unpack",
     "mount",
+    "soci",
     "ls",
     "cat",
     "cp",

@@ -116,6 +116,11 @@ class LayerIndex(ABC):
         :class:`lazypull.errors.FormatError`.
         """
 
+    def chunks_sharing(self, chunk: Chunk) -> list[tuple[Entry, Chunk]]:
+        """Other files' chunks decoded from exactly *chunk*'s compressed range (a SOCI span
+        holds many files): worth decoding and caching when that range is fetched anyway."""
+        return []
+
     def read(self, source: ReadAt, path: str, offset: int, length: int) -> bytes:
         """Read a byte range of a regular file straight from *source*, verified.
 

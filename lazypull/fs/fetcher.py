@@ -160,7 +160,11 @@ class Fetcher:
         following = entry.chunks[idx + 1 :] if idx >= 0 else []
         budget_end = first.blob_offset + max(READAHEAD, sum(c.blob_end - c.blob_offset for c in wanted))
         for c in following:
-            if c.blob_offset != span_end or c.blob_end > budget_end or c.blob_end - first.blob_offset > MAX_SPAN:
+            if (
+                not span_end - 1 <= c.blob_offset <= span_end
+                or c.blob_end > budget_end
+                or c.blob_end - first.blob_offset > MAX_SPAN
+            ):
                 break
             if chunk_key(c) in self._inflight or self.cache.contains(c.digest):
                 break
@@ -172,6 +176,13 @@ class Fetcher:
             and out[-1][1] is (following or [first])[-1]
         ):
             out += self._siblings_after(entry, span_end, first.blob_offset + self.min_fetch)
+        keys = {chunk_key(c) for _, c in out}
+        for _, c in list(out):
+            for e2, c2 in self.index.chunks_sharing(c):  # SOCI: the other files of the span
+                k = chunk_key(c2)
+                if k not in keys and k not in self._inflight and not self.cache.contains(c2.digest):
+                    keys.add(k)
+                    out.append((e2, c2))
         return out
 
     def _siblings_after(self, entry: Entry, span_end: int, limit: int) -> list[tuple[Entry, Chunk]]:
@@ -268,7 +279,11 @@ class Fetcher:
                             break
                         continue
                     if group and (
-                        c.blob_offset != group[-1][1].blob_end or c.blob_end - group[0][1].blob_offset > max_span
+                        not (
+                            group[-1][1].blob_end - 1 <= c.blob_offset <= group[-1][1].blob_end
+                            or c.blob_offset == group[-1][1].blob_offset
+                        )
+                        or c.blob_end - group[0][1].blob_offset > max_span
                     ):
                         break
                     self._inflight[chunk_key(c)] = Future()

@@ -28,14 +28,15 @@ from pathlib import Path
 from lazypull.convert.check import manifests_of
 from lazypull.convert.unpack import RootDir, apply_tar_layer
 from lazypull.errors import LazypullError
+from lazypull.format.soci.dispatch import is_lazy
 from lazypull.fs.fuse.server import is_mounted, unmount
 from lazypull.fs.spec import LayerSpec
-from lazypull.oci import mediatypes as mt
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from lazypull.service.fsdclient import FsdClient, FsdError, socket_path, start_server
+from lazypull.soci.find import soci_layers
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,14 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
     lazy: list[tuple[LayerSpec, Path]] = []
     record: dict[str, object] = {"mountpoint": str(mountpoint), "layers": []}
     try:
-        for i, layer in enumerate(manifest.layers):
+        for i, layer in enumerate(soci_layers(store, manifest)):
             ldir = state / f"layer{i}"
             ldir.mkdir(mode=0o700)
-            if mt.ANNOTATION_TOC_DIGEST in layer.annotations:
+            if is_lazy(layer):
                 lazy.append((layer_spec(store, layer, opts, ropts), ldir / "fs"))
                 record["layers"].append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})  # type: ignore[attr-defined]
             else:
-                log.info("layer %s is not eStargz: downloading and unpacking it", layer.digest)
+                log.info("layer %s is neither eStargz nor SOCI-indexed: downloading and unpacking it", layer.digest)
                 root = RootDir(ldir / "fs")
                 try:
                     apply_tar_layer(root, store, layer, overlay_lower=True)

@@ -15,14 +15,14 @@ from typing import Any
 
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
-from lazypull.format import FileSource, open_layer
+from lazypull.format import FileSource
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
+from lazypull.format.soci.dispatch import open_layer_index
 from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
 from lazypull.fs.opened import RecordingSource, ReplaySource
-from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import SECRET_KEYS, RegistryOptions
 
@@ -92,14 +92,15 @@ class RegistryClients:
             return c
 
 
-def open_source(spec: LayerSpec, clients: RegistryClients | None = None) -> ReadAt:
+def open_source(spec: LayerSpec, clients: RegistryClients | None = None, desc: Descriptor | None = None) -> ReadAt:
+    """The layer blob (or another blob of the same repository/layout, e.g. its zTOC)."""
     if spec.blob_path:
-        return FileSource(spec.blob_path)
+        return FileSource(Path(spec.blob_path).with_name(desc.digest[7:]) if desc else spec.blob_path)
     from lazypull.registry.blobsource import RegistryBlobSource
     from lazypull.registry.reference import Reference
 
     client = (clients or RegistryClients()).get(spec)
-    return RegistryBlobSource(client, Reference.parse(spec.ref), spec.descriptor)  # type: ignore[arg-type]
+    return RegistryBlobSource(client, Reference.parse(spec.ref), desc or spec.descriptor)  # type: ignore[arg-type]
 
 
 def open_layer_fs(
@@ -111,17 +112,20 @@ def open_layer_fs(
     (still verified), so re-opening a layer needs no registry."""
     desc = spec.descriptor
     source = CountingSource(open_source(spec, clients))
-    toc_digest = desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)
+
+    def open_blob(d: Descriptor) -> ReadAt:
+        return open_source(spec, clients, d)
+
     index = None
     if saved is not None and saved.exists():
         try:
-            index = open_layer(ReplaySource(source, saved), toc_digest=toc_digest)
+            index = open_layer_index(desc, ReplaySource(source, saved), open_blob, cache)
         except (LazypullError, OSError, ValueError) as e:
             log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
             saved.unlink(missing_ok=True)
     if index is None:
         rec = RecordingSource(source)
-        index = open_layer(rec, toc_digest=toc_digest)
+        index = open_layer_index(desc, rec, open_blob, cache)  # SOCI: the zTOC is kept in *cache*
         if saved is not None:
             rec.save(saved)
     fetcher = Fetcher(

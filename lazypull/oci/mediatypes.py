@@ -54,3 +54,12 @@ LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 LABEL_CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers"
 LABEL_CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest"
 LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
+
+# SOCI (soci-snapshotter's index of unmodified gzip layers, found through OCI referrers)
+SOCI_INDEX_ARTIFACT_TYPE = "application/vnd.amazon.soci.index.v1+json"
+SOCI_ZTOC = "application/octet-stream"
+ANNOTATION_SOCI_LAYER_DIGEST = "com.amazon.soci.image-layer-digest"
+ANNOTATION_SOCI_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
+ANNOTATION_SOCI_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
+# Set by lazypull's resolvers (never taken from an image): the layer's zTOC descriptor as JSON
+ANNOTATION_LAZYPULL_ZTOC = "io.lazypull.soci.ztoc"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from lazypull.errors import LazypullError
+from lazypull.format.soci.dispatch import is_lazy
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor, Index, Manifest, host_platform, is_index
@@ -28,6 +29,7 @@ from lazypull.registry.client import RegistryClient
 from lazypull.registry.credentials import Credential
 from lazypull.registry.deadline import deadline_scope
 from lazypull.registry.reference import Reference
+from lazypull.soci.find import soci_ztocs, with_soci
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class LayerResolver:
         self.failure_ttl = failure_ttl
         self._clients: OrderedDict[Credential, RegistryClient] = OrderedDict()
         self._manifests: dict[str, Manifest] = {}
+        self._digests: dict[str, str] = {}  # manifest digests, by the same keys (SOCI lookups)
         self._failures: dict[str, tuple[float, str]] = {}  # image -> (until, reason)
         self._lock = threading.Lock()
 
@@ -107,12 +110,19 @@ class LayerResolver:
         except LazypullError as e:
             raise NotRemote(str(e)) from None
         manifest = self.manifest(ref, manifest_digest)
-        for layer in manifest.layers:
+        layers = manifest.layers
+        if not all(mt.ANNOTATION_TOC_DIGEST in x.annotations for x in layers):  # SOCI for the others
+            with self._lock:
+                subject = self._digests.get(f"{ref}@{manifest_digest or ''}")
+            if subject:
+                with deadline_scope(self.timeout):
+                    layers = with_soci(layers, soci_ztocs(self.client_for(ref), ref, subject))
+        for layer in layers:
             if layer.digest == digest:
-                if mt.ANNOTATION_TOC_DIGEST not in layer.annotations:
-                    raise NotRemote(f"layer {digest} of {ref} has no TOC digest annotation (not eStargz)")
+                if not is_lazy(layer):
+                    raise NotRemote(f"layer {digest} of {ref} is neither eStargz nor indexed by a SOCI zTOC")
                 cred = self.keychain.get(ref) if self.keychain is not None else None
-                return RemoteLayer(ref, layer, tuple(manifest.layers), cred)
+                return RemoteLayer(ref, layer, tuple(layers), cred)
         raise NotRemote(f"layer {digest} is not in the manifest of {ref}")
 
     def remember_failure(self, labels: dict[str, str], reason: str) -> None:
@@ -147,10 +157,10 @@ class LayerResolver:
             with deadline_scope(self.timeout):
                 target = ref.with_digest(manifest_digest) if manifest_digest else ref
                 client = self.client_for(ref)
-                data, media_type, _dg = client.get_manifest(target)
+                data, media_type, dg = client.get_manifest(target)
                 if is_index(media_type):
                     d = Index.parse(data, media_type).select(host_platform())
-                    data, media_type, _dg = client.get_manifest(ref.with_digest(d.digest))
+                    data, media_type, dg = client.get_manifest(ref.with_digest(d.digest))
                 m = Manifest.parse(data, media_type)
         except LazypullError as e:
             reason = f"cannot read the manifest of {ref}: {e}"
@@ -163,4 +173,5 @@ class LayerResolver:
             raise NotRemote(reason) from None
         with self._lock:
             self._manifests[key] = m
+            self._digests[key] = dg
         return m

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError
+from lazypull.format.soci.dispatch import is_lazy
 from lazypull.fs.fetcher import MIN_FETCH
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
@@ -257,7 +258,7 @@ class Snapshotter:
             # this one (which containerd waits for) is mounted.
             if h.ready.wait(wait) and not h.error:
                 for other in layer.image_layers:
-                    if other.digest != layer.layer.digest and mt.ANNOTATION_TOC_DIGEST in other.annotations:
+                    if other.digest != layer.layer.digest and is_lazy(other):
                         self._start_layer(layer.ref, other, layer.credential, ahead=True)
             h.wait(max(end - time.monotonic(), 0.01))
         except Exception as e:

@@ -1,0 +1,1 @@
+"""SOCI indexes: create, list, remove, and find them for lazy mounts."""
