@@ -13,6 +13,7 @@ import sys
 
 from lazypull import __version__
 from lazypull.errors import LazypullError
+from lazypull.service.notify import raise_fd_limit
 
 # Modules under lazypull.cli that provide commands, in help order.
 COMMAND_MODULES = [
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    raise_fd_limit()  # unpack holds a directory fd per level (up to the 1024 levels a layer may nest)
     try:
         return int(args.func(args) or 0)
     except LazypullError as e:

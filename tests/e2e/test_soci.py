@@ -250,7 +250,7 @@ def test_containerd_rpull_mounts_the_gzip_layers_lazily(world: World, tmp_path: 
     try:
         world.proxy.reset_counters()
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", lazy_ref, tool="ctr-remote")
-        assert len(daemon.layers()) == 3  # one layer server serves all three
+        assert len(daemon.layers()) == 3  # every layer served lazily by the layer server
         whole = [(p, st) for m, p, st, _n in world.proxy.log if "/blobs/" in p and m == "GET" and st == 200]
         out = cd.ctr(
             "run", "--rm", "--snapshotter", "lazypull", lazy_ref, "soci1",
