@@ -1,8 +1,8 @@
-"""The bytes a layer's open read (footer and TOC), kept on disk so a restarted layer server
-re-opens its layers without the registry.
+"""The bytes a layer's open reads (footer and TOC): fetched as one tail of the blob, and kept
+on disk so a restarted layer server re-opens its layers without the registry.
 
-Nothing here is trusted: the replayed bytes go through the same parsing and TOC digest
-check as fetched ones, and a read they do not cover goes to the registry.
+Nothing here is trusted: the tail's and the replayed bytes go through the same parsing and
+TOC digest check as fetched ones, and a read they do not cover goes to the registry.
 """
 
 from __future__ import annotations
@@ -19,6 +19,42 @@ log = logging.getLogger(__name__)
 
 _HDR = struct.Struct(">QI")  # offset, length
 MAX_SAVED = 256 << 20
+
+
+TAIL_BYTES = 64 << 10
+
+
+class TailSource:
+    """Reads near the end of the blob come from one fetch of its last *tail* bytes.
+
+    Opening a layer reads the format sniff, the footer and the TOC, all at the end of the
+    blob: one request instead of three (each a registry round trip on every mount). A read
+    that starts before the held tail fetches only the missing part and extends it; reads
+    elsewhere pass through. Used only while a layer is opened (it holds the tail)."""
+
+    def __init__(self, inner: ReadAt, tail: int = TAIL_BYTES) -> None:
+        self.inner = inner
+        self.tail = tail
+        self._start = inner.size  # the held bytes are [_start, size)
+        self._held = b""
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        size = self.inner.size
+        end = offset + length
+        if length <= 0 or offset < 0 or end > size or end <= size - max(self.tail, len(self._held)):
+            return self.inner.read_at(offset, length)
+        with self._lock:
+            if not self._held:
+                start = min(offset, max(size - self.tail, 0))
+                self._held, self._start = self.inner.read_at(start, size - start), start
+            elif offset < self._start:
+                self._held, self._start = self.inner.read_at(offset, self._start - offset) + self._held, offset
+            return self._held[offset - self._start : end - self._start]
 
 
 class RecordingSource:

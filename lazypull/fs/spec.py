@@ -22,7 +22,7 @@ from lazypull.format.soci.dispatch import open_layer_index
 from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
-from lazypull.fs.opened import RecordingSource, ReplaySource
+from lazypull.fs.opened import RecordingSource, ReplaySource, TailSource
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import SECRET_KEYS, RegistryOptions
 
@@ -106,7 +106,8 @@ def open_source(spec: LayerSpec, clients: RegistryClients | None = None, desc: D
 def open_layer_fs(
     spec: LayerSpec, cache: ChunkCache, saved: Path | None = None, clients: RegistryClients | None = None
 ) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
-    """Fetch footer and TOC (verified against the manifest's TOC digest), build the tree.
+    """Fetch footer and TOC (one request for the blob's tail; verified against the manifest's
+    TOC digest), build the tree.
 
     With *saved*, the bytes the open reads are kept there, and taken from there next time
     (still verified), so re-opening a layer needs no registry."""
@@ -119,12 +120,12 @@ def open_layer_fs(
     index = None
     if saved is not None and saved.exists():
         try:
-            index = open_layer_index(desc, ReplaySource(source, saved), open_blob, cache)
+            index = open_layer_index(desc, ReplaySource(TailSource(source), saved), open_blob, cache)
         except (LazypullError, OSError, ValueError) as e:
             log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
             saved.unlink(missing_ok=True)
     if index is None:
-        rec = RecordingSource(source)
+        rec = RecordingSource(TailSource(source))
         index = open_layer_index(desc, rec, open_blob, cache)  # SOCI: the zTOC is kept in *cache*
         if saved is not None:
             rec.save(saved)

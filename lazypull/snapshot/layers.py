@@ -33,7 +33,7 @@ from typing import Any
 from lazypull.errors import LazypullError
 from lazypull.fs.fuse.server import unmount
 from lazypull.fs.spec import LayerSpec
-from lazypull.service.fsdclient import FsdClient, FsdError, start_server
+from lazypull.service.fsdclient import FsdClient, FsdError, FsdUnavailable, start_server
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,13 @@ class RemoteLayers:
         with self._lock:
             return list(self._handles.values())
 
+    def known(self, digest: str) -> bool:
+        """Whether the layer is being mounted or serves (``start`` would return its handle as is):
+        each Prepare of an image starts its other layers, this spares building their specs again."""
+        with self._lock:
+            h = self._handles.get(digest)
+        return h is not None and _current(h)
+
     def start(self, digest: str, mountpoint: Path, spec: dict[str, Any], ahead: bool = False) -> LayerHandle:
         """The mount of a layer: serving, being mounted, or started now in the background.
 
@@ -154,7 +161,7 @@ class RemoteLayers:
         order given, so the layer containerd asks for next is ready first."""
         with self._lock:
             h = self._handles.get(digest)
-            if h is not None and (not h.ready.is_set() or (not h.error and h.healthy)):
+            if h is not None and _current(h):
                 if LayerSpec.from_json(spec).has_secrets:
                     h.spec = spec  # fresh credentials (memory only) for its later re-mounts and re-attaches
                 return h
@@ -169,8 +176,7 @@ class RemoteLayers:
 
     def _mount(self, h: LayerHandle) -> None:
         try:
-            self.ensure_server()
-            _summary, fd = self.client.mount(h.spec, h.mountpoint, timeout=self.mount_timeout + 30)
+            _summary, fd = self._mount_rpc(h)
             h.close_fd()
             h.fd, h.healthy = fd, True
         except Exception as e:
@@ -178,6 +184,21 @@ class RemoteLayers:
             log.info("mount of layer %s failed: %s", h.digest[7:19], h.error)
         finally:
             h.ready.set()
+
+    def _mount_rpc(self, h: LayerHandle) -> tuple[dict[str, Any], int]:
+        """Ask the server to mount *h*. A server known to be up is asked at once (no status
+        round trip per layer); one that turns out gone is started (and handed its layers
+        back) and asked again."""
+        if not self.server_up or not self.instance:
+            self.ensure_server()
+        instance = self.instance
+        try:
+            return self.client.mount(h.spec, h.mountpoint, timeout=self.mount_timeout + 30)
+        except FsdUnavailable:
+            self.ensure_server()
+            if self.instance == instance:
+                raise  # the same server, alive: the mount itself failed (e.g. timed out)
+            return self.client.mount(h.spec, h.mountpoint, timeout=self.mount_timeout + 30)
 
     def stop(self, digest: str, free_cache: bool, mountpoint: Path | None = None) -> None:
         """Unmount a layer (its chunks leave the cache with *free_cache*)."""
@@ -366,6 +387,11 @@ class RemoteLayers:
             return list(self.client.stats()["layers"])
         except FsdError:
             return []
+
+
+def _current(h: LayerHandle) -> bool:
+    """Being mounted, or mounted and healthy: nothing to start for this layer."""
+    return not h.ready.is_set() or (not h.error and h.healthy)
 
 
 def _pid_is_fsd(pid: int) -> bool:

@@ -258,7 +258,7 @@ class Snapshotter:
             # this one (which containerd waits for) is mounted.
             if h.ready.wait(wait) and not h.error:
                 for other in layer.image_layers:
-                    if other.digest != layer.layer.digest and is_lazy(other):
+                    if other.digest != layer.layer.digest and is_lazy(other) and not self.layers.known(other.digest):
                         self._start_layer(layer.ref, other, layer.credential, ahead=True)
             h.wait(max(end - time.monotonic(), 0.01))
         except Exception as e:
@@ -270,10 +270,10 @@ class Snapshotter:
             self.layers.abandon(digest, self._layer_dir(digest) / "fs")
             return False
         size = layer.layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, str(layer.layer.size))
-        self.store.create(key, parent, Kind.ACTIVE, labels)
-        self.store.commit(target, key, {**labels, mt.LABEL_REMOTE: "remote snapshot"})
-        self.store.set_remote(
+        self.store.create_committed(
             target,
+            parent,
+            {**labels, mt.LABEL_REMOTE: "remote snapshot"},
             {
                 "digest": layer.layer.digest,
                 "mountpoint": str(h.mountpoint),

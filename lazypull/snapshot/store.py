@@ -126,6 +126,26 @@ class MetaStore:
                 raise AlreadyExists(f"snapshot {key} already exists") from None
             return self.get(key)
 
+    def create_committed(self, name: str, parent: str, labels: dict[str, str], remote: dict[str, str]) -> Snapshot:
+        """A committed snapshot *name* in one transaction (one disk sync): what a lazily
+        mounted layer becomes, instead of create, commit and set_remote one after another."""
+        if not name:
+            raise InvalidArgument("snapshot name must not be empty")
+        now = time.time()
+        with self._lock:
+            if parent:
+                p = self.get(parent)
+                if p.kind != Kind.COMMITTED:
+                    raise FailedPrecondition(f"parent {parent} is not committed")
+            try:
+                self._db.execute(
+                    "INSERT INTO snapshots(key, parent, kind, created, updated, labels, remote) VALUES (?,?,?,?,?,?,?)",
+                    (name, parent, int(Kind.COMMITTED), now, now, json.dumps(labels), json.dumps(remote)),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"snapshot {name} already exists") from None
+            return self.get(name)
+
     def commit(self, name: str, key: str, labels: dict[str, str]) -> Snapshot:
         """The active snapshot *key* becomes committed *name*, keeping its id and directory."""
         now = time.time()

@@ -62,3 +62,18 @@ def test_metadata_survives_reopen_and_cleanup_removes_orphans(tmp_path: Path) ->
     sn2.cleanup()
     assert not (tmp_path / "root" / "snapshots" / "999").exists()
     assert (tmp_path / "root" / "snapshots" / str(sn2.stat("x").id)).exists()
+
+
+def test_create_committed_is_one_committed_row(tmp_path: Path) -> None:
+    st = MetaStore(tmp_path / "m.db")
+    st.create("base-active", "", Kind.ACTIVE, {})
+    with pytest.raises(FailedPrecondition):
+        st.create_committed("layer", "base-active", {}, {"digest": "sha256:x"})  # parent not committed
+    st.commit("base", "base-active", {})
+    s = st.create_committed("layer", "base", {"l": "1"}, {"digest": "sha256:x"})
+    assert (s.kind, s.parent, s.labels, s.remote) == (Kind.COMMITTED, "base", {"l": "1"}, {"digest": "sha256:x"})
+    with pytest.raises(AlreadyExists):
+        st.create_committed("layer", "base", {}, {"digest": "sha256:x"})
+    st.close()
+    again = MetaStore(tmp_path / "m.db").get("layer")
+    assert again.remote == {"digest": "sha256:x"} and again.kind == Kind.COMMITTED
