@@ -266,13 +266,25 @@ def run_mode(cfg: BenchConfig, spec: NodeScaleSpec, images: list[tuple[str, list
     return res
 
 
+NODE_SCALE_MODES = ("lazypull", "reference")  # lazy pulls of the eStargz images through a snapshotter daemon
+
+
+def node_scale_modes(modes: list[str]) -> tuple[list[str], list[str]]:
+    """(the modes node-scale runs, the ones it skips), in the order given."""
+    return [m for m in modes if m in NODE_SCALE_MODES], [m for m in modes if m not in NODE_SCALE_MODES]
+
+
 def run_node_scale(cfg: BenchConfig, specs: list[NodeScaleSpec], runs: int = 1) -> list[NodeScaleResult]:
-    """Every spec x mode x run, each run on a fresh node; images are built once per spec."""
+    """Every spec x mode x run, each run on a fresh node; images are built once per spec.
+    Modes without a snapshotter daemon (``overlayfs``) or other image forms are skipped."""
+    modes, skipped = node_scale_modes(cfg.modes)
+    if skipped:
+        cfg.progress(f"[node-scale] modes {', '.join(skipped)} skipped (node-scale runs {', '.join(NODE_SCALE_MODES)})")
     results = []
     with bench_registry(cfg) as (_net, reg):
         for spec in specs:
             images = push_images(cfg, spec, reg.host)
-            for mode in cfg.modes:
+            for mode in modes:
                 for _ in range(runs):
                     results.append(run_mode(cfg, spec, images, mode))
     return results

@@ -36,6 +36,14 @@ def test_images_have_distinct_layers_and_busybox_first(tmp_path: Path) -> None:
     assert "bin/busybox" in names and "layer-000/file-0" in names
 
 
+def test_modes_without_a_snapshotter_daemon_are_skipped() -> None:
+    # bench's default modes start with overlayfs: node-scale runs the lazy ones only
+    assert nodescale.node_scale_modes(["overlayfs", "lazypull", "lazypull-soci", "reference"]) == (
+        ["lazypull", "reference"],
+        ["overlayfs", "lazypull-soci"],
+    )
+
+
 def test_usage_counts_descendants_and_detached_servers(tmp_path: Path) -> None:
     owned = tmp_path / "snapshotter-root"
     root = subprocess.Popen([sys.executable, "-c", "import subprocess,sys,time; time.sleep(30)"])
