@@ -53,6 +53,7 @@ class LayerHandle:
     healthy: bool = False
     remounting: bool = False
     probe_started: float = 0.0  # monotonic time of a statfs probe still running (0: none)
+    claimed: bool = False  # its mount has begun (a queued mount-ahead of it then does nothing)
 
     def wait(self, timeout: float) -> None:
         if not self.ready.wait(timeout):
@@ -158,23 +159,31 @@ class RemoteLayers:
         """The mount of a layer: serving, being mounted, or started now in the background.
 
         *ahead*: mounted before anyone asks (an image's next layers), a few at a time in the
-        order given, so the layer containerd asks for next is ready first."""
+        order given, so the layer containerd asks for next is ready first. A layer asked for
+        (not *ahead*) that still waits in that queue is mounted at once: with several images
+        pulled together, its Prepare must not wait behind the other images' layers."""
         with self._lock:
             h = self._handles.get(digest)
             if h is not None and _current(h):
                 if LayerSpec.from_json(spec).has_secrets:
                     h.spec = spec  # fresh credentials (memory only) for its later re-mounts and re-attaches
-                return h
-            if h is not None:
-                h.close_fd()
-            h = self._handles[digest] = LayerHandle(digest, mountpoint, spec)
-        if ahead:
+                now, later = not ahead and not h.claimed and not h.ready.is_set(), False
+            else:
+                if h is not None:
+                    h.close_fd()
+                h = self._handles[digest] = LayerHandle(digest, mountpoint, spec)
+                now, later = not ahead, ahead
+        if later:
             self._ahead.submit(self._mount, h)
-        else:
+        elif now:
             threading.Thread(target=self._mount, args=(h,), daemon=True, name=f"mount-{digest[7:15]}").start()
         return h
 
     def _mount(self, h: LayerHandle) -> None:
+        with self._lock:
+            if h.claimed:
+                return  # mounted (or being mounted) by a Prepare that did not wait for the queue
+            h.claimed = True
         try:
             _summary, fd = self._mount_rpc(h)
             h.close_fd()
