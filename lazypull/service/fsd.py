@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -443,6 +444,22 @@ class LayerServer:
         t.join(timeout)
 
 
+# Imported by a layer's first mount; a fresh server imports them at its start instead, so
+# the first layer (the one a Prepare waits for) does not pay for it (20-40 ms, measured).
+MOUNT_MODULES = (
+    "lazypull.registry.blobsource",
+    "lazypull.registry.client",
+    "lazypull.registry.reference",
+    "lazypull.registry.transport",
+    "lazypull.format.zstdchunked",
+)
+
+
+def preload() -> None:
+    for name in MOUNT_MODULES:
+        importlib.import_module(name)
+
+
 def _is_dead_mount(path: str) -> bool:
     """A mount point whose FUSE server is gone (stat fails with ENOTCONN)."""
     try:
@@ -491,6 +508,7 @@ def run(args: argparse.Namespace) -> int:
     except BlockingIOError:
         log.info("another layer server already serves %s", root)
         return 0
+    preload()
     server = LayerServer(
         root,
         memory_bytes=args.memory_bytes,

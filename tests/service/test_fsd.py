@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -227,3 +229,27 @@ def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
         if os.path.ismount(mp):
             subprocess.run(["umount", "-l", str(mp)], check=False)
         notify.close()
+
+
+def test_a_fresh_servers_first_mount_imports_nothing(tmp_path: Path) -> None:
+    """The server imports the registry stack at its start: the first layer's Prepare does not wait for it."""
+    _blob, desc = make_layer(tmp_path, "a", {"a.txt": b"a"})
+    probe = f"""
+import sys
+from pathlib import Path
+from lazypull.cache.chunks import ChunkCache
+from lazypull.errors import LazypullError
+from lazypull.fs.spec import LayerSpec, open_layer_fs
+from lazypull.service import fsd
+fsd.preload()
+before = set(sys.modules)
+spec = LayerSpec(layer={desc!r}, cache_dir={str(tmp_path / "c")!r}, ref="127.0.0.1:9/x/y:z",
+                 registry={{"plain_http": True}}, max_retries=0, fetch_timeout_sec=2)
+try:
+    open_layer_fs(spec, ChunkCache(Path({str(tmp_path / "c")!r})))
+except LazypullError:
+    pass  # nothing listens there: the mount fails after everything it needs was imported
+print(sorted(m for m in set(sys.modules) - before if m.startswith("lazypull")))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
