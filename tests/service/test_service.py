@@ -49,6 +49,7 @@ def test_grpc_round_trip_and_socket_permissions(tmp_path: Path) -> None:
             stub.Remove(snapshots_pb2.RemoveSnapshotRequest(key="n1"))
     finally:
         d.stop()
+        d.stop_layers()  # the daemon leaves its layer server running by design
     assert "shutting down" in d.log()
 
 
@@ -75,6 +76,7 @@ def test_daemon_notifies_systemd_when_serving(tmp_path: Path, monkeypatch: pytes
             assert d.address.exists()
         finally:
             d.stop()
+            d.stop_layers()
         assert s.recv(100) == b"STOPPING=1"
 
 
