@@ -43,7 +43,7 @@ from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.loop import ServeLoop
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
 from lazypull.fs.layer import LayerFS
-from lazypull.fs.spec import LayerSpec, RegistryClients, open_layer_fs
+from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
 from lazypull.service.fsdclient import socket_path
@@ -337,6 +337,7 @@ class LayerServer:
             ly.session.close()
         sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
         self._toc_path(ly).unlink(missing_ok=True)
+        index_path(self._toc_path(ly)).unlink(missing_ok=True)
         self._state_path(ly.mountpoint).unlink(missing_ok=True)
         with self._lock:
             if self.layers.get(ly.mountpoint) is ly:

@@ -1,0 +1,614 @@
+"""A layer index as one immutable buffer (a file the layer server mmaps): ~0 B of Python
+heap per entry, so a process serving hundreds of layers holds a small fixed amount each.
+
+The validated :class:`~lazypull.format.estargz_reader.TOCIndex` is built as before, then
+serialised here and dropped. Readers decode fixed-size records with ``struct.unpack_from``
+and materialise small :class:`Entry`/:class:`Chunk` objects on demand (the last few are
+kept, so a file being read keeps one Entry and its chunks keep their identity).
+
+Layout (little endian): a header (magic, version, caller's key, SHA-256 of the body,
+counts), then fixed-size sections: nodes (one per index entry, in :meth:`entries` order),
+chunks, raw 32-byte digests, device numbers, owner names, per-directory children in TOC
+order and sorted by name (lookups bisect), the overlay presentation's directory entries
+in readdir order and sorted by name, and a string pool (names, link targets, xattrs).
+
+The overlay presentation (what :class:`lazypull.fs.layer.LayerFS` shows: whiteouts as
+0/0 char devices, opaque directories, hidden landmarks, hardlinks sharing one inode) is
+computed once when writing. Inode numbers are node numbers + 1 (root: 1).
+
+A file is bounds-checked when opened (section sizes against its length, and its body
+against the SHA-256 in the header); anything off raises :class:`FormatError`, and the
+caller rebuilds it from the TOC. Chunk bytes are still verified by ``decode_chunk``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import mmap
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from lazypull.errors import FormatError
+from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, LayerIndex, normalize
+from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from lazypull.format.whiteout import OPAQUE
+from lazypull.format.whiteout import WHITEOUT_PREFIX as WHITEOUT
+
+#: Formats whose index is kept compact (a SOCI index keeps its span state in Python).
+COMPACT_FORMATS = frozenset({"estargz", "zstdchunked"})
+MAGIC = b"LPINDEX\0"
+VERSION = 1
+NONE = 0xFFFFFFFF
+ROOT_PARENT = NONE
+
+# Node flags.
+IMPLICIT = 1  # a parent directory the layer has no entry for
+FS_HIDDEN = 2  # no inode in the overlay presentation (hardlinks, landmarks, opaque markers)
+FS_WHITEOUT = 4  # ".wh.NAME": shown as a 0/0 character device NAME
+FS_OPAQUE = 8  # shown with trusted.overlay.opaque=y
+
+_TYPES = list(EntryType)
+_TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
+_HIDDEN_AT_ROOT = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
+
+_HEADER = struct.Struct("<8sII32s32s16sQQ12I")
+# type, flags, mode, parent, name_off, name_len, (pad), uname, gname, uid, gid, size,
+# mtime_s, mtime_ns, nlink, xattr_off, dev, digest, a, b, c, d, e.
+# a..e by type: REG a,b = chunk range; DIR a,b = children range, c,d = dirent range,
+# e = nlink as presented (2 + subdirectories); SYMLINK/HARDLINK a,b = link target.
+_NODE = struct.Struct("<BBHIIHHIIQQQqIIIIIIIIII")
+_NODE_NAME = struct.Struct("<IH")  # name_off, name_len at offset 8 of a node
+_CHUNK = struct.Struct("<QQQIII")  # file_offset, blob_offset, blob_end, size, inner_offset, digest
+_DEV = struct.Struct("<QQ")
+_ATOM = struct.Struct("<II")  # offset, length of an owner name in the pool
+_U32 = struct.Struct("<I")
+_DIRENT = struct.Struct("<IHI")  # name_off, name_len, ino
+_XATTR = struct.Struct("<II")  # key length, value length
+DIGEST_SIZE = 32
+Decoder = Callable[[Chunk, bytes], bytes]
+ENTRY_CACHE = 64  # materialised entries kept per layer (a read keeps using the same one)
+PATH_CACHE = 128  # directory paths kept per layer
+
+
+class Node(NamedTuple):
+    """One record of the node table, as stored."""
+
+    type: int
+    flags: int
+    mode: int
+    parent: int
+    name_off: int
+    name_len: int
+    pad: int
+    uname: int
+    gname: int
+    uid: int
+    gid: int
+    size: int
+    mtime_s: int
+    mtime_ns: int
+    nlink: int
+    xattr: int
+    dev: int
+    digest: int
+    a: int
+    b: int
+    c: int
+    d: int
+    e: int
+
+    @property
+    def entry_type(self) -> EntryType:
+        return _TYPES[self.type]
+
+
+# -- writing ---------------------------------------------------------------------------------
+class _Pool:
+    """The string pool, each distinct byte string stored once."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._seen: dict[bytes, int] = {}
+
+    def add(self, b: bytes) -> int:
+        off = self._seen.get(b)
+        if off is None:
+            off = self._seen[b] = len(self.data)
+            self.data += b
+        return off
+
+
+def _raw_digest(d: str, what: str) -> bytes:
+    raw = bytes.fromhex(d[7:]) if d.startswith("sha256:") and len(d) == 71 else b""
+    if len(raw) != DIGEST_SIZE or "sha256:" + raw.hex() != d:
+        raise FormatError(f"{what}: digest {d[:80]!r} cannot be stored in the compact index (not sha256)")
+    return raw
+
+
+def _enc(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
+    """The compact form of *index* (any LayerIndex whose digests are sha256)."""
+    entries = list(index.entries())
+    ids = {e.name: i for i, e in enumerate(entries)}
+    if len(ids) != len(entries) or entries[0].name != "":
+        raise FormatError("index entries are not unique paths starting at the root")
+    if len(entries) >= NONE:
+        raise FormatError("too many index entries for the compact index")
+    pool = _Pool()
+    digests: dict[str, int] = {}
+    raw_digests: list[bytes] = []
+    devs: dict[tuple[int, int], int] = {}
+    atoms: dict[str, int] = {}
+    atom_recs: list[bytes] = []
+    chunks = bytearray()
+    n_chunks = 0
+    kids: list[int] = []
+    kids_sorted: list[int] = []
+    base_off: list[tuple[int, int]] = []  # per node: name bytes offset and length in the pool
+    slots: list[list[int]] = []  # per node: a, b, c, d, e
+
+    def digest_id(d: str, what: str) -> int:
+        i = digests.get(d)
+        if i is None:
+            raw_digests.append(_raw_digest(d, what))
+            i = digests[d] = len(digests)
+        return i
+
+    def atom(s: str) -> int:
+        i = atoms.get(s)
+        if i is None:
+            b = _enc(s)
+            i = atoms[s] = len(atom_recs)
+            atom_recs.append(_ATOM.pack(pool.add(b), len(b)))
+        return i
+
+    for e in entries:
+        b = _enc(e.name.rpartition("/")[2])
+        base_off.append((pool.add(b), len(b)))
+    for e in entries:
+        s = [0, 0, 0, 0, 0]
+        if e.type == EntryType.REG:
+            s[0], s[1] = n_chunks, len(e.chunks)
+            for c in e.chunks:
+                chunks += _CHUNK.pack(
+                    c.file_offset, c.blob_offset, c.blob_end, c.size, c.inner_offset, digest_id(c.digest, e.name)
+                )
+            n_chunks += len(e.chunks)
+        elif e.type == EntryType.DIR:
+            prefix = e.name + "/" if e.name else ""
+            mine = [ids[prefix + k] for k in index.children(e.name)]
+            s[0], s[1] = len(kids), len(mine)
+            kids += mine
+            kids_sorted += sorted(mine, key=lambda k: _enc(entries[k].name.rpartition("/")[2]))
+        elif e.type in (EntryType.SYMLINK, EntryType.HARDLINK):
+            b = _enc(e.link_name)
+            s[0], s[1] = pool.add(b), len(b)
+        slots.append(s)
+    flags, dirents, dirents_sorted, fs_inodes = _presentation(entries, ids, base_off, slots)
+
+    nodes = bytearray(_NODE.size * len(entries))
+    pack = _NODE.pack_into
+    for i, e in enumerate(entries):
+        parent = ids[e.name.rpartition("/")[0]] if e.name else ROOT_PARENT
+        xattr = NONE
+        if e.xattrs:
+            parts = [_U32.pack(len(e.xattrs))]
+            for k, v in e.xattrs.items():
+                kb = _enc(k)
+                parts += (_XATTR.pack(len(kb), len(v)), kb, bytes(v))
+            xattr = pool.add(b"".join(parts))
+        dev = NONE
+        if e.dev_major or e.dev_minor:
+            dev = devs.setdefault((e.dev_major, e.dev_minor), len(devs))
+        sec, ns = divmod(e.mtime_ns, 1_000_000_000)
+        s = slots[i]
+        try:
+            pack(
+                nodes, i * _NODE.size,
+                _TYPE_CODE[e.type], flags[i] | (IMPLICIT if e.implicit else 0), e.mode, parent,
+                base_off[i][0], base_off[i][1], 0, atom(e.uname), atom(e.gname), e.uid, e.gid, e.size,
+                sec, ns, e.nlink, xattr, dev, digest_id(e.digest, e.name) if e.digest else NONE, *s,
+            )  # fmt: skip
+        except struct.error as err:
+            raise FormatError(f"{e.name[:200]!r} cannot be stored in the compact index: {err}") from None
+    if len(pool.data) >= NONE:
+        raise FormatError("names and xattrs too large for the compact index")
+    digest_bytes = b"".join(raw_digests)
+    dev_bytes = b"".join(_DEV.pack(*d) for d in devs)
+    body = b"".join(
+        (
+            bytes(nodes), bytes(chunks), digest_bytes, dev_bytes, b"".join(atom_recs),
+            _u32s(kids), _u32s(kids_sorted), bytes(dirents), _u32s(dirents_sorted), bytes(pool.data),
+        )
+    )  # fmt: skip
+    header = _HEADER.pack(
+        MAGIC, VERSION, _HEADER.size, hashlib.sha256(key).digest(), hashlib.sha256(body).digest(),
+        index.format.encode()[:16], index.blob_size, index.prefetch_end,
+        len(entries), n_chunks, len(digests), len(devs), len(atom_recs), len(kids),
+        len(dirents) // _DIRENT.size, fs_inodes, len(pool.data), 0, 0, 0,
+    )  # fmt: skip
+    return header + body
+
+
+def _u32s(v: list[int]) -> bytes:
+    return struct.pack(f"<{len(v)}I", *v)
+
+
+def _presentation(
+    entries: list[Entry], ids: dict[str, int], base_off: list[tuple[int, int]], slots: list[list[int]]
+) -> tuple[list[int], bytearray, list[int], int]:
+    """The overlay view of the layer: per node its FS flags, and per directory its entries.
+
+    ``.wh.NAME`` becomes a whiteout device NAME; ``.wh..wh..opq`` makes its directory opaque;
+    ".wh.X" beside X means X was removed below and recreated here (X wins, opaque if a dir);
+    landmarks at the root are hidden; a hardlink is a second name of its target's inode."""
+    flags = [FS_HIDDEN] * len(entries)
+    kids: dict[int, dict[bytes, int]] = {}  # dir node -> presented name -> node
+    name_ref: dict[tuple[int, bytes], tuple[int, int]] = {}
+    hardlinks: list[tuple[int, int]] = []
+    for i, e in enumerate(entries):
+        if i == 0:
+            flags[0] = 0
+            kids[0] = {}
+            continue
+        parent_name, _, base = e.name.rpartition("/")
+        parent = ids[parent_name]
+        if flags[parent] & FS_HIDDEN or (parent == 0 and base in _HIDDEN_AT_ROOT):
+            continue
+        if base == OPAQUE:
+            flags[parent] |= FS_OPAQUE
+            continue
+        if e.type == EntryType.HARDLINK:
+            hardlinks.append((parent, i))
+            continue
+        off, n = base_off[i]
+        name = _enc(base)
+        whiteout = base.startswith(WHITEOUT)
+        if whiteout:
+            name, off, n = name[len(WHITEOUT) :], off + len(WHITEOUT), n - len(WHITEOUT)
+        other = kids[parent].get(name)
+        if other is not None and whiteout:
+            if other in kids:
+                flags[other] |= FS_OPAQUE
+            continue
+        flags[i] = 0
+        if other is not None and flags[other] & FS_WHITEOUT and e.type == EntryType.DIR:
+            flags[i] |= FS_OPAQUE
+        if whiteout:
+            flags[i] |= FS_WHITEOUT
+        kids[parent][name] = i
+        name_ref[(parent, name)] = (off, n)
+        if e.type == EntryType.DIR:
+            kids[i] = {}
+    for parent, i in hardlinks:
+        target = ids.get(entries[i].link_name)
+        if target is not None and not flags[target] & FS_HIDDEN:
+            name = _enc(entries[i].name.rpartition("/")[2])
+            kids[parent][name] = target
+            name_ref[(parent, name)] = base_off[i]
+    dirents = bytearray()
+    dirents_sorted: list[int] = []
+    n = 0
+    for d, ks in kids.items():
+        slots[d][2], slots[d][3] = n, len(ks)
+        subdirs = 0
+        for name, child in ks.items():
+            off, ln = name_ref[(d, name)]
+            dirents += _DIRENT.pack(off, ln, child + 1)
+            if entries[child].type == EntryType.DIR:
+                subdirs += 1
+        slots[d][4] = 2 + subdirs
+        dirents_sorted += [n + k for _, k in sorted(zip(ks, range(len(ks)), strict=True))]
+        n += len(ks)
+    fs_inodes = sum(1 for f in flags if not f & FS_HIDDEN)
+    return flags, dirents, dirents_sorted, fs_inodes
+
+
+def write_file(index: LayerIndex, path: Path, key: bytes = b"") -> CompactIndex:
+    """Write *index* compactly to *path* (0600, temp file + rename) and map it."""
+    data = serialize(index, key)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-index-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    del data
+    return CompactIndex.open(path, key, decoder=index.decode_chunk, verify=False)
+
+
+# -- reading ---------------------------------------------------------------------------------
+def decoder_for(fmt: str) -> Decoder:
+    """The chunk decoder of a format whose index was re-read from a file."""
+    if fmt == "estargz":
+        from lazypull.format.estargz_reader import GzipChunkDecoder
+
+        return GzipChunkDecoder()
+    if fmt == "zstdchunked":
+        from lazypull.format.zstdchunked import ZstdChunkDecoder
+
+        return ZstdChunkDecoder()
+    raise FormatError(f"compact index of format {fmt!r}: no chunk decoder for it")
+
+
+class CompactIndex(LayerIndex):
+    """A :class:`LayerIndex` read from a compact buffer (bytes or a read-only mmap)."""
+
+    def __init__(self, buf: bytes | mmap.mmap, *, decoder: Decoder | None = None) -> None:
+        if len(buf) < _HEADER.size:
+            raise FormatError(f"compact index is {len(buf)} bytes: truncated")
+        h = _HEADER.unpack_from(buf, 0)
+        magic, version, header_size, self.key_hash, self.body_hash, fmt = h[:6]
+        if magic != MAGIC:
+            raise FormatError("not a compact layer index (bad magic)")
+        if version != VERSION or header_size != _HEADER.size:
+            raise FormatError(f"compact index version {version}, expected {VERSION}")
+        self.format = fmt.rstrip(b"\0").decode("ascii", "replace")
+        self.blob_size, self.prefetch_end = h[6], h[7]
+        (self.n_nodes, n_chunks, n_digests, n_devs, n_atoms, n_kids, self.n_dirents, self.fs_inodes, n_strings) = h[
+            8:17
+        ]
+        sizes = (
+            self.n_nodes * _NODE.size, n_chunks * _CHUNK.size, n_digests * DIGEST_SIZE, n_devs * _DEV.size,
+            n_atoms * _ATOM.size, n_kids * 4, n_kids * 4, self.n_dirents * _DIRENT.size, self.n_dirents * 4, n_strings,
+        )  # fmt: skip
+        offs = []
+        pos = _HEADER.size
+        for s in sizes:
+            offs.append(pos)
+            pos += s
+        if pos != len(buf) or self.n_nodes == 0:
+            raise FormatError(f"compact index is {len(buf)} bytes, its header describes {pos}: truncated or corrupt")
+        (
+            self._nodes, self._chunks, self._digests, self._devs, self._atoms,
+            self._kids, self._kids_sorted, self._dirents, self._dirents_sorted, self._strings,
+        ) = offs  # fmt: skip
+        self._n = (n_chunks, n_digests, n_devs, n_atoms, n_kids, n_strings)
+        self._buf = buf
+        self._decoder = decoder or decoder_for(self.format)
+        self.entry = functools.lru_cache(maxsize=ENTRY_CACHE)(self._entry)
+        self._dir_path = functools.lru_cache(maxsize=PATH_CACHE)(self._path)
+
+    @classmethod
+    def from_index(cls, index: LayerIndex) -> CompactIndex:
+        """An in-memory compact copy of *index* (decoding still goes through *index*)."""
+        return cls(serialize(index), decoder=index.decode_chunk)
+
+    @classmethod
+    def open(cls, path: Path, key: bytes = b"", *, decoder: Decoder | None = None, verify: bool = True) -> CompactIndex:
+        """Map the file at *path*; FormatError unless it is intact and made for *key*."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise FormatError(f"compact index {path} is empty")
+            m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        idx = cls(m, decoder=decoder)
+        if idx.key_hash != hashlib.sha256(key).digest():
+            raise FormatError(f"compact index {path} was made for another layer or TOC")
+        if verify and hashlib.sha256(memoryview(m)[_HEADER.size :]).digest() != idx.body_hash:
+            raise FormatError(f"compact index {path} is corrupt (checksum mismatch)")
+        return idx
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._buf)
+
+    # -- records -----------------------------------------------------------------------
+    def node(self, i: int) -> Node:
+        if not 0 <= i < self.n_nodes:
+            raise FormatError(f"compact index: no node {i}")
+        nd = Node._make(_NODE.unpack_from(self._buf, self._nodes + i * _NODE.size))
+        if nd.type >= len(_TYPES):
+            raise FormatError(f"compact index: node {i} has an unknown type")
+        return nd
+
+    def string(self, off: int, n: int) -> bytes:
+        if off + n > self._n[5]:
+            raise FormatError("compact index: a string lies outside the pool")
+        return self._buf[self._strings + off : self._strings + off + n]
+
+    def base_name(self, i: int) -> bytes:
+        off, n = _NODE_NAME.unpack_from(self._buf, self._nodes + i * _NODE.size + 8)
+        return self.string(off, n)
+
+    def _digest(self, i: int) -> str:
+        if i == NONE:
+            return ""
+        if i >= self._n[1]:
+            raise FormatError("compact index: digest out of range")
+        off = self._digests + i * DIGEST_SIZE
+        return "sha256:" + self._buf[off : off + DIGEST_SIZE].hex()
+
+    def _atom(self, i: int) -> str:
+        if i >= self._n[3]:
+            raise FormatError("compact index: owner name out of range")
+        off, n = _ATOM.unpack_from(self._buf, self._atoms + i * _ATOM.size)
+        return self.string(off, n).decode("utf-8", "surrogateescape")
+
+    def dev(self, nd: Node) -> tuple[int, int]:
+        if nd.dev == NONE:
+            return 0, 0
+        if nd.dev >= self._n[2]:
+            raise FormatError("compact index: device number out of range")
+        return _DEV.unpack_from(self._buf, self._devs + nd.dev * _DEV.size)  # type: ignore[return-value]
+
+    def xattrs(self, nd: Node) -> dict[str, bytes]:
+        if nd.xattr == NONE:
+            return {}
+        (count,) = _U32.unpack_from(self.string(nd.xattr, 4))
+        out: dict[str, bytes] = {}
+        pos = nd.xattr + 4
+        for _ in range(count):
+            kn, vn = _XATTR.unpack_from(self.string(pos, _XATTR.size))
+            pos += _XATTR.size
+            k = self.string(pos, kn).decode("utf-8", "surrogateescape")
+            out[k] = self.string(pos + kn, vn)
+            pos += kn + vn
+        return out
+
+    def _u32(self, base: int, i: int, n: int) -> int:
+        if i >= n:
+            raise FormatError("compact index: table index out of range")
+        return _U32.unpack_from(self._buf, base + 4 * i)[0]
+
+    def _path(self, i: int) -> str:
+        parts: list[bytes] = []
+        for _ in range(self.n_nodes):
+            if i == 0:
+                return b"/".join(reversed(parts)).decode("utf-8", "surrogateescape")
+            parts.append(self.base_name(i))
+            i = self.node(i).parent
+        raise FormatError("compact index: parent chain does not reach the root")
+
+    def path(self, i: int) -> str:
+        """The normalised path of node *i*."""
+        if i == 0:
+            return ""
+        parent = self.node(i).parent
+        name = self.base_name(i).decode("utf-8", "surrogateescape")
+        return f"{self._dir_path(parent)}/{name}" if parent else name
+
+    def chunks(self, nd: Node) -> list[Chunk]:
+        if nd.a + nd.b > self._n[0]:
+            raise FormatError("compact index: chunk range out of range")
+        start = self._chunks + nd.a * _CHUNK.size
+        return [
+            Chunk(fo, size, bo, be, self._digest(dg), inner)
+            for fo, bo, be, size, inner, dg in _CHUNK.iter_unpack(self._buf[start : start + nd.b * _CHUNK.size])
+        ]
+
+    def link(self, nd: Node) -> bytes:
+        return self.string(nd.a, nd.b)
+
+    def _entry(self, i: int, name: str | None = None) -> Entry:
+        nd = self.node(i)
+        t = _TYPES[nd.type]
+        dev = self.dev(nd)
+        return Entry(
+            name=self.path(i) if name is None else name,
+            type=t,
+            mode=nd.mode,
+            uid=nd.uid,
+            gid=nd.gid,
+            uname=self._atom(nd.uname),
+            gname=self._atom(nd.gname),
+            size=nd.size,
+            mtime_ns=nd.mtime_s * 1_000_000_000 + nd.mtime_ns,
+            link_name=self.link(nd).decode("utf-8", "surrogateescape")
+            if t in (EntryType.SYMLINK, EntryType.HARDLINK)
+            else "",
+            dev_major=dev[0],
+            dev_minor=dev[1],
+            xattrs=self.xattrs(nd) or NO_XATTRS,
+            digest=self._digest(nd.digest),
+            chunks=self.chunks(nd) if t == EntryType.REG else [],
+            nlink=nd.nlink,
+            implicit=bool(nd.flags & IMPLICIT),
+        )
+
+    # -- directories ---------------------------------------------------------------------------
+    def child(self, i: int, name: bytes) -> int | None:
+        """The node named *name* directly under directory node *i* (bisect over sorted names)."""
+        nd = self.node(i)
+        if nd.type != _TYPE_CODE[EntryType.DIR]:
+            return None
+        n_kids = self._n[4]
+        lo, hi = nd.a, nd.a + nd.b
+        if hi > n_kids:
+            raise FormatError("compact index: children out of range")
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.base_name(self._u32(self._kids_sorted, mid, n_kids)) < name:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < nd.a + nd.b:
+            k = self._u32(self._kids_sorted, lo, n_kids)
+            if self.base_name(k) == name:
+                return k
+        return None
+
+    def find(self, path: str) -> int | None:
+        """The node at *path*, or None."""
+        i: int | None = 0
+        norm = normalize(path)
+        for part in norm.split("/") if norm else ():
+            i = self.child(i, _enc(part))  # type: ignore[arg-type]
+            if i is None:
+                return None
+        return i
+
+    def child_nodes(self, i: int) -> list[int]:
+        nd = self.node(i)
+        if nd.type != _TYPE_CODE[EntryType.DIR]:
+            return []
+        n_kids = self._n[4]
+        return [self._u32(self._kids, k, n_kids) for k in range(nd.a, nd.a + nd.b)]
+
+    def dirent(self, k: int) -> tuple[bytes, int]:
+        """(presented name, inode number) of directory entry *k* of the overlay view."""
+        if k >= self.n_dirents:
+            raise FormatError("compact index: directory entry out of range")
+        off, n, ino = _DIRENT.unpack_from(self._buf, self._dirents + k * _DIRENT.size)
+        return self.string(off, n), ino
+
+    def dirents(self, nd: Node) -> Iterator[tuple[bytes, int]]:
+        for k in range(nd.c, nd.c + nd.d):
+            yield self.dirent(k)
+
+    def find_dirent(self, nd: Node, name: bytes) -> int | None:
+        """The inode named *name* in the overlay view of directory *nd* (bisect)."""
+        lo, hi = nd.c, nd.c + nd.d
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.dirent(self._u32(self._dirents_sorted, mid, self.n_dirents))[0] < name:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < nd.c + nd.d:
+            got, ino = self.dirent(self._u32(self._dirents_sorted, lo, self.n_dirents))
+            if got == name:
+                return ino
+        return None
+
+    # -- LayerIndex -------------------------------------------------------------------------
+    def lookup(self, path: str) -> Entry | None:
+        i = self.find(path)
+        return None if i is None else self.entry(i)
+
+    def children(self, path: str) -> list[str]:
+        i = self.find(path)
+        if i is None:
+            return []
+        return [self.base_name(k).decode("utf-8", "surrogateescape") for k in self.child_nodes(i)]
+
+    def entries(self) -> Iterator[Entry]:
+        dirs: dict[int, str] = {}  # paths of the directories seen so far (parents come first)
+        for i in range(self.n_nodes):
+            if i == 0:
+                name = ""
+            else:
+                parent = self.node(i).parent
+                base = self.base_name(i).decode("utf-8", "surrogateescape")
+                pp = dirs.get(parent)
+                name = (f"{pp}/{base}" if pp else base) if pp is not None else self.path(i)
+            e = self._entry(i, name)
+            if e.type == EntryType.DIR:
+                dirs[i] = name
+            yield e
+
+    def decode_chunk(self, chunk: Chunk, raw: bytes) -> bytes:
+        return self._decoder(chunk, raw)
+
+    def __len__(self) -> int:
+        return self.n_nodes
