@@ -27,6 +27,7 @@ import functools
 import hashlib
 import mmap
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
@@ -123,11 +124,16 @@ class _Pool:
         return off
 
 
-def _raw_digest(d: str, what: str) -> bytes:
-    raw = bytes.fromhex(d[7:]) if d.startswith("sha256:") and len(d) == 71 else b""
-    if len(raw) != DIGEST_SIZE or "sha256:" + raw.hex() != d:
-        raise FormatError(f"{what}: digest {d[:80]!r} cannot be stored in the compact index (not sha256)")
-    return raw
+_SHA256S = re.compile(r"(?:sha256:[0-9a-f]{64})*")
+
+
+def _raw_digests(digests: dict[str, int]) -> bytes:
+    """The digests (in id order) as 32 raw bytes each; FormatError unless all are sha256."""
+    text = "".join(digests)
+    if not _SHA256S.fullmatch(text) or len(text) != 71 * len(digests):
+        bad = next(d for d in digests if not (len(d) == 71 and _SHA256S.fullmatch(d)))
+        raise FormatError(f"digest {bad[:80]!r} cannot be stored in the compact index (not sha256)")
+    return bytes.fromhex(text.replace("sha256:", ""))
 
 
 def _enc(s: str) -> bytes:
@@ -143,96 +149,108 @@ def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
     if len(entries) >= NONE:
         raise FormatError("too many index entries for the compact index")
     pool = _Pool()
+    add = pool.add
     digests: dict[str, int] = {}
-    raw_digests: list[bytes] = []
     devs: dict[tuple[int, int], int] = {}
     atoms: dict[str, int] = {}
     atom_recs: list[bytes] = []
     chunks = bytearray()
-    n_chunks = 0
+    pack_chunk = _CHUNK.pack
     kids: list[int] = []
     kids_sorted: list[int] = []
-    base_off: list[tuple[int, int]] = []  # per node: name bytes offset and length in the pool
+    parents: list[int] = []
+    bases: list[bytes] = []  # per node: its name's bytes
+    name_offs: list[int] = []
     slots: list[list[int]] = []  # per node: a, b, c, d, e
-
-    def digest_id(d: str, what: str) -> int:
-        i = digests.get(d)
-        if i is None:
-            raw_digests.append(_raw_digest(d, what))
-            i = digests[d] = len(digests)
-        return i
+    REG, DIR, SYMLINK, HARDLINK = EntryType.REG, EntryType.DIR, EntryType.SYMLINK, EntryType.HARDLINK
 
     def atom(s: str) -> int:
-        i = atoms.get(s)
-        if i is None:
-            b = _enc(s)
-            i = atoms[s] = len(atom_recs)
-            atom_recs.append(_ATOM.pack(pool.add(b), len(b)))
+        b = _enc(s)
+        i = atoms[s] = len(atom_recs)
+        atom_recs.append(_ATOM.pack(add(b), len(b)))
         return i
 
     for e in entries:
-        b = _enc(e.name.rpartition("/")[2])
-        base_off.append((pool.add(b), len(b)))
-    for e in entries:
-        s = [0, 0, 0, 0, 0]
-        if e.type == EntryType.REG:
-            s[0], s[1] = n_chunks, len(e.chunks)
-            for c in e.chunks:
-                chunks += _CHUNK.pack(
-                    c.file_offset, c.blob_offset, c.blob_end, c.size, c.inner_offset, digest_id(c.digest, e.name)
-                )
-            n_chunks += len(e.chunks)
-        elif e.type == EntryType.DIR:
+        parent_name, _, base = e.name.rpartition("/")
+        b = base.encode("utf-8", "surrogateescape")
+        parents.append(ids[parent_name] if e.name else ROOT_PARENT)
+        bases.append(b)
+        name_offs.append(add(b))
+        t = e.type
+        if t is REG:
+            n_chunks = len(chunks) // _CHUNK.size
+            try:
+                for c in e.chunks:
+                    d = c.digest
+                    di = digests.get(d)
+                    if di is None:
+                        di = digests[d] = len(digests)
+                    chunks += pack_chunk(c.file_offset, c.blob_offset, c.blob_end, c.size, c.inner_offset, di)
+            except struct.error as err:
+                raise FormatError(f"{e.name[:200]!r}: chunk cannot be stored in the compact index: {err}") from None
+            slots.append([n_chunks, len(e.chunks), 0, 0, 0])
+        elif t is DIR:
             prefix = e.name + "/" if e.name else ""
             mine = [ids[prefix + k] for k in index.children(e.name)]
-            s[0], s[1] = len(kids), len(mine)
+            slots.append([len(kids), len(mine), 0, 0, 0])
             kids += mine
-            kids_sorted += sorted(mine, key=lambda k: _enc(entries[k].name.rpartition("/")[2]))
-        elif e.type in (EntryType.SYMLINK, EntryType.HARDLINK):
+        elif t is SYMLINK or t is HARDLINK:
             b = _enc(e.link_name)
-            s[0], s[1] = pool.add(b), len(b)
-        slots.append(s)
-    flags, dirents, dirents_sorted, fs_inodes = _presentation(entries, ids, base_off, slots)
+            slots.append([add(b), len(b), 0, 0, 0])
+        else:
+            slots.append([0, 0, 0, 0, 0])
+    for i, e in enumerate(entries):
+        if e.type is DIR:
+            first, n = slots[i][0], slots[i][1]
+            kids_sorted += sorted(kids[first : first + n], key=bases.__getitem__)
+    flags, dirents, dirents_sorted, fs_inodes = _presentation(entries, ids, parents, bases, name_offs, slots)
 
     nodes = bytearray(_NODE.size * len(entries))
     pack = _NODE.pack_into
+    size = _NODE.size
     for i, e in enumerate(entries):
-        parent = ids[e.name.rpartition("/")[0]] if e.name else ROOT_PARENT
         xattr = NONE
         if e.xattrs:
             parts = [_U32.pack(len(e.xattrs))]
             for k, v in e.xattrs.items():
                 kb = _enc(k)
                 parts += (_XATTR.pack(len(kb), len(v)), kb, bytes(v))
-            xattr = pool.add(b"".join(parts))
+            xattr = add(b"".join(parts))
         dev = NONE
         if e.dev_major or e.dev_minor:
             dev = devs.setdefault((e.dev_major, e.dev_minor), len(devs))
         sec, ns = divmod(e.mtime_ns, 1_000_000_000)
-        s = slots[i]
+        d = e.digest
+        di = NONE if not d else digests.get(d)
+        if di is None:
+            di = digests[d] = len(digests)
+        un, gn = atoms.get(e.uname), atoms.get(e.gname)
+        if un is None:
+            un = atom(e.uname)
+        if gn is None:
+            gn = atom(e.gname)
         try:
             pack(
-                nodes, i * _NODE.size,
-                _TYPE_CODE[e.type], flags[i] | (IMPLICIT if e.implicit else 0), e.mode, parent,
-                base_off[i][0], base_off[i][1], 0, atom(e.uname), atom(e.gname), e.uid, e.gid, e.size,
-                sec, ns, e.nlink, xattr, dev, digest_id(e.digest, e.name) if e.digest else NONE, *s,
+                nodes, i * size,
+                _TYPE_CODE[e.type], flags[i] | (IMPLICIT if e.implicit else 0), e.mode, parents[i],
+                name_offs[i], len(bases[i]), 0, un, gn, e.uid, e.gid, e.size,
+                sec, ns, e.nlink, xattr, dev, di, *slots[i],
             )  # fmt: skip
         except struct.error as err:
             raise FormatError(f"{e.name[:200]!r} cannot be stored in the compact index: {err}") from None
     if len(pool.data) >= NONE:
         raise FormatError("names and xattrs too large for the compact index")
-    digest_bytes = b"".join(raw_digests)
     dev_bytes = b"".join(_DEV.pack(*d) for d in devs)
     body = b"".join(
         (
-            bytes(nodes), bytes(chunks), digest_bytes, dev_bytes, b"".join(atom_recs),
-            _u32s(kids), _u32s(kids_sorted), bytes(dirents), _u32s(dirents_sorted), bytes(pool.data),
+            nodes, chunks, _raw_digests(digests), dev_bytes, b"".join(atom_recs),
+            _u32s(kids), _u32s(kids_sorted), dirents, _u32s(dirents_sorted), pool.data,
         )
     )  # fmt: skip
     header = _HEADER.pack(
         MAGIC, VERSION, _HEADER.size, hashlib.sha256(key).digest(), hashlib.sha256(body).digest(),
         index.format.encode()[:16], index.blob_size, index.prefetch_end,
-        len(entries), n_chunks, len(digests), len(devs), len(atom_recs), len(kids),
+        len(entries), len(chunks) // _CHUNK.size, len(digests), len(devs), len(atom_recs), len(kids),
         len(dirents) // _DIRENT.size, fs_inodes, len(pool.data), 0, 0, 0,
     )  # fmt: skip
     return header + body
@@ -243,7 +261,12 @@ def _u32s(v: list[int]) -> bytes:
 
 
 def _presentation(
-    entries: list[Entry], ids: dict[str, int], base_off: list[tuple[int, int]], slots: list[list[int]]
+    entries: list[Entry],
+    ids: dict[str, int],
+    parents: list[int],
+    bases: list[bytes],
+    name_offs: list[int],
+    slots: list[list[int]],
 ) -> tuple[list[int], bytearray, list[int], int]:
     """The overlay view of the layer: per node its FS flags, and per directory its entries.
 
@@ -251,63 +274,67 @@ def _presentation(
     ".wh.X" beside X means X was removed below and recreated here (X wins, opaque if a dir);
     landmarks at the root are hidden; a hardlink is a second name of its target's inode."""
     flags = [FS_HIDDEN] * len(entries)
-    kids: dict[int, dict[bytes, int]] = {}  # dir node -> presented name -> node
-    name_ref: dict[tuple[int, bytes], tuple[int, int]] = {}
+    flags[0] = 0
+    kids: dict[int, dict[bytes, int]] = {0: {}}  # dir node -> presented name -> node
+    refs: dict[int, dict[bytes, tuple[int, int]]] = {0: {}}  # dir node -> name -> (pool offset, length)
     hardlinks: list[tuple[int, int]] = []
-    for i, e in enumerate(entries):
-        if i == 0:
-            flags[0] = 0
-            kids[0] = {}
+    wh, opq = _enc(WHITEOUT), _enc(OPAQUE)
+    hidden_at_root = {_enc(n) for n in _HIDDEN_AT_ROOT}
+    DIR, HARDLINK = EntryType.DIR, EntryType.HARDLINK
+    for i in range(1, len(entries)):
+        parent = parents[i]
+        name = bases[i]
+        if flags[parent] & FS_HIDDEN or (parent == 0 and name in hidden_at_root):
             continue
-        parent_name, _, base = e.name.rpartition("/")
-        parent = ids[parent_name]
-        if flags[parent] & FS_HIDDEN or (parent == 0 and base in _HIDDEN_AT_ROOT):
-            continue
-        if base == OPAQUE:
+        if name == opq:
             flags[parent] |= FS_OPAQUE
             continue
-        if e.type == EntryType.HARDLINK:
+        t = entries[i].type
+        if t is HARDLINK:
             hardlinks.append((parent, i))
             continue
-        off, n = base_off[i]
-        name = _enc(base)
-        whiteout = base.startswith(WHITEOUT)
+        off = name_offs[i]
+        whiteout = name.startswith(wh)
         if whiteout:
-            name, off, n = name[len(WHITEOUT) :], off + len(WHITEOUT), n - len(WHITEOUT)
-        other = kids[parent].get(name)
+            name, off = name[len(wh) :], off + len(wh)
+        siblings = kids[parent]
+        other = siblings.get(name)
         if other is not None and whiteout:
             if other in kids:
                 flags[other] |= FS_OPAQUE
             continue
-        flags[i] = 0
-        if other is not None and flags[other] & FS_WHITEOUT and e.type == EntryType.DIR:
-            flags[i] |= FS_OPAQUE
-        if whiteout:
-            flags[i] |= FS_WHITEOUT
-        kids[parent][name] = i
-        name_ref[(parent, name)] = (off, n)
-        if e.type == EntryType.DIR:
+        f = FS_WHITEOUT if whiteout else 0
+        if other is not None and flags[other] & FS_WHITEOUT and t is DIR:
+            f |= FS_OPAQUE
+        flags[i] = f
+        siblings[name] = i
+        refs[parent][name] = (off, len(name))
+        if t is DIR:
             kids[i] = {}
+            refs[i] = {}
     for parent, i in hardlinks:
         target = ids.get(entries[i].link_name)
         if target is not None and not flags[target] & FS_HIDDEN:
-            name = _enc(entries[i].name.rpartition("/")[2])
-            kids[parent][name] = target
-            name_ref[(parent, name)] = base_off[i]
+            kids[parent][bases[i]] = target
+            refs[parent][bases[i]] = (name_offs[i], len(bases[i]))
     dirents = bytearray()
     dirents_sorted: list[int] = []
+    pack = _DIRENT.pack
     n = 0
     for d, ks in kids.items():
-        slots[d][2], slots[d][3] = n, len(ks)
+        slot = slots[d]
+        slot[2], slot[3] = n, len(ks)
         subdirs = 0
+        ref = refs[d]
         for name, child in ks.items():
-            off, ln = name_ref[(d, name)]
-            dirents += _DIRENT.pack(off, ln, child + 1)
-            if entries[child].type == EntryType.DIR:
+            off, ln = ref[name]
+            dirents += pack(off, ln, child + 1)
+            if entries[child].type is DIR:
                 subdirs += 1
-        slots[d][4] = 2 + subdirs
-        dirents_sorted += [n + k for _, k in sorted(zip(ks, range(len(ks)), strict=True))]
-        n += len(ks)
+        slot[4] = 2 + subdirs
+        names = list(ks)
+        dirents_sorted += sorted(range(n, n + len(names)), key=lambda k, names=names, n=n: names[k - n])
+        n += len(names)
     fs_inodes = sum(1 for f in flags if not f & FS_HIDDEN)
     return flags, dirents, dirents_sorted, fs_inodes
 
@@ -324,7 +351,7 @@ def write_file(index: LayerIndex, path: Path, key: bytes = b"") -> CompactIndex:
         Path(tmp).unlink(missing_ok=True)
         raise
     del data
-    return CompactIndex.open(path, key, decoder=index.decode_chunk, verify=False)
+    return CompactIndex.open(path, key, decoder=_decoder_of(index), verify=False)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -339,6 +366,11 @@ def decoder_for(fmt: str) -> Decoder:
 
         return ZstdChunkDecoder()
     raise FormatError(f"compact index of format {fmt!r}: no chunk decoder for it")
+
+
+def _decoder_of(index: LayerIndex) -> Decoder:
+    """A decoder that does not keep *index* (and its Python objects) alive."""
+    return decoder_for(index.format) if index.format in COMPACT_FORMATS else index.decode_chunk
 
 
 class CompactIndex(LayerIndex):
@@ -382,7 +414,7 @@ class CompactIndex(LayerIndex):
     @classmethod
     def from_index(cls, index: LayerIndex) -> CompactIndex:
         """An in-memory compact copy of *index* (decoding still goes through *index*)."""
-        return cls(serialize(index), decoder=index.decode_chunk)
+        return cls(serialize(index), decoder=_decoder_of(index))
 
     @classmethod
     def open(cls, path: Path, key: bytes = b"", *, decoder: Decoder | None = None, verify: bool = True) -> CompactIndex:
