@@ -24,6 +24,7 @@ caller rebuilds it from the TOC. Chunk bytes are still verified by ``decode_chun
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import mmap
 import os
@@ -62,6 +63,7 @@ _HEADER = struct.Struct("<8sII32s32s16sQQ12I")
 # mtime_s, mtime_ns, nlink, xattr_off, dev, digest, a, b, c, d, e.
 # a..e by type: REG a,b = chunk range; DIR a,b = children range, c,d = dirent range,
 # e = nlink as presented (2 + subdirectories); SYMLINK/HARDLINK a,b = link target.
+HEADER_SIZE = _HEADER.size
 _NODE = struct.Struct("<BBHIIHHIIQQQqIIIIIIIIII")
 _NODE_NAME = struct.Struct("<IH")  # name_off, name_len at offset 8 of a node
 _CHUNK = struct.Struct("<QQQIII")  # file_offset, blob_offset, blob_end, size, inner_offset, digest
@@ -114,12 +116,12 @@ class _Pool:
 
     def __init__(self) -> None:
         self.data = bytearray()
-        self._seen: dict[bytes, int] = {}
+        self.seen: dict[bytes, int] = {}
 
     def add(self, b: bytes) -> int:
-        off = self._seen.get(b)
+        off = self.seen.get(b)
         if off is None:
-            off = self._seen[b] = len(self.data)
+            off = self.seen[b] = len(self.data)
             self.data += b
         return off
 
@@ -142,6 +144,16 @@ def _enc(s: str) -> bytes:
 
 def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
     """The compact form of *index* (any LayerIndex whose digests are sha256)."""
+    enabled = gc.isenabled()
+    gc.disable()  # only short-lived, acyclic lists are made here: collections would cost a fifth
+    try:
+        return _serialize(index, key)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _serialize(index: LayerIndex, key: bytes) -> bytes:
     entries = list(index.entries())
     ids = {e.name: i for i, e in enumerate(entries)}
     if len(ids) != len(entries) or entries[0].name != "":
@@ -170,12 +182,17 @@ def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
         atom_recs.append(_ATOM.pack(add(b), len(b)))
         return i
 
+    seen, pool_data = pool.seen, pool.data
     for e in entries:
         parent_name, _, base = e.name.rpartition("/")
         b = base.encode("utf-8", "surrogateescape")
         parents.append(ids[parent_name] if e.name else ROOT_PARENT)
         bases.append(b)
-        name_offs.append(add(b))
+        off = seen.get(b)
+        if off is None:
+            off = seen[b] = len(pool_data)
+            pool_data += b
+        name_offs.append(off)
         t = e.type
         if t is REG:
             n_chunks = len(chunks) // _CHUNK.size
@@ -450,6 +467,8 @@ class CompactIndex(LayerIndex):
         return self._buf[self._strings + off : self._strings + off + n]
 
     def base_name(self, i: int) -> bytes:
+        if not 0 <= i < self.n_nodes:
+            raise FormatError(f"compact index: no node {i}")
         off, n = _NODE_NAME.unpack_from(self._buf, self._nodes + i * _NODE.size + 8)
         return self.string(off, n)
 
