@@ -66,7 +66,7 @@ _HEADER = struct.Struct("<8sII32s32s16sQQ12I")
 HEADER_SIZE = _HEADER.size
 _NODE = struct.Struct("<BBHIIHHIIQQQqIIIIIIIIII")
 _NODE_NAME = struct.Struct("<IH")  # name_off, name_len at offset 8 of a node
-_CHUNK = struct.Struct("<QQQIII")  # file_offset, blob_offset, blob_end, size, inner_offset, digest
+_CHUNK = struct.Struct("<QQQIIII")  # file_offset, blob_offset, blob_end, size, inner_offset, digest, node
 _DEV = struct.Struct("<QQ")
 _ATOM = struct.Struct("<II")  # offset, length of an owner name in the pool
 _U32 = struct.Struct("<I")
@@ -182,8 +182,9 @@ def _serialize(index: LayerIndex, key: bytes) -> bytes:
         atom_recs.append(_ATOM.pack(add(b), len(b)))
         return i
 
+    chunk_keys: list[tuple[int, int]] = []
     seen, pool_data = pool.seen, pool.data
-    for e in entries:
+    for i, e in enumerate(entries):
         parent_name, _, base = e.name.rpartition("/")
         b = base.encode("utf-8", "surrogateescape")
         parents.append(ids[parent_name] if e.name else ROOT_PARENT)
@@ -202,7 +203,8 @@ def _serialize(index: LayerIndex, key: bytes) -> bytes:
                     di = digests.get(d)
                     if di is None:
                         di = digests[d] = len(digests)
-                    chunks += pack_chunk(c.file_offset, c.blob_offset, c.blob_end, c.size, c.inner_offset, di)
+                    chunks += pack_chunk(c.file_offset, c.blob_offset, c.blob_end, c.size, c.inner_offset, di, i)
+                    chunk_keys.append((c.blob_offset, c.inner_offset))
             except struct.error as err:
                 raise FormatError(f"{e.name[:200]!r}: chunk cannot be stored in the compact index: {err}") from None
             slots.append([n_chunks, len(e.chunks), 0, 0, 0])
@@ -260,7 +262,8 @@ def _serialize(index: LayerIndex, key: bytes) -> bytes:
     dev_bytes = b"".join(_DEV.pack(*d) for d in devs)
     body = b"".join(
         (
-            nodes, chunks, _raw_digests(digests), dev_bytes, b"".join(atom_recs),
+            nodes, chunks, _u32s(sorted(range(len(chunk_keys)), key=chunk_keys.__getitem__)),
+            _raw_digests(digests), dev_bytes, b"".join(atom_recs),
             _u32s(kids), _u32s(kids_sorted), dirents, _u32s(dirents_sorted), pool.data,
         )
     )  # fmt: skip
@@ -408,8 +411,9 @@ class CompactIndex(LayerIndex):
             8:17
         ]
         sizes = (
-            self.n_nodes * _NODE.size, n_chunks * _CHUNK.size, n_digests * DIGEST_SIZE, n_devs * _DEV.size,
-            n_atoms * _ATOM.size, n_kids * 4, n_kids * 4, self.n_dirents * _DIRENT.size, self.n_dirents * 4, n_strings,
+            self.n_nodes * _NODE.size, n_chunks * _CHUNK.size, n_chunks * 4, n_digests * DIGEST_SIZE,
+            n_devs * _DEV.size, n_atoms * _ATOM.size, n_kids * 4, n_kids * 4, self.n_dirents * _DIRENT.size,
+            self.n_dirents * 4, n_strings,
         )  # fmt: skip
         offs = []
         pos = _HEADER.size
@@ -419,7 +423,7 @@ class CompactIndex(LayerIndex):
         if pos != len(buf) or self.n_nodes == 0:
             raise FormatError(f"compact index is {len(buf)} bytes, its header describes {pos}: truncated or corrupt")
         (
-            self._nodes, self._chunks, self._digests, self._devs, self._atoms,
+            self._nodes, self._chunks, self._chunk_order, self._digests, self._devs, self._atoms,
             self._kids, self._kids_sorted, self._dirents, self._dirents_sorted, self._strings,
         ) = offs  # fmt: skip
         self._n = (n_chunks, n_digests, n_devs, n_atoms, n_kids, n_strings)
@@ -535,7 +539,7 @@ class CompactIndex(LayerIndex):
         start = self._chunks + nd.a * _CHUNK.size
         return [
             Chunk(fo, size, bo, be, self._digest(dg), inner)
-            for fo, bo, be, size, inner, dg in _CHUNK.iter_unpack(self._buf[start : start + nd.b * _CHUNK.size])
+            for fo, bo, be, size, inner, dg, _ in _CHUNK.iter_unpack(self._buf[start : start + nd.b * _CHUNK.size])
         ]
 
     def link(self, nd: Node) -> bytes:
@@ -566,6 +570,26 @@ class CompactIndex(LayerIndex):
             nlink=nd.nlink,
             implicit=bool(nd.flags & IMPLICIT),
         )
+
+    def chunks_by_blob(self) -> Iterator[tuple[Entry, Chunk]]:
+        """Every regular file's chunks in blob order, read as they are consumed (a background
+        fetch of a 100k-file layer holds a few entries, not all of them)."""
+        n_chunks = self._n[0]
+        for k in range(n_chunks):
+            j = self._u32(self._chunk_order, k, n_chunks)
+            if j >= n_chunks:
+                raise FormatError("compact index: chunk order out of range")
+            node = _CHUNK.unpack_from(self._buf, self._chunks + j * _CHUNK.size)[6]
+            e = self.entry(node)
+            first = self.node(node).a
+            if not 0 <= j - first < len(e.chunks):
+                raise FormatError("compact index: a chunk's file does not list it")
+            yield e, e.chunks[j - first]
+
+    def digests(self) -> set[str]:
+        n = self._n[1]
+        raw = self._buf[self._digests : self._digests + n * DIGEST_SIZE]
+        return {"sha256:" + raw[k : k + DIGEST_SIZE].hex() for k in range(0, len(raw), DIGEST_SIZE)}
 
     # -- directories ---------------------------------------------------------------------------
     def child(self, i: int, name: bytes) -> int | None:

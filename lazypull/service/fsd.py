@@ -38,7 +38,7 @@ from typing import Any
 from lazypull.cache.chunks import ChunkCache, MemoryLRU
 from lazypull.errors import LazypullError
 from lazypull.format.counting import CountingSource
-from lazypull.format.index import EntryType, LayerIndex
+from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.loop import ServeLoop
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
@@ -357,10 +357,11 @@ class LayerServer:
         cache = ly.fetcher.cache
         with self._lock:
             others = [o for o in self.layers.values() if o.fetcher is not None and o.fetcher.cache is cache]
-        keep = {c.digest for o in others if o.index for e in o.index.entries() for c in e.chunks}
-        keep |= {e.digest for o in others if o.index for e in o.index.entries() if e.digest}
-        mine = {c.digest for e in ly.index.entries() for c in e.chunks}
-        mine |= {e.digest for e in ly.index.entries() if e.type == EntryType.REG and e.digest}
+        keep: set[str] = set()
+        for o in others:
+            if o.index is not None:
+                keep |= o.index.digests()
+        mine = ly.index.digests()
         return sum(cache.remove(d) for d in mine - keep)
 
     def _on_dead(self, session: FuseSession) -> None:

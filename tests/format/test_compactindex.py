@@ -57,6 +57,8 @@ def assert_same(compact: LayerIndex, idx: LayerIndex) -> None:
     assert compact.lookup("etc/passwd/x") is None
     assert compact.children("etc/passwd") == []
     assert (compact.format, compact.blob_size, compact.prefetch_end) == (idx.format, idx.blob_size, idx.prefetch_end)
+    assert list(compact.chunks_by_blob()) == list(idx.chunks_by_blob())
+    assert compact.digests() == idx.digests()
 
 
 def test_round_trip_of_a_built_layer_with_every_kind_of_entry() -> None:

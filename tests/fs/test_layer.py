@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from lazypull.cache.chunks import ChunkCache
 from lazypull.format import BytesSource, open_layer
 from lazypull.format.compactindex import CompactIndex
+from lazypull.format.counting import CountingSource
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.ops import ROOT_INO, Attr
 from lazypull.fs.layer import OPAQUE_XATTR, LayerFS
@@ -108,6 +110,21 @@ def test_reads_go_through_the_fetcher(tmp_path: Path) -> None:
         assert os.pread(fd, 100, 0) == b"root:x:0:0\n"
     finally:
         os.close(fd)
+
+
+def test_prefetch_and_background_fetch_walk_the_index_in_blob_order(tmp_path: Path) -> None:
+    blob, _ = build(ENTRIES, chunk_size=64 << 10, prioritized_files=["etc/big"])
+    src = CountingSource(BytesSource(blob))
+    idx = CompactIndex.from_index(open_layer(src))
+    fetcher = Fetcher(idx, src, ChunkCache(tmp_path / "cache"))
+    before = src.reads
+    assert fetcher.prefetch() > 0 and src.reads == before + 1  # one request for the prioritized range
+    assert fetcher.background_fetch(threading.Event()) > 0
+    cache = fetcher.cache
+    assert all(cache.contains(c.digest) for _, c in idx.chunks_by_blob())
+    reads = src.reads
+    fs = LayerFS(idx, fetcher)
+    assert fs.read(walk(fs)["etc/big"].ino, 0, len(BIG)) == BIG and src.reads == reads
 
 
 def test_errors(tmp_path: Path) -> None:
