@@ -12,9 +12,11 @@ Each measurement runs in a fresh interpreter over a layer of files with realisti
 - ``compact``: what the layer server holds: ``open_layer``, the compact index written to a
   file and mapped, the Python index dropped, ``LayerFS`` over the mapped file.
 
-Reported per layer: Python heap held (tracemalloc, after gc), anonymous RSS added per
-extra copy of the layer held in the same process (freed build memory is reused by the next
-build, as in a server mounting layer after layer), the index file's size, and build times.
+Reported per layer: Python heap held (tracemalloc, after gc; also after a walk that lists
+every directory and looks up every name, which fills the bounded caches), anonymous RSS
+added per extra copy of the layer held in the same process (freed build memory is reused by
+the next build, as in a server mounting layer after layer), the index file's size, build
+times, and the time per readdir/lookup of that walk.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +105,20 @@ class _Opener:
         return fs
 
 
+def _walk(fs: Any) -> tuple[float, int]:
+    """List every directory and look up every name in it (what ``find`` or ``ls -R`` costs)."""
+    t0 = time.perf_counter()
+    ops, stack = 0, [1]
+    while stack:
+        ino = stack.pop()
+        for name, attr in fs.readdir(ino):
+            fs.lookup(ino, name)
+            ops += 2
+            if stat.S_ISDIR(attr.mode):
+                stack.append(attr.ino)
+    return time.perf_counter() - t0, ops
+
+
 def child(path: str, n: int, mode: str, copies: int) -> None:
     blob = Path(path).read_bytes()
     if mode == "refuse":
@@ -129,11 +147,15 @@ def child(path: str, n: int, mode: str, copies: int) -> None:
             held.append(op.open())
         gc.collect()
         rss_each = (_status("RssAnon:") - rss1) / max(copies - 1, 1)
+        walk_s, ops = _walk(held[0])
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         one = op.open()
         gc.collect()
         heap, peak = tracemalloc.get_traced_memory()
+        _walk(one)  # every directory listed, every name looked up: the caches fill up to their bounds
+        gc.collect()
+        heap_walked = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         del one, held
         print(
@@ -143,12 +165,14 @@ def child(path: str, n: int, mode: str, copies: int) -> None:
                     "entries": n,
                     "heap_B_per_entry": round((heap - base) / n, 1),
                     "heap_bytes_per_layer": heap - base,
+                    "heap_bytes_per_layer_after_walk": heap_walked - base,
                     "build_peak_heap_MB": round((peak - base) / 2**20, 1),
                     "rss_anon_B_per_entry": round(rss_each / n, 1),
                     "file_B_per_entry": round(op.file_bytes / n, 1),
                     "parse_ms": round(times["parse"] * 1000, 1),
                     "compact_ms": round(times["compact"] * 1000, 1),
                     "tree_ms": round(times["tree"] * 1000, 1),
+                    "walk_us_per_op": round(walk_s / ops * 1e6, 2),
                 }
             )
         )

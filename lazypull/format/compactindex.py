@@ -23,6 +23,7 @@ caller rebuilds it from the TOC. Chunk bytes are still verified by ``decode_chun
 
 from __future__ import annotations
 
+import array
 import functools
 import gc
 import hashlib
@@ -30,6 +31,7 @@ import mmap
 import os
 import re
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,7 +76,7 @@ _DIRENT = struct.Struct("<IHI")  # name_off, name_len, ino
 _XATTR = struct.Struct("<II")  # key length, value length
 DIGEST_SIZE = 32
 Decoder = Callable[[Chunk, bytes], bytes]
-ENTRY_CACHE = 64  # materialised entries kept per layer (a read keeps using the same one)
+ENTRY_CACHE = 32  # materialised entries kept per layer (a read keeps using the same one)
 PATH_CACHE = 128  # directory paths kept per layer
 
 
@@ -144,8 +146,14 @@ def _enc(s: str) -> bytes:
 
 def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
     """The compact form of *index* (any LayerIndex whose digests are sha256)."""
+    return b"".join(_serialized_parts(index, key))
+
+
+def _serialized_parts(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
+    """The compact form of *index* in pieces (header first), so a file is written without
+    joining them: the build's peak memory on top of the Python index stays small."""
     enabled = gc.isenabled()
-    gc.disable()  # only short-lived, acyclic lists are made here: collections would cost a fifth
+    gc.disable()  # only short-lived, acyclic containers are made here: collections would cost a fifth
     try:
         return _serialize(index, key)
     finally:
@@ -153,50 +161,68 @@ def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
             gc.enable()
 
 
-def _serialize(index: LayerIndex, key: bytes) -> bytes:
+def _u32_array(n: int = 0) -> array.array[int]:
+    return array.array("I", bytes(4 * n))
+
+
+def _le(a: array.array[int]) -> bytes | array.array[int]:
+    """An array of u32 as stored (little endian)."""
+    if sys.byteorder == "little":
+        return a
+    b = array.array("I", a)
+    b.byteswap()
+    return b
+
+
+def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
     entries = list(index.entries())
+    n_nodes = len(entries)
     ids = {e.name: i for i, e in enumerate(entries)}
-    if len(ids) != len(entries) or entries[0].name != "":
+    if len(ids) != n_nodes or entries[0].name != "":
         raise FormatError("index entries are not unique paths starting at the root")
-    if len(entries) >= NONE:
+    if n_nodes >= NONE:
         raise FormatError("too many index entries for the compact index")
     pool = _Pool()
     add = pool.add
     digests: dict[str, int] = {}
     devs: dict[tuple[int, int], int] = {}
     atoms: dict[str, int] = {}
-    atom_recs: list[bytes] = []
+    atom_recs = bytearray()
     chunks = bytearray()
     pack_chunk = _CHUNK.pack
-    kids: list[int] = []
-    kids_sorted: list[int] = []
-    parents: list[int] = []
+    kids = _u32_array()
+    kids_sorted = _u32_array()
+    parents = _u32_array(n_nodes)
     bases: list[bytes] = []  # per node: its name's bytes
-    name_offs: list[int] = []
-    slots: list[list[int]] = []  # per node: a, b, c, d, e
+    name_offs = _u32_array(n_nodes)
+    slots = _u32_array(5 * n_nodes)  # per node: a, b, c, d, e
     REG, DIR, SYMLINK, HARDLINK = EntryType.REG, EntryType.DIR, EntryType.SYMLINK, EntryType.HARDLINK
 
     def atom(s: str) -> int:
         b = _enc(s)
-        i = atoms[s] = len(atom_recs)
-        atom_recs.append(_ATOM.pack(add(b), len(b)))
+        i = atoms[s] = len(atom_recs) // _ATOM.size
+        atom_recs.extend(_ATOM.pack(len(pool.data), len(b)))
+        pool.data += b  # not deduplicated by bytes: *atoms* already is, by name
         return i
 
     chunk_keys: list[tuple[int, int]] = []
     seen, pool_data = pool.seen, pool.data
+    parents[0] = ROOT_PARENT
     for i, e in enumerate(entries):
         parent_name, _, base = e.name.rpartition("/")
         b = base.encode("utf-8", "surrogateescape")
-        parents.append(ids[parent_name] if e.name else ROOT_PARENT)
+        if i:
+            parents[i] = ids[parent_name]
         bases.append(b)
         off = seen.get(b)
         if off is None:
             off = seen[b] = len(pool_data)
             pool_data += b
-        name_offs.append(off)
+        name_offs[i] = off
         t = e.type
         if t is REG:
-            n_chunks = len(chunks) // _CHUNK.size
+            slots[5 * i] = len(chunks) // _CHUNK.size
+            slots[5 * i + 1] = len(e.chunks)
             try:
                 for c in e.chunks:
                     d = c.digest
@@ -207,24 +233,25 @@ def _serialize(index: LayerIndex, key: bytes) -> bytes:
                     chunk_keys.append((c.blob_offset, c.inner_offset))
             except struct.error as err:
                 raise FormatError(f"{e.name[:200]!r}: chunk cannot be stored in the compact index: {err}") from None
-            slots.append([n_chunks, len(e.chunks), 0, 0, 0])
         elif t is DIR:
             prefix = e.name + "/" if e.name else ""
             mine = [ids[prefix + k] for k in index.children(e.name)]
-            slots.append([len(kids), len(mine), 0, 0, 0])
-            kids += mine
+            slots[5 * i] = len(kids)
+            slots[5 * i + 1] = len(mine)
+            slots[5 * i + 4] = 2  # nlink as presented, until subdirectories are counted
+            kids.extend(mine)
         elif t is SYMLINK or t is HARDLINK:
             b = _enc(e.link_name)
-            slots.append([add(b), len(b), 0, 0, 0])
-        else:
-            slots.append([0, 0, 0, 0, 0])
+            slots[5 * i] = add(b)
+            slots[5 * i + 1] = len(b)
     for i, e in enumerate(entries):
         if e.type is DIR:
-            first, n = slots[i][0], slots[i][1]
-            kids_sorted += sorted(kids[first : first + n], key=bases.__getitem__)
+            first, n = slots[5 * i], slots[5 * i + 1]
+            mine = kids[first : first + n]
+            kids_sorted.extend(sorted(mine, key=bases.__getitem__) if n > 1 else mine)
     flags, dirents, dirents_sorted, fs_inodes = _presentation(entries, ids, parents, bases, name_offs, slots)
 
-    nodes = bytearray(_NODE.size * len(entries))
+    nodes = bytearray(_NODE.size * n_nodes)
     pack = _NODE.pack_into
     size = _NODE.size
     for i, e in enumerate(entries):
@@ -253,51 +280,50 @@ def _serialize(index: LayerIndex, key: bytes) -> bytes:
                 nodes, i * size,
                 _TYPE_CODE[e.type], flags[i] | (IMPLICIT if e.implicit else 0), e.mode, parents[i],
                 name_offs[i], len(bases[i]), 0, un, gn, e.uid, e.gid, e.size,
-                sec, ns, e.nlink, xattr, dev, di, *slots[i],
+                sec, ns, e.nlink, xattr, dev, di, *slots[5 * i : 5 * i + 5],
             )  # fmt: skip
         except struct.error as err:
             raise FormatError(f"{e.name[:200]!r} cannot be stored in the compact index: {err}") from None
+    del ids, bases, slots, parents, name_offs, flags
     if len(pool.data) >= NONE:
         raise FormatError("names and xattrs too large for the compact index")
-    dev_bytes = b"".join(_DEV.pack(*d) for d in devs)
-    body = b"".join(
-        (
-            nodes, chunks, _u32s(sorted(range(len(chunk_keys)), key=chunk_keys.__getitem__)),
-            _raw_digests(digests), dev_bytes, b"".join(atom_recs),
-            _u32s(kids), _u32s(kids_sorted), dirents, _u32s(dirents_sorted), pool.data,
-        )
-    )  # fmt: skip
+    chunk_order = array.array("I", sorted(range(len(chunk_keys)), key=chunk_keys.__getitem__))
+    del chunk_keys
+    body: list[bytes | bytearray] = [
+        nodes, chunks, _le(chunk_order), _raw_digests(digests), b"".join(_DEV.pack(*d) for d in devs), atom_recs,
+        _le(kids), _le(kids_sorted), dirents, _le(dirents_sorted), pool.data,
+    ]  # fmt: skip
+    body_hash = hashlib.sha256()
+    for part in body:
+        body_hash.update(part)
     header = _HEADER.pack(
-        MAGIC, VERSION, _HEADER.size, hashlib.sha256(key).digest(), hashlib.sha256(body).digest(),
+        MAGIC, VERSION, _HEADER.size, hashlib.sha256(key).digest(), body_hash.digest(),
         index.format.encode()[:16], index.blob_size, index.prefetch_end,
-        len(entries), len(chunks) // _CHUNK.size, len(digests), len(devs), len(atom_recs), len(kids),
+        n_nodes, len(chunks) // _CHUNK.size, len(digests), len(devs), len(atom_recs) // _ATOM.size, len(kids),
         len(dirents) // _DIRENT.size, fs_inodes, len(pool.data), 0, 0, 0,
     )  # fmt: skip
-    return header + body
-
-
-def _u32s(v: list[int]) -> bytes:
-    return struct.pack(f"<{len(v)}I", *v)
+    return [header, *body]
 
 
 def _presentation(
     entries: list[Entry],
     ids: dict[str, int],
-    parents: list[int],
+    parents: array.array[int],
     bases: list[bytes],
-    name_offs: list[int],
-    slots: list[list[int]],
-) -> tuple[list[int], bytearray, list[int], int]:
+    name_offs: array.array[int],
+    slots: array.array[int],
+) -> tuple[bytearray, bytearray, array.array[int], int]:
     """The overlay view of the layer: per node its FS flags, and per directory its entries.
 
     ``.wh.NAME`` becomes a whiteout device NAME; ``.wh..wh..opq`` makes its directory opaque;
     ".wh.X" beside X means X was removed below and recreated here (X wins, opaque if a dir);
     landmarks at the root are hidden; a hardlink is a second name of its target's inode."""
-    flags = [FS_HIDDEN] * len(entries)
+    flags = bytearray([FS_HIDDEN]) * len(entries)
     flags[0] = 0
-    kids: dict[int, dict[bytes, int]] = {0: {}}  # dir node -> presented name -> node
-    refs: dict[int, dict[bytes, tuple[int, int]]] = {0: {}}  # dir node -> name -> (pool offset, length)
+    # dir node -> presented name -> the node that name comes from (a hardlink: its own node)
+    kids: dict[int, dict[bytes, int]] = {}
     hardlinks: list[tuple[int, int]] = []
+    targets: dict[int, int] = {}  # hardlink node -> the node it names
     wh, opq = _enc(WHITEOUT), _enc(OPAQUE)
     hidden_at_root = {_enc(n) for n in _HIDDEN_AT_ROOT}
     DIR, HARDLINK = EntryType.DIR, EntryType.HARDLINK
@@ -313,14 +339,15 @@ def _presentation(
         if t is HARDLINK:
             hardlinks.append((parent, i))
             continue
-        off = name_offs[i]
         whiteout = name.startswith(wh)
         if whiteout:
-            name, off = name[len(wh) :], off + len(wh)
-        siblings = kids[parent]
+            name = name[len(wh) :]
+        siblings = kids.get(parent)
+        if siblings is None:
+            siblings = kids[parent] = {}
         other = siblings.get(name)
         if other is not None and whiteout:
-            if other in kids:
+            if entries[other].type is DIR:
                 flags[other] |= FS_OPAQUE
             continue
         f = FS_WHITEOUT if whiteout else 0
@@ -328,49 +355,45 @@ def _presentation(
             f |= FS_OPAQUE
         flags[i] = f
         siblings[name] = i
-        refs[parent][name] = (off, len(name))
-        if t is DIR:
-            kids[i] = {}
-            refs[i] = {}
     for parent, i in hardlinks:
         target = ids.get(entries[i].link_name)
         if target is not None and not flags[target] & FS_HIDDEN:
-            kids[parent][bases[i]] = target
-            refs[parent][bases[i]] = (name_offs[i], len(bases[i]))
+            kids.setdefault(parent, {})[bases[i]] = i
+            targets[i] = target
     dirents = bytearray()
-    dirents_sorted: list[int] = []
+    dirents_sorted = _u32_array()
     pack = _DIRENT.pack
     n = 0
     for d, ks in kids.items():
-        slot = slots[d]
-        slot[2], slot[3] = n, len(ks)
+        slots[5 * d + 2], slots[5 * d + 3] = n, len(ks)
         subdirs = 0
-        ref = refs[d]
-        for name, child in ks.items():
-            off, ln = ref[name]
-            dirents += pack(off, ln, child + 1)
-            if entries[child].type is DIR:
+        for name, src in ks.items():
+            # The presented name is the end of the source's name (".wh." dropped from whiteouts).
+            off = name_offs[src] + len(bases[src]) - len(name)
+            dirents += pack(off, len(name), targets.get(src, src) + 1)
+            if entries[src].type is DIR:
                 subdirs += 1
-        slot[4] = 2 + subdirs
+        slots[5 * d + 4] = 2 + subdirs
         names = list(ks)
-        dirents_sorted += sorted(range(n, n + len(names)), key=lambda k, names=names, n=n: names[k - n])
+        dirents_sorted.extend(sorted(range(n, n + len(names)), key=lambda k, names=names, n=n: names[k - n]))
         n += len(names)
-    fs_inodes = sum(1 for f in flags if not f & FS_HIDDEN)
+    fs_inodes = len(flags) - flags.count(FS_HIDDEN)
     return flags, dirents, dirents_sorted, fs_inodes
 
 
 def write_file(index: LayerIndex, path: Path, key: bytes = b"") -> CompactIndex:
     """Write *index* compactly to *path* (0600, temp file + rename) and map it."""
-    data = serialize(index, key)
+    parts = _serialized_parts(index, key)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-index-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    del data
+    del parts
     return CompactIndex.open(path, key, decoder=_decoder_of(index), verify=False)
 
 
