@@ -24,7 +24,6 @@ caller rebuilds it from the TOC. Chunk bytes are still verified by ``decode_chun
 from __future__ import annotations
 
 import array
-import functools
 import gc
 import hashlib
 import mmap
@@ -33,9 +32,11 @@ import re
 import struct
 import sys
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from lazypull.errors import FormatError
 from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, LayerIndex, normalize
@@ -45,6 +46,7 @@ from lazypull.format.whiteout import WHITEOUT_PREFIX as WHITEOUT
 
 #: Formats whose index is kept compact (a SOCI index keeps its span state in Python).
 COMPACT_FORMATS = frozenset({"estargz", "zstdchunked"})
+T = TypeVar("T")
 MAGIC = b"LPINDEX\0"
 VERSION = 1
 NONE = 0xFFFFFFFF
@@ -416,6 +418,29 @@ def _decoder_of(index: LayerIndex) -> Decoder:
     return decoder_for(index.format) if index.format in COMPACT_FORMATS else index.decode_chunk
 
 
+class _LRU(Generic[T]):
+    """A small thread-safe LRU (functools.lru_cache on a method would keep the index alive)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict[int, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, k: int) -> T | None:
+        with self._lock:
+            v = self._d.get(k)
+            if v is not None:
+                self._d.move_to_end(k)
+            return v
+
+    def put(self, k: int, v: T) -> T:
+        with self._lock:
+            self._d[k] = v
+            if len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return v
+
+
 class CompactIndex(LayerIndex):
     """A :class:`LayerIndex` read from a compact buffer (bytes or a read-only mmap)."""
 
@@ -452,8 +477,8 @@ class CompactIndex(LayerIndex):
         self._n = (n_chunks, n_digests, n_devs, n_atoms, n_kids, n_strings)
         self._buf = buf
         self._decoder = decoder or decoder_for(self.format)
-        self.entry = functools.lru_cache(maxsize=ENTRY_CACHE)(self._entry)
-        self._dir_path = functools.lru_cache(maxsize=PATH_CACHE)(self._path)
+        self._entries = _LRU(ENTRY_CACHE)
+        self._paths = _LRU(PATH_CACHE)
 
     @classmethod
     def from_index(cls, index: LayerIndex) -> CompactIndex:
@@ -550,6 +575,12 @@ class CompactIndex(LayerIndex):
             i = self.node(i).parent
         raise FormatError("compact index: parent chain does not reach the root")
 
+    def _dir_path(self, i: int) -> str:
+        p = self._paths.get(i)
+        if p is None:
+            p = self._paths.put(i, self._path(i))
+        return p
+
     def path(self, i: int) -> str:
         """The normalised path of node *i*."""
         if i == 0:
@@ -557,6 +588,13 @@ class CompactIndex(LayerIndex):
         parent = self.node(i).parent
         name = self.base_name(i).decode("utf-8", "surrogateescape")
         return f"{self._dir_path(parent)}/{name}" if parent else name
+
+    def entry(self, i: int) -> Entry:
+        """Node *i* as an Entry; the last few are kept (a file being read keeps its Entry)."""
+        e = self._entries.get(i)
+        if e is None:
+            e = self._entries.put(i, self._entry(i))
+        return e
 
     def chunks(self, nd: Node) -> list[Chunk]:
         if nd.a + nd.b > self._n[0]:
