@@ -8,7 +8,7 @@ kept, so a file being read keeps one Entry and its chunks keep their identity).
 
 Layout (little endian): a header (magic, version, caller's key, SHA-256 of the body,
 counts), then fixed-size sections: nodes (one per index entry, in :meth:`entries` order),
-chunks, raw 32-byte digests, device numbers, owner names, per-directory children in TOC
+chunks (and their order in the blob), raw 32-byte digests, device numbers, owner names, per-directory children in TOC
 order and sorted by name (lookups bisect), the overlay presentation's directory entries
 in readdir order and sorted by name, and a string pool (names, link targets, xattrs).
 
@@ -58,16 +58,25 @@ FS_HIDDEN = 2  # no inode in the overlay presentation (hardlinks, landmarks, opa
 FS_WHITEOUT = 4  # ".wh.NAME": shown as a 0/0 character device NAME
 FS_OPAQUE = 8  # shown with trusted.overlay.opaque=y
 
-_TYPES = list(EntryType)
+# Type codes as stored (fixed: a new EntryType goes at the end, or VERSION changes).
+_TYPES = [
+    EntryType.DIR,
+    EntryType.REG,
+    EntryType.SYMLINK,
+    EntryType.HARDLINK,
+    EntryType.CHAR,
+    EntryType.BLOCK,
+    EntryType.FIFO,
+]
 _TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
 _HIDDEN_AT_ROOT = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 _HEADER = struct.Struct("<8sII32s32s16sQQ12I")
+HEADER_SIZE = _HEADER.size
 # type, flags, mode, parent, name_off, name_len, (pad), uname, gname, uid, gid, size,
 # mtime_s, mtime_ns, nlink, xattr_off, dev, digest, a, b, c, d, e.
 # a..e by type: REG a,b = chunk range; DIR a,b = children range, c,d = dirent range,
 # e = nlink as presented (2 + subdirectories); SYMLINK/HARDLINK a,b = link target.
-HEADER_SIZE = _HEADER.size
 _NODE = struct.Struct("<BBHIIHHIIQQQqIIIIIIIIII")
 _NODE_NAME = struct.Struct("<IH")  # name_off, name_len at offset 8 of a node
 _CHUNK = struct.Struct("<QQQIIII")  # file_offset, blob_offset, blob_end, size, inner_offset, digest, node
@@ -482,7 +491,7 @@ class CompactIndex(LayerIndex):
 
     @classmethod
     def from_index(cls, index: LayerIndex) -> CompactIndex:
-        """An in-memory compact copy of *index* (decoding still goes through *index*)."""
+        """An in-memory compact copy of *index* (a SOCI index keeps decoding its chunks)."""
         return cls(serialize(index), decoder=_decoder_of(index))
 
     @classmethod

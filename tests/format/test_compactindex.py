@@ -184,3 +184,9 @@ def test_digests_that_are_not_sha256_are_refused() -> None:
     idx.lookup("f").digest = "sha256:" + "A" * 64  # type: ignore[union-attr]
     with pytest.raises(FormatError, match="not sha256"):
         serialize(idx)
+
+
+def test_every_entry_type_has_a_stored_code() -> None:
+    from lazypull.format.compactindex import _TYPES
+
+    assert sorted(_TYPES) == sorted(EntryType) and len(set(_TYPES)) == len(_TYPES)
