@@ -10,7 +10,7 @@ Layout (little endian): a header (magic, version, caller's key, SHA-256 of the b
 counts), then fixed-size sections: nodes (one per index entry, in :meth:`entries` order),
 chunks (and their order in the blob), raw 32-byte digests, device numbers, owner names, per-directory children in TOC
 order and sorted by name (lookups bisect), the overlay presentation's directory entries
-in readdir order and sorted by name, and a string pool (names, link targets, xattrs).
+sorted by name and their readdir order, and a string pool (names, link targets, xattrs).
 
 The overlay presentation (what :class:`lazypull.fs.layer.LayerFS` shows: whiteouts as
 0/0 char devices, opaque directories, hidden landmarks, hardlinks sharing one inode) is
@@ -59,7 +59,7 @@ FS_WHITEOUT = 4  # ".wh.NAME": shown as a 0/0 character device NAME
 FS_OPAQUE = 8  # shown with trusted.overlay.opaque=y
 
 # Type codes as stored (fixed: a new EntryType goes at the end, or VERSION changes).
-_TYPES = [
+TYPES = [
     EntryType.DIR,
     EntryType.REG,
     EntryType.SYMLINK,
@@ -68,7 +68,7 @@ _TYPES = [
     EntryType.BLOCK,
     EntryType.FIFO,
 ]
-_TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
+TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 _HIDDEN_AT_ROOT = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 _HEADER = struct.Struct("<8sII32s32s16sQQ12I")
@@ -120,7 +120,7 @@ class Node(NamedTuple):
 
     @property
     def entry_type(self) -> EntryType:
-        return _TYPES[self.type]
+        return TYPES[self.type]
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
             first, n = slots[5 * i], slots[5 * i + 1]
             mine = kids[first : first + n]
             kids_sorted.extend(sorted(mine, key=bases.__getitem__) if n > 1 else mine)
-    flags, dirents, dirents_sorted, fs_inodes = _presentation(entries, ids, parents, bases, name_offs, slots)
+    flags, dirents, readdir_order, fs_inodes = _presentation(entries, ids, parents, bases, name_offs, slots)
 
     nodes = bytearray(_NODE.size * n_nodes)
     pack = _NODE.pack_into
@@ -289,7 +289,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
         try:
             pack(
                 nodes, i * size,
-                _TYPE_CODE[e.type], flags[i] | (IMPLICIT if e.implicit else 0), e.mode, parents[i],
+                TYPE_CODE[e.type], flags[i] | (IMPLICIT if e.implicit else 0), e.mode, parents[i],
                 name_offs[i], len(bases[i]), 0, un, gn, e.uid, e.gid, e.size,
                 sec, ns, e.nlink, xattr, dev, di, *slots[5 * i : 5 * i + 5],
             )  # fmt: skip
@@ -302,7 +302,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
     del chunk_keys
     body: list[bytes | bytearray] = [
         nodes, chunks, _le(chunk_order), _raw_digests(digests), b"".join(_DEV.pack(*d) for d in devs), atom_recs,
-        _le(kids), _le(kids_sorted), dirents, _le(dirents_sorted), pool.data,
+        _le(kids), _le(kids_sorted), dirents, _le(readdir_order), pool.data,
     ]  # fmt: skip
     body_hash = hashlib.sha256()
     for part in body:
@@ -371,25 +371,30 @@ def _presentation(
         if target is not None and not flags[target] & FS_HIDDEN:
             kids.setdefault(parent, {})[bases[i]] = i
             targets[i] = target
-    dirents = bytearray()
-    dirents_sorted = _u32_array()
+    dirents = bytearray()  # per directory, sorted by name (lookups bisect them)
+    readdir_order = _u32_array()  # per directory, its dirents in readdir order
     pack = _DIRENT.pack
     n = 0
     for d, ks in kids.items():
         slots[5 * d + 2], slots[5 * d + 3] = n, len(ks)
+        names = list(ks)  # readdir order
+        by_name = sorted(range(len(names)), key=names.__getitem__)
+        rank = [0] * len(names)
         subdirs = 0
-        for name, src in ks.items():
+        for r, k in enumerate(by_name):
+            rank[k] = n + r
+            name = names[k]
+            src = ks[name]
             # The presented name is the end of the source's name (".wh." dropped from whiteouts).
             off = name_offs[src] + len(bases[src]) - len(name)
             dirents += pack(off, len(name), targets.get(src, src) + 1)
             if entries[src].type is DIR:
                 subdirs += 1
         slots[5 * d + 4] = 2 + subdirs
-        names = list(ks)
-        dirents_sorted.extend(sorted(range(n, n + len(names)), key=lambda k, names=names, n=n: names[k - n]))
+        readdir_order.extend(rank)
         n += len(names)
     fs_inodes = len(flags) - flags.count(FS_HIDDEN)
-    return flags, dirents, dirents_sorted, fs_inodes
+    return flags, dirents, readdir_order, fs_inodes
 
 
 def write_file(index: LayerIndex, path: Path, key: bytes = b"") -> CompactIndex:
@@ -481,7 +486,7 @@ class CompactIndex(LayerIndex):
             raise FormatError(f"compact index is {len(buf)} bytes, its header describes {pos}: truncated or corrupt")
         (
             self._nodes, self._chunks, self._chunk_order, self._digests, self._devs, self._atoms,
-            self._kids, self._kids_sorted, self._dirents, self._dirents_sorted, self._strings,
+            self._kids, self._kids_sorted, self._dirents, self._readdir_order, self._strings,
         ) = offs  # fmt: skip
         self._n = (n_chunks, n_digests, n_devs, n_atoms, n_kids, n_strings)
         self._buf = buf
@@ -520,7 +525,7 @@ class CompactIndex(LayerIndex):
         if not 0 <= i < self.n_nodes:
             raise FormatError(f"compact index: no node {i}")
         nd = Node._make(_NODE.unpack_from(self._buf, self._nodes + i * _NODE.size))
-        if nd.type >= len(_TYPES):
+        if nd.type >= len(TYPES):
             raise FormatError(f"compact index: node {i} has an unknown type")
         return nd
 
@@ -619,7 +624,7 @@ class CompactIndex(LayerIndex):
 
     def _entry(self, i: int, name: str | None = None) -> Entry:
         nd = self.node(i)
-        t = _TYPES[nd.type]
+        t = TYPES[nd.type]
         dev = self.dev(nd)
         return Entry(
             name=self.path(i) if name is None else name,
@@ -667,7 +672,7 @@ class CompactIndex(LayerIndex):
     def child(self, i: int, name: bytes) -> int | None:
         """The node named *name* directly under directory node *i* (bisect over sorted names)."""
         nd = self.node(i)
-        if nd.type != _TYPE_CODE[EntryType.DIR]:
+        if nd.type != TYPE_CODE[EntryType.DIR]:
             return None
         n_kids = self._n[4]
         lo, hi = nd.a, nd.a + nd.b
@@ -697,7 +702,7 @@ class CompactIndex(LayerIndex):
 
     def child_nodes(self, i: int) -> list[int]:
         nd = self.node(i)
-        if nd.type != _TYPE_CODE[EntryType.DIR]:
+        if nd.type != TYPE_CODE[EntryType.DIR]:
             return []
         n_kids = self._n[4]
         return [self._u32(self._kids, k, n_kids) for k in range(nd.a, nd.a + nd.b)]
@@ -709,24 +714,40 @@ class CompactIndex(LayerIndex):
         off, n, ino = _DIRENT.unpack_from(self._buf, self._dirents + k * _DIRENT.size)
         return self.string(off, n), ino
 
-    def dirents(self, nd: Node) -> Iterator[tuple[bytes, int]]:
-        for k in range(nd.c, nd.c + nd.d):
-            yield self.dirent(k)
+    def dirents(self, nd: Node) -> list[tuple[bytes, int]]:
+        """(presented name, inode number) of directory *nd*'s entries, in readdir order."""
+        if nd.c + nd.d > self.n_dirents:
+            raise FormatError("compact index: directory entries out of range")
+        order = struct.unpack_from(f"<{nd.d}I", self._buf, self._readdir_order + 4 * nd.c)
+        return [self.dirent(k) for k in order]
 
     def find_dirent(self, nd: Node, name: bytes) -> int | None:
-        """The inode named *name* in the overlay view of directory *nd* (bisect)."""
+        """The inode named *name* in the overlay view of directory *nd* (bisect over its
+        name-sorted entries: a handful of reads from the mapping)."""
         lo, hi = nd.c, nd.c + nd.d
+        if hi > self.n_dirents:
+            raise FormatError("compact index: directory entries out of range")
+        buf, base, pool, pool_len = self._buf, self._dirents, self._strings, self._n[5]
+        unpack, size = _DIRENT.unpack_from, _DIRENT.size
         while lo < hi:
-            mid = (lo + hi) // 2
-            if self.dirent(self._u32(self._dirents_sorted, mid, self.n_dirents))[0] < name:
+            mid = (lo + hi) >> 1
+            off, n, ino = unpack(buf, base + mid * size)
+            if off + n > pool_len:
+                raise FormatError("compact index: a name lies outside the pool")
+            got = buf[pool + off : pool + off + n]
+            if got < name:
                 lo = mid + 1
+            elif got == name:
+                return ino
             else:
                 hi = mid
-        if lo < nd.c + nd.d:
-            got, ino = self.dirent(self._u32(self._dirents_sorted, lo, self.n_dirents))
-            if got == name:
-                return ino
         return None
+
+    def attr_fields(self, i: int) -> tuple[int, ...]:
+        """Node *i*'s raw record (what getattr needs, without building a Node)."""
+        if not 0 <= i < self.n_nodes:
+            raise FormatError(f"compact index: no node {i}")
+        return _NODE.unpack_from(self._buf, self._nodes + i * _NODE.size)
 
     # -- LayerIndex -------------------------------------------------------------------------
     def lookup(self, path: str) -> Entry | None:

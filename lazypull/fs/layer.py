@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import stat
 
-from lazypull.format.compactindex import FS_HIDDEN, FS_OPAQUE, FS_WHITEOUT, NONE, CompactIndex, Node
+from lazypull.format.compactindex import FS_HIDDEN, FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
 from lazypull.format.index import Entry, EntryType, LayerIndex
 from lazypull.fs.fetcher import Fetcher, FetchError
 from lazypull.fs.fuse.ops import Attr
@@ -25,6 +25,8 @@ _TYPE_BITS = {
     EntryType.BLOCK: stat.S_IFBLK,
     EntryType.FIFO: stat.S_IFIFO,
 }
+_REG, _DIR, _SYMLINK = TYPE_CODE[EntryType.REG], TYPE_CODE[EntryType.DIR], TYPE_CODE[EntryType.SYMLINK]
+_DEVICES = (TYPE_CODE[EntryType.CHAR], TYPE_CODE[EntryType.BLOCK])
 
 
 class LayerFS:
@@ -56,23 +58,26 @@ class LayerFS:
         return e
 
     def getattr(self, ino: int) -> Attr:
-        nd = self._node(ino)
-        mtime = nd.mtime_s * 1_000_000_000 + nd.mtime_ns
-        if nd.flags & FS_WHITEOUT:
-            return Attr(ino, stat.S_IFCHR, 1, nd.uid, nd.gid, 0, 0, mtime)
-        t = nd.entry_type
-        nlink, size, rdev = nd.nlink, 0, 0
-        if t == EntryType.DIR:
-            nlink = nd.e  # 2 + subdirectories
-        elif t == EntryType.REG:
-            size = nd.size
-        elif t == EntryType.SYMLINK:
-            size = nd.b  # the target's length in bytes
-        elif t in (EntryType.CHAR, EntryType.BLOCK):
+        if not 0 < ino <= self.tree.n_nodes:
+            raise FileNotFoundError(errno.ENOENT, "no such inode")
+        r = self.tree.attr_fields(ino - 1)  # the raw record: this is the hottest call
+        t, flags, mode, uid, gid, mtime = r[0], r[1], r[2], r[9], r[10], r[12] * 1_000_000_000 + r[13]
+        if flags & FS_HIDDEN:
+            raise FileNotFoundError(errno.ENOENT, "no such inode")
+        if flags & FS_WHITEOUT:
+            return Attr(ino, stat.S_IFCHR, 1, uid, gid, 0, 0, mtime)
+        if t == _REG:
+            return Attr(ino, stat.S_IFREG | mode & 0o7777, r[14], uid, gid, 0, r[11], mtime)
+        if t == _DIR:
+            return Attr(ino, stat.S_IFDIR | mode & 0o7777, r[22], uid, gid, 0, 0, mtime)  # 2 + subdirectories
+        if t == _SYMLINK:  # size: the target's length; permissions as Linux shows symlinks
+            return Attr(ino, stat.S_IFLNK | 0o777, r[14], uid, gid, 0, r[19], mtime)
+        nd = self.tree.node(ino - 1)  # checks the type code
+        rdev = 0
+        if t in _DEVICES:
             major, minor = self.tree.dev(nd)
             rdev = major << 8 | (minor & 0xFF) | ((minor & ~0xFF) << 12)
-        perm = 0o777 if t == EntryType.SYMLINK else nd.mode & 0o7777  # as Linux shows symlinks
-        return Attr(ino, _TYPE_BITS[t] | perm, nlink, nd.uid, nd.gid, rdev, size, mtime)
+        return Attr(ino, _TYPE_BITS[nd.entry_type] | mode & 0o7777, r[14], uid, gid, rdev, 0, mtime)
 
     def _dir(self, ino: int) -> Node:
         nd = self._node(ino)

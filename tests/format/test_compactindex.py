@@ -187,6 +187,6 @@ def test_digests_that_are_not_sha256_are_refused() -> None:
 
 
 def test_every_entry_type_has_a_stored_code() -> None:
-    from lazypull.format.compactindex import _TYPES
+    from lazypull.format.compactindex import TYPES
 
-    assert sorted(_TYPES) == sorted(EntryType) and len(set(_TYPES)) == len(_TYPES)
+    assert sorted(TYPES) == sorted(EntryType) and len(set(TYPES)) == len(TYPES)
