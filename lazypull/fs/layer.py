@@ -1,8 +1,11 @@
-"""One layer as a read-only filesystem: the inode tree from its index, reads via the fetcher.
+"""One layer as a read-only filesystem: the inode tree from its compact index, reads via
+the fetcher.
 
 Presented the way overlayfs expects a lower layer: ``.wh.NAME`` becomes a 0/0
 character device named NAME, ``.wh..wh..opq`` marks its directory opaque with the
-``trusted.overlay.opaque`` xattr, and the prefetch landmarks are hidden.
+``trusted.overlay.opaque`` xattr, and the prefetch landmarks are hidden. That view is
+computed when the index is written (:mod:`lazypull.format.compactindex`); here each
+request decodes the records it needs.
 """
 
 from __future__ import annotations
