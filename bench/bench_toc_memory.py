@@ -92,7 +92,7 @@ class _Opener:
         idx = open_layer(BytesSource(self.blob))
         t1 = time.perf_counter()
         if self.mode == "compact":
-            from lazypull.format.compactindex import write_file
+            from lazypull.format.compactwrite import write_file
 
             path = self.workdir / f"index.v1.{self.copies}"
             idx = write_file(idx, path)

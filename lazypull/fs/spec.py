@@ -16,7 +16,8 @@ from typing import Any
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.format import FileSource
-from lazypull.format.compactindex import COMPACT_FORMATS, CompactIndex, write_file
+from lazypull.format.compactindex import COMPACT_FORMATS, CompactIndex
+from lazypull.format.compactwrite import write_file
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.format.soci.dispatch import open_layer_index

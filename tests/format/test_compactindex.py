@@ -12,7 +12,8 @@ import pytest
 
 from lazypull.errors import FormatError
 from lazypull.format import BytesSource, LayerIndex, open_layer
-from lazypull.format.compactindex import HEADER_SIZE, CompactIndex, serialize, write_file
+from lazypull.format.compactindex import HEADER_SIZE, CompactIndex
+from lazypull.format.compactwrite import serialize, write_file
 from lazypull.format.index import EntryType
 from lazypull.format.zstdchunked import build_zstdchunked
 from tests.format.helpers import build
