@@ -15,7 +15,7 @@ view's directory entries sorted by name and their readdir order, and a string po
 
 The overlay view (what :class:`lazypull.fs.layer.LayerFS` shows: whiteouts as 0/0 char
 devices, opaque directories, hidden landmarks, hardlinks sharing one inode) is computed
-once when writing. Inode numbers are node numbers + 1 (root: 1).
+once when writing, with its inode numbers (the shown nodes in order, root 1).
 
 A file is checked when opened (section sizes against its length, its body against the
 SHA-256 in the header) and every record read is bounds-checked; anything off raises
@@ -176,7 +176,7 @@ class CompactIndex(LayerIndex):
         sizes = (
             self.n_nodes * NODE.size, n_chunks * CHUNK.size, n_chunks * 4, n_digests * DIGEST_SIZE,
             n_devs * DEV.size, n_atoms * ATOM.size, n_kids * 4, n_kids * 4, self.n_dirents * DIRENT.size,
-            self.n_dirents * 4, n_strings,
+            self.n_dirents * 4, self.fs_inodes * 4, n_strings,
         )  # fmt: skip
         offs = []
         pos = HEADER.size
@@ -187,7 +187,7 @@ class CompactIndex(LayerIndex):
             raise FormatError(f"compact index is {len(buf)} bytes, its header describes {pos}: truncated or corrupt")
         (
             self._nodes, self._chunks, self._chunk_order, self._digests, self._devs, self._atoms,
-            self._kids, self._kids_sorted, self._dirents, self._readdir_order, self._strings,
+            self._kids, self._kids_sorted, self._dirents, self._readdir_order, self._inodes, self._strings,
         ) = offs  # fmt: skip
         self._n = (n_chunks, n_digests, n_devs, n_atoms, n_kids, n_strings)
         self._buf = buf
@@ -445,6 +445,15 @@ class CompactIndex(LayerIndex):
             else:
                 hi = mid
         return None
+
+    def node_of_inode(self, ino: int) -> int | None:
+        """The node inode *ino* of the overlay view shows (None: no such inode)."""
+        if not 0 < ino <= self.fs_inodes:
+            return None
+        i = U32.unpack_from(self._buf, self._inodes + 4 * (ino - 1))[0]
+        if i >= self.n_nodes:
+            raise FormatError("compact index: inode out of range")
+        return i
 
     def attr_fields(self, i: int) -> tuple[int, ...]:
         """Node *i*'s raw record (what getattr needs, without building a Node)."""

@@ -181,7 +181,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
             first, n = slots[5 * i], slots[5 * i + 1]
             mine = kids[first : first + n]
             kids_sorted.extend(sorted(mine, key=bases.__getitem__) if n > 1 else mine)
-    flags, dirents, readdir_order, fs_inodes = _presentation(entries, ids, parents, bases, name_offs, slots)
+    flags, dirents, readdir_order, inodes = _presentation(entries, ids, parents, bases, name_offs, slots)
 
     nodes = bytearray(NODE.size * n_nodes)
     pack = NODE.pack_into
@@ -223,7 +223,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
     del chunk_keys
     body: list[bytes | bytearray] = [
         nodes, chunks, _le(chunk_order), _raw_digests(digests), b"".join(DEV.pack(*d) for d in devs), atom_recs,
-        _le(kids), _le(kids_sorted), dirents, _le(readdir_order), pool.data,
+        _le(kids), _le(kids_sorted), dirents, _le(readdir_order), _le(inodes), pool.data,
     ]  # fmt: skip
     body_hash = hashlib.sha256()
     for part in body:
@@ -232,7 +232,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
         MAGIC, VERSION, HEADER.size, hashlib.sha256(key).digest(), body_hash.digest(),
         index.format.encode()[:16], index.blob_size, index.prefetch_end,
         n_nodes, len(chunks) // CHUNK.size, len(digests), len(devs), len(atom_recs) // ATOM.size, len(kids),
-        len(dirents) // DIRENT.size, fs_inodes, len(pool.data), 0, 0, 0,
+        len(dirents) // DIRENT.size, len(inodes), len(pool.data), 0, 0, 0,
     )  # fmt: skip
     return [header, *body]
 
@@ -244,7 +244,7 @@ def _presentation(
     bases: list[bytes],
     name_offs: array.array[int],
     slots: array.array[int],
-) -> tuple[bytearray, bytearray, array.array[int], int]:
+) -> tuple[bytearray, bytearray, array.array[int], array.array[int]]:
     """The overlay view of the layer: per node its FS flags, and per directory its entries.
 
     ``.wh.NAME`` becomes a whiteout device NAME; ``.wh..wh..opq`` makes its directory opaque;
@@ -292,6 +292,11 @@ def _presentation(
         if target is not None and not flags[target] & FS_HIDDEN:
             kids.setdefault(parent, {})[bases[i]] = i
             targets[i] = target
+    # Inode numbers: the presented nodes numbered in order from 1 (the root), as the layer
+    # server always numbered them: a server re-attaching a live mount must agree with the
+    # numbers the kernel already holds.
+    inodes = array.array("I", (i for i, f in enumerate(flags) if not f & FS_HIDDEN))
+    ino_of = {node: k + 1 for k, node in enumerate(inodes)}
     dirents = bytearray()  # per directory, sorted by name (lookups bisect them)
     readdir_order = _u32_array()  # per directory, its dirents in readdir order
     pack = DIRENT.pack
@@ -308,14 +313,13 @@ def _presentation(
             src = ks[name]
             # The presented name is the end of the source's name (".wh." dropped from whiteouts).
             off = name_offs[src] + len(bases[src]) - len(name)
-            dirents += pack(off, len(name), targets.get(src, src) + 1)
+            dirents += pack(off, len(name), ino_of[targets.get(src, src)])
             if entries[src].type is DIR:
                 subdirs += 1
         slots[5 * d + 4] = 2 + subdirs
         readdir_order.extend(rank)
         n += len(names)
-    fs_inodes = len(flags) - flags.count(FS_HIDDEN)
-    return flags, dirents, readdir_order, fs_inodes
+    return flags, dirents, readdir_order, inodes
 
 
 def write_file(index: LayerIndex, path: Path, key: bytes = b"") -> CompactIndex:

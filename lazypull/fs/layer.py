@@ -13,7 +13,8 @@ from __future__ import annotations
 import errno
 import stat
 
-from lazypull.format.compactindex import FS_HIDDEN, FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
+from lazypull.errors import FormatError
+from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
 from lazypull.format.index import Entry, EntryType, LayerIndex
 from lazypull.fs.fetcher import Fetcher, FetchError
 from lazypull.fs.fuse.ops import Attr
@@ -46,27 +47,25 @@ class LayerFS:
 
     # -- ReadOnlyFS ---------------------------------------------------------------------
     def _node(self, ino: int) -> Node:
-        if not 0 < ino <= self.tree.n_nodes:
+        return self.tree.node(self._node_id(ino))
+
+    def _node_id(self, ino: int) -> int:
+        i = self.tree.node_of_inode(ino)
+        if i is None:
             raise FileNotFoundError(errno.ENOENT, "no such inode")
-        nd = self.tree.node(ino - 1)
-        if nd.flags & FS_HIDDEN:
-            raise FileNotFoundError(errno.ENOENT, "no such inode")
-        return nd
+        return i
 
     def _file(self, ino: int) -> Entry:
         """The entry whose chunks a read of *ino* fetches."""
-        e = self.tree.entry(ino - 1)
+        e = self.tree.entry(self._node_id(ino))
         if self.tree is not self.index:
             e = self.index.lookup(e.name) or e
         return e
 
     def getattr(self, ino: int) -> Attr:
-        if not 0 < ino <= self.tree.n_nodes:
-            raise FileNotFoundError(errno.ENOENT, "no such inode")
-        r = self.tree.attr_fields(ino - 1)  # the raw record: this is the hottest call
+        i = self._node_id(ino)
+        r = self.tree.attr_fields(i)  # the raw record: this is the hottest call
         t, flags, mode, uid, gid, mtime = r[0], r[1], r[2], r[9], r[10], r[12] * 1_000_000_000 + r[13]
-        if flags & FS_HIDDEN:
-            raise FileNotFoundError(errno.ENOENT, "no such inode")
         if flags & FS_WHITEOUT:
             return Attr(ino, stat.S_IFCHR, 1, uid, gid, 0, 0, mtime)
         if t == _REG:
@@ -75,12 +74,15 @@ class LayerFS:
             return Attr(ino, stat.S_IFDIR | mode & 0o7777, r[22], uid, gid, 0, 0, mtime)  # 2 + subdirectories
         if t == _SYMLINK:  # size: the target's length; permissions as Linux shows symlinks
             return Attr(ino, stat.S_IFLNK | 0o777, r[14], uid, gid, 0, r[19], mtime)
-        nd = self.tree.node(ino - 1)  # checks the type code
+        nd = self.tree.node(i)  # checks the type code
         rdev = 0
         if t in _DEVICES:
             major, minor = self.tree.dev(nd)
             rdev = major << 8 | (minor & 0xFF) | ((minor & ~0xFF) << 12)
-        return Attr(ino, _TYPE_BITS[nd.entry_type] | mode & 0o7777, r[14], uid, gid, rdev, 0, mtime)
+        bits = _TYPE_BITS.get(nd.entry_type)
+        if bits is None:
+            raise FormatError(f"compact index: inode {ino} is a {nd.entry_type}")
+        return Attr(ino, bits | mode & 0o7777, r[14], uid, gid, rdev, 0, mtime)
 
     def _dir(self, ino: int) -> Node:
         nd = self._node(ino)

@@ -146,11 +146,16 @@ def test_errors(tmp_path: Path) -> None:
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == err
+    # Inode numbers: the shown entries numbered in index order, root 1 (as the layer server
+    # always numbered them: a successor re-attaching a live mount must agree with the kernel).
+    nodes = [fs.tree.node_of_inode(ino) for ino in range(1, fs.inode_count + 1)]
+    assert nodes[0] == 0 and nodes == sorted(nodes)  # type: ignore[type-var]
+    shown = set(nodes)
     for hidden in (".prefetch.landmark", "var/lib/.wh..wh..opq", "etc/hard", "srv/.wh.y"):
         node = fs.tree.find(hidden)
-        assert node is not None
-        with pytest.raises(FileNotFoundError):
-            fs.getattr(node + 1)
+        assert node is not None and node not in shown  # no inode of its own
+    with pytest.raises(FileNotFoundError):
+        fs.getattr(fs.inode_count + 1)
 
 
 def test_an_index_that_is_not_compact_gets_the_same_view(tmp_path: Path) -> None:
