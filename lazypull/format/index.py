@@ -121,6 +121,18 @@ class LayerIndex(ABC):
         holds many files): worth decoding and caching when that range is fetched anyway."""
         return []
 
+    def chunks_by_blob(self) -> Iterator[tuple[Entry, Chunk]]:
+        """Every regular file's chunks, ordered by their place in the blob (background fetch)."""
+        items = [(e, c) for e in self.entries() if e.type == EntryType.REG for c in e.chunks]
+        items.sort(key=lambda ec: (ec[1].blob_offset, ec[1].inner_offset))
+        return iter(items)
+
+    def digests(self) -> set[str]:
+        """Every content digest the layer names (its chunks', its files'): what it may have cached."""
+        out = {c.digest for e in self.entries() for c in e.chunks}
+        out |= {e.digest for e in self.entries() if e.digest}
+        return out
+
     def read(self, source: ReadAt, path: str, offset: int, length: int) -> bytes:
         """Read a byte range of a regular file straight from *source*, verified.
 

@@ -17,9 +17,10 @@ from lazypull.errors import FormatError
 @dataclass(frozen=True)
 class Limits:
     max_toc_bytes: int = 64 << 20  # TOC JSON, compressed and uncompressed
-    # TOC entries (files, dirs, links, chunk records). A mount process holds ~1.3 KB per
-    # entry at worst (300k crafted entries: 380 MB); real TOCs reach the 64 MiB JSON limit
-    # at about 190k files (357 bytes per entry as the reference writes them) anyway.
+    # TOC entries (files, dirs, links, chunk records). Opening a layer peaks at ~1.3 KB per
+    # entry at worst (300k crafted entries: 390 MB, before the index becomes a file); real
+    # TOCs reach the 64 MiB JSON limit at about 190k files (357 bytes per entry as the
+    # reference writes them) anyway.
     max_entries: int = 300_000
     max_name_bytes: int = 4096  # a path or link target (Linux PATH_MAX)
     max_depth: int = 1024  # directories in one path

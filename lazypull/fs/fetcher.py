@@ -18,9 +18,11 @@ same page at once, and that retry must not wait a second deadline.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -232,27 +234,22 @@ class Fetcher:
                 f.set_exception(err)
 
     # -- prefetch and background fetch ------------------------------------------------
-    def _regular_chunks(self) -> list[tuple[Entry, Chunk]]:
-        items = [(e, c) for e in self.index.entries() if e.type == EntryType.REG for c in e.chunks]
-        items.sort(key=lambda ec: chunk_key(ec[1]))
-        return items
-
     def prefetch(self) -> int:
         """Fetch the prioritized range [0, prefetch_end) in one request; returns bytes fetched."""
         end = self.index.prefetch_end
         if end <= 0:
             return 0
-        items = [(e, c) for e, c in self._regular_chunks() if c.blob_end <= end]
-        return self._fetch_items(items, "prefetched_bytes", max_span=end + 1)
+        items = itertools.takewhile(lambda ec: ec[1].blob_offset < end, self.index.chunks_by_blob())
+        return self._fetch_items((ec for ec in items if ec[1].blob_end <= end), "prefetched_bytes", max_span=end + 1)
 
     def background_fetch(self, stop: threading.Event, pause_s: float = 0.05) -> int:
         """Fetch everything not yet cached, in large ranges, yielding to on-demand reads."""
-        items = self._regular_chunks()
+        items = self.index.chunks_by_blob()
         return self._fetch_items(items, "background_bytes", stop=stop, yield_to_reads=True, pause_s=pause_s)
 
     def _fetch_items(
         self,
-        items: list[tuple[Entry, Chunk]],
+        items: Iterator[tuple[Entry, Chunk]],
         kind: str,
         *,
         max_span: int = MAX_SPAN,
@@ -260,9 +257,10 @@ class Fetcher:
         yield_to_reads: bool = False,
         pause_s: float = 0.05,
     ) -> int:
+        """Fetch *items* (in blob order, consumed as they go) in contiguous groups."""
         total = 0
-        i = 0
-        while i < len(items):
+        pending = next(items, None)
+        while pending is not None:
             if stop is not None and stop.is_set():
                 break
             if yield_to_reads:
@@ -271,10 +269,10 @@ class Fetcher:
                         self._idle.wait(0.5)
             group: list[tuple[Entry, Chunk]] = []
             with self._lock:
-                while i < len(items):
-                    e, c = items[i]
+                while pending is not None:
+                    e, c = pending
                     if chunk_key(c) in self._inflight or self.cache.contains(c.digest):
-                        i += 1
+                        pending = next(items, None)
                         if group:
                             break
                         continue
@@ -288,7 +286,7 @@ class Fetcher:
                         break
                     self._inflight[chunk_key(c)] = Future()
                     group.append((e, c))
-                    i += 1
+                    pending = next(items, None)
             if not group:
                 continue
             before = getattr(self.stats, kind)

@@ -1,8 +1,11 @@
-"""One layer as a read-only filesystem: the inode tree from its index, reads via the fetcher.
+"""One layer as a read-only filesystem: the inode tree from its compact index, reads via
+the fetcher.
 
 Presented the way overlayfs expects a lower layer: ``.wh.NAME`` becomes a 0/0
 character device named NAME, ``.wh..wh..opq`` marks its directory opaque with the
-``trusted.overlay.opaque`` xattr, and the prefetch landmarks are hidden.
+``trusted.overlay.opaque`` xattr, and the prefetch landmarks are hidden. That view is
+computed when the index is written (:mod:`lazypull.format.compactindex`); here each
+request decodes the records it needs.
 """
 
 from __future__ import annotations
@@ -10,15 +13,13 @@ from __future__ import annotations
 import errno
 import stat
 
+from lazypull.errors import FormatError
+from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
 from lazypull.format.index import Entry, EntryType, LayerIndex
-from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from lazypull.fs.fetcher import Fetcher, FetchError
-from lazypull.fs.fuse.ops import ROOT_INO, Attr
+from lazypull.fs.fuse.ops import Attr
 
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = b"trusted.overlay.opaque"
-_HIDDEN = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 _TYPE_BITS = {
     EntryType.DIR: stat.S_IFDIR,
@@ -28,129 +29,92 @@ _TYPE_BITS = {
     EntryType.BLOCK: stat.S_IFBLK,
     EntryType.FIFO: stat.S_IFIFO,
 }
+_REG, _DIR, _SYMLINK = TYPE_CODE[EntryType.REG], TYPE_CODE[EntryType.DIR], TYPE_CODE[EntryType.SYMLINK]
+_DEVICES = (TYPE_CODE[EntryType.CHAR], TYPE_CODE[EntryType.BLOCK])
 
 
 class LayerFS:
+    """The overlay view of one layer, answered from its compact index: no per-inode Python
+    objects (inode numbers, directory entries and flags come from the index)."""
+
     def __init__(self, index: LayerIndex, fetcher: Fetcher) -> None:
         self.index = index
         self.fetcher = fetcher
-        self._entries: list[Entry | None] = [None, None]  # ino -> entry (ino 0 unused, 1 root)
-        self._attrs: list[Attr | None] = [None, None]
-        self._children: dict[int, dict[bytes, int]] = {}
-        self._whiteout: set[int] = set()  # inos presented as whiteout devices
-        self._opaque: set[int] = set()
+        # Other indexes (SOCI) get an in-memory compact tree; reads still go through *index*.
+        self.tree = index if isinstance(index, CompactIndex) else CompactIndex.from_index(index)
         self.bytes_served = 0
         self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
-        self._build()
-
-    def _build(self) -> None:
-        by_name: dict[str, int] = {}
-        hardlinks: list[tuple[int, Entry]] = []
-        for e in self.index.entries():
-            if e.name == "":
-                ino = ROOT_INO
-                self._entries[ino] = e
-                self._children[ino] = {}
-                by_name[""] = ino
-                continue
-            parent_name, _, base = e.name.rpartition("/")
-            parent = by_name.get(parent_name)
-            if parent is None or (base in _HIDDEN and parent == ROOT_INO):
-                continue
-            if base == OPAQUE:
-                self._opaque.add(parent)
-                continue
-            if e.type == EntryType.HARDLINK:
-                hardlinks.append((parent, e))
-                continue
-            name = base.encode("utf-8", "surrogateescape")
-            if base.startswith(WHITEOUT):
-                name = base[len(WHITEOUT) :].encode("utf-8", "surrogateescape")
-            # ".wh.X" beside X: X removed from below and recreated here; X wins, opaque if a dir.
-            other = self._children[parent].get(name)
-            if other is not None and base.startswith(WHITEOUT):
-                if other in self._children:
-                    self._opaque.add(other)
-                continue
-            if other in self._whiteout and e.type == EntryType.DIR:
-                self._opaque.add(len(self._entries))
-            ino = len(self._entries)
-            self._entries.append(e)
-            self._attrs.append(None)
-            if base.startswith(WHITEOUT):
-                self._whiteout.add(ino)
-            by_name[e.name] = ino
-            self._children[parent][name] = ino
-            if e.type == EntryType.DIR:
-                self._children[ino] = {}
-        for parent, e in hardlinks:
-            target = by_name.get(e.link_name)
-            if target is not None:
-                self._children[parent][e.name.rpartition("/")[2].encode("utf-8", "surrogateescape")] = target
 
     # -- ReadOnlyFS ---------------------------------------------------------------------
-    def _entry(self, ino: int) -> Entry:
-        if ino <= 0 or ino >= len(self._entries) or self._entries[ino] is None:
+    def _node(self, ino: int) -> Node:
+        return self.tree.node(self._node_id(ino))
+
+    def _node_id(self, ino: int) -> int:
+        i = self.tree.node_of_inode(ino)
+        if i is None:
             raise FileNotFoundError(errno.ENOENT, "no such inode")
-        return self._entries[ino]  # type: ignore[return-value]
+        return i
+
+    def _file(self, ino: int) -> Entry:
+        """The entry whose chunks a read of *ino* fetches."""
+        e = self.tree.entry(self._node_id(ino))
+        if self.tree is not self.index:
+            e = self.index.lookup(e.name) or e
+        return e
 
     def getattr(self, ino: int) -> Attr:
-        a = self._attrs[ino] if 0 < ino < len(self._attrs) else None
-        if a is not None:
-            return a
-        e = self._entry(ino)
-        if ino in self._whiteout:
-            a = Attr(ino, stat.S_IFCHR, 1, e.uid, e.gid, 0, 0, e.mtime_ns)
-        else:
-            nlink = e.nlink
-            if e.type == EntryType.DIR:
-                nlink = 2 + sum(
-                    1
-                    for i in self._children.get(ino, {}).values()
-                    if self._entries[i] is not None and self._entries[i].type == EntryType.DIR
-                )  # type: ignore[union-attr]
-            size = (
-                e.size if e.type == EntryType.REG else len(e.link_name.encode()) if e.type == EntryType.SYMLINK else 0
-            )
-            rdev = (
-                (e.dev_major << 8 | (e.dev_minor & 0xFF) | ((e.dev_minor & ~0xFF) << 12))
-                if e.type in (EntryType.CHAR, EntryType.BLOCK)
-                else 0
-            )
-            perm = 0o777 if e.type == EntryType.SYMLINK else e.mode & 0o7777  # as Linux shows symlinks
-            a = Attr(ino, _TYPE_BITS[e.type] | perm, nlink, e.uid, e.gid, rdev, size, e.mtime_ns)
-        self._attrs[ino] = a
-        return a
+        i = self._node_id(ino)
+        r = self.tree.attr_fields(i)  # the raw record: this is the hottest call
+        t, flags, mode, uid, gid, mtime = r[0], r[1], r[2], r[9], r[10], r[12] * 1_000_000_000 + r[13]
+        if flags & FS_WHITEOUT:
+            return Attr(ino, stat.S_IFCHR, 1, uid, gid, 0, 0, mtime)
+        if t == _REG:
+            return Attr(ino, stat.S_IFREG | mode & 0o7777, r[14], uid, gid, 0, r[11], mtime)
+        if t == _DIR:
+            return Attr(ino, stat.S_IFDIR | mode & 0o7777, r[22], uid, gid, 0, 0, mtime)  # 2 + subdirectories
+        if t == _SYMLINK:  # size: the target's length; permissions as Linux shows symlinks
+            return Attr(ino, stat.S_IFLNK | 0o777, r[14], uid, gid, 0, r[19], mtime)
+        nd = self.tree.node(i)  # checks the type code
+        rdev = 0
+        if t in _DEVICES:
+            major, minor = self.tree.dev(nd)
+            rdev = major << 8 | (minor & 0xFF) | ((minor & ~0xFF) << 12)
+        bits = _TYPE_BITS.get(nd.entry_type)
+        if bits is None:
+            raise FormatError(f"compact index: inode {ino} is a {nd.entry_type}")
+        return Attr(ino, bits | mode & 0o7777, r[14], uid, gid, rdev, 0, mtime)
+
+    def _dir(self, ino: int) -> Node:
+        nd = self._node(ino)
+        if nd.entry_type != EntryType.DIR:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        return nd
 
     def lookup(self, parent: int, name: bytes) -> Attr:
-        kids = self._children.get(parent)
-        if kids is None:
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-        ino = kids.get(name)
+        ino = self.tree.find_dirent(self._dir(parent), name)
         if ino is None:
             raise FileNotFoundError(errno.ENOENT, "no such file")
         return self.getattr(ino)
 
     def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
-        kids = self._children.get(ino)
-        if kids is None:
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-        return [(name, self.getattr(child)) for name, child in kids.items()]
+        return [(name, self.getattr(child)) for name, child in self.tree.dirents(self._dir(ino))]
 
     def readlink(self, ino: int) -> bytes:
-        e = self._entry(ino)
-        if e.type != EntryType.SYMLINK:
+        nd = self._node(ino)
+        if nd.entry_type != EntryType.SYMLINK or nd.flags & FS_WHITEOUT:
             raise OSError(errno.EINVAL, "not a symlink")
-        return e.link_name.encode("utf-8", "surrogateescape")
+        return self.tree.link(nd)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
-        e = self._entry(ino)
-        if e.type != EntryType.REG or ino in self._whiteout:
+        nd = self._node(ino)
+        t = nd.entry_type
+        if t != EntryType.REG or nd.flags & FS_WHITEOUT:
             raise (
                 IsADirectoryError(errno.EISDIR, "not a regular file")
-                if e.type == EntryType.DIR
+                if t == EntryType.DIR
                 else OSError(errno.EINVAL, "not a regular file")
             )
+        e = self._file(ino)
         try:
             data = self.fetcher.read(e, offset, size)
             self.bytes_served += len(data)
@@ -161,17 +125,17 @@ class LayerFS:
             raise OSError(errno.EIO, str(err)) from None
 
     def listxattr(self, ino: int) -> list[bytes]:
-        e = self._entry(ino)
-        names = [k.encode() for k in e.xattrs]
-        if ino in self._opaque:
+        nd = self._node(ino)
+        names = [k.encode("utf-8", "surrogateescape") for k in self.tree.xattrs(nd)]
+        if nd.flags & FS_OPAQUE:
             names.append(OPAQUE_XATTR)
         return names
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        e = self._entry(ino)
-        if name == OPAQUE_XATTR and ino in self._opaque:
+        nd = self._node(ino)
+        if name == OPAQUE_XATTR and nd.flags & FS_OPAQUE:
             return b"y"
-        v = e.xattrs.get(name.decode("utf-8", "surrogateescape"))
+        v = self.tree.xattrs(nd).get(name.decode("utf-8", "surrogateescape"))
         if v is None:
             raise OSError(errno.ENODATA, "no such attribute")
         return v
@@ -180,8 +144,14 @@ class LayerFS:
         """An fd on a cache file holding the whole file, verified through that fd, once every
         chunk is cached. A corrupted file is dropped and assembled again from verified chunks
         (themselves re-fetched if they fail their check)."""
-        e = self._entries[ino] if 0 < ino < len(self._entries) else None
-        if e is None or e.type != EntryType.REG or ino in self._whiteout or not e.size or not e.digest:
+        try:
+            nd = self._node(ino)
+        except FileNotFoundError:
+            return None
+        if nd.entry_type != EntryType.REG or nd.flags & FS_WHITEOUT or not nd.size or nd.digest == NONE:
+            return None
+        e = self._file(ino)
+        if not e.digest:
             return None
         cache = self.fetcher.cache
         had = cache.path_of(e.digest) is not None
@@ -200,8 +170,8 @@ class LayerFS:
         return cache.open_verified(e.digest)
 
     def statfs(self) -> tuple[int, int]:
-        return self.index.blob_size, len(self._entries)
+        return self.index.blob_size, self.tree.fs_inodes + 1
 
     @property
     def inode_count(self) -> int:
-        return len(self._entries) - 1
+        return self.tree.fs_inodes

@@ -16,6 +16,8 @@ from typing import Any
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.format import FileSource
+from lazypull.format.compactindex import COMPACT_FORMATS, CompactIndex
+from lazypull.format.compactwrite import write_file
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.format.soci.dispatch import open_layer_index
@@ -23,6 +25,7 @@ from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
 from lazypull.fs.opened import RecordingSource, ReplaySource, TailSource
+from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import SECRET_KEYS, RegistryOptions
 
@@ -103,6 +106,33 @@ def open_source(spec: LayerSpec, clients: RegistryClients | None = None, desc: D
     return RegistryBlobSource(client, Reference.parse(spec.ref), desc or spec.descriptor)  # type: ignore[arg-type]
 
 
+def index_path(saved: Path) -> Path:
+    """Where the compact index of a layer whose open is saved at *saved* lives."""
+    return saved.with_name(saved.name + ".index.v1")
+
+
+def index_key(desc: Descriptor) -> bytes:
+    """What a compact index file must have been made from to be re-used: the layer blob and
+    the TOC (or zTOC) its descriptor names."""
+    ann = desc.annotations
+    return json.dumps(
+        [desc.digest, desc.size, ann.get(mt.ANNOTATION_TOC_DIGEST, ""), ann.get(mt.ANNOTATION_LAZYPULL_ZTOC, "")]
+    ).encode()
+
+
+def _compact(index: LayerIndex, path: Path | None, key: bytes) -> LayerIndex:
+    """*index* as a compact index (mapped from *path* when given); SOCI indexes stay as they are."""
+    if index.format not in COMPACT_FORMATS:
+        return index
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return write_file(index, path, key)
+        except OSError as e:
+            log.warning("cannot write the index file %s (%s); keeping it in memory", path, e)
+    return CompactIndex.from_index(index)
+
+
 def open_layer_fs(
     spec: LayerSpec, cache: ChunkCache, saved: Path | None = None, clients: RegistryClients | None = None
 ) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
@@ -110,25 +140,36 @@ def open_layer_fs(
     TOC digest), build the tree.
 
     With *saved*, the bytes the open reads are kept there, and taken from there next time
-    (still verified), so re-opening a layer needs no registry."""
+    (still verified), so re-opening a layer needs no registry; the compact index is written
+    beside it (:func:`index_path`) and re-used when intact and made for the same layer."""
     desc = spec.descriptor
     source = CountingSource(open_source(spec, clients))
+    key = index_key(desc)
 
     def open_blob(d: Descriptor) -> ReadAt:
         return open_source(spec, clients, d)
 
-    index = None
-    if saved is not None and saved.exists():
+    index: LayerIndex | None = None
+    if saved is not None and index_path(saved).exists():
+        try:
+            index = CompactIndex.open(index_path(saved), key)
+        except (LazypullError, OSError, ValueError) as e:
+            log.warning("index file of %s unusable (%s); building it again", desc.digest, e)
+            index_path(saved).unlink(missing_ok=True)
+    if index is None and saved is not None and saved.exists():
         try:
             index = open_layer_index(desc, ReplaySource(TailSource(source), saved), open_blob, cache)
         except (LazypullError, OSError, ValueError) as e:
             log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
             saved.unlink(missing_ok=True)
+        else:
+            index = _compact(index, index_path(saved), key)
     if index is None:
         rec = RecordingSource(TailSource(source))
         index = open_layer_index(desc, rec, open_blob, cache)  # SOCI: the zTOC is kept in *cache*
         if saved is not None:
             rec.save(saved)
+        index = _compact(index, index_path(saved) if saved is not None else None, key)
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
     )

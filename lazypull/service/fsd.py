@@ -39,12 +39,12 @@ from typing import Any
 from lazypull.cache.chunks import ChunkCache, MemoryLRU
 from lazypull.errors import LazypullError
 from lazypull.format.counting import CountingSource
-from lazypull.format.index import EntryType, LayerIndex
+from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.loop import ServeLoop
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
 from lazypull.fs.layer import LayerFS
-from lazypull.fs.spec import LayerSpec, RegistryClients, open_layer_fs
+from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
 from lazypull.service.fsdclient import socket_path
@@ -338,6 +338,7 @@ class LayerServer:
             ly.session.close()
         sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
         self._toc_path(ly).unlink(missing_ok=True)
+        index_path(self._toc_path(ly)).unlink(missing_ok=True)
         self._state_path(ly.mountpoint).unlink(missing_ok=True)
         with self._lock:
             if self.layers.get(ly.mountpoint) is ly:
@@ -357,10 +358,11 @@ class LayerServer:
         cache = ly.fetcher.cache
         with self._lock:
             others = [o for o in self.layers.values() if o.fetcher is not None and o.fetcher.cache is cache]
-        keep = {c.digest for o in others if o.index for e in o.index.entries() for c in e.chunks}
-        keep |= {e.digest for o in others if o.index for e in o.index.entries() if e.digest}
-        mine = {c.digest for e in ly.index.entries() for c in e.chunks}
-        mine |= {e.digest for e in ly.index.entries() if e.type == EntryType.REG and e.digest}
+        keep: set[str] = set()
+        for o in others:
+            if o.index is not None:
+                keep |= o.index.digests()
+        mine = ly.index.digests()
         return sum(cache.remove(d) for d in mine - keep)
 
     def _on_dead(self, session: FuseSession) -> None:

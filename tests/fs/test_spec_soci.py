@@ -32,8 +32,10 @@ def test_reattach_takes_the_ztoc_from_the_chunk_cache(tmp_path: Path) -> None:
         layer=with_ztoc(layer, zdesc).to_json(), cache_dir=str(tmp_path / "cache"), blob_path=str(layer_path)
     )
     saved = tmp_path / "saved" / "toc"
-    _fs, _f, src, index = open_layer_fs(spec, ChunkCache(tmp_path / "cache"), saved)
+    cache = ChunkCache(tmp_path / "cache")
+    _fs, _f, src, index = open_layer_fs(spec, cache, saved)
     assert index.read(src, "a.txt", 0, len(DATA)) == DATA
+    cache.flush()  # the zTOC reaches the disk in the background: a new server finds it there
     ztoc_path.unlink()  # the registry is gone: only the cache can give the zTOC now
     _fs, _f, src, index = open_layer_fs(spec, ChunkCache(tmp_path / "cache"), saved)
     assert index.read(src, "a.txt", 0, len(DATA)) == DATA

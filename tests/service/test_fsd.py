@@ -96,8 +96,10 @@ def test_one_cache_bound_for_all_layers(server: tuple[LayerServer, FsdClient], t
     assert [r["state"] for r in client.list()] == ["serving", "serving"]
     stats = client.stats()
     assert stats["memory_bytes"] <= 1 << 20  # one memory budget
+    assert len(list((tmp_path / "fsd" / "tocs").glob("*.index.v1"))) == 2  # one compact index file each
     client.unmount(tmp_path / "m1", free_cache=True)
     assert not os.path.ismount(tmp_path / "m1") and len(client.list()) == 1
+    assert len(list((tmp_path / "fsd" / "tocs").glob("*.index.v1"))) == 1
 
 
 def test_metadata_answers_while_reads_wait_on_the_registry(
@@ -203,6 +205,9 @@ def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
                 for f in fds:
                     os.close(f)
         dev = os.stat(mp).st_dev
+        [index] = (root / "tocs").glob("*.index.v1")
+        index_ino = index.stat().st_ino
+        assert index.stat().st_mode & 0o777 == 0o600
         first.send_signal(signal.SIGKILL)
         first.wait()
         got: dict[str, bytes] = {}
@@ -219,8 +224,10 @@ def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
         assert not reader.is_alive() and got["b"] == data[::-1]
         assert os.stat(mp).st_dev == dev and (mp / "a.bin").read_bytes() == data
         assert [r["state"] for r in client.list()] == ["serving"]
+        assert index.stat().st_ino == index_ino  # the successor mapped the same file
         client.shutdown(unmount_all=True)
         second.wait(20)
+        assert not index.exists()
     finally:
         for p in procs:
             if p.poll() is None:

@@ -1,0 +1,197 @@
+"""One layer as overlayfs sees it, answered from the compact index (no FUSE needed)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from lazypull.cache.chunks import ChunkCache
+from lazypull.format import BytesSource, open_layer
+from lazypull.format.compactindex import CompactIndex
+from lazypull.format.counting import CountingSource
+from lazypull.fs.fetcher import Fetcher
+from lazypull.fs.fuse.ops import ROOT_INO, Attr
+from lazypull.fs.layer import OPAQUE_XATTR, LayerFS
+from lazypull.fs.spec import LayerSpec, index_key, index_path, open_layer_fs
+from lazypull.oci import mediatypes as mt
+from lazypull.oci.types import Descriptor
+from tests.format.helpers import build
+from tests.support.images import Entry
+
+BIG = os.urandom(200_000)
+ENTRIES = [
+    Entry("etc/", "dir"),
+    Entry("etc/passwd", data=b"root:x:0:0\n", xattrs={"user.note": "hi"}, uid=5, gid=6),
+    Entry("etc/hard", "hardlink", link="etc/passwd"),
+    Entry("etc/sym", "symlink", link="passwd"),
+    Entry("etc/big", data=BIG),
+    Entry("dev/null", "char", devmajor=1, devminor=3),
+    Entry("run/fifo", "fifo"),
+    Entry("var/.wh.cache", data=b""),
+    Entry("var/lib/.wh..wh..opq", data=b""),
+    Entry("var/lib/new", data=b"n"),
+    Entry("opt/.wh.app", data=b""),
+    Entry("opt/app/", "dir"),  # removed below and made again here: shown opaque, no whiteout
+    Entry("srv/y", data=b"y"),
+    Entry("srv/.wh.y", data=b""),  # y wins
+    Entry("a/b/c/d", data=b"deep"),
+]
+
+
+def make_fs(tmp_path: Path, compact: bool = True) -> tuple[LayerFS, bytes]:
+    blob, _ = build(ENTRIES, chunk_size=64 << 10, prioritized_files=["etc/passwd"])
+    src = BytesSource(blob)
+    idx = open_layer(src)
+    if compact:
+        idx = CompactIndex.from_index(idx)
+    return LayerFS(idx, Fetcher(idx, src, ChunkCache(tmp_path / "cache"))), blob
+
+
+def walk(fs: LayerFS) -> dict[str, Attr]:
+    out: dict[str, Attr] = {"": fs.getattr(ROOT_INO)}
+    stack = [("", ROOT_INO)]
+    while stack:
+        path, ino = stack.pop()
+        for name, a in fs.readdir(ino):
+            p = f"{path}/{name.decode()}" if path else name.decode()
+            out[p] = a
+            assert fs.lookup(ino, name) == a
+            if stat.S_ISDIR(a.mode):
+                stack.append((p, a.ino))
+    return out
+
+
+def test_the_overlay_view(tmp_path: Path) -> None:
+    fs, _ = make_fs(tmp_path)
+    tree = walk(fs)
+    # Index order (LayerIndex.entries: files first, then subdirectories last to first), as before.
+    assert [n for n, _ in fs.readdir(ROOT_INO)] == [b"a", b"srv", b"opt", b"var", b"run", b"dev", b"etc"]
+    assert [n for n, _ in fs.readdir(tree["etc"].ino)] == [b"passwd", b"sym", b"big", b"hard"]
+    assert tree[""].nlink == 2 + 7 and tree["etc"].nlink == 2 and tree["a"].nlink == 3
+    passwd = tree["etc/passwd"]
+    assert tree["etc/hard"] == passwd and passwd.nlink == 2  # one inode, two names
+    assert (stat.S_IFMT(passwd.mode), passwd.mode & 0o7777, passwd.uid, passwd.gid) == (stat.S_IFREG, 0o644, 5, 6)
+    assert passwd.size == 11 and tree["etc/big"].size == len(BIG)
+    assert stat.S_ISLNK(tree["etc/sym"].mode) and tree["etc/sym"].size == 6
+    assert fs.readlink(tree["etc/sym"].ino) == b"passwd"
+    assert stat.S_ISCHR(tree["dev/null"].mode) and tree["dev/null"].rdev == os.makedev(1, 3)
+    assert stat.S_ISFIFO(tree["run/fifo"].mode)
+    wh = tree["var/cache"]
+    assert (wh.mode, wh.rdev, wh.size) == (stat.S_IFCHR, 0, 0)  # a whiteout
+    assert OPAQUE_XATTR in fs.listxattr(tree["var/lib"].ino) and fs.getxattr(tree["var/lib"].ino, OPAQUE_XATTR) == b"y"
+    assert "var/lib/.wh..wh..opq" not in tree and "var/lib/new" in tree
+    assert stat.S_ISDIR(tree["opt/app"].mode) and fs.getxattr(tree["opt/app"].ino, OPAQUE_XATTR) == b"y"
+    assert [n for n, _ in fs.readdir(tree["opt"].ino)] == [b"app"]
+    assert stat.S_ISREG(tree["srv/y"].mode) and [n for n, _ in fs.readdir(tree["srv"].ino)] == [b"y"]
+    assert OPAQUE_XATTR not in fs.listxattr(tree["etc"].ino)
+    assert fs.listxattr(passwd.ino) == [b"user.note"] and fs.getxattr(passwd.ino, b"user.note") == b"hi"
+    assert not any(".landmark" in p for p in tree)
+    # Inodes as before: the whiteout opt/.wh.app keeps one, though opt/app took its name.
+    assert fs.inode_count == len({a.ino for a in tree.values()}) + 1 == fs.statfs()[1] - 1
+
+
+def test_reads_go_through_the_fetcher(tmp_path: Path) -> None:
+    fs, _ = make_fs(tmp_path)
+    tree = walk(fs)
+    fs.accessed = {}
+    assert fs.read(tree["etc/big"].ino, 65_000, 100_000) == BIG[65_000:165_000]
+    assert fs.read(tree["etc/hard"].ino, 0, 100) == b"root:x:0:0\n"
+    assert fs.read(tree["etc/big"].ino, len(BIG) - 5, 100) == BIG[-5:]
+    assert list(fs.accessed) == ["etc/big", "etc/passwd"]
+    assert fs.bytes_served == 100_000 + 11 + 5
+    fd = fs.passthrough_fd(tree["etc/passwd"].ino)
+    assert fd is not None
+    try:
+        assert os.pread(fd, 100, 0) == b"root:x:0:0\n"
+    finally:
+        os.close(fd)
+
+
+def test_prefetch_and_background_fetch_walk_the_index_in_blob_order(tmp_path: Path) -> None:
+    blob, _ = build(ENTRIES, chunk_size=64 << 10, prioritized_files=["etc/big"])
+    src = CountingSource(BytesSource(blob))
+    idx = CompactIndex.from_index(open_layer(src))
+    fetcher = Fetcher(idx, src, ChunkCache(tmp_path / "cache"))
+    before = src.reads
+    assert fetcher.prefetch() > 0 and src.reads == before + 1  # one request for the prioritized range
+    assert fetcher.background_fetch(threading.Event()) > 0
+    cache = fetcher.cache
+    assert all(cache.contains(c.digest) for _, c in idx.chunks_by_blob())
+    reads = src.reads
+    fs = LayerFS(idx, fetcher)
+    assert fs.read(walk(fs)["etc/big"].ino, 0, len(BIG)) == BIG and src.reads == reads
+
+
+def test_errors(tmp_path: Path) -> None:
+    fs, _ = make_fs(tmp_path)
+    tree = walk(fs)
+    cases = [
+        (lambda: fs.lookup(ROOT_INO, b"nope"), errno.ENOENT),
+        (lambda: fs.lookup(tree["etc/passwd"].ino, b"x"), errno.ENOTDIR),
+        (lambda: fs.readdir(tree["etc/passwd"].ino), errno.ENOTDIR),
+        (lambda: fs.getattr(10**6), errno.ENOENT),
+        (lambda: fs.getattr(0), errno.ENOENT),
+        (lambda: fs.read(tree["etc"].ino, 0, 1), errno.EISDIR),
+        (lambda: fs.read(tree["var/cache"].ino, 0, 1), errno.EINVAL),
+        (lambda: fs.readlink(tree["etc/passwd"].ino), errno.EINVAL),
+        (lambda: fs.getxattr(tree["etc/passwd"].ino, b"user.none"), errno.ENODATA),
+        (lambda: fs.lookup(ROOT_INO, b".prefetch.landmark"), errno.ENOENT),
+    ]
+    for call, err in cases:
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == err
+    # Inode numbers: the shown entries numbered in index order, root 1 (as the layer server
+    # always numbered them: a successor re-attaching a live mount must agree with the kernel).
+    nodes = [fs.tree.node_of_inode(ino) for ino in range(1, fs.inode_count + 1)]
+    assert nodes[0] == 0 and nodes == sorted(nodes)  # type: ignore[type-var]
+    shown = set(nodes)
+    for hidden in (".prefetch.landmark", "var/lib/.wh..wh..opq", "etc/hard", "srv/.wh.y"):
+        node = fs.tree.find(hidden)
+        assert node is not None and node not in shown  # no inode of its own
+    with pytest.raises(FileNotFoundError):
+        fs.getattr(fs.inode_count + 1)
+
+
+def test_an_index_that_is_not_compact_gets_the_same_view(tmp_path: Path) -> None:
+    """SOCI indexes stay Python objects; LayerFS then keeps an in-memory compact tree."""
+    compact, _ = make_fs(tmp_path / "a")
+    other, _ = make_fs(tmp_path / "b", compact=False)
+    assert walk(other) == walk(compact)
+    big = walk(other)["etc/big"].ino
+    assert other.read(big, 1, 70_000) == BIG[1:70_001]
+
+
+def test_the_layer_server_keeps_the_index_in_a_file_and_reuses_it(tmp_path: Path) -> None:
+    blob, res = build(ENTRIES, chunk_size=64 << 10)
+    blob_path = tmp_path / "blob"
+    blob_path.write_bytes(blob)
+    desc = Descriptor(mt.OCI_LAYER_GZIP, res.blob_digest, len(blob), {mt.ANNOTATION_TOC_DIGEST: res.toc_digest})
+    spec = LayerSpec(layer=desc.to_json(), cache_dir=str(tmp_path / "cache"), blob_path=str(blob_path))
+    saved = tmp_path / "state" / "toc"
+    fs, _, _, index = open_layer_fs(spec, ChunkCache(tmp_path / "cache"), saved)
+    assert isinstance(index, CompactIndex)
+    path = index_path(saved)
+    assert path.stat().st_mode & 0o777 == 0o600
+    want = walk(fs)
+
+    # Re-opened from the file alone: no byte of the blob is read (here it is even garbage).
+    saved.unlink()
+    blob_path.write_bytes(b"\0" * len(blob))
+    fs, _, source, index = open_layer_fs(spec, ChunkCache(tmp_path / "cache2"), saved)
+    assert walk(fs) == want and source.reads == 0
+
+    # A damaged file is rebuilt from the TOC.
+    blob_path.write_bytes(blob)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    fs, _, source, index = open_layer_fs(spec, ChunkCache(tmp_path / "cache3"), saved)
+    assert walk(fs) == want and source.reads > 0
+    assert CompactIndex.open(path, index_key(desc)).n_nodes == index.n_nodes  # intact again
+    assert fs.read(want["etc/big"].ino, 0, len(BIG)) == BIG
