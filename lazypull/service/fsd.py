@@ -178,11 +178,14 @@ class LayerServer:
             log.info("%d layers to re-attach from the saved state", len(self.layers))
 
     def cache_for(self, spec: LayerSpec) -> ChunkCache:
-        key = os.path.realpath(spec.cache_dir)
+        return self._cache(spec.cache_dir, spec.cache_max_bytes)
+
+    def _cache(self, cache_dir: str, max_bytes: int) -> ChunkCache:
+        key = os.path.realpath(cache_dir)
         with self._lock:
             c = self.caches.get(key)
             if c is None:
-                c = self.caches[key] = ChunkCache(Path(key), max_bytes=spec.cache_max_bytes, memory=self.memory)
+                c = self.caches[key] = ChunkCache(Path(key), max_bytes=max_bytes, memory=self.memory)
             return c
 
     # -- mounting -----------------------------------------------------------------------------
@@ -418,6 +421,9 @@ class LayerServer:
                 for ly, row in zip(layers, rows, strict=True):
                     row["accessed"] = ["/" + p for p in list((ly.fs.accessed if ly.fs else None) or {})]
             return {"layers": rows, "caches": caches, "memory_bytes": self.memory.size}, []
+        if op == "adopt":  # chunks the daemon's hint prefetcher wrote: under this server's one bound
+            cache = self._cache(str(req["cache_dir"]), int(req["max_bytes"]))
+            return {"adopted": cache.adopt(str(d) for d in req.get("digests") or [])}, []
         if op == "fds":
             want = list(req.get("mountpoints") or [])[:MAX_FDS]
             with self._lock:

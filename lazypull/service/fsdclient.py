@@ -86,6 +86,10 @@ class FsdClient:
     def stats(self, mountpoints: list[str] | None = None, accessed: bool = False) -> dict[str, Any]:
         return self.call("stats", mountpoints=mountpoints or [], accessed=accessed, timeout=5)[0]
 
+    def adopt(self, cache_dir: Path, max_bytes: int, digests: list[str]) -> int:
+        """Have the server account for (and evict within its bound) chunks written by others."""
+        return int(self.call("adopt", cache_dir=str(cache_dir), max_bytes=max_bytes, digests=digests)[0]["adopted"])
+
     def fds(self, mountpoints: list[str]) -> dict[str, int]:
         """Copies of the layers' FUSE fds (in batches: one message carries at most MAX_FDS)."""
         out: dict[str, int] = {}
