@@ -10,6 +10,7 @@ VENV=.venv
 
 ensure_pkgs containerd runc docker-registry stargz-snapshotter fuse3 libfuse3-dev pkg-config gcc python3-dev \
   busybox-static iproute2 debootstrap zstd openssl apache2-utils e2fsprogs attr curl buildah skopeo git podman prometheus \
+  flatbuffers-compiler systemd \
   "${PYTHON_PKGS[@]}"
 venv_python
 

@@ -71,9 +71,14 @@ class ChunkCache:
         memory_bytes: int = 64 << 20,
         write_queue: int = 16,
         memory: MemoryLRU | None = None,
+        accounting: bool = True,
     ) -> None:
         """*memory*: a memory tier shared with other caches (the layer server keeps one per
-        process, so the node has one memory budget); otherwise one of *memory_bytes*."""
+        process, so the node has one memory budget); otherwise one of *memory_bytes*.
+
+        *accounting* False: another process (the layer server) owns this directory's disk
+        bound. This instance then neither scans nor evicts; what it writes is handed to the
+        owner with :meth:`adopt`, so the node keeps one bound and one eviction order."""
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.memory = memory if memory is not None else MemoryLRU(memory_bytes)
@@ -87,7 +92,9 @@ class ChunkCache:
         os.chmod(self.root, 0o700)
         self._real_root = os.path.realpath(self.root) + os.sep
         self._confined: set[str] = set()  # subdirectories checked to resolve inside root
-        self._scan()
+        self.accounting = accounting
+        if accounting:
+            self._scan()
         self._pending: set[str] = set()
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=write_queue)
         threading.Thread(target=self._writer, daemon=True, name="cache-writer").start()
@@ -195,11 +202,7 @@ class ChunkCache:
             # A full disk must not fail reads: the bytes are still served from memory.
             log.warning("cannot write chunk %s to the cache: %s", digest, e.strerror)
             return
-        with self._lock:
-            if digest not in self._sizes:
-                self._sizes[digest] = len(data)
-                self._total += len(data)
-            self._evict()
+        self._account(digest, len(data))
 
     def path_of(self, digest: str) -> Path | None:
         """The file holding *digest*'s content, if cached."""
@@ -258,12 +261,37 @@ class ChunkCache:
             Path(tmp).unlink(missing_ok=True)
             log.warning("cannot store %s in the cache: %s", digest, e)
             return None
+        self._account(digest, size)
+        return path
+
+    def _account(self, digest: str, size: int) -> None:
+        if not self.accounting:
+            return  # the owner of the bound learns of it through adopt()
         with self._lock:
             if digest not in self._sizes:
                 self._sizes[digest] = size
                 self._total += size
             self._evict()
-        return path
+
+    def adopt(self, digests: Iterable[str]) -> int:
+        """Account for chunks another process wrote into this directory (most recent use);
+        evicts to stay within the bound. Returns how many were new here."""
+        n = 0
+        for digest in digests:
+            try:
+                size = self._path(digest).stat().st_size
+            except (FileNotFoundError, LazypullError):
+                continue
+            with self._lock:
+                if digest in self._sizes:
+                    self._sizes.move_to_end(digest)
+                    continue
+                self._sizes[digest] = size
+                self._total += size
+                n += 1
+        with self._lock:
+            self._evict()
+        return n
 
     def _evict(self) -> None:
         while self._total > self.max_bytes and self._sizes:

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -47,7 +48,7 @@ from lazypull.fs.layer import LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
-from lazypull.service.fsdclient import socket_path
+from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
 
@@ -55,6 +56,12 @@ log = logging.getLogger("lazypull.fsd")
 
 LOCK_FILE = "fsd.lock"
 DEFAULT_MEMORY = 64 << 20
+HANDOVER_SEC = 60.0  # a successor that took no layers by then is given up on
+_CHANGES = frozenset({"mount", "attach", "unmount"})  # refused (retry) while handing over
+
+
+class HandingOver(LazypullError):
+    """This server is handing its layers to a successor: the request is to be sent again."""
 
 
 def fd_name(mountpoint: str) -> str:
@@ -152,6 +159,8 @@ class LayerServer:
         self._prefetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prefetch")
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background")
         self.idle = threading.Event()
+        self.handover_until = 0.0  # monotonic time until which changes are refused (handover)
+        self.retired = False  # a successor serves our layers: exit leaving the socket and state to it
 
     # -- state on disk (no credentials) ---------------------------------------------------
     def _state_path(self, mountpoint: str) -> Path:
@@ -179,11 +188,14 @@ class LayerServer:
             log.info("%d layers to re-attach from the saved state", len(self.layers))
 
     def cache_for(self, spec: LayerSpec) -> ChunkCache:
-        key = os.path.realpath(spec.cache_dir)
+        return self._cache(spec.cache_dir, spec.cache_max_bytes)
+
+    def _cache(self, cache_dir: str, max_bytes: int) -> ChunkCache:
+        key = os.path.realpath(cache_dir)
         with self._lock:
             c = self.caches.get(key)
             if c is None:
-                c = self.caches[key] = ChunkCache(Path(key), max_bytes=spec.cache_max_bytes, memory=self.memory)
+                c = self.caches[key] = ChunkCache(Path(key), max_bytes=max_bytes, memory=self.memory)
             return c
 
     # -- mounting -----------------------------------------------------------------------------
@@ -380,8 +392,45 @@ class LayerServer:
             self.idle.set()  # mounts still fetching a TOC nobody wants hold nothing worth waiting for
 
     # -- control requests -----------------------------------------------------------------
+    # -- handing over to a successor (planned restart or upgrade) -------------------------------
+    def begin_handover(self, wait: float = 30.0) -> dict[str, Any]:
+        """Stop taking changes and list the layers a successor is to serve; it then gets their
+        fds (``fds``) and serves them beside us until it tells us to ``retire``."""
+        self.handover_until = time.monotonic() + HANDOVER_SEC
+        deadline = time.monotonic() + wait
+        while True:
+            with self._lock:
+                busy = bool(self._mounting)
+                layers = [
+                    {"mountpoint": ly.mountpoint, "spec": ly.spec.to_json()}  # credentials: memory to memory
+                    for ly in self.layers.values()
+                    if ly.session is not None and ly.state in ("serving", "failed")
+                ]
+            if not busy:
+                break
+            if time.monotonic() > deadline:
+                self.handover_until = 0.0
+                raise LazypullError("layers are still being mounted; handover refused")
+            time.sleep(0.02)
+        log.info("handing %d layers over to a successor", len(layers))
+        return {"pid": os.getpid(), "instance": self.instance, "layers": layers}
+
+    def retire(self) -> None:
+        """The successor serves every layer now: stop reading, answer what is in flight, exit."""
+        self.retired = True
+        self.idle.set()
+
     def handle(self, req: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
         op = req.get("op")
+        if op in _CHANGES and (self.retired or time.monotonic() < self.handover_until):
+            for fd in fds:
+                os.close(fd)
+            raise HandingOver("the layer server is handing over to its successor; retry")
+        if op == "handover":
+            return self.begin_handover(), []
+        if op == "retire":
+            self.retire()
+            return {"ok": True}, []
         if op == "mount":
             ly = self.mount(LayerSpec.from_json(req["spec"]), str(req["mountpoint"]))
             return {"layer": ly.summary()}, [ly.session.fd] if ly.session else []
@@ -421,6 +470,9 @@ class LayerServer:
                 for ly, row in zip(layers, rows, strict=True):
                     row["accessed"] = ["/" + p for p in list((ly.fs.accessed if ly.fs else None) or {})]
             return {"layers": rows, "caches": caches, "memory_bytes": self.memory.size}, []
+        if op == "adopt":  # chunks the daemon's hint prefetcher wrote: under this server's one bound
+            cache = self._cache(str(req["cache_dir"]), int(req["max_bytes"]))
+            return {"adopted": cache.adopt(str(d) for d in req.get("digests") or [])}, []
         if op == "fds":
             want = list(req.get("mountpoints") or [])[:MAX_FDS]
             with self._lock:
@@ -482,9 +534,11 @@ def serve_control(server: LayerServer, sock: socket.socket) -> None:
             try:
                 reply, out_fds = server.handle(req, fds)
             except (LazypullError, OSError, KeyError, ValueError, TypeError) as e:
-                log.warning("%s request failed: %s", req.get("op"), e)
+                (log.debug if isinstance(e, HandingOver) else log.warning)("%s request failed: %s", req.get("op"), e)
                 msg = str(e) if isinstance(e, LazypullError) else f"{type(e).__name__}: {e}"
                 reply, out_fds = {"error": msg}, []
+                if isinstance(e, HandingOver):
+                    reply["retry"] = True
             with contextlib.suppress(OSError):
                 send_msg(conn, reply, out_fds)
 
@@ -496,6 +550,68 @@ def serve_control(server: LayerServer, sock: socket.socket) -> None:
         threading.Thread(target=one, args=(conn,), daemon=True, name="control").start()
 
 
+def take_over(server: LayerServer, address: Path) -> tuple[socket.socket, int] | None:
+    """Serve the layers of the server running at *address* beside it; None when none runs.
+
+    Returns a connection opened to it before we take its socket (to tell it to retire on)
+    and its pid. Both generations read requests meanwhile, each answering what it read,
+    so nothing queues and nothing fails."""
+    client = FsdClient(address, timeout=60)
+    st = client.alive()
+    if st is None:
+        return None
+    retire = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    retire.connect(str(address))
+    t0 = time.monotonic()
+    reply = client.call("handover", timeout=60)[0]
+    specs = {str(r["mountpoint"]): LayerSpec.from_json(r["spec"]) for r in reply["layers"]}
+    fds = client.fds(list(specs))
+    taken = 0
+    for mp, fd in fds.items():
+        try:
+            if server.attach(mp, fd, specs[mp]).state == "serving":
+                taken += 1
+        except LazypullError as e:
+            log.error("%s", e)
+    log.info(
+        "took over %d of %d layers from the layer server pid %s in %.2fs",
+        taken,
+        len(specs),
+        reply["pid"],
+        time.monotonic() - t0,
+    )
+    return retire, int(reply["pid"])
+
+
+def _spawn_successor() -> None:
+    """SIGHUP (``systemctl reload``): start the installed code with --takeover beside us."""
+    args = [a for a in sys.argv[1:] if a != "--takeover"]
+    cmd = [sys.executable, "-m", "lazypull.service.fsd", *args, "--takeover"]
+    log.info("starting a successor to take the layers over")
+    try:
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+    except OSError as e:
+        log.error("cannot start a successor: %s", e)
+
+
+def _await_lock(lock: int, predecessor: int, timeout: float = 30.0) -> None:
+    """Take the state lock once the retiring server has exited (killed if it does not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if time.monotonic() > deadline:
+            log.warning("the retiring layer server (pid %d) did not exit; killing it", predecessor)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(predecessor, signal.SIGKILL)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return
+        time.sleep(0.05)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -504,12 +620,16 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     raise_fd_limit()
+    address = Path(args.address) if args.address else socket_path(root)
     lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
     except BlockingIOError:
-        log.info("another layer server already serves %s", root)
-        return 0
+        locked = False
+        if not args.takeover:
+            log.info("another layer server already serves %s", root)
+            return 0
     preload()
     server = LayerServer(
         root,
@@ -519,16 +639,19 @@ def run(args: argparse.Namespace) -> int:
         exit_when_idle=args.exit_when_idle,
     )
     server.load_saved()
-    for name, fds in listen_fds().items():
-        for m in list(server.layers):
-            if fd_name(m) == name and fds:
-                try:
-                    server.attach(m, fds.pop(0))
-                except LazypullError as e:
-                    log.error("%s", e)
-        for fd in fds:
-            os.close(fd)
-    address = Path(args.address) if args.address else socket_path(root)
+    handover = None if locked else take_over(server, address)
+    if not locked and handover is None:
+        _await_lock(lock, 0)  # it was exiting as we came
+    if handover is None:
+        for name, fds in listen_fds().items():
+            for m in list(server.layers):
+                if fd_name(m) == name and fds:
+                    try:
+                        server.attach(m, fds.pop(0))
+                    except LazypullError as e:
+                        log.error("%s", e)
+            for fd in fds:
+                os.close(fd)
     address.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o177)
@@ -539,6 +662,17 @@ def run(args: argparse.Namespace) -> int:
     os.chmod(address, 0o600)
     sock.listen(64)
     threading.Thread(target=serve_control, args=(server, sock), daemon=True, name="accept").start()
+    if handover is not None:
+        retire, predecessor = handover
+        sd_notify(f"MAINPID={os.getpid()}")  # before it exits: systemd must not see the service end
+        with retire:
+            retire.settimeout(30)
+            try:
+                send_msg(retire, {"op": "retire"})
+                recv_msg(retire)
+            except (OSError, LazypullError) as e:
+                log.warning("the retiring layer server did not confirm: %s", e)
+        _await_lock(lock, predecessor)
     stop = threading.Event()
 
     def on_term(*_: object) -> None:
@@ -546,6 +680,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=_spawn_successor, daemon=True).start())
     threading.Thread(target=lambda: (server.idle.wait(), stop.set()), daemon=True).start()
     sd_notify(f"READY=1\nMAINPID={os.getpid()}")
     log.info("layer server %s serving on %s (root %s)", server.instance, address, root)
@@ -556,10 +691,16 @@ def run(args: argparse.Namespace) -> int:
             idle_since = time.monotonic()
         elif server.exit_when_idle and time.monotonic() - idle_since > 30:
             break  # started for mounts that never came (or all went away)
-    sd_notify("STOPPING=1")
+    if not server.retired:
+        sd_notify("STOPPING=1")  # (a retiring server is no longer the service's main process)
     server.drain()
     for c in server.caches.values():
         c.flush()
+    if server.retired:
+        log.info("layer server exiting: its successor serves its %d layers", len(server.layers))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # the socket, the state and the mounts are the successor's now
     log.info("layer server exiting; %d layers stay mounted for the next one", len(server.layers))
     address.unlink(missing_ok=True)  # we hold the lock: no successor has bound it yet
     if not server.layers:  # nothing to hand over: leave no state behind
@@ -579,6 +720,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readers", type=int, default=4, help="threads reading FUSE requests")
     p.add_argument("--data-threads", type=int, default=16, help="threads serving reads that may fetch")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once the last layer is unmounted")
+    p.add_argument(
+        "--takeover",
+        action="store_true",
+        help="take the layers over from the server running on ROOT (an upgrade without a gap), then serve",
+    )
     p.add_argument("--log-level", default="info")
 
 

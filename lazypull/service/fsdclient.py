@@ -30,6 +30,9 @@ def socket_path(root: Path) -> Path:
     return d / (hashlib.sha256(os.fsencode(Path(root).resolve())).hexdigest()[:16] + ".sock")
 
 
+HANDOVER_RETRY_SEC = 60.0  # how long a request waits for a handover to finish
+
+
 class FsdError(LazypullError):
     pass
 
@@ -46,23 +49,30 @@ class FsdClient:
     def call(
         self, op: str, *, fds: list[int] | None = None, timeout: float | None = None, **args: Any
     ) -> tuple[dict[str, Any], list[int]]:
-        """One request; returns the reply and the fds that came with it (the caller owns them)."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        s.settimeout(timeout if timeout is not None else self.timeout)
-        try:
+        """One request; returns the reply and the fds that came with it (the caller owns them).
+
+        A server handing over to its successor answers "retry": the request is sent again
+        (to the successor, once it holds the socket) instead of failing."""
+        deadline = time.monotonic() + HANDOVER_RETRY_SEC
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            s.settimeout(timeout if timeout is not None else self.timeout)
             try:
-                s.connect(str(self.address))
-                send_msg(s, {"op": op, **args}, fds)
-                reply, got = recv_msg(s)
-            except (OSError, LazypullError) as e:
-                raise FsdUnavailable(f"layer server at {self.address}: {op}: {e}") from None
-        finally:
-            s.close()
-        if "error" in reply:
+                try:
+                    s.connect(str(self.address))
+                    send_msg(s, {"op": op, **args}, fds)
+                    reply, got = recv_msg(s)
+                except (OSError, LazypullError) as e:
+                    raise FsdUnavailable(f"layer server at {self.address}: {op}: {e}") from None
+            finally:
+                s.close()
+            if "error" not in reply:
+                return reply, got
             for fd in got:
                 os.close(fd)
-            raise FsdError(str(reply["error"]))
-        return reply, got
+            if not reply.get("retry") or time.monotonic() > deadline:
+                raise FsdError(str(reply["error"]))
+            time.sleep(0.05)
 
     def alive(self, timeout: float = 2.0) -> dict[str, Any] | None:
         try:
@@ -85,6 +95,10 @@ class FsdClient:
 
     def stats(self, mountpoints: list[str] | None = None, accessed: bool = False) -> dict[str, Any]:
         return self.call("stats", mountpoints=mountpoints or [], accessed=accessed, timeout=5)[0]
+
+    def adopt(self, cache_dir: Path, max_bytes: int, digests: list[str]) -> int:
+        """Have the server account for (and evict within its bound) chunks written by others."""
+        return int(self.call("adopt", cache_dir=str(cache_dir), max_bytes=max_bytes, digests=digests)[0]["adopted"])
 
     def fds(self, mountpoints: list[str]) -> dict[str, int]:
         """Copies of the layers' FUSE fds (in batches: one message carries at most MAX_FDS)."""

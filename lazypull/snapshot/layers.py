@@ -118,8 +118,10 @@ class RemoteLayers:
                     raise FsdError("layer server does not answer after its start")
             if self.instance and st["instance"] != self.instance:
                 self.server_restarts += 1
-                log.warning("layer server restarted (pid %s): handing its layers back", st["pid"])
+                log.warning("layer server replaced (pid %s -> %s)", self.server_pid, st["pid"])
             if st["instance"] != self.instance:
+                if self._proc is not None:
+                    self._proc.poll()  # reap the one we started, if a successor took over from it
                 self.instance, self.server_pid = st["instance"], int(st["pid"])
                 self._reattach()
             self.server_up = True

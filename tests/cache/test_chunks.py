@@ -85,3 +85,23 @@ def test_full_disk_loses_nothing(tiny_disk: Path, caplog: pytest.LogCaptureFixtu
     assert again.get(dg(small)) == small and again.get(dg(big)) is None
     assert not [p for p in (tiny_disk / "c").rglob(".tmp-*")]  # no partial files left behind
     assert "cannot write chunk" in caplog.text or "cannot store" in caplog.text
+
+
+def test_writer_without_accounting_hands_its_chunks_to_the_owner_of_the_bound(tmp_path: Path) -> None:
+    """Two writers, one bound: the owner accounts for (and evicts) what the other wrote."""
+    owner = ChunkCache(tmp_path / "c", max_bytes=3000, memory_bytes=0)
+    writer = ChunkCache(tmp_path / "c", max_bytes=3000, memory_bytes=0, accounting=False)
+    blobs = [os.urandom(1000) for _ in range(5)]
+    for b in blobs[:2]:
+        owner.put(dg(b), b)
+    owner.flush()
+    written = [dg(b) for b in blobs[2:]]
+    for d, b in zip(written, blobs[2:], strict=True):
+        assert writer.put_parts(d, [b]) is not None
+    assert writer.disk_bytes == 0 and all(writer.path_of(d) for d in written)  # the writer never evicts
+    assert owner.disk_bytes == 2000  # not yet known to the owner
+    assert owner.adopt([*written, "sha256:" + "0" * 64]) == 3  # a digest nobody wrote is skipped
+    assert owner.disk_bytes <= 3000
+    assert owner.get(dg(blobs[0])) is None  # the oldest went first
+    assert all(owner.get(d) is not None for d in written)
+    assert owner.adopt(written) == 0  # adopting again only refreshes their place

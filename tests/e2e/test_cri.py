@@ -27,6 +27,7 @@ from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from lazypull.service.cri.kubelet import Kubelet, Pod
 from lazypull.service.cri.proto import api_pb2
+from lazypull.service.fsdclient import FsdClient, socket_path
 from tests.support.containerd import Containerd, start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
@@ -193,6 +194,9 @@ def test_private_image_pod_starts_lazily_with_kubelet_credentials_and_hint(node:
     assert _metric(metrics, "lazypull_prefetch_hint_files_total") == 4
     assert _metric(metrics, "lazypull_prefetch_hint_pods_total", '{result="ok"}') == 1
     assert _metric(metrics, "lazypull_prefetch_hint_fetched_bytes_total") >= len(HINTED)
+    # ... under the layer server's one cache bound (it accounts for what the prefetch wrote) ...
+    caches = FsdClient(socket_path(node.daemon.root)).stats()["caches"]
+    assert sum(c["disk_bytes"] for c in caches) >= len(HINTED)
     # ... and the credentials were never logged or written under the daemon's root.
     assert PASSWORD not in log
     assert not _files_containing(node.daemon.root, PASSWORD.encode())

@@ -406,6 +406,44 @@ def test_layer_server_kill9_fails_or_finishes_reads_and_comes_back(node: Node, w
     node.cd.ctr("tasks", "kill", "-s", "KILL", "srv1")
 
 
+def test_layer_server_upgrade_finishes_reads_in_flight_and_fails_none(node: Node, world: World) -> None:
+    """SIGHUP (systemctl reload) of the layer server while a read waits on a slow registry: the
+    successor takes every layer over beside it, the old one answers the read it holds and exits;
+    nothing fails, nothing is remounted, the daemon has nothing to hand back."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    node.cd.ctr("run", "-d", "--snapshotter", "lazypull", world.esgz, "up1", "/bin/sleep", "300")
+    mp = _layer_with(node, "data/big.bin")
+    dev = os.stat(mp).st_dev
+    result: dict[str, object] = {}
+
+    def reader() -> None:
+        try:
+            result["data"] = (mp / "data/big.bin").read_bytes()
+        except OSError as e:
+            result["errno"] = e.errno
+
+    [pid] = node.daemon.server_processes()
+    world.proxy.faults.delay_s = 2.0
+    try:
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: node.daemon.server_processes() not in ([], [pid]), 30, "the successor alone")
+        t.join(30)
+        assert not t.is_alive(), "a read hung during the upgrade"
+    finally:
+        world.proxy.faults.delay_s = 0.0
+    assert "errno" not in result and md5(result["data"]) == md5(BIG)  # type: ignore[arg-type]
+    assert os.stat(mp).st_dev == dev
+    out = node.cd.ctr("tasks", "exec", "--exec-id", "x1", "up1", "/bin/md5sum", "/data/other.bin").stdout
+    assert md5(OTHER) in out
+    wait_for(lambda: "layer server replaced" in node.daemon.log(), 30, "the daemon to notice the new server")
+    assert "handed" not in node.daemon.log()  # it served every layer already
+    assert [r["state"] for r in node.daemon.layers()] == ["serving", "serving"]
+    node.cd.ctr("tasks", "kill", "-s", "KILL", "up1")
+
+
 def _serves(mp: Path) -> bool:
     try:
         os.statvfs(mp)  # FUSE never caches STATFS: an answer means the layer is served

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -260,3 +261,103 @@ print(sorted(m for m in set(sys.modules) - before if m.startswith("lazypull")))
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_upgrade_hands_every_layer_over_without_a_gap(tmp_path: Path) -> None:
+    """SIGHUP (the unit's ExecReload): the server starts its successor with --takeover, hands
+    it each layer's fd, both serve until the successor holds the socket, and the old one exits.
+    Reads made all along (each a new file, so each reaches a server) all succeed; the mounts and
+    the control socket stay where they were; systemd is told the new main pid before the old exits."""
+    import signal
+    import subprocess
+    import sys
+
+    files = {f"f{i:03}.bin": os.urandom(16 << 10) for i in range(400)}
+    blob, desc = make_layer(tmp_path, "u", files)
+    blob2, desc2 = make_layer(tmp_path, "v", {"other.txt": b"second layer\n"})
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    root = tmp_path / "fsd"
+    addr = socket_path(root)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    cmd = [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root), "--address", str(addr)]
+    first = subprocess.Popen(cmd, env=env)
+    mp, mp2 = tmp_path / "m", tmp_path / "m2"
+    successor = 0
+    try:
+        client = FsdClient(addr)
+        deadline = time.monotonic() + 30
+        while client.alive() is None:
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        st = client.alive()
+        assert st is not None
+        _, fd = client.mount(spec(tmp_path, blob, desc), mp, timeout=30)
+        os.close(fd)
+        _, fd = client.mount(spec(tmp_path, blob2, desc2), mp2, timeout=30)
+        os.close(fd)
+        dev = os.stat(mp).st_dev
+        errors: list[str] = []
+        slowest = [0.0]
+        done = threading.Event()
+
+        def reader() -> None:
+            names = sorted(files)
+            i = 0
+            while not done.is_set() and i < len(names):
+                t0 = time.monotonic()
+                try:
+                    if (mp / names[i]).read_bytes() != files[names[i]]:
+                        errors.append(f"{names[i]}: wrong bytes")
+                except OSError as e:
+                    errors.append(f"{names[i]}: {e}")
+                slowest[0] = max(slowest[0], time.monotonic() - t0)
+                i += 1
+                time.sleep(0.01)
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        first.send_signal(signal.SIGHUP)
+        assert first.wait(60) == 0  # retired once its successor serves
+        new = client.alive()
+        assert new is not None and new["instance"] != st["instance"] and new["pid"] != first.pid
+        successor = int(new["pid"])
+        t.join(60)
+        done.set()
+        assert not errors, errors[:5]
+        assert os.stat(mp).st_dev == dev and (mp2 / "other.txt").read_bytes() == b"second layer\n"
+        assert sorted(r["state"] for r in client.list()) == ["serving", "serving"]
+        notify.settimeout(1)
+        said = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                msg, fds, _, _ = socket.recv_fds(notify, 4096, 8)
+                for f in fds:
+                    os.close(f)
+                said.append(msg.decode())
+        assert any(f"MAINPID={successor}" in m and "READY=1" not in m for m in said)  # before the old one exited
+        assert not any("STOPPING=1" in m for m in said)  # the service never stopped
+        print(f"\nupgrade: slowest read during the handover {slowest[0] * 1000:.0f} ms")
+        client.shutdown(unmount_all=True)
+        deadline = time.monotonic() + 20
+        while _alive(successor) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if successor and _alive(successor):
+            os.kill(successor, signal.SIGKILL)
+        for m in (mp, mp2):
+            if os.path.ismount(m):
+                subprocess.run(["umount", "-l", str(m)], check=False)
+        notify.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

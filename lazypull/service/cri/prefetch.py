@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
@@ -51,6 +52,7 @@ class PrefetchResult:
     bytes_cached: int = 0  # chunk bytes already cached
     layers: int = 0  # layers holding selected files
     complete: bool = True  # False when the deadline cut it short
+    written: list[str] = field(default_factory=list)  # digests of the chunks written now
 
 
 def _ancestors(path: str) -> list[str]:
@@ -127,6 +129,7 @@ def fetch_chunks(
             data = index.decode_chunk(c, raw[c.blob_offset - start : c.blob_end - start])  # verifies
             if cache.put_parts(c.digest, [data]) is not None:
                 res.chunks += 1
+                res.written.append(c.digest)
         i = j
     return res
 
@@ -134,11 +137,21 @@ def fetch_chunks(
 class HintPrefetcher:
     """Resolves a pod's hint against an image and makes the named files local."""
 
-    def __init__(self, resolver: LayerResolver, cache: ChunkCache, timeout_sec: float = 30.0, workers: int = 4) -> None:
+    def __init__(
+        self,
+        resolver: LayerResolver,
+        cache: ChunkCache,
+        timeout_sec: float = 30.0,
+        workers: int = 4,
+        on_written: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """*on_written*: told the digests written, so the owner of the cache's bound (the
+        layer server) accounts for them; *cache* then does no accounting of its own."""
         self.resolver = resolver
         self.cache = cache
         self.timeout_sec = timeout_sec
         self.workers = workers
+        self.on_written = on_written
 
     def prefetch(self, image: str, patterns: list[Pattern]) -> PrefetchResult:
         """Raises LazypullError when the image or a layer cannot be read."""
@@ -169,6 +182,12 @@ class HintPrefetcher:
             total.bytes_fetched += p.bytes_fetched
             total.bytes_cached += p.bytes_cached
             total.complete = total.complete and p.complete
+            total.written += p.written
+        if total.written and self.on_written is not None:
+            try:
+                self.on_written(total.written)
+            except LazypullError as e:  # the server accounts for them when it next scans
+                log.warning("chunks prefetched for a hint not yet under the cache bound: %s", e)
         return total
 
     def run_for_pod(self, pod: str, image: str, patterns: list[Pattern]) -> PrefetchResult | None:

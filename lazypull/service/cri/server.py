@@ -19,8 +19,14 @@ def add_image_service(
 ) -> ImageServiceProxy:
     """Register the proxy on *server*; the snapshotter's resolver holds the keychain it fills."""
     assert sn.resolver is not None and sn.remote is not None
-    cache = ChunkCache(sn.remote.cache_dir, max_bytes=sn.remote.cache_max_bytes)
-    prefetcher = HintPrefetcher(sn.resolver, cache, timeout_sec=max(prefetch_timeout_sec, 1.0))
+    remote = sn.remote
+    # The layer server owns the cache directory's one bound: this writer only hands it what it wrote.
+    cache = ChunkCache(remote.cache_dir, max_bytes=remote.cache_max_bytes, accounting=False)
+
+    def adopt(digests: list[str]) -> None:
+        sn.layers.client.adopt(remote.cache_dir, remote.cache_max_bytes, digests)
+
+    prefetcher = HintPrefetcher(sn.resolver, cache, timeout_sec=max(prefetch_timeout_sec, 1.0), on_written=adopt)
     proxy = ImageServiceProxy(image_service_path, sn.resolver.keychain, prefetcher, hint_wait_sec=prefetch_timeout_sec)  # type: ignore[arg-type]
     server.add_generic_rpc_handlers((proxy,))
     log.info("serving the CRI image service (keychain, prefetch hints) in front of %s", image_service_path)
