@@ -159,12 +159,9 @@ def test_entry_point_registers_the_protocol(tmp_path: Path) -> None:
     dist = tmp_path / "site" / "lazypull_probe-0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lazypull-probe\nVersion: 0\n")
-    (dist / "entry_points.txt").write_text(
-        "[fsspec.specs]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
-    )
+    (dist / "entry_points.txt").write_text("[fsspec.specs]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
     code = (
-        "import fsspec, sys; cls = fsspec.get_filesystem_class('lazypull');"
-        "print(cls.__module__ + ':' + cls.__name__)"
+        "import fsspec, sys; cls = fsspec.get_filesystem_class('lazypull');print(cls.__module__ + ':' + cls.__name__)"
     )
     env = {"PYTHONPATH": f"{tmp_path / 'site'}:{ROOT}", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
