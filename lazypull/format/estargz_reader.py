@@ -7,9 +7,10 @@ names, offsets, chunk layout and hardlink targets are checked before use.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
+import itertools
+import re
 from collections.abc import Iterable, Iterator
 
 from lazypull.errors import DigestMismatchError, FormatError, InvalidDigestError
@@ -27,6 +28,8 @@ DEFAULT_MAX_TOC_BYTES = DEFAULT_LIMITS.max_toc_bytes
 _NO_CHUNKS: list[Chunk] = []
 MAX_HARDLINK_HOPS = 64  # a hardlink to a hardlink to ... (tar writers never chain them)
 _ENTRY_TYPES = {t.value: t for t in EntryType} | {"chunk": EntryType.REG}
+# Bound once: an enum member's lookup through its class costs more than the check using it.
+_DIR, _REG, _SYMLINK, _HARDLINK = EntryType.DIR, EntryType.REG, EntryType.SYMLINK, EntryType.HARDLINK
 BLOCK = 512
 
 
@@ -46,8 +49,13 @@ def safe_name(raw: str, limits: Limits = DEFAULT_LIMITS) -> str:
     return "/".join(parts)
 
 
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def _checked_digest(d: str, name: str, field: str) -> str:
     """A TOC digest, validated before it can become a cache path or a comparison key."""
+    if _SHA256.fullmatch(d) is not None:
+        return d  # the common case, without the general validator's lookups
     try:
         return digestlib.validate(d, ("sha256",))
     except InvalidDigestError as e:
@@ -97,6 +105,8 @@ class TOCIndex(LayerIndex):
         last_reg: Entry | None = None
         hardlinks: list[Entry] = []
         links_to: dict[str, list[Entry]] = {}  # link target name -> the hardlinks naming it
+        entries, children = self._entries, self._children
+        DIR, REG, HARDLINK = _DIR, _REG, _HARDLINK
         for n, te in enumerate(toc):
             if n >= self.limits.max_entries:
                 raise FormatError(f"TOC has more than {self.limits.max_entries} entries (max_entries)")
@@ -114,26 +124,30 @@ class TOCIndex(LayerIndex):
                 root.mode, root.uid, root.gid = te.mode & 0o7777, te.uid, te.gid
                 root.mtime_ns, root.xattrs = parse_modtime_ns(te.modtime), te.xattrs or NO_XATTRS
                 continue
-            whiteout_target(name)  # raises for a whiteout that would leave its directory
+            if ".wh." in name:
+                whiteout_target(name)  # raises for a whiteout that would leave its directory
             e = self._entry_from(te, name)
-            existing = self._entries.get(name)
+            t = e.type
+            existing = entries.get(name)
             if existing is not None:
-                if existing.type == EntryType.DIR and e.type == EntryType.DIR:
+                if existing.type is DIR and t is DIR:
                     # An implicit parent, or a directory listed again: the later metadata, same children.
                     e.chunks, e.nlink = existing.chunks, existing.nlink
-                    self._entries[name] = e
+                    entries[name] = e
                     continue
                 self._drop(name, links_to)  # a name listed again: the later entry wins (format/lastwins.py)
             parent, _, base = name.rpartition("/")
-            self._ensure_dir(parent)
-            self._entries[name] = e
-            self._children[parent].append(base)
-            if e.type == EntryType.DIR:
-                self._children[name] = []
-            elif e.type == EntryType.HARDLINK:
+            pe = entries.get(parent)
+            if pe is None or pe.type is not DIR:
+                self._ensure_dir(parent)
+            entries[name] = e
+            children[parent].append(base)
+            if t is DIR:
+                children[name] = []
+            elif t is HARDLINK:
                 hardlinks.append(e)
                 links_to.setdefault(e.link_name, []).append(e)
-            elif e.type == EntryType.REG:
+            elif t is REG:
                 if name == PREFETCH_LANDMARK:
                     self.prefetch_end = min(te.offset, data_end)
                 if te.size > 0:
@@ -209,28 +223,31 @@ class TOCIndex(LayerIndex):
 
     def _entry_from(self, te: TOCEntry, name: str) -> Entry:
         typ = _ENTRY_TYPES[te.type]
+        reg = typ is _REG
+        d = te.digest
         e = Entry(
-            name=name,
-            type=typ,
-            mode=te.mode & 0o7777,
-            uid=te.uid,
-            gid=te.gid,
-            uname=te.uname,
-            gname=te.gname,
-            size=te.size if typ == EntryType.REG else 0,
-            chunks=[] if typ == EntryType.REG else _NO_CHUNKS,
-            mtime_ns=parse_modtime_ns(te.modtime),
-            dev_major=te.dev_major,
-            dev_minor=te.dev_minor,
-            xattrs=te.xattrs or NO_XATTRS,
-            digest=_checked_digest(te.digest, name, "digest") if te.digest else "",
+            name,
+            typ,
+            te.mode & 0o7777,
+            te.uid,
+            te.gid,
+            te.uname,
+            te.gname,
+            te.size if reg else 0,
+            parse_modtime_ns(te.modtime),
+            "",
+            te.dev_major,
+            te.dev_minor,
+            te.xattrs or NO_XATTRS,
+            (d if _SHA256.fullmatch(d) is not None else _checked_digest(d, name, "digest")) if d else "",
+            [] if reg else _NO_CHUNKS,
         )
-        if typ == EntryType.SYMLINK:
+        if typ is _SYMLINK:
             if not te.link_name:
                 raise FormatError(f"symlink {name[:200]!r} has no target")
             check_path(te.link_name, f"symlink {name[:200]!r} target", self.limits)
             e.link_name = te.link_name
-        elif typ == EntryType.HARDLINK:
+        elif typ is _HARDLINK:
             e.link_name = safe_name(te.link_name, self.limits)
             if not e.link_name:
                 raise FormatError(f"hardlink {name[:200]!r} has no target")
@@ -271,6 +288,7 @@ class TOCIndex(LayerIndex):
         """Each chunk's compressed span ends where the next one starts. A span that declares
         more than its compression can expand to is rejected here, before anything inflates."""
         starts = sorted(set(offsets))
+        next_start = dict(itertools.pairwise(starts))  # every chunk's offset is among *starts*
         seen: set[tuple[int, int]] = set()
         ratio = self._decoder.max_ratio
         total = 0
@@ -280,8 +298,7 @@ class TOCIndex(LayerIndex):
                 if key in seen:
                     raise FormatError(f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} overlaps another chunk")
                 seen.add(key)
-                i = bisect.bisect_right(starts, c.blob_offset)
-                c.blob_end = starts[i] if i < len(starts) else data_end
+                c.blob_end = next_start.get(c.blob_offset, data_end)
                 if c.inner_offset + c.size > ratio * (c.blob_end - c.blob_offset) + RATIO_SLACK:
                     raise FormatError(
                         f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} declares {c.size} bytes from "
