@@ -11,7 +11,10 @@ request decodes the records it needs.
 from __future__ import annotations
 
 import errno
+import logging
 import stat
+import threading
+from collections.abc import Callable
 
 from lazypull.errors import FormatError
 from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
@@ -31,19 +34,63 @@ _TYPE_BITS = {
 }
 _REG, _DIR, _SYMLINK = TYPE_CODE[EntryType.REG], TYPE_CODE[EntryType.DIR], TYPE_CODE[EntryType.SYMLINK]
 _DEVICES = (TYPE_CODE[EntryType.CHAR], TYPE_CODE[EntryType.BLOCK])
+# How long a request waits for a layer's index still being built (a 100k-entry layer takes
+# about a second): longer means the build thread is starved or stuck; the request gets EIO.
+BUILD_WAIT = 120.0
+log = logging.getLogger(__name__)
 
 
 class LayerFS:
     """The overlay view of one layer, answered from its compact index: no per-inode Python
     objects (inode numbers, directory entries and flags come from the index)."""
 
-    def __init__(self, index: LayerIndex, fetcher: Fetcher) -> None:
+    def __init__(self, index: LayerIndex, fetcher: Fetcher, build: Callable[[], LayerIndex] | None = None) -> None:
+        """With *build* (which returns the index to serve from, usually the compact form of
+        *index*), the index is made in a thread: a mount need not wait for it, and requests
+        that come before it is ready wait for it (EIO if it fails)."""
         self.index = index
         self.fetcher = fetcher
-        # Other indexes (SOCI) get an in-memory compact tree; reads still go through *index*.
-        self.tree = index if isinstance(index, CompactIndex) else CompactIndex.from_index(index)
+        self._tree: CompactIndex | None = None
+        self._built = threading.Event()
+        self.build_error = ""
         self.bytes_served = 0
         self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
+        if build is None:
+            self._serve_from(index)
+        else:
+            threading.Thread(target=self._build, args=(build,), name="index-build", daemon=True).start()
+
+    def _serve_from(self, index: LayerIndex) -> None:
+        # Other indexes (SOCI) get an in-memory compact tree; reads still go through *index*.
+        tree = index if isinstance(index, CompactIndex) else CompactIndex.from_index(index)
+        self.index = index  # the one built replaces the parsed one (its memory goes)
+        if self.fetcher is not None:  # (None: measuring the tree alone)
+            self.fetcher.index = index
+        self._tree = tree
+        self._built.set()
+
+    def _build(self, build: Callable[[], LayerIndex]) -> None:
+        try:
+            self._serve_from(build())
+        except Exception as e:  # any failure: the layer's requests fail cleanly, never hang
+            log.error("building the index of a layer failed: %s", e)
+            self.build_error = str(e) or type(e).__name__
+            self._built.set()
+
+    def wait_built(self, timeout: float | None = None) -> bool:
+        """True once the index is ready (False while building or if its build failed)."""
+        return self._built.wait(timeout) and self._tree is not None
+
+    @property
+    def tree(self) -> CompactIndex:
+        tree = self._tree
+        if tree is None:
+            if not self._built.wait(BUILD_WAIT):
+                raise OSError(errno.EIO, "the layer's index is still being built")
+            tree = self._tree
+            if tree is None:
+                raise OSError(errno.EIO, f"the layer's index could not be built: {self.build_error}")
+        return tree
 
     # -- ReadOnlyFS ---------------------------------------------------------------------
     def _node(self, ino: int) -> Node:
@@ -174,4 +221,6 @@ class LayerFS:
 
     @property
     def inode_count(self) -> int:
-        return self.tree.fs_inodes
+        """Inodes presented (0 while the index is being built: never waits)."""
+        tree = self._tree
+        return tree.fs_inodes if tree is not None else 0

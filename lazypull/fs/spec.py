@@ -134,14 +134,23 @@ def _compact(index: LayerIndex, path: Path | None, key: bytes) -> LayerIndex:
 
 
 def open_layer_fs(
-    spec: LayerSpec, cache: ChunkCache, saved: Path | None = None, clients: RegistryClients | None = None
+    spec: LayerSpec,
+    cache: ChunkCache,
+    saved: Path | None = None,
+    clients: RegistryClients | None = None,
+    *,
+    build_in_background: bool = False,
 ) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
     """Fetch footer and TOC (one request for the blob's tail; verified against the manifest's
     TOC digest), build the tree.
 
     With *saved*, the bytes the open reads are kept there, and taken from there next time
     (still verified), so re-opening a layer needs no registry; the compact index is written
-    beside it (:func:`index_path`) and re-used when intact and made for the same layer."""
+    beside it (:func:`index_path`) and re-used when intact and made for the same layer.
+
+    With *build_in_background*, a compact index that has to be built is built in a thread
+    once the TOC is fetched, verified and validated: the returned filesystem serves as soon
+    as it is ready (its requests wait until then), so a mount does not wait for it."""
     desc = spec.descriptor
     source = CountingSource(open_source(spec, clients))
     key = index_key(desc)
@@ -150,9 +159,11 @@ def open_layer_fs(
         return open_source(spec, clients, d)
 
     index: LayerIndex | None = None
+    built = False  # *index* is the one to serve from (no compact index to make)
     if saved is not None and index_path(saved).exists():
         try:
             index = CompactIndex.open(index_path(saved), key)
+            built = True
         except (LazypullError, OSError, ValueError) as e:
             log.warning("index file of %s unusable (%s); building it again", desc.digest, e)
             index_path(saved).unlink(missing_ok=True)
@@ -162,15 +173,20 @@ def open_layer_fs(
         except (LazypullError, OSError, ValueError) as e:
             log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
             saved.unlink(missing_ok=True)
-        else:
-            index = _compact(index, index_path(saved), key)
     if index is None:
         rec = RecordingSource(TailSource(source))
         index = open_layer_index(desc, rec, open_blob, cache)  # SOCI: the zTOC is kept in *cache*
         if saved is not None:
             rec.save(saved)
-        index = _compact(index, index_path(saved) if saved is not None else None, key)
+    parsed = index
+    path = index_path(saved) if saved is not None else None
+    if not built and not build_in_background:
+        index = _compact(parsed, path, key)
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
     )
-    return LayerFS(index, fetcher), fetcher, source, index
+    if built or not build_in_background:
+        fs = LayerFS(index, fetcher)
+    else:
+        fs = LayerFS(parsed, fetcher, build=lambda: _compact(parsed, path, key))
+    return fs, fetcher, source, index

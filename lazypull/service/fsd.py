@@ -44,7 +44,7 @@ from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.loop import ServeLoop
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
-from lazypull.fs.layer import LayerFS
+from lazypull.fs.layer import BUILD_WAIT, LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
@@ -88,7 +88,6 @@ class Layer:
     fs: LayerFS | None = None
     fetcher: Fetcher | None = None
     source: CountingSource | None = None
-    index: LayerIndex | None = None
     ops: OpStats = field(default_factory=OpStats)
     state: str = "mounting"  # mounting | serving | waiting-fd | dead | failed
     error: str = ""
@@ -100,6 +99,11 @@ class Layer:
     @property
     def digest(self) -> str:
         return str(self.spec.layer.get("digest", ""))
+
+    @property
+    def index(self) -> LayerIndex | None:
+        """The index the layer serves from (the compact one, once built)."""
+        return self.fs.index if self.fs is not None else None
 
     def summary(self) -> dict[str, Any]:
         return {"mountpoint": self.mountpoint, "digest": self.digest, "state": self.state, "error": self.error}
@@ -222,7 +226,7 @@ class LayerServer:
                 unmount(mountpoint)
             Path(mountpoint).mkdir(parents=True, exist_ok=True)
             ly = Layer(mountpoint, spec)
-            self._open(ly)
+            self._open(ly, background_build=True)
             assert ly.fs is not None
             session = FuseSession(ly.fs, mountpoint, on_op=ly.ops.observe, passthrough=spec.passthrough)
             session.mount()
@@ -237,7 +241,9 @@ class LayerServer:
             sd_notify_fds(f"FDSTORE=1\nFDNAME={fd_name(mountpoint)}", [session.fd])
             self._save(ly)
             self._start_fetching(ly)
-            log.info("layer %s mounted at %s (%d entries)", ly.digest[7:19], mountpoint, ly.fs.inode_count)
+            n = ly.fs.inode_count
+            what = f"{n} entries" if n else "index building"
+            log.info("layer %s mounted at %s (%s)", ly.digest[7:19], mountpoint, what)
             return ly
         finally:
             with self._lock:
@@ -246,12 +252,16 @@ class LayerServer:
             ev.set()
             self._check_idle()
 
-    def _open(self, ly: Layer) -> None:
+    def _open(self, ly: Layer, background_build: bool = False) -> None:
+        """Open the layer's index; with *background_build* a new index is built while the
+        mount goes ahead (Prepare does not wait for it; the first requests may)."""
         saved = self._toc_path(ly)
-        fs, fetcher, source, index = open_layer_fs(ly.spec, self.cache_for(ly.spec), saved, self.clients)
+        fs, fetcher, source, _ = open_layer_fs(
+            ly.spec, self.cache_for(ly.spec), saved, self.clients, build_in_background=background_build
+        )
         if ly.spec.record_access:
             fs.accessed = {}
-        ly.fs, ly.fetcher, ly.source, ly.index = fs, fetcher, source, index
+        ly.fs, ly.fetcher, ly.source = fs, fetcher, source
 
     def _toc_path(self, ly: Layer) -> Path:
         return self.root / "tocs" / f"{fd_name(ly.mountpoint)}-{ly.digest.partition(':')[2][:16]}"
@@ -350,6 +360,8 @@ class LayerServer:
             ly.session.close()
         sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
         self._toc_path(ly).unlink(missing_ok=True)
+        if ly.fs is not None:
+            ly.fs.wait_built(BUILD_WAIT)  # a build still running would write the file after us
         index_path(self._toc_path(ly)).unlink(missing_ok=True)
         self._state_path(ly.mountpoint).unlink(missing_ok=True)
         with self._lock:

@@ -195,3 +195,59 @@ def test_the_layer_server_keeps_the_index_in_a_file_and_reuses_it(tmp_path: Path
     assert walk(fs) == want and source.reads > 0
     assert CompactIndex.open(path, index_key(desc)).n_nodes == index.n_nodes  # intact again
     assert fs.read(want["etc/big"].ino, 0, len(BIG)) == BIG
+
+
+def test_index_built_in_the_background_serves_once_ready(tmp_path: Path) -> None:
+    """A mount goes ahead while its compact index is built: requests wait for it, then get the
+    same answers; the parsed index is dropped (filesystem and fetcher serve from the built one)."""
+    blob, _ = build(ENTRIES, chunk_size=64 << 10, prioritized_files=["etc/passwd"])
+    src = BytesSource(blob)
+    parsed = open_layer(src)
+    fetcher = Fetcher(parsed, src, ChunkCache(tmp_path / "cache"))
+    go = threading.Event()
+
+    def build_slowly() -> CompactIndex:
+        go.wait(10)
+        return CompactIndex.from_index(parsed)
+
+    fs = LayerFS(parsed, fetcher, build=build_slowly)
+    assert fs.inode_count == 0 and not fs.wait_built(0.05)  # never waits
+    got: list[dict[str, Attr]] = []
+    t = threading.Thread(target=lambda: got.append(walk(fs)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not got  # the request waits for the index
+    go.set()
+    t.join(10)
+    want = walk(make_fs(tmp_path / "sync")[0])
+    assert got == [want]
+    assert isinstance(fs.index, CompactIndex) and fetcher.index is fs.index and fs.inode_count > 0
+    assert fs.read(want["etc/big"].ino, 0, len(BIG)) == BIG
+
+
+def test_index_whose_background_build_fails_gives_eio_not_a_hang(tmp_path: Path) -> None:
+    blob, _ = build(ENTRIES, chunk_size=64 << 10)
+    src = BytesSource(blob)
+    parsed = open_layer(src)
+
+    def fail() -> CompactIndex:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fs = LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "cache")), build=fail)
+    assert not fs.wait_built(10)
+    with pytest.raises(OSError) as e:
+        fs.getattr(ROOT_INO)
+    assert e.value.errno == errno.EIO and "No space left" in str(e.value)
+
+
+def test_open_layer_fs_builds_the_index_file_in_the_background(tmp_path: Path) -> None:
+    blob, res = build(ENTRIES, chunk_size=64 << 10)
+    (tmp_path / "blob").write_bytes(blob)
+    desc = Descriptor(mt.OCI_LAYER_GZIP, res.blob_digest, len(blob), {mt.ANNOTATION_TOC_DIGEST: res.toc_digest})
+    spec = LayerSpec(layer=desc.to_json(), cache_dir=str(tmp_path / "c"), blob_path=str(tmp_path / "blob"))
+    saved = tmp_path / "tocs" / "layer"
+    fs, _, _, _ = open_layer_fs(spec, ChunkCache(tmp_path / "c"), saved, build_in_background=True)
+    assert fs.wait_built(30) and isinstance(fs.index, CompactIndex) and index_path(saved).exists()
+    assert walk(fs) == walk(make_fs(tmp_path / "sync")[0])
+    again, _, _, _ = open_layer_fs(spec, ChunkCache(tmp_path / "c"), saved, build_in_background=True)
+    assert again.inode_count == fs.inode_count  # the file is re-used: nothing to build
