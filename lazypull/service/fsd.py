@@ -56,6 +56,10 @@ log = logging.getLogger("lazypull.fsd")
 
 LOCK_FILE = "fsd.lock"
 DEFAULT_MEMORY = 64 << 20
+# A thread that needs the interpreter (a FUSE request, a mount's next step after a system
+# call) waits at most this long for one busy with work like an index build (default 5 ms:
+# a mount makes dozens of system calls, each of which would then cost up to that).
+SWITCH_INTERVAL = 0.0005
 HANDOVER_SEC = 60.0  # a successor that took no layers by then is given up on
 _CHANGES = frozenset({"mount", "attach", "unmount"})  # refused (retry) while handing over
 
@@ -632,6 +636,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     raise_fd_limit()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     address = Path(args.address) if args.address else socket_path(root)
     lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
