@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-
-import flatbuffers
+from typing import TYPE_CHECKING
 
 from lazypull.errors import FormatError
+
+if TYPE_CHECKING:
+    import flatbuffers
 
 ZTOC_VERSION = "0.9"
 GZIP = 1
@@ -67,6 +69,10 @@ class Ztoc:
 
     # -- encoding ---------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        # Imported here: only writers need it, and it loads numpy when numpy is installed
+        # (15 MB in each long-lived process that only reads zTOCs).
+        import flatbuffers
+
         b = flatbuffers.Builder(1024 + len(self.checkpoints) + 200 * len(self.files))
         version = b.CreateString(self.version)
         tool = b.CreateString(self.build_tool_identifier)
