@@ -361,3 +361,14 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_long_lived_processes_load_no_numpy() -> None:
+    """numpy (present for the fsspec API and the tests) costs 15 MB per process: the daemon
+    and the layer server never need it (flatbuffers would load it, were it imported)."""
+    probe = (
+        "import sys; import lazypull.service.main; from lazypull.service import fsd; fsd.preload(); "
+        "print(sorted(m for m in ('numpy', 'flatbuffers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
