@@ -2,7 +2,9 @@
 
 A read needs some chunks. Cached ones come from the cache; missing ones that sit
 next to each other in the blob are fetched in ONE Range request, together with the
-rest of the file up to a readahead window (sequential reads are the common case).
+rest of the file up to a readahead window (sequential reads are the common case); a
+reader moving sequentially through a file starts the next window's fetch in the background
+before it needs it, so the link does not idle while one window is consumed.
 Every chunk being fetched is registered as in flight first, so concurrent readers —
 the kernel's readahead issues several reads at once — wait for that fetch instead of
 starting overlapping ones. Bytes are decoded and verified by the layer index before
@@ -18,6 +20,7 @@ same page at once, and that retry must not wait a second deadline.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import threading
@@ -46,12 +49,17 @@ def chunk_key(c: Chunk) -> tuple[int, int]:
     return (c.blob_offset, c.inner_offset)
 
 
+def _file_offset(c: Chunk) -> int:
+    return c.file_offset
+
+
 @dataclass
 class FetchStats:
     fetched_bytes: int = 0  # compressed bytes from the registry
     prefetched_bytes: int = 0
     background_bytes: int = 0
     requests: int = 0
+    readaheads: int = 0  # next-window fetches started ahead of a sequential reader
     cache_hits: int = 0
     cache_requests: int = 0
     fetch_errors: int = 0
@@ -79,6 +87,7 @@ class Fetcher:
         timeout: float = 60.0,
         min_fetch: int = MIN_FETCH,
         failed_hold: float = FAILED_HOLD,
+        readahead: int = READAHEAD,
     ) -> None:
         self.index = index
         self.source = source
@@ -87,6 +96,7 @@ class Fetcher:
         self.timeout = timeout
         self.min_fetch = min_fetch
         self.failed_hold = failed_hold
+        self.readahead = readahead
         self.stats = FetchStats()
         self._inflight: dict[tuple[int, int], Future[bytes]] = {}
         self._failed: dict[tuple[int, int], tuple[float, FetchError]] = {}  # chunk -> (until, error)
@@ -111,6 +121,7 @@ class Fetcher:
                 lo = max(offset - c.file_offset, 0)
                 hi = min(end - c.file_offset, c.size)
                 parts.append(data[lo:hi])
+            self._read_ahead(entry, chunks[-1])
             return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
             with self._lock:
@@ -126,24 +137,28 @@ class Fetcher:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         self.stats.add(cache_requests=1)
-        data = self.cache.get(c.digest)
-        if data is not None:
-            self.stats.add(cache_hits=1)
-            return data
         key = chunk_key(c)
-        with self._lock:
-            failed = self._failed.get(key)
-            if failed is not None:
-                if failed[0] > time.monotonic():
-                    raise failed[1]
-                del self._failed[key]
-            fut = self._inflight.get(key)
-            mine: list[tuple[Entry, Chunk]] = []
-            if fut is None:
-                mine = self._plan(entry, c, wanted or [c])
-                for _, m in mine:
-                    self._inflight[chunk_key(m)] = Future()
-                fut = self._inflight[key]
+        for attempt in range(2):
+            data = self.cache.get(c.digest)
+            if data is not None:
+                self.stats.add(cache_hits=1)
+                return data
+            with self._lock:
+                failed = self._failed.get(key)
+                if failed is not None:
+                    if failed[0] > time.monotonic():
+                        raise failed[1]
+                    del self._failed[key]
+                fut = self._inflight.get(key)
+                mine: list[tuple[Entry, Chunk]] = []
+                if fut is None:
+                    if attempt == 0 and self.cache.contains(c.digest):
+                        continue  # a fetch resolved it since the cache was asked: read it from there
+                    mine = self._plan(entry, c, wanted or [c])
+                    for _, m in mine:
+                        self._inflight[chunk_key(m)] = Future()
+                    fut = self._inflight[key]
+            break
         if mine:
             self._fetch(mine, "fetched_bytes", deadline=deadline)
         try:
@@ -160,7 +175,7 @@ class Fetcher:
         span_end = first.blob_end
         idx = entry.chunks.index(first) if first in entry.chunks else -1
         following = entry.chunks[idx + 1 :] if idx >= 0 else []
-        budget_end = first.blob_offset + max(READAHEAD, sum(c.blob_end - c.blob_offset for c in wanted))
+        budget_end = first.blob_offset + max(self.readahead, sum(c.blob_end - c.blob_offset for c in wanted))
         for c in following:
             if (
                 not span_end - 1 <= c.blob_offset <= span_end
@@ -186,6 +201,37 @@ class Fetcher:
                     keys.add(k)
                     out.append((e2, c2))
         return out
+
+    def _read_ahead(self, entry: Entry, last: Chunk) -> None:
+        """After a sequential read (the chunk before *last* is cached too), fetch the first
+        missing chunk within two windows after *last*, with its window, in the background.
+
+        The link then never idles while a window is decoded and consumed (seed-read, two
+        50 MB files at 150 Mbit/s: run 4.96 s -> 4.71 s); a reader that stops early has
+        cost at most two windows more."""
+        chunks = entry.chunks
+        i = bisect.bisect_right(chunks, last.file_offset, key=_file_offset) - 1
+        if i < 1 or chunks[i] is not last or not self.cache.contains(chunks[i - 1].digest):
+            return
+        limit = last.file_offset + last.size + 2 * self.readahead
+        with self._lock:
+            for c in chunks[i + 1 :]:
+                if c.file_offset >= limit:
+                    return
+                key = chunk_key(c)
+                if key in self._inflight or key in self._failed or self.cache.contains(c.digest):
+                    continue
+                mine = self._plan(entry, c, [c])
+                for _, m in mine:
+                    self._inflight[chunk_key(m)] = Future()
+                break
+            else:
+                return
+        self.stats.add(readaheads=1)
+        deadline = time.monotonic() + self.timeout
+        threading.Thread(
+            target=self._fetch, args=(mine, "fetched_bytes", deadline), name="readahead", daemon=True
+        ).start()
 
     def _siblings_after(self, entry: Entry, span_end: int, limit: int) -> list[tuple[Entry, Chunk]]:
         """Chunks of the files after *entry* in its directory while they are contiguous in the
