@@ -37,8 +37,14 @@ def safe_name(raw: str, limits: Limits = DEFAULT_LIMITS) -> str:
     """Normalise a TOC name, rejecting absolute paths, '..' components and names over the
     length and depth limits."""
     check_path(raw, "TOC entry", limits)
-    if "\0" not in raw and "//" not in raw and "/." not in raw and not raw.startswith((".", "/")) and raw[-1:] != "/":
-        return raw  # already normal (the common case): no '.', '..' or empty components
+    if raw[:1] != "/":
+        # The common cases without splitting: "a/b", "./a/b" (tar -C dir .), "a/b/" (a directory).
+        name = raw[2:] if raw[:2] == "./" else raw
+        if name[-1:] == "/":
+            name = name[:-1]
+        clean = "\0" not in name and "//" not in name and "/." not in name
+        if clean and name[:1] not in (".", "/") and name[-1:] != "/":
+            return name  # no '.', '..' or empty components left
     if raw.startswith("/"):
         raise FormatError(f"TOC entry {raw[:200]!r} has an absolute path")
     if "\0" in raw:

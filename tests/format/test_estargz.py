@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import tarfile
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format import BytesSource, EntryType, build_estargz, open_estargz
-from lazypull.format.estargz_reader import read_toc_member
+from lazypull.format.estargz_reader import read_toc_member, safe_name
 from lazypull.format.footer import ESTARGZ_FOOTER_SIZE, estargz_footer, legacy_footer, parse_footer
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC
 from tests.format.helpers import assert_matches_tar, build
@@ -311,3 +312,19 @@ def test_sub_second_mtimes_round_to_the_nearest_second_as_the_reference() -> Non
     assert format_modtime(1795837108.49) == "2026-11-28T03:38:28Z"
     assert format_modtime(1_600_000_000) == "2020-09-13T12:26:40Z"
     assert format_modtime(0) == ""
+
+
+def test_safe_name_fast_path_agrees_with_splitting() -> None:
+    """Every name of up to five components from a set of awkward ones normalises as splitting
+    on '/' and dropping empty and '.' components does, and is refused for a leading '/', a NUL
+    or a '..' component, whichever path through safe_name it takes."""
+    tokens = ["", ".", "..", "a", "bc", ".x", "x.", "\0", "é"]
+    for n in range(6):
+        for parts in itertools.product(tokens, repeat=n):
+            raw = "/".join(parts)
+            kept = [p for p in raw.split("/") if p not in ("", ".")]
+            if raw.startswith("/") or "\0" in raw or ".." in kept:
+                with pytest.raises(FormatError):
+                    safe_name(raw)
+            else:
+                assert safe_name(raw) == "/".join(kept), raw
