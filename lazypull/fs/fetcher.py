@@ -79,6 +79,10 @@ class FetchError(LazypullError):
     pass
 
 
+class ReadAheadFailed(FetchError):
+    """A speculative fetch failed; a reader that waited for it fetches for itself."""
+
+
 class Fetcher:
     def __init__(
         self,
@@ -136,7 +140,13 @@ class Fetcher:
                     self._idle.notify_all()
 
     def chunk(
-        self, entry: Entry, c: Chunk, wanted: list[Chunk] | None = None, *, deadline: float | None = None
+        self,
+        entry: Entry,
+        c: Chunk,
+        wanted: list[Chunk] | None = None,
+        *,
+        deadline: float | None = None,
+        retry: bool = True,
     ) -> bytes:
         """One verified chunk, from cache, an in-flight fetch, or a new coalesced fetch, by
         *deadline* (monotonic; default ``timeout`` from now)."""
@@ -171,6 +181,10 @@ class Fetcher:
             return fut.result(timeout=max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             raise FetchError(f"{self.name}: {entry.name}: timed out after {self.timeout}s waiting for data") from None
+        except ReadAheadFailed:
+            if retry:  # the read-ahead it waited for failed: fetch for itself, once
+                return self.chunk(entry, c, wanted, deadline=deadline, retry=False)
+            raise
 
     def _plan(self, entry: Entry, first: Chunk, wanted: list[Chunk]) -> list[tuple[Entry, Chunk]]:
         """*first* plus what follows it in the blob that is missing and contiguous (lock held):
@@ -252,7 +266,7 @@ class Fetcher:
         self.stats.add(readaheads=1)
         deadline = time.monotonic() + self.timeout
         threading.Thread(
-            target=self._fetch, args=(mine, "fetched_bytes", deadline), name="readahead", daemon=True
+            target=self._fetch, args=(mine, "fetched_bytes", deadline, True), name="readahead", daemon=True
         ).start()
 
     def _siblings_after(self, entry: Entry, span_end: int, limit: int) -> list[tuple[Entry, Chunk]]:
@@ -288,10 +302,15 @@ class Fetcher:
         if fut is not None:
             fut.set_result(data)
 
-    def _fail(self, chunks: list[Chunk], err: FetchError) -> None:
+    def _fail(self, chunks: list[Chunk], err: FetchError, *, remember: bool = True) -> None:
+        """Fail the readers waiting for *chunks*; with *remember*, also those that come within
+        ``failed_hold``. A speculative fetch (read-ahead) is not remembered: a reader that
+        gets there later fetches for itself instead of inheriting a failure it never saw."""
         until = time.monotonic() + self.failed_hold
         with self._lock:
             futs = [self._inflight.pop(chunk_key(c), None) for c in chunks]
+            if not remember:
+                chunks = []
             if len(self._failed) > 4096:  # only a moment's memory; never grows without bound
                 now = time.monotonic()
                 self._failed = {k: v for k, v in self._failed.items() if v[0] > now}
@@ -364,9 +383,13 @@ class Fetcher:
                 time.sleep(0)  # let readers in between ranges
         return total
 
-    def _fetch(self, group: list[tuple[Entry, Chunk]], kind: str, deadline: float | None = None) -> None:
+    def _fetch(
+        self, group: list[tuple[Entry, Chunk]], kind: str, deadline: float | None = None, speculative: bool = False
+    ) -> None:
         """One Range request for contiguous in-flight chunks, ending by *deadline* (default
-        ``timeout`` from now); resolve or fail each one."""
+        ``timeout`` from now); resolve or fail each one. A *speculative* fetch's failures are
+        not remembered, and its waiters fetch for themselves."""
+        failure = ReadAheadFailed if speculative else FetchError
         start, end = group[0][1].blob_offset, max(c.blob_end for _, c in group)
         try:
             with deadline_scope(at=deadline if deadline is not None else time.monotonic() + self.timeout):
@@ -375,7 +398,7 @@ class Fetcher:
         except Exception as e:
             self.stats.add(fetch_errors=1)
             log.error("%s: fetching [%d, %d) (%s) failed: %s", self.name, start, end, group[0][0].name, e)
-            self._fail([c for _, c in group], FetchError(f"{self.name}: fetch failed: {e}"))
+            self._fail([c for _, c in group], failure(f"{self.name}: fetch failed: {e}"), remember=not speculative)
             return
         for e, c in group:
             try:
@@ -385,7 +408,7 @@ class Fetcher:
                 log.error(
                     "%s: %s: chunk at file offset %d failed verification: %s", self.name, e.name, c.file_offset, err
                 )
-                self._fail([c], FetchError(f"{self.name}: {e.name}: {err}"))
+                self._fail([c], failure(f"{self.name}: {e.name}: {err}"), remember=not speculative)
                 continue
             self.cache.put(c.digest, data)
             self._resolve(c, data)

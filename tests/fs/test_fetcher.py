@@ -86,6 +86,27 @@ def test_sequential_reader_gets_the_next_window_fetched_ahead(tmp_path: Path) ->
     assert f.stats.readaheads >= 2  # later windows were fetched ahead too
 
 
+def test_a_failed_read_ahead_is_fetched_again_by_its_reader(tmp_path: Path) -> None:
+    idx, src, _f, _ = setup(tmp_path, delay=0.2)
+    f = Fetcher(idx, src, ChunkCache(tmp_path / "c2"), timeout=5, readahead=128 << 10)
+    e = idx.lookup("big")
+    assert e is not None
+    step = 64 << 10  # one chunk; a window holds one chunk too (two are over 128 KiB compressed)
+    f.read(e, 0, step)
+    f.read(e, step, step)  # a window in sequence: chunk 2 is fetched ahead, while...
+    src.fail = True  # ...the registry drops out
+    out: list[bytes] = []
+    waiter = threading.Thread(target=lambda: out.append(f.read(e, 2 * step, 100)))
+    waiter.start()  # waits for the read-ahead, which fails
+    wait_for(lambda: f.stats.fetch_errors == 1, 5, "the read-ahead to fail")
+    src.fail = False
+    waiter.join()
+    # The reader fetched for itself: neither the failure it waited for nor a remembered one
+    # (``failed_hold``) reached it.
+    assert out == [BIG[2 * step : 2 * step + 100]]
+    assert f.stats.fetch_errors == 1
+
+
 def test_random_reads_start_no_read_ahead(tmp_path: Path) -> None:
     idx, src, _f, _ = setup(tmp_path)
     f = Fetcher(idx, src, ChunkCache(tmp_path / "c2"), timeout=5, readahead=64 << 10)
