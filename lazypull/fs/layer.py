@@ -14,15 +14,18 @@ import errno
 import logging
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 from lazypull.errors import FormatError
 from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
 from lazypull.format.index import Entry, EntryType, LayerIndex
+from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from lazypull.format.whiteout import OPAQUE, WHITEOUT_PREFIX
 from lazypull.fs.fetcher import Fetcher, FetchError
-from lazypull.fs.fuse.ops import Attr
+from lazypull.fs.fuse.ops import ROOT_INO, Attr
 
 OPAQUE_XATTR = b"trusted.overlay.opaque"
+_HIDDEN_AT_ROOT = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 _TYPE_BITS = {
     EntryType.DIR: stat.S_IFDIR,
@@ -55,6 +58,7 @@ class LayerFS:
         self.build_error = ""
         self.bytes_served = 0
         self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
+        self._root_names: frozenset[str] | None = None  # the root's raw names, while building
         if build is None:
             self._serve_from(index)
         else:
@@ -92,6 +96,47 @@ class LayerFS:
                 raise OSError(errno.EIO, f"the layer's index could not be built: {self.build_error}")
         return tree
 
+    # -- the root while the index is built ------------------------------------------------
+    # Starting a container touches only each layer's root until it finds the layer holding a
+    # path (overlayfs stats the root and looks a name up in it; containerd reads /etc/passwd
+    # through the rootfs before the container exists). Those answers come from the parsed
+    # index at once: the root's attributes and xattrs, statfs, and "no such name". A name
+    # the root may present still waits for the index (its inode number comes from there).
+    def _building(self) -> LayerIndex | None:
+        """The parsed index while the compact one is being built, else None."""
+        index = self.index
+        return index if self._tree is None and not self._built.is_set() else None
+
+    def _root_listing(self, index: LayerIndex) -> frozenset[str]:
+        names = self._root_names
+        if names is None:
+            names = self._root_names = frozenset(index.children(""))
+        return names
+
+    def _root_attr(self, index: LayerIndex) -> Attr:
+        """The root as the compact index presents it: nlink is 2 + the directories presented."""
+        root = index.lookup("")
+        assert root is not None
+        names = self._root_listing(index)
+        subdirs = 0
+        for k in names:
+            if k in _HIDDEN_AT_ROOT or k == OPAQUE:
+                continue
+            if k.startswith(WHITEOUT_PREFIX) and k[len(WHITEOUT_PREFIX) :] in names:
+                continue  # the name it whites out is presented instead (and counted there)
+            e = index.lookup(k)
+            if e is not None and e.type == EntryType.DIR:
+                subdirs += 1
+        return Attr(ROOT_INO, stat.S_IFDIR | root.mode & 0o7777, 2 + subdirs, root.uid, root.gid, 0, 0, root.mtime_ns)
+
+    def _root_xattrs(self, index: LayerIndex) -> dict[bytes, bytes]:
+        root = index.lookup("")
+        assert root is not None
+        out = {k.encode("utf-8", "surrogateescape"): bytes(v) for k, v in root.xattrs.items()}
+        if OPAQUE in self._root_listing(index):
+            out[OPAQUE_XATTR] = b"y"
+        return out
+
     # -- ReadOnlyFS ---------------------------------------------------------------------
     def _node(self, ino: int) -> Node:
         return self.tree.node(self._node_id(ino))
@@ -110,6 +155,8 @@ class LayerFS:
         return e
 
     def getattr(self, ino: int) -> Attr:
+        if ino == ROOT_INO and (index := self._building()) is not None:
+            return self._root_attr(index)
         i = self._node_id(ino)
         r = self.tree.attr_fields(i)  # the raw record: this is the hottest call
         t, flags, mode, uid, gid, mtime = r[0], r[1], r[2], r[9], r[10], r[12] * 1_000_000_000 + r[13]
@@ -138,6 +185,11 @@ class LayerFS:
         return nd
 
     def lookup(self, parent: int, name: bytes) -> Attr:
+        if parent == ROOT_INO and (index := self._building()) is not None:
+            names = self._root_listing(index)
+            n = name.decode("utf-8", "surrogateescape")
+            if n not in names and WHITEOUT_PREFIX + n not in names:
+                raise FileNotFoundError(errno.ENOENT, "no such file")
         ino = self.tree.find_dirent(self._dir(parent), name)
         if ino is None:
             raise FileNotFoundError(errno.ENOENT, "no such file")
@@ -172,6 +224,8 @@ class LayerFS:
             raise OSError(errno.EIO, str(err)) from None
 
     def listxattr(self, ino: int) -> list[bytes]:
+        if ino == ROOT_INO and (index := self._building()) is not None:
+            return list(self._root_xattrs(index))
         nd = self._node(ino)
         names = [k.encode("utf-8", "surrogateescape") for k in self.tree.xattrs(nd)]
         if nd.flags & FS_OPAQUE:
@@ -179,6 +233,11 @@ class LayerFS:
         return names
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
+        if ino == ROOT_INO and (index := self._building()) is not None:
+            v = self._root_xattrs(index).get(name)
+            if v is None:
+                raise OSError(errno.ENODATA, "no such attribute")
+            return v
         nd = self._node(ino)
         if name == OPAQUE_XATTR and nd.flags & FS_OPAQUE:
             return b"y"
@@ -217,6 +276,9 @@ class LayerFS:
         return cache.open_verified(e.digest)
 
     def statfs(self) -> tuple[int, int]:
+        index = self._building()
+        if index is not None:  # overlayfs asks at mount; the count is an upper bound until built
+            return index.blob_size, (len(index) if isinstance(index, Sized) else 0) + 1
         return self.index.blob_size, self.tree.fs_inodes + 1
 
     @property

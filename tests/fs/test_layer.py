@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import threading
@@ -14,6 +15,7 @@ from lazypull.cache.chunks import ChunkCache
 from lazypull.format import BytesSource, open_layer
 from lazypull.format.compactindex import CompactIndex
 from lazypull.format.counting import CountingSource
+from lazypull.format.gzipmember import compress_member
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.ops import ROOT_INO, Attr
 from lazypull.fs.layer import OPAQUE_XATTR, LayerFS
@@ -21,6 +23,7 @@ from lazypull.fs.spec import LayerSpec, index_key, index_path, open_layer_fs
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from tests.format.helpers import build
+from tests.support.hostile import blob_around_toc
 from tests.support.images import Entry
 
 BIG = os.urandom(200_000)
@@ -251,3 +254,72 @@ def test_open_layer_fs_builds_the_index_file_in_the_background(tmp_path: Path) -
     assert walk(fs) == walk(make_fs(tmp_path / "sync")[0])
     again, _, _, _ = open_layer_fs(spec, ChunkCache(tmp_path / "c"), saved, build_in_background=True)
     assert again.inode_count == fs.inode_count  # the file is re-used: nothing to build
+
+
+ROOT_ENTRIES = [
+    Entry("etc/", "dir"),
+    Entry("usr/bin/x", data=b"x"),  # usr: an implicit directory
+    Entry(".wh.gone", data=b""),  # presented as the whiteout "gone"
+    Entry(".wh.back", data=b""),
+    Entry("back/", "dir"),  # removed below and made again: a directory, no whiteout
+    Entry(".wh..wh..opq", data=b""),  # the root is opaque
+    Entry("f", data=b"f"),
+    Entry("hl", "hardlink", link="f"),
+    Entry(".wh.d", "dir"),  # an odd whiteout that is a directory in the tar
+    Entry(".wh.e", "dir"),  # the same, for a name that is there too: e is shown, not counted twice
+    Entry("e/", "dir"),
+    Entry(".no.prefetch.landmark/", "dir"),  # a landmark's name is hidden, whatever its type
+]
+
+
+def test_the_root_answers_while_the_index_is_built(tmp_path: Path) -> None:
+    """Starting a container touches each layer's root first: its attributes, xattrs, statfs
+    and names it does not have are answered from the parsed index at once, the same as the
+    built index answers them; a name the root has waits for the index."""
+    blob, _ = build(ROOT_ENTRIES, chunk_size=64 << 10, prioritized_files=["f"])
+    src = BytesSource(blob)
+    parsed = open_layer(src)
+    go = threading.Event()
+
+    def build_slowly() -> CompactIndex:
+        go.wait(10)
+        return CompactIndex.from_index(parsed)
+
+    fs = LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "cache")), build=build_slowly)
+    early = (fs.getattr(ROOT_INO), fs.listxattr(ROOT_INO), fs.getxattr(ROOT_INO, OPAQUE_XATTR), fs.statfs()[0])
+    for name in (b"nothere", b"wh.gone", b"opq", b".wh..wh..opq.x"):
+        with pytest.raises(FileNotFoundError):
+            fs.lookup(ROOT_INO, name)
+    pending: list[Attr] = []
+    t = threading.Thread(target=lambda: pending.append(fs.lookup(ROOT_INO, b"gone")))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not fs.wait_built(0)  # a name the root presents waits
+    go.set()
+    t.join(10)
+    assert fs.wait_built(10)
+    assert early == (fs.getattr(ROOT_INO), fs.listxattr(ROOT_INO), fs.getxattr(ROOT_INO, OPAQUE_XATTR), fs.statfs()[0])
+    assert early[0].nlink == 2 + 5  # etc, usr, back, e, and the whiteout ".wh.d" (a directory in the tar)
+    assert pending and stat.S_ISCHR(pending[0].mode)
+    for name in (b"nothere", b"wh.gone", b"opq", b".wh..wh..opq.x"):
+        with pytest.raises(FileNotFoundError):
+            fs.lookup(ROOT_INO, name)
+
+
+def test_the_root_hides_landmarks_of_any_type_while_the_index_is_built(tmp_path: Path) -> None:
+    toc = [{"name": n, "type": "dir"} for n in ("etc/", ".prefetch.landmark/", ".no.prefetch.landmark/")]
+    body = compress_member(b"\0" * 1024, 6)
+    blob = blob_around_toc(body, json.dumps({"version": 1, "entries": toc}).encode())
+    src = BytesSource(blob)
+    parsed = open_layer(src)
+    go = threading.Event()
+
+    def build_slowly() -> CompactIndex:
+        go.wait(10)
+        return CompactIndex.from_index(parsed)
+
+    fs = LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "c")), build=build_slowly)
+    early = fs.getattr(ROOT_INO)
+    go.set()
+    assert fs.wait_built(10)
+    assert early == fs.getattr(ROOT_INO) and early.nlink == 3  # etc only
