@@ -35,7 +35,7 @@ from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
-from lazypull.service.fsdclient import FsdClient, FsdError, socket_path, start_server
+from lazypull.service.fsdclient import FsdClient, FsdError, is_server_process, socket_path, start_server
 from lazypull.soci.find import soci_layers
 
 log = logging.getLogger(__name__)
@@ -227,11 +227,14 @@ def _stop_if_idle(client: FsdClient) -> None:
     try:
         if client.list():
             return
+        pid = int((client.alive() or {}).get("pid") or 0)
         client.shutdown()
     except FsdError:
         return
     deadline = time.monotonic() + 10
-    while client.alive(timeout=1.0) is not None and time.monotonic() < deadline:
+    # Its socket goes quiet before its process ends (threads joined, mounts closed): wait for
+    # the process, so that whoever unmounts can count on nothing of it being left.
+    while (client.alive(timeout=1.0) is not None or is_server_process(pid)) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 

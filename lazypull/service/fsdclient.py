@@ -19,6 +19,17 @@ START_TIMEOUT = 30.0
 _SUN_PATH_MAX = 107
 
 
+def is_server_process(pid: int) -> bool:
+    """Whether *pid* is a layer server still running (a zombie has ended: only its parent's
+    wait is missing; a reused pid runs something else)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return (b"lazypull.service.fsd" in cmd or b"lazypull-fsd" in cmd) and state != "Z"
+
+
 def socket_path(root: Path) -> Path:
     """The control socket for a server rooted at *root*: ``ROOT/fsd.sock``, or, where that is
     longer than a unix socket path may be, a name derived from *root* under /run."""

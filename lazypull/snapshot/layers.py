@@ -33,7 +33,7 @@ from typing import Any
 from lazypull.errors import LazypullError
 from lazypull.fs.fuse.server import unmount
 from lazypull.fs.spec import LayerSpec
-from lazypull.service.fsdclient import FsdClient, FsdError, FsdUnavailable, start_server
+from lazypull.service.fsdclient import FsdClient, FsdError, FsdUnavailable, is_server_process, start_server
 
 log = logging.getLogger(__name__)
 
@@ -312,11 +312,11 @@ class RemoteLayers:
 
     def _restart_server(self) -> None:
         log.warning("layer server (pid %d) does not answer; starting a new one", self.server_pid)
-        if self.server_pid and _pid_is_fsd(self.server_pid):
+        if self.server_pid and is_server_process(self.server_pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.server_pid, signal.SIGKILL)  # wedged: its connections live on in our fds
             deadline = time.monotonic() + 5
-            while _pid_is_fsd(self.server_pid) and time.monotonic() < deadline:
+            while is_server_process(self.server_pid) and time.monotonic() < deadline:
                 if self._proc is not None:
                     self._proc.poll()
                 time.sleep(0.02)
@@ -403,21 +403,6 @@ class RemoteLayers:
 def _current(h: LayerHandle) -> bool:
     """Being mounted, or mounted and healthy: nothing to start for this layer."""
     return not h.ready.is_set() or (not h.error and h.healthy)
-
-
-def _pid_is_fsd(pid: int) -> bool:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        return (b"lazypull.service.fsd" in cmd or b"lazypull-fsd" in cmd) and not _zombie(pid)
-    except OSError:
-        return False
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 FUSECTL = Path("/sys/fs/fuse/connections")
