@@ -15,7 +15,9 @@ view's directory entries sorted by name and their readdir order, and a string po
 
 The overlay view (what :class:`lazypull.fs.layer.LayerFS` shows: whiteouts as 0/0 char
 devices, opaque directories, hidden landmarks, hardlinks sharing one inode) is computed
-once when writing, with its inode numbers (the shown nodes in order, root 1).
+once when writing (:mod:`lazypull.format.overlayview`), with its inode numbers (a shown
+node's place in index order plus one; files written before numbered the shown nodes
+1, 2, 3...: both are read alike, so a live mount keeps the numbers its kernel holds).
 
 A file is checked when opened (section sizes against its length, its body against the
 SHA-256 in the header) and every record read is bounds-checked; anything off raises
@@ -173,6 +175,7 @@ class CompactIndex(LayerIndex):
         (self.n_nodes, n_chunks, n_digests, n_devs, n_atoms, n_kids, self.n_dirents, self.fs_inodes, n_strings) = h[
             8:17
         ]
+        self.shown_inodes = h[17] or self.fs_inodes  # files written before numbered only the shown
         sizes = (
             self.n_nodes * NODE.size, n_chunks * CHUNK.size, n_chunks * 4, n_digests * DIGEST_SIZE,
             n_devs * DEV.size, n_atoms * ATOM.size, n_kids * 4, n_kids * 4, self.n_dirents * DIRENT.size,
@@ -451,6 +454,8 @@ class CompactIndex(LayerIndex):
         if not 0 < ino <= self.fs_inodes:
             return None
         i = U32.unpack_from(self._buf, self._inodes + 4 * (ino - 1))[0]
+        if i == NONE:
+            return None  # a hidden node's number: never shown
         if i >= self.n_nodes:
             raise FormatError("compact index: inode out of range")
         return i

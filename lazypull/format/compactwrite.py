@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import array
-import gc
 import hashlib
 import os
 import re
@@ -22,7 +21,6 @@ from lazypull.format.compactindex import (
     DIRENT,
     FS_HIDDEN,
     FS_OPAQUE,
-    FS_WHITEOUT,
     HEADER,
     IMPLICIT,
     MAGIC,
@@ -38,11 +36,8 @@ from lazypull.format.compactindex import (
     decoder_for,
 )  # fmt: skip
 from lazypull.format.index import Entry, EntryType, LayerIndex
-from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
-from lazypull.format.whiteout import OPAQUE
-from lazypull.format.whiteout import WHITEOUT_PREFIX as WHITEOUT
-
-_HIDDEN_AT_ROOT = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
+from lazypull.format.overlayview import DirView, add_hardlinks, ino_of, view_dir
+from lazypull.gcpause import collector_paused
 
 
 class _Pool:
@@ -84,13 +79,8 @@ def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
 def _serialized_parts(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
     """The compact form of *index* in pieces (header first), so a file is written without
     joining them: the build's peak memory on top of the Python index stays small."""
-    enabled = gc.isenabled()
-    gc.disable()  # only short-lived, acyclic containers are made here: collections would cost a fifth
-    try:
+    with collector_paused():
         return _serialize(index, key)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _u32_array(n: int = 0) -> array.array[int]:
@@ -181,7 +171,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
             first, n = slots[5 * i], slots[5 * i + 1]
             mine = kids[first : first + n]
             kids_sorted.extend(sorted(mine, key=bases.__getitem__) if n > 1 else mine)
-    flags, dirents, readdir_order, inodes = _presentation(entries, ids, parents, bases, name_offs, slots)
+    flags, dirents, readdir_order, inodes = _presentation(entries, ids, bases, name_offs, slots, kids)
 
     nodes = bytearray(NODE.size * n_nodes)
     pack = NODE.pack_into
@@ -216,6 +206,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
             )  # fmt: skip
         except struct.error as err:
             raise FormatError(f"{e.name[:200]!r} cannot be stored in the compact index: {err}") from None
+    shown = sum(1 for f in flags if not f & FS_HIDDEN)
     del ids, bases, slots, parents, name_offs, flags
     if len(pool.data) >= NONE:
         raise FormatError("names and xattrs too large for the compact index")
@@ -232,7 +223,7 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
         MAGIC, VERSION, HEADER.size, hashlib.sha256(key).digest(), body_hash.digest(),
         index.format.encode()[:16], index.blob_size, index.prefetch_end,
         n_nodes, len(chunks) // CHUNK.size, len(digests), len(devs), len(atom_recs) // ATOM.size, len(kids),
-        len(dirents) // DIRENT.size, len(inodes), len(pool.data), 0, 0, 0,
+        len(dirents) // DIRENT.size, len(inodes), len(pool.data), shown, 0, 0,
     )  # fmt: skip
     return [header, *body]
 
@@ -240,85 +231,64 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
 def _presentation(
     entries: list[Entry],
     ids: dict[str, int],
-    parents: array.array[int],
     bases: list[bytes],
     name_offs: array.array[int],
     slots: array.array[int],
+    kids: array.array[int],
 ) -> tuple[bytearray, bytearray, array.array[int], array.array[int]]:
-    """The overlay view of the layer: per node its FS flags, and per directory its entries.
-
-    ``.wh.NAME`` becomes a whiteout device NAME; ``.wh..wh..opq`` makes its directory opaque;
-    ".wh.X" beside X means X was removed below and recreated here (X wins, opaque if a dir);
-    landmarks at the root are hidden; a hardlink is a second name of its target's inode."""
+    """The overlay view of the layer (:mod:`lazypull.format.overlayview`): per node its FS
+    flags, per directory its shown entries, and per inode (node + 1) its node."""
     flags = bytearray([FS_HIDDEN]) * len(entries)
     flags[0] = 0
-    # dir node -> presented name -> the node that name comes from (a hardlink: its own node)
-    kids: dict[int, dict[bytes, int]] = {}
-    hardlinks: list[tuple[int, int]] = []
-    targets: dict[int, int] = {}  # hardlink node -> the node it names
-    wh, opq = _enc(WHITEOUT), _enc(OPAQUE)
-    hidden_at_root = {_enc(n) for n in _HIDDEN_AT_ROOT}
-    DIR, HARDLINK = EntryType.DIR, EntryType.HARDLINK
-    for i in range(1, len(entries)):
-        parent = parents[i]
-        name = bases[i]
-        if flags[parent] & FS_HIDDEN or (parent == 0 and name in hidden_at_root):
-            continue
-        if name == opq:
-            flags[parent] |= FS_OPAQUE
-            continue
-        t = entries[i].type
-        if t is HARDLINK:
-            hardlinks.append((parent, i))
-            continue
-        whiteout = name.startswith(wh)
-        if whiteout:
-            name = name[len(wh) :]
-        siblings = kids.get(parent)
-        if siblings is None:
-            siblings = kids[parent] = {}
-        other = siblings.get(name)
-        if other is not None and whiteout:
-            if entries[other].type is DIR:
-                flags[other] |= FS_OPAQUE
-            continue
-        f = FS_WHITEOUT if whiteout else 0
-        if other is not None and flags[other] & FS_WHITEOUT and t is DIR:
-            f |= FS_OPAQUE
-        flags[i] = f
-        siblings[name] = i
-    for parent, i in hardlinks:
-        target = ids.get(entries[i].link_name)
-        if target is not None and not flags[target] & FS_HIDDEN:
-            kids.setdefault(parent, {})[bases[i]] = i
-            targets[i] = target
-    # Inode numbers: the presented nodes numbered in order from 1 (the root), as the layer
-    # server always numbered them: a server re-attaching a live mount must agree with the
-    # numbers the kernel already holds.
-    inodes = array.array("I", (i for i, f in enumerate(flags) if not f & FS_HIDDEN))
-    ino_of = {node: k + 1 for k, node in enumerate(inodes)}
     dirents = bytearray()  # per directory, sorted by name (lookups bisect them)
     readdir_order = _u32_array()  # per directory, its dirents in readdir order
     pack = DIRENT.pack
-    n = 0
-    for d, ks in kids.items():
-        slots[5 * d + 2], slots[5 * d + 3] = n, len(ks)
+
+    def emit(d: int, v: DirView) -> None:
+        ks = v.shown
+        if not ks:
+            return
+        n = len(readdir_order)
+        slots[5 * d + 2], slots[5 * d + 3], slots[5 * d + 4] = n, len(ks), v.nlink
         names = list(ks)  # readdir order
         by_name = sorted(range(len(names)), key=names.__getitem__)
         rank = [0] * len(names)
-        subdirs = 0
+        targets = v.targets
         for r, k in enumerate(by_name):
             rank[k] = n + r
             name = names[k]
             src = ks[name]
-            # The presented name is the end of the source's name (".wh." dropped from whiteouts).
+            # The shown name is the end of the source's name (".wh." dropped from whiteouts).
             off = name_offs[src] + len(bases[src]) - len(name)
-            dirents += pack(off, len(name), ino_of[targets.get(src, src)])
-            if entries[src].type is DIR:
-                subdirs += 1
-        slots[5 * d + 4] = 2 + subdirs
+            dirents.extend(pack(off, len(name), ino_of(targets.get(src, src))))
         readdir_order.extend(rank)
-        n += len(names)
+
+    with_hardlinks: list[tuple[int, DirView]] = []  # shown once every node's flags are final
+    DIR = EntryType.DIR
+    for d, e in enumerate(entries):  # parents come first: a directory's flags are final here
+        if e.type is not DIR or flags[d] & FS_HIDDEN:
+            continue
+        first = slots[5 * d]
+        v = view_dir(((k, bases[k], entries[k].type) for k in kids[first : first + slots[5 * d + 1]]), d == 0)
+        for k, f in v.flags.items():
+            flags[k] = f
+        if v.opaque:
+            flags[d] |= FS_OPAQUE
+        if v.hardlinks:
+            with_hardlinks.append((d, v))
+        else:
+            emit(d, v)
+
+    def target(h: int) -> int | None:
+        return ids.get(entries[h].link_name)
+
+    def visible(node: int) -> bool:
+        return not flags[node] & FS_HIDDEN
+
+    for d, v in with_hardlinks:
+        add_hardlinks(v, bases.__getitem__, target, visible)
+        emit(d, v)
+    inodes = array.array("I", (NONE if f & FS_HIDDEN else i for i, f in enumerate(flags)))
     return flags, dirents, readdir_order, inodes
 
 

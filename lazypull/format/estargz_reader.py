@@ -21,6 +21,7 @@ from lazypull.format.limits import DEFAULT_LIMITS, GZIP_MAX_RATIO, RATIO_SLACK, 
 from lazypull.format.source import ReadAt
 from lazypull.format.toc import PREFETCH_LANDMARK, TOC_TAR_NAME, TOCEntry, iter_entries, parse_modtime_ns
 from lazypull.format.whiteout import whiteout_target
+from lazypull.gcpause import collector_paused
 from lazypull.oci import digest as digestlib
 
 DEFAULT_MAX_TOC_BYTES = DEFAULT_LIMITS.max_toc_bytes
@@ -89,7 +90,8 @@ class TOCIndex(LayerIndex):
         self._entries: dict[str, Entry] = {"": Entry("", EntryType.DIR, mode=0o755)}
         self._children: dict[str, list[str]] = {"": []}
         self._stale: set[str] = set()  # directories whose child lists name replaced entries twice
-        self._build(toc, data_end)
+        with collector_paused():
+            self._build(toc, data_end)
 
     # -- construction ---------------------------------------------------------------
     def _ensure_dir(self, name: str) -> None:
@@ -325,19 +327,10 @@ class TOCIndex(LayerIndex):
         return list(self._children.get(normalize(path), ()))
 
     def entries(self) -> Iterator[Entry]:
-        stack = [""]
-        while stack:
-            name = stack.pop()
-            yield self._entries[name]
-            kids = self._children.get(name)
-            if kids:
-                prefix = name + "/" if name else ""
-                for k in kids:
-                    child = prefix + k
-                    if child in self._children:
-                        stack.append(child)
-                    else:
-                        yield self._entries[child]
+        """In index order: the TOC's, each implicit directory before its first child (so
+        parents come first; a name listed again takes its last place). A node's place in
+        this order is its number in the overlay view (:mod:`lazypull.format.overlayview`)."""
+        return iter(list(self._entries.values()))
 
     def decode_chunk(self, chunk: Chunk, raw: bytes) -> bytes:
         return self._decoder(chunk, raw)

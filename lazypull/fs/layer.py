@@ -1,11 +1,12 @@
 """One layer as a read-only filesystem: the inode tree from its compact index, reads via
 the fetcher.
 
-Presented the way overlayfs expects a lower layer: ``.wh.NAME`` becomes a 0/0
-character device named NAME, ``.wh..wh..opq`` marks its directory opaque with the
-``trusted.overlay.opaque`` xattr, and the prefetch landmarks are hidden. That view is
-computed when the index is written (:mod:`lazypull.format.compactindex`); here each
-request decodes the records it needs.
+Presented the way overlayfs expects a lower layer (:mod:`lazypull.format.overlayview`):
+``.wh.NAME`` becomes a 0/0 character device named NAME, ``.wh..wh..opq`` marks its
+directory opaque with the ``trusted.overlay.opaque`` xattr, and the prefetch landmarks
+are hidden. That view is computed when the index is written; here each request decodes
+the records it needs. Until a new layer's compact index is written, the same view comes
+from its parsed index (:mod:`lazypull.fs.parsedtree`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ from collections.abc import Callable, Sized
 from lazypull.errors import FormatError
 from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
 from lazypull.format.index import Entry, EntryType, LayerIndex
-from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
-from lazypull.format.whiteout import OPAQUE, WHITEOUT_PREFIX
 from lazypull.fs.fetcher import Fetcher, FetchError
-from lazypull.fs.fuse.ops import ROOT_INO, Attr
+from lazypull.fs.fuse.ops import Attr
+from lazypull.fs.parsedtree import ParsedTree
 
 OPAQUE_XATTR = b"trusted.overlay.opaque"
-_HIDDEN_AT_ROOT = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK})
 
 _TYPE_BITS = {
     EntryType.DIR: stat.S_IFDIR,
@@ -37,9 +36,14 @@ _TYPE_BITS = {
 }
 _REG, _DIR, _SYMLINK = TYPE_CODE[EntryType.REG], TYPE_CODE[EntryType.DIR], TYPE_CODE[EntryType.SYMLINK]
 _DEVICES = (TYPE_CODE[EntryType.CHAR], TYPE_CODE[EntryType.BLOCK])
-# How long a request waits for a layer's index still being built (a 100k-entry layer takes
-# about a second): longer means the build thread is starved or stuck; the request gets EIO.
+# How long a request (or an unmount) waits for a compact index still being written (a
+# 100k-entry layer takes about a second): longer means the build thread is starved or stuck.
 BUILD_WAIT = 120.0
+# Layers of up to this many entries are served from their parsed index while the compact one
+# is built. Beyond it requests wait: views of directories with hundreds of thousands of
+# entries would add to the peak such a layer's build already has (a 1M-entry TOC: 860 MB
+# instead of under 512 MB, measured).
+PARSED_SERVES_UP_TO = 200_000
 log = logging.getLogger(__name__)
 
 
@@ -49,8 +53,8 @@ class LayerFS:
 
     def __init__(self, index: LayerIndex, fetcher: Fetcher, build: Callable[[], LayerIndex] | None = None) -> None:
         """With *build* (which returns the index to serve from, usually the compact form of
-        *index*), the index is made in a thread: a mount need not wait for it, and requests
-        that come before it is ready wait for it (EIO if it fails)."""
+        *index*), that index is made in a thread: a mount need not wait for it, and until it
+        is ready (or if its build fails) requests are answered from *index* itself."""
         self.index = index
         self.fetcher = fetcher
         self._tree: CompactIndex | None = None
@@ -58,10 +62,12 @@ class LayerFS:
         self.build_error = ""
         self.bytes_served = 0
         self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
-        self._root_names: frozenset[str] | None = None  # the root's raw names, while building
+        self._parsed: ParsedTree | None = None  # answers while the compact index is built
         if build is None:
             self._serve_from(index)
         else:
+            if isinstance(index, Sized) and len(index) <= PARSED_SERVES_UP_TO:
+                self._parsed = ParsedTree(index)
             threading.Thread(target=self._build, args=(build,), name="index-build", daemon=True).start()
 
     def _serve_from(self, index: LayerIndex) -> None:
@@ -71,71 +77,36 @@ class LayerFS:
         if self.fetcher is not None:  # (None: measuring the tree alone)
             self.fetcher.index = index
         self._tree = tree
+        self._parsed = None  # its views and the parsed index go
         self._built.set()
 
     def _build(self, build: Callable[[], LayerIndex]) -> None:
         try:
             self._serve_from(build())
-        except Exception as e:  # any failure: the layer's requests fail cleanly, never hang
-            log.error("building the index of a layer failed: %s", e)
+        except Exception as e:  # the parsed index keeps serving (in memory): nothing is lost
+            log.error("building the compact index of a layer failed (it is served from memory): %s", e)
             self.build_error = str(e) or type(e).__name__
             self._built.set()
 
     def wait_built(self, timeout: float | None = None) -> bool:
-        """True once the index is ready (False while building or if its build failed)."""
+        """True once the compact index serves (False while building or if its build failed)."""
         return self._built.wait(timeout) and self._tree is not None
 
     @property
-    def tree(self) -> CompactIndex:
+    def tree(self) -> CompactIndex | ParsedTree:
+        """The compact index, or while it is built (or if its build failed) the parsed one;
+        a layer too large to be served from its parsed index waits (EIO if the build fails)."""
         tree = self._tree
         if tree is None:
+            parsed = self._parsed
+            if parsed is not None:
+                return parsed
             if not self._built.wait(BUILD_WAIT):
                 raise OSError(errno.EIO, "the layer's index is still being built")
             tree = self._tree
             if tree is None:
                 raise OSError(errno.EIO, f"the layer's index could not be built: {self.build_error}")
         return tree
-
-    # -- the root while the index is built ------------------------------------------------
-    # Starting a container touches only each layer's root until it finds the layer holding a
-    # path (overlayfs stats the root and looks a name up in it; containerd reads /etc/passwd
-    # through the rootfs before the container exists). Those answers come from the parsed
-    # index at once: the root's attributes and xattrs, statfs, and "no such name". A name
-    # the root may present still waits for the index (its inode number comes from there).
-    def _building(self) -> LayerIndex | None:
-        """The parsed index while the compact one is being built, else None."""
-        index = self.index
-        return index if self._tree is None and not self._built.is_set() else None
-
-    def _root_listing(self, index: LayerIndex) -> frozenset[str]:
-        names = self._root_names
-        if names is None:
-            names = self._root_names = frozenset(index.children(""))
-        return names
-
-    def _root_attr(self, index: LayerIndex) -> Attr:
-        """The root as the compact index presents it: nlink is 2 + the directories presented."""
-        root = index.lookup("")
-        assert root is not None
-        names = self._root_listing(index)
-        subdirs = 0
-        for k in names:
-            if k in _HIDDEN_AT_ROOT or k == OPAQUE:
-                continue
-            if k.startswith(WHITEOUT_PREFIX) and k[len(WHITEOUT_PREFIX) :] in names:
-                continue  # the name it whites out is presented instead (and counted there)
-            e = index.lookup(k)
-            if e is not None and e.type == EntryType.DIR:
-                subdirs += 1
-        return Attr(ROOT_INO, stat.S_IFDIR | root.mode & 0o7777, 2 + subdirs, root.uid, root.gid, 0, 0, root.mtime_ns)
-
-    def _root_xattrs(self, index: LayerIndex) -> dict[bytes, bytes]:
-        root = index.lookup("")
-        assert root is not None
-        out = {k.encode("utf-8", "surrogateescape"): bytes(v) for k, v in root.xattrs.items()}
-        if OPAQUE in self._root_listing(index):
-            out[OPAQUE_XATTR] = b"y"
-        return out
 
     # -- ReadOnlyFS ---------------------------------------------------------------------
     def _node(self, ino: int) -> Node:
@@ -155,8 +126,6 @@ class LayerFS:
         return e
 
     def getattr(self, ino: int) -> Attr:
-        if ino == ROOT_INO and (index := self._building()) is not None:
-            return self._root_attr(index)
         i = self._node_id(ino)
         r = self.tree.attr_fields(i)  # the raw record: this is the hottest call
         t, flags, mode, uid, gid, mtime = r[0], r[1], r[2], r[9], r[10], r[12] * 1_000_000_000 + r[13]
@@ -185,11 +154,6 @@ class LayerFS:
         return nd
 
     def lookup(self, parent: int, name: bytes) -> Attr:
-        if parent == ROOT_INO and (index := self._building()) is not None:
-            names = self._root_listing(index)
-            n = name.decode("utf-8", "surrogateescape")
-            if n not in names and WHITEOUT_PREFIX + n not in names:
-                raise FileNotFoundError(errno.ENOENT, "no such file")
         ino = self.tree.find_dirent(self._dir(parent), name)
         if ino is None:
             raise FileNotFoundError(errno.ENOENT, "no such file")
@@ -224,8 +188,6 @@ class LayerFS:
             raise OSError(errno.EIO, str(err)) from None
 
     def listxattr(self, ino: int) -> list[bytes]:
-        if ino == ROOT_INO and (index := self._building()) is not None:
-            return list(self._root_xattrs(index))
         nd = self._node(ino)
         names = [k.encode("utf-8", "surrogateescape") for k in self.tree.xattrs(nd)]
         if nd.flags & FS_OPAQUE:
@@ -233,11 +195,6 @@ class LayerFS:
         return names
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        if ino == ROOT_INO and (index := self._building()) is not None:
-            v = self._root_xattrs(index).get(name)
-            if v is None:
-                raise OSError(errno.ENODATA, "no such attribute")
-            return v
         nd = self._node(ino)
         if name == OPAQUE_XATTR and nd.flags & FS_OPAQUE:
             return b"y"
@@ -276,13 +233,14 @@ class LayerFS:
         return cache.open_verified(e.digest)
 
     def statfs(self) -> tuple[int, int]:
-        index = self._building()
-        if index is not None:  # overlayfs asks at mount; the count is an upper bound until built
+        tree = self._tree
+        if tree is None:  # overlayfs asks at mount; the count is an upper bound until built
+            index = self.index
             return index.blob_size, (len(index) if isinstance(index, Sized) else 0) + 1
-        return self.index.blob_size, self.tree.fs_inodes + 1
+        return self.index.blob_size, tree.shown_inodes + 1
 
     @property
     def inode_count(self) -> int:
-        """Inodes presented (0 while the index is being built: never waits)."""
+        """Inodes shown (0 while the compact index is being built: never waits)."""
         tree = self._tree
-        return tree.fs_inodes if tree is not None else 0
+        return tree.shown_inodes if tree is not None else 0

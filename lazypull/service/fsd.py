@@ -138,6 +138,7 @@ class Layer:
             passthrough=bool(self.session and self.session.passthrough_active),
             passthrough_files=self.session.passthrough_files if self.session else 0,
             ops=self.ops.snapshot(),
+            index_error=self.fs.build_error,  # set: served from its parsed index, in memory
         )
         return out
 

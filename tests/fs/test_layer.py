@@ -16,6 +16,7 @@ from lazypull.format import BytesSource, open_layer
 from lazypull.format.compactindex import CompactIndex
 from lazypull.format.counting import CountingSource
 from lazypull.format.gzipmember import compress_member
+from lazypull.fs import layer as layer_module
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.ops import ROOT_INO, Attr
 from lazypull.fs.layer import OPAQUE_XATTR, LayerFS
@@ -72,8 +73,8 @@ def walk(fs: LayerFS) -> dict[str, Attr]:
 def test_the_overlay_view(tmp_path: Path) -> None:
     fs, _ = make_fs(tmp_path)
     tree = walk(fs)
-    # Index order (LayerIndex.entries: files first, then subdirectories last to first), as before.
-    assert [n for n, _ in fs.readdir(ROOT_INO)] == [b"a", b"srv", b"opt", b"var", b"run", b"dev", b"etc"]
+    # Index order (the TOC's; the prioritized etc/passwd moved etc to the front).
+    assert [n for n, _ in fs.readdir(ROOT_INO)] == [b"etc", b"dev", b"run", b"var", b"opt", b"srv", b"a"]
     assert [n for n, _ in fs.readdir(tree["etc"].ino)] == [b"passwd", b"sym", b"big", b"hard"]
     assert tree[""].nlink == 2 + 7 and tree["etc"].nlink == 2 and tree["a"].nlink == 3
     passwd = tree["etc/passwd"]
@@ -94,7 +95,7 @@ def test_the_overlay_view(tmp_path: Path) -> None:
     assert OPAQUE_XATTR not in fs.listxattr(tree["etc"].ino)
     assert fs.listxattr(passwd.ino) == [b"user.note"] and fs.getxattr(passwd.ino, b"user.note") == b"hi"
     assert not any(".landmark" in p for p in tree)
-    # Inodes as before: the whiteout opt/.wh.app keeps one, though opt/app took its name.
+    # Inodes: the whiteout opt/.wh.app keeps one, though opt/app took its name.
     assert fs.inode_count == len({a.ino for a in tree.values()}) + 1 == fs.statfs()[1] - 1
 
 
@@ -149,16 +150,19 @@ def test_errors(tmp_path: Path) -> None:
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == err
-    # Inode numbers: the shown entries numbered in index order, root 1 (as the layer server
-    # always numbered them: a successor re-attaching a live mount must agree with the kernel).
-    nodes = [fs.tree.node_of_inode(ino) for ino in range(1, fs.inode_count + 1)]
-    assert nodes[0] == 0 and nodes == sorted(nodes)  # type: ignore[type-var]
-    shown = set(nodes)
+    # Inode numbers: a node's place in index order plus one, root 1; hidden nodes leave gaps
+    # (fixed by the index alone, so the parsed and the compact index agree on them).
+    n_nodes = fs.tree.n_nodes  # type: ignore[union-attr]
+    nodes = [fs.tree.node_of_inode(ino) for ino in range(1, n_nodes + 1)]
+    assert all(node in (None, ino - 1) for ino, node in enumerate(nodes, 1)) and nodes[0] == 0
+    assert sum(node is not None for node in nodes) == fs.inode_count
     for hidden in (".prefetch.landmark", "var/lib/.wh..wh..opq", "etc/hard", "srv/.wh.y"):
         node = fs.tree.find(hidden)
-        assert node is not None and node not in shown  # no inode of its own
+        assert node is not None and nodes[node] is None  # no inode of its own
+        with pytest.raises(FileNotFoundError):
+            fs.getattr(node + 1)
     with pytest.raises(FileNotFoundError):
-        fs.getattr(fs.inode_count + 1)
+        fs.getattr(n_nodes + 1)
 
 
 def test_an_index_that_is_not_compact_gets_the_same_view(tmp_path: Path) -> None:
@@ -200,21 +204,40 @@ def test_the_layer_server_keeps_the_index_in_a_file_and_reuses_it(tmp_path: Path
     assert fs.read(want["etc/big"].ino, 0, len(BIG)) == BIG
 
 
-def test_index_built_in_the_background_serves_once_ready(tmp_path: Path) -> None:
-    """A mount goes ahead while its compact index is built: requests wait for it, then get the
-    same answers; the parsed index is dropped (filesystem and fetcher serve from the built one)."""
-    blob, _ = build(ENTRIES, chunk_size=64 << 10, prioritized_files=["etc/passwd"])
+def held_build(entries: list[Entry], tmp_path: Path, build_fails: bool = False) -> tuple[LayerFS, threading.Event]:
+    """A layer whose compact index is built in the background once the event is set."""
+    blob, _ = build(entries, chunk_size=64 << 10, prioritized_files=[e.name for e in entries if e.data][:1])
     src = BytesSource(blob)
     parsed = open_layer(src)
-    fetcher = Fetcher(parsed, src, ChunkCache(tmp_path / "cache"))
     go = threading.Event()
 
-    def build_slowly() -> CompactIndex:
+    def build_when_told() -> CompactIndex:
         go.wait(10)
+        if build_fails:
+            raise OSError(errno.ENOSPC, "No space left on device")
         return CompactIndex.from_index(parsed)
 
-    fs = LayerFS(parsed, fetcher, build=build_slowly)
+    return LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "cache")), build=build_when_told), go
+
+
+def test_the_parsed_index_serves_while_the_compact_one_is_built(tmp_path: Path) -> None:
+    """A mount goes ahead while its compact index is built: requests are answered from the
+    parsed index at once, the same answers; then the parsed index is dropped (filesystem and
+    fetcher serve from the built one)."""
+    fs, go = held_build(ENTRIES, tmp_path)
     assert fs.inode_count == 0 and not fs.wait_built(0.05)  # never waits
+    want = walk(make_fs(tmp_path / "sync")[0])
+    assert walk(fs) == want and not fs.wait_built(0)
+    assert fs.read(want["etc/big"].ino, 0, len(BIG)) == BIG
+    go.set()
+    assert fs.wait_built(10)
+    assert isinstance(fs.index, CompactIndex) and fs.fetcher.index is fs.index and fs.inode_count > 0
+    assert walk(fs) == want and fs.read(want["etc/big"].ino, 5, 100) == BIG[5:105]
+
+
+def test_a_layer_too_large_to_serve_parsed_waits_for_its_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layer_module, "PARSED_SERVES_UP_TO", len(ENTRIES))
+    fs, go = held_build(ENTRIES, tmp_path)
     got: list[dict[str, Attr]] = []
     t = threading.Thread(target=lambda: got.append(walk(fs)))
     t.start()
@@ -222,29 +245,29 @@ def test_index_built_in_the_background_serves_once_ready(tmp_path: Path) -> None
     assert t.is_alive() and not got  # the request waits for the index
     go.set()
     t.join(10)
-    want = walk(make_fs(tmp_path / "sync")[0])
-    assert got == [want]
-    assert isinstance(fs.index, CompactIndex) and fetcher.index is fs.index and fs.inode_count > 0
-    assert fs.read(want["etc/big"].ino, 0, len(BIG)) == BIG
+    assert got == [walk(make_fs(tmp_path / "sync")[0])]
 
 
-def test_index_whose_background_build_fails_gives_eio_not_a_hang(tmp_path: Path) -> None:
-    blob, _ = build(ENTRIES, chunk_size=64 << 10)
-    src = BytesSource(blob)
-    parsed = open_layer(src)
-
-    def fail() -> CompactIndex:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    fs = LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "cache")), build=fail)
+def test_a_large_layer_whose_build_fails_gives_eio_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layer_module, "PARSED_SERVES_UP_TO", 0)
+    fs, go = held_build(ENTRIES, tmp_path, build_fails=True)
+    go.set()
     assert not fs.wait_built(10)
     with pytest.raises(OSError) as e:
         fs.getattr(ROOT_INO)
     assert e.value.errno == errno.EIO and "No space left" in str(e.value)
 
 
+def test_a_failed_compact_build_leaves_the_layer_served_from_memory(tmp_path: Path) -> None:
+    fs, go = held_build(ENTRIES, tmp_path, build_fails=True)
+    go.set()
+    assert not fs.wait_built(10) and "No space left" in fs.build_error
+    want = walk(make_fs(tmp_path / "sync")[0])
+    assert walk(fs) == want and fs.read(want["etc/passwd"].ino, 0, 100) == b"root:x:0:0\n"
+
+
 def test_open_layer_fs_builds_the_index_file_in_the_background(tmp_path: Path) -> None:
-    blob, res = build(ENTRIES, chunk_size=64 << 10)
+    blob, res = build(ENTRIES, chunk_size=64 << 10, prioritized_files=["etc/passwd"])
     (tmp_path / "blob").write_bytes(blob)
     desc = Descriptor(mt.OCI_LAYER_GZIP, res.blob_digest, len(blob), {mt.ANNOTATION_TOC_DIGEST: res.toc_digest})
     spec = LayerSpec(layer=desc.to_json(), cache_dir=str(tmp_path / "c"), blob_path=str(tmp_path / "blob"))
@@ -272,38 +295,77 @@ ROOT_ENTRIES = [
 ]
 
 
-def test_the_root_answers_while_the_index_is_built(tmp_path: Path) -> None:
-    """Starting a container touches each layer's root first: its attributes, xattrs, statfs
-    and names it does not have are answered from the parsed index at once, the same as the
-    built index answers them; a name the root has waits for the index."""
-    blob, _ = build(ROOT_ENTRIES, chunk_size=64 << 10, prioritized_files=["f"])
-    src = BytesSource(blob)
-    parsed = open_layer(src)
-    go = threading.Event()
+EDGE_ENTRIES = [
+    Entry("late/f", data=b"f"),
+    Entry("late/", "dir", mode=0o700),  # listed after its child: its metadata, same place
+    Entry("dup", data=b"first"),
+    Entry("dup/", "dir"),  # the name again: the later entry wins
+    Entry("dup/k", data=b"k"),
+    Entry(".wh.w", data=b""),
+    Entry("t", data=b"t"),
+    Entry("w", "hardlink", link="t"),  # a hardlink takes the whiteout's name
+    Entry("h2", "hardlink", link="w"),  # a hardlink to a hardlink
+    Entry(".prefetch.landmark", data=b"\x0f"),
+    Entry("tolandmark", "hardlink", link=".prefetch.landmark"),  # its target is hidden: not shown
+    Entry("o/.wh..wh..opq", data=b""),
+    Entry("o/x", data=b"x"),
+    Entry("o/.wh.x", data=b""),  # x wins
+    Entry(".wh.sub/", "dir"),  # a whiteout that is a directory with entries
+    Entry(".wh.sub/inner", data=b"i"),
+    Entry("sub/", "dir"),
+    Entry("sub/.wh.inner", data=b""),
+]
 
-    def build_slowly() -> CompactIndex:
-        go.wait(10)
-        return CompactIndex.from_index(parsed)
 
-    fs = LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "cache")), build=build_slowly)
-    early = (fs.getattr(ROOT_INO), fs.listxattr(ROOT_INO), fs.getxattr(ROOT_INO, OPAQUE_XATTR), fs.statfs()[0])
-    for name in (b"nothere", b"wh.gone", b"opq", b".wh..wh..opq.x"):
+def dump(fs: LayerFS, n_nodes: int) -> dict[int, object]:
+    """Everything the filesystem answers, inode by inode (one past the last, too)."""
+    out: dict[int, object] = {}
+    for ino in range(1, n_nodes + 2):
+        try:
+            a = fs.getattr(ino)
+        except FileNotFoundError:
+            out[ino] = None
+            continue
+        names = fs.listxattr(ino)
+        row: list[object] = [a, names, [fs.getxattr(ino, k) for k in names]]
+        if stat.S_ISDIR(a.mode):
+            listing = fs.readdir(ino)
+            row += [listing, [fs.lookup(ino, name) for name, _ in listing]]
+        elif stat.S_ISLNK(a.mode):
+            row.append(fs.readlink(ino))
+        out[ino] = row
+    return out
+
+
+@pytest.mark.parametrize("entries", [ENTRIES, ROOT_ENTRIES, EDGE_ENTRIES], ids=["files", "root", "edges"])
+def test_the_parsed_view_is_the_compact_view(tmp_path: Path, entries: list[Entry]) -> None:
+    """Inode numbers, attributes, xattrs, directory listings (their order too) and names that
+    are not there: the same from the parsed index as from the compact one, so the kernel
+    sees no change when the compact index takes over."""
+    fs, go = held_build(entries, tmp_path)
+    n_nodes = fs.tree.fs_inodes
+    early, early_walk = dump(fs, n_nodes), walk(fs)
+    for name in (b"nothere", b"wh.gone", b"opq", b".wh..wh..opq", b".prefetch.landmark", b"tolandmark"):
         with pytest.raises(FileNotFoundError):
-            fs.lookup(ROOT_INO, name)
-    pending: list[Attr] = []
-    t = threading.Thread(target=lambda: pending.append(fs.lookup(ROOT_INO, b"gone")))
-    t.start()
-    t.join(0.3)
-    assert t.is_alive() and not fs.wait_built(0)  # a name the root presents waits
+            fs.lookup(1, name)
     go.set()
-    t.join(10)
     assert fs.wait_built(10)
-    assert early == (fs.getattr(ROOT_INO), fs.listxattr(ROOT_INO), fs.getxattr(ROOT_INO, OPAQUE_XATTR), fs.statfs()[0])
-    assert early[0].nlink == 2 + 5  # etc, usr, back, e, and the whiteout ".wh.d" (a directory in the tar)
-    assert pending and stat.S_ISCHR(pending[0].mode)
-    for name in (b"nothere", b"wh.gone", b"opq", b".wh..wh..opq.x"):
-        with pytest.raises(FileNotFoundError):
-            fs.lookup(ROOT_INO, name)
+    assert dump(fs, n_nodes) == early and walk(fs) == early_walk
+    assert fs.inode_count == sum(row is not None for row in early.values())
+
+
+def test_edges_of_the_overlay_view(tmp_path: Path) -> None:
+    fs, go = held_build(EDGE_ENTRIES, tmp_path)
+    go.set()
+    assert fs.wait_built(10)
+    tree = walk(fs)
+    assert stat.S_ISDIR(tree["late"].mode) and tree["late"].mode & 0o777 == 0o700 and "late/f" in tree
+    assert stat.S_ISDIR(tree["dup"].mode) and "dup/k" in tree
+    assert tree["w"] == tree["t"] == tree["h2"] and tree["t"].nlink == 3  # the whiteout gave way
+    assert "tolandmark" not in tree and ".prefetch.landmark" not in tree
+    assert fs.getxattr(tree["o"].ino, OPAQUE_XATTR) == b"y" and stat.S_ISREG(tree["o/x"].mode)
+    assert stat.S_ISCHR(tree["sub"].mode) is False and fs.getxattr(tree["sub"].ino, OPAQUE_XATTR) == b"y"
+    assert stat.S_ISCHR(tree["sub/inner"].mode)
 
 
 def test_the_root_hides_landmarks_of_any_type_while_the_index_is_built(tmp_path: Path) -> None:
