@@ -10,6 +10,7 @@ import re
 import struct
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from lazypull.errors import FormatError
@@ -55,6 +56,9 @@ class _Pool:
         return off
 
 
+Pace = Callable[[], None]
+_PACE_EVERY = 127  # entries between calls of a pace function (about half a millisecond of work)
+
 _SHA256S = re.compile(r"(?:sha256:[0-9a-f]{64})*")
 
 
@@ -76,11 +80,16 @@ def serialize(index: LayerIndex, key: bytes = b"") -> bytes:
     return b"".join(_serialized_parts(index, key))
 
 
-def _serialized_parts(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
+def _no_pause() -> None:
+    pass
+
+
+def _serialized_parts(index: LayerIndex, key: bytes, pace: Pace | None = None) -> list[bytes | bytearray]:
     """The compact form of *index* in pieces (header first), so a file is written without
-    joining them: the build's peak memory on top of the Python index stays small."""
+    joining them: the build's peak memory on top of the Python index stays small. *pace* is
+    called every few hundred entries (a background build gives way to requests there)."""
     with collector_paused():
-        return _serialize(index, key)
+        return _serialize(index, key, pace or _no_pause)
 
 
 def _u32_array(n: int = 0) -> array.array[int]:
@@ -96,7 +105,7 @@ def _le(a: array.array[int]) -> bytes | array.array[int]:
     return b
 
 
-def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
+def _serialize(index: LayerIndex, key: bytes, pace: Pace) -> list[bytes | bytearray]:
     entries = list(index.entries())
     n_nodes = len(entries)
     ids = {e.name: i for i, e in enumerate(entries)}
@@ -131,6 +140,8 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
     seen, pool_data = pool.seen, pool.data
     parents[0] = ROOT_PARENT
     for i, e in enumerate(entries):
+        if not i & _PACE_EVERY:
+            pace()
         parent_name, _, base = e.name.rpartition("/")
         b = base.encode("utf-8", "surrogateescape")
         if i:
@@ -171,12 +182,15 @@ def _serialize(index: LayerIndex, key: bytes) -> list[bytes | bytearray]:
             first, n = slots[5 * i], slots[5 * i + 1]
             mine = kids[first : first + n]
             kids_sorted.extend(sorted(mine, key=bases.__getitem__) if n > 1 else mine)
-    flags, dirents, readdir_order, inodes = _presentation(entries, ids, bases, name_offs, slots, kids)
+    pace()
+    flags, dirents, readdir_order, inodes = _presentation(entries, ids, bases, name_offs, slots, kids, pace)
 
     nodes = bytearray(NODE.size * n_nodes)
     pack = NODE.pack_into
     size = NODE.size
     for i, e in enumerate(entries):
+        if not i & _PACE_EVERY:
+            pace()
         xattr = NONE
         if e.xattrs:
             parts = [U32.pack(len(e.xattrs))]
@@ -235,6 +249,7 @@ def _presentation(
     name_offs: array.array[int],
     slots: array.array[int],
     kids: array.array[int],
+    pace: Pace = _no_pause,
 ) -> tuple[bytearray, bytearray, array.array[int], array.array[int]]:
     """The overlay view of the layer (:mod:`lazypull.format.overlayview`): per node its FS
     flags, per directory its shown entries, and per inode (node + 1) its node."""
@@ -266,6 +281,8 @@ def _presentation(
     with_hardlinks: list[tuple[int, DirView]] = []  # shown once every node's flags are final
     DIR = EntryType.DIR
     for d, e in enumerate(entries):  # parents come first: a directory's flags are final here
+        if not d & _PACE_EVERY:
+            pace()
         if e.type is not DIR or flags[d] & FS_HIDDEN:
             continue
         first = slots[5 * d]
@@ -292,9 +309,9 @@ def _presentation(
     return flags, dirents, readdir_order, inodes
 
 
-def write_file(index: LayerIndex, path: Path, key: bytes = b"") -> CompactIndex:
+def write_file(index: LayerIndex, path: Path, key: bytes = b"", pace: Pace | None = None) -> CompactIndex:
     """Write *index* compactly to *path* (0600, temp file + rename) and map it."""
-    parts = _serialized_parts(index, key)
+    parts = _serialized_parts(index, key, pace)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-index-")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -125,6 +125,3 @@ class ParsedTree:
     def dev(self, nd: Node) -> tuple[int, int]:
         e = self._entries[nd.name_off]
         return e.dev_major, e.dev_minor
-
-    def find(self, path: str) -> int | None:
-        return self._ids.get(path.strip("/"))

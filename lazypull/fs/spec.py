@@ -25,6 +25,7 @@ from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.layer import LayerFS
 from lazypull.fs.opened import RecordingSource, ReplaySource, TailSource
+from lazypull.giveway import Pacer
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import SECRET_KEYS, RegistryOptions
@@ -120,14 +121,15 @@ def index_key(desc: Descriptor) -> bytes:
     ).encode()
 
 
-def _compact(index: LayerIndex, path: Path | None, key: bytes) -> LayerIndex:
-    """*index* as a compact index (mapped from *path* when given); SOCI indexes stay as they are."""
+def _compact(index: LayerIndex, path: Path | None, key: bytes, pace: Pacer | None = None) -> LayerIndex:
+    """*index* as a compact index (mapped from *path* when given); SOCI indexes stay as they are.
+    With *pace*, the build gives way to requests being served (it runs beside them)."""
     if index.format not in COMPACT_FORMATS:
         return index
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            return write_file(index, path, key)
+            return write_file(index, path, key, pace)
         except OSError as e:
             log.warning("cannot write the index file %s (%s); keeping it in memory", path, e)
     return CompactIndex.from_index(index)
@@ -188,5 +190,5 @@ def open_layer_fs(
     if built or not build_in_background:
         fs = LayerFS(index, fetcher)
     else:
-        fs = LayerFS(parsed, fetcher, build=lambda: _compact(parsed, path, key))
+        fs = LayerFS(parsed, fetcher, build=lambda: _compact(parsed, path, key, Pacer()))
     return fs, fetcher, source, index

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lazypull.fs.fuse import protocol as p
 from lazypull.fs.fuse.server import BUFSIZE, DATA_OPS, FuseSession
+from lazypull.giveway import request_seen
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ServeLoop:
                     self._died(s, None)
                     continue
                 self._rearm(fd)
+                request_seen()
                 req = memoryview(buf)[:n]
                 opcode = p.IN_HEADER.unpack_from(req)[1]
                 if opcode in DATA_OPS:
