@@ -140,7 +140,7 @@ def _serialize(index: LayerIndex, key: bytes, pace: Pace) -> list[bytes | bytear
     seen, pool_data = pool.seen, pool.data
     parents[0] = ROOT_PARENT
     for i, e in enumerate(entries):
-        if not i & _PACE_EVERY:
+        if i and not i & _PACE_EVERY:
             pace()
         parent_name, _, base = e.name.rpartition("/")
         b = base.encode("utf-8", "surrogateescape")
@@ -182,14 +182,15 @@ def _serialize(index: LayerIndex, key: bytes, pace: Pace) -> list[bytes | bytear
             first, n = slots[5 * i], slots[5 * i + 1]
             mine = kids[first : first + n]
             kids_sorted.extend(sorted(mine, key=bases.__getitem__) if n > 1 else mine)
-    pace()
+    if n_nodes > _PACE_EVERY:
+        pace()
     flags, dirents, readdir_order, inodes = _presentation(entries, ids, bases, name_offs, slots, kids, pace)
 
     nodes = bytearray(NODE.size * n_nodes)
     pack = NODE.pack_into
     size = NODE.size
     for i, e in enumerate(entries):
-        if not i & _PACE_EVERY:
+        if i and not i & _PACE_EVERY:
             pace()
         xattr = NONE
         if e.xattrs:
@@ -281,7 +282,7 @@ def _presentation(
     with_hardlinks: list[tuple[int, DirView]] = []  # shown once every node's flags are final
     DIR = EntryType.DIR
     for d, e in enumerate(entries):  # parents come first: a directory's flags are final here
-        if not d & _PACE_EVERY:
+        if d and not d & _PACE_EVERY:
             pace()
         if e.type is not DIR or flags[d] & FS_HIDDEN:
             continue

@@ -48,6 +48,7 @@ from lazypull.fs.layer import BUILD_WAIT, LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
+from lazypull.giveway import request_seen
 from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
@@ -548,6 +549,7 @@ def serve_control(server: LayerServer, sock: socket.socket) -> None:
             except (OSError, LazypullError) as e:
                 log.debug("control connection: %s", e)
                 return
+            request_seen()  # a caller waits on this one too: index builds give way
             try:
                 reply, out_fds = server.handle(req, fds)
             except (LazypullError, OSError, KeyError, ValueError, TypeError) as e:

@@ -97,6 +97,9 @@ def test_one_cache_bound_for_all_layers(server: tuple[LayerServer, FsdClient], t
     assert [r["state"] for r in client.list()] == ["serving", "serving"]
     stats = client.stats()
     assert stats["memory_bytes"] <= 1 << 20  # one memory budget
+    deadline = time.monotonic() + 10  # written in the background (giving way to requests)
+    while len(list((tmp_path / "fsd" / "tocs").glob("*.index.v1"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert len(list((tmp_path / "fsd" / "tocs").glob("*.index.v1"))) == 2  # one compact index file each
     client.unmount(tmp_path / "m1", free_cache=True)
     assert not os.path.ismount(tmp_path / "m1") and len(client.list()) == 1
@@ -206,6 +209,9 @@ def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
                 for f in fds:
                     os.close(f)
         dev = os.stat(mp).st_dev
+        while not list((root / "tocs").glob("*.index.v1")):  # written in the background
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.02)
         [index] = (root / "tocs").glob("*.index.v1")
         index_ino = index.stat().st_ino
         assert index.stat().st_mode & 0o777 == 0o600
