@@ -330,7 +330,7 @@ class TOCIndex(LayerIndex):
         """In index order: the TOC's, each implicit directory before its first child (so
         parents come first; a name listed again takes its last place). A node's place in
         this order is its number in the overlay view (:mod:`lazypull.format.overlayview`)."""
-        return iter(list(self._entries.values()))
+        return iter(self._entries.values())  # not changed once built
 
     def decode_chunk(self, chunk: Chunk, raw: bytes) -> bytes:
         return self._decoder(chunk, raw)

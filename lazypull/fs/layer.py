@@ -41,8 +41,8 @@ _DEVICES = (TYPE_CODE[EntryType.CHAR], TYPE_CODE[EntryType.BLOCK])
 BUILD_WAIT = 120.0
 # Layers of up to this many entries are served from their parsed index while the compact one
 # is built. Beyond it requests wait: views of directories with hundreds of thousands of
-# entries would add to the peak such a layer's build already has (a 1M-entry TOC: 860 MB
-# instead of under 512 MB, measured).
+# entries would add to the peak such a layer's build already has (the largest TOC the
+# default limits admit, 300,000 entries in one directory: 863 MB instead of under 512 MB).
 PARSED_SERVES_UP_TO = 200_000
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import threading
 
 from lazypull.format.compactindex import IMPLICIT, NONE, TYPE_CODE, Node
 from lazypull.format.index import Entry, EntryType, LayerIndex
-from lazypull.format.overlayview import DirView, add_hardlinks, ino_of, node_flags, view_dir
+from lazypull.format.overlayview import DirView, add_hardlinks, ino_of, node_flags, node_of, view_dir
 
 _DIR, _SYMLINK = EntryType.DIR, EntryType.SYMLINK
 
@@ -84,7 +84,7 @@ class ParsedTree:
 
     # -- the tree interface -----------------------------------------------------------------
     def node_of_inode(self, ino: int) -> int | None:
-        i = ino - 1
+        i = node_of(ino)
         if not 0 <= i < self.fs_inodes or not self.visible(i):
             return None
         return i
