@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,9 @@ class Snapshotter:
             memory_bytes=remote.memory_bytes if remote else None,
         )
         self.mount_errors = 0
+        # A layer's directory is removed (its last snapshot gone: containerd's collector) and
+        # made again (a pull of an image with the same layer) one at a time.
+        self._layer_dirs = threading.Lock()
 
     def _dir(self, s: Snapshot) -> Path:
         return self.root / "snapshots" / str(s.id)
@@ -186,8 +190,9 @@ class Snapshotter:
         if any(x.remote and x.remote.get("digest") == digest for x in self.store.all()):
             return
         d = self._layer_dir(digest)
-        self.layers.stop(digest, free_cache=True, mountpoint=d / "fs")
-        shutil.rmtree(d, ignore_errors=True)
+        with self._layer_dirs:  # a pull mounting the same layer now waits, then mounts it afresh
+            self.layers.stop(digest, free_cache=True, mountpoint=d / "fs")
+            shutil.rmtree(d, ignore_errors=True)
 
     def stat(self, key: str) -> Snapshot:
         return self.store.get(key)
@@ -330,8 +335,9 @@ class Snapshotter:
     ) -> LayerHandle:
         """The mount of layer *desc*: serving, being mounted, or started now (without waiting)."""
         d = self._layer_dir(desc.digest)
-        d.mkdir(exist_ok=True, mode=0o700)
-        return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc, credential).to_json(), ahead)
+        with self._layer_dirs:  # never while a release removes the directory (its mount would fail)
+            d.mkdir(exist_ok=True, mode=0o700)
+            return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc, credential).to_json(), ahead)
 
     def _wait_prefetch(self, chain: list[Snapshot]) -> None:
         if self.remote is None or not self.remote.prefetch:
