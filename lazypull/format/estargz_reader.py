@@ -109,33 +109,81 @@ class TOCIndex(LayerIndex):
             self._children[parent].append(base)
 
     def _build(self, toc: Iterable[TOCEntry], data_end: int) -> None:
+        # The hot loop of a Prepare (30k entries: most of its time), so the common cases are
+        # checked inline; anything unusual goes through the general helpers, which raise.
         chunk_offsets: list[int] = []
+        add_offset = chunk_offsets.append
         last_reg: Entry | None = None
         hardlinks: list[Entry] = []
         links_to: dict[str, list[Entry]] = {}  # link target name -> the hardlinks naming it
         entries, children = self._entries, self._children
         DIR, REG, HARDLINK = _DIR, _REG, _HARDLINK
-        for n, te in enumerate(toc):
-            if n >= self.limits.max_entries:
-                raise FormatError(f"TOC has more than {self.limits.max_entries} entries (max_entries)")
-            if te.type == "chunk":
+        types, digest_ok, modtime_ns = _ENTRY_TYPES, _SHA256.fullmatch, parse_modtime_ns
+        limits = self.limits
+        max_entries, max_chunk = limits.max_entries, limits.max_chunk_bytes
+        short, max_depth = limits.max_name_bytes // 4, limits.max_depth  # a name this short is within the limit
+        n = 0
+        for te in toc:
+            n += 1
+            if n > max_entries:
+                raise FormatError(f"TOC has more than {max_entries} entries (max_entries)")
+            tname = te.type
+            if tname == "chunk":
                 if last_reg is None or normalize(te.name) != last_reg.name:
                     raise FormatError(f"chunk entry {te.name[:200]!r} does not follow its file")
                 self._add_chunk(last_reg, te, data_end, chunk_offsets)
                 continue
             if last_reg is not None:
-                self._finish_reg(last_reg)
+                c = last_reg.chunks[-1]
+                if c.file_offset + c.size != last_reg.size:
+                    self._finish_reg(last_reg)
                 last_reg = None
-            name = safe_name(te.name, self.limits)
-            if name == "":
-                root = self._entries[""]
-                root.mode, root.uid, root.gid = te.mode & 0o7777, te.uid, te.gid
-                root.mtime_ns, root.xattrs = parse_modtime_ns(te.modtime), te.xattrs or NO_XATTRS
-                continue
+            raw = te.name
+            name = raw[2:] if raw[:2] == "./" else raw  # as safe_name does, inline
+            if name[-1:] == "/":
+                name = name[:-1]
+            if not (
+                name
+                and len(raw) <= short
+                and name[0] not in "./"
+                and name[-1] != "/"
+                and "//" not in name
+                and "/." not in name
+                and "\0" not in name
+                and raw.count("/") < max_depth
+            ):
+                name = safe_name(raw, limits)  # what the fast checks above do not cover
+                if name == "":
+                    root = entries[""]
+                    root.mode, root.uid, root.gid = te.mode & 0o7777, te.uid, te.gid
+                    root.mtime_ns, root.xattrs = modtime_ns(te.modtime), te.xattrs or NO_XATTRS
+                    continue
             if ".wh." in name:
                 whiteout_target(name)  # raises for a whiteout that would leave its directory
-            e = self._entry_from(te, name)
-            t = e.type
+            t = types[tname]
+            d = te.digest
+            if d and digest_ok(d) is None:
+                d = _checked_digest(d, name, "digest")
+            if t is REG:
+                e = Entry(
+                    name,
+                    t,
+                    te.mode & 0o7777,
+                    te.uid,
+                    te.gid,
+                    te.uname,
+                    te.gname,
+                    te.size,
+                    modtime_ns(te.modtime),
+                    "",
+                    te.dev_major,
+                    te.dev_minor,
+                    te.xattrs or NO_XATTRS,
+                    d,
+                    [],
+                )
+            else:
+                e = self._entry_from(te, name, t, d)
             existing = entries.get(name)
             if existing is not None:
                 if existing.type is DIR and t is DIR:
@@ -158,8 +206,21 @@ class TOCIndex(LayerIndex):
             elif t is REG:
                 if name == PREFETCH_LANDMARK:
                     self.prefetch_end = min(te.offset, data_end)
-                if te.size > 0:
-                    self._add_chunk(e, te, data_end, chunk_offsets)
+                size = te.size
+                if size > 0:
+                    cs, cd, off = te.chunk_size or size, te.chunk_digest, te.offset
+                    if (
+                        te.chunk_offset == 0
+                        and cs <= size
+                        and off < data_end
+                        and te.inner_offset + cs <= max_chunk
+                        and cd
+                        and (cd == d or digest_ok(cd) is not None)
+                    ):
+                        e.chunks.append(Chunk(0, cs, off, 0, d if cd == d else cd, te.inner_offset))
+                        add_offset(off)
+                    else:
+                        self._add_chunk(e, te, data_end, chunk_offsets)  # raises, or takes an unusual chunk
                     last_reg = e
         if last_reg is not None:
             self._finish_reg(last_reg)
@@ -229,10 +290,8 @@ class TOCIndex(LayerIndex):
                 out.append(k)
         kids[:] = out[::-1]
 
-    def _entry_from(self, te: TOCEntry, name: str) -> Entry:
-        typ = _ENTRY_TYPES[te.type]
-        reg = typ is _REG
-        d = te.digest
+    def _entry_from(self, te: TOCEntry, name: str, typ: EntryType, digest: str) -> Entry:
+        """Any entry but a regular file (those are made inline in :meth:`_build`)."""
         e = Entry(
             name,
             typ,
@@ -241,14 +300,14 @@ class TOCIndex(LayerIndex):
             te.gid,
             te.uname,
             te.gname,
-            te.size if reg else 0,
+            0,
             parse_modtime_ns(te.modtime),
             "",
             te.dev_major,
             te.dev_minor,
             te.xattrs or NO_XATTRS,
-            (d if _SHA256.fullmatch(d) is not None else _checked_digest(d, name, "digest")) if d else "",
-            [] if reg else _NO_CHUNKS,
+            digest,
+            _NO_CHUNKS,
         )
         if typ is _SYMLINK:
             if not te.link_name:
@@ -296,28 +355,37 @@ class TOCIndex(LayerIndex):
         """Each chunk's compressed span ends where the next one starts. A span that declares
         more than its compression can expand to is rejected here, before anything inflates."""
         starts = sorted(set(offsets))
-        next_start = dict(itertools.pairwise(starts))  # every chunk's offset is among *starts*
-        seen: set[tuple[int, int]] = set()
+        end_of = dict(itertools.pairwise(starts)).get  # every chunk's offset is among *starts*
+        chunks = [c for e in self._entries.values() for c in e.chunks]
+        if len({(c.blob_offset, c.inner_offset) for c in chunks}) != len(chunks):
+            seen: set[tuple[int, int]] = set()
+            for c in chunks:
+                if (c.blob_offset, c.inner_offset) in seen:
+                    raise FormatError(
+                        f"{self._owner(c)[:200]!r}: chunk at blob offset {c.blob_offset} overlaps another chunk"
+                    )
+                seen.add((c.blob_offset, c.inner_offset))
         ratio = self._decoder.max_ratio
         total = 0
-        for e in self._entries.values():
-            for c in e.chunks:
-                key = (c.blob_offset, c.inner_offset)
-                if key in seen:
-                    raise FormatError(f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} overlaps another chunk")
-                seen.add(key)
-                c.blob_end = next_start.get(c.blob_offset, data_end)
-                if c.inner_offset + c.size > ratio * (c.blob_end - c.blob_offset) + RATIO_SLACK:
-                    raise FormatError(
-                        f"{e.name[:200]!r}: chunk at blob offset {c.blob_offset} declares {c.size} bytes from "
-                        f"{c.blob_end - c.blob_offset} compressed bytes, more than {self.format} can hold"
-                    )
-                total += c.size
-        if total > ratio * data_end + RATIO_SLACK * len(seen):
+        for c in chunks:
+            start = c.blob_offset
+            end = c.blob_end = end_of(start, data_end)
+            size = c.size
+            total += size
+            if c.inner_offset + size > ratio * (end - start) + RATIO_SLACK:
+                raise FormatError(
+                    f"{self._owner(c)[:200]!r}: chunk at blob offset {start} declares {size} bytes from "
+                    f"{end - start} compressed bytes, more than {self.format} can hold"
+                )
+        if total > ratio * data_end + RATIO_SLACK * len(chunks):
             raise FormatError(
                 f"the TOC declares {total} bytes of file data in {data_end} compressed bytes, "
                 f"more than {self.format} can hold"
             )
+
+    def _owner(self, chunk: Chunk) -> str:
+        """The name of the file *chunk* belongs to (for an error message)."""
+        return next((e.name for e in self._entries.values() if any(c is chunk for c in e.chunks)), "?")
 
     # -- LayerIndex -------------------------------------------------------------------
     def lookup(self, path: str) -> Entry | None:

@@ -14,8 +14,9 @@ import bisect
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
+
+import msgspec
 
 from lazypull.format.source import ReadAt
 
@@ -33,8 +34,7 @@ class EntryType(enum.StrEnum):
     FIFO = "fifo"
 
 
-@dataclass(slots=True)
-class Chunk:
+class Chunk(msgspec.Struct, gc=False):
     """One independently decodable piece of a regular file's content."""
 
     file_offset: int  # offset of the chunk's first byte within the file
@@ -49,8 +49,7 @@ def _file_offset(c: Chunk) -> int:
     return c.file_offset
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(msgspec.Struct, gc=False):
     """A filesystem object in a layer. Paths are normalised: no leading '/' or './'; root is ''."""
 
     name: str
@@ -65,9 +64,9 @@ class Entry:
     link_name: str = ""  # symlink target, or for HARDLINK the normalised path of the target
     dev_major: int = 0
     dev_minor: int = 0
-    xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = msgspec.field(default_factory=dict)
     digest: str = ""  # whole-file content digest for REG (may be "" when the format has none)
-    chunks: list[Chunk] = field(default_factory=list)
+    chunks: list[Chunk] = msgspec.field(default_factory=list)
     nlink: int = 1
     implicit: bool = False  # a parent directory the layer has no entry for
 

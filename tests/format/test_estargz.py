@@ -202,6 +202,12 @@ Z = "sha256:" + "0" * 64  # well-formed, matches nothing
             "overlap",
         ),
         ([{"name": "a", "type": "reg", "size": 10, "offset": 0, "chunkSize": 4, "chunkDigest": Z}], "cover"),
+        ([{"name": "a", "type": "reg", "size": 5, "offset": 0, "chunkOffset": 3, "chunkDigest": Z}], "expected 0"),
+        ([{"name": "a", "type": "reg", "size": 5, "offset": 0, "chunkSize": 6, "chunkDigest": Z}], "add up"),
+        ([{"name": "a", "type": "reg", "size": 5, "offset": 0, "chunkDigest": "sha256:x"}], "chunkDigest: malformed"),
+        ([{"name": "a", "type": "reg", "size": 5, "offset": 0, "innerOffset": 1 << 26, "chunkDigest": Z}], "max_chunk"),
+        ([{"name": "a//b", "type": "dir"}, {"name": "./a/../../b", "type": "dir"}], "escapes"),
+        ([{"name": "a/\u0000b", "type": "dir"}], "NUL"),
         ([{"name": "x", "type": "chunk", "offset": 0}], "does not follow"),
         ([{"name": "a", "type": "reg", "xattrs": {"k": "***"}}], "base64"),
     ],
@@ -328,3 +334,27 @@ def test_safe_name_fast_path_agrees_with_splitting() -> None:
                     safe_name(raw)
             else:
                 assert safe_name(raw) == "/".join(kept), raw
+
+
+def test_index_names_agree_with_safe_name() -> None:
+    """The index normalises names inline for speed: each awkward name of up to four components
+    lands where safe_name puts it, or is refused as safe_name refuses it."""
+    from lazypull.format.estargz_reader import GzipChunkDecoder, TOCIndex
+    from lazypull.format.toc import TOCEntry
+
+    tokens = ["", ".", "..", "a", "bc", ".x", "x.", "\0", "é"]
+    for n in range(1, 5):
+        for parts in itertools.product(tokens, repeat=n):
+            raw = "/".join(parts)
+            for name in (raw, raw + "/"):
+                entries = [TOCEntry(name=name, type="dir", mode=0o700)]
+                try:
+                    want = safe_name(name)
+                except FormatError:
+                    with pytest.raises(FormatError):
+                        TOCIndex(entries, blob_size=0, data_end=0, fmt="estargz", decoder=GzipChunkDecoder())
+                    continue
+                idx = TOCIndex(entries, blob_size=0, data_end=0, fmt="estargz", decoder=GzipChunkDecoder())
+                e = idx.lookup(want)
+                assert e is not None and e.name == want and e.type == EntryType.DIR and e.mode == 0o700, name
+                assert len(idx) == (1 if want == "" else 1 + want.count("/") + 1), name
