@@ -23,6 +23,7 @@ from lazypull.format.index import Entry, EntryType, LayerIndex
 from lazypull.fs.fetcher import Fetcher, FetchError
 from lazypull.fs.fuse.ops import Attr
 from lazypull.fs.parsedtree import ParsedTree
+from lazypull.giveway import Build, builds
 
 OPAQUE_XATTR = b"trusted.overlay.opaque"
 
@@ -53,8 +54,9 @@ class LayerFS:
 
     def __init__(self, index: LayerIndex, fetcher: Fetcher, build: Callable[[], LayerIndex] | None = None) -> None:
         """With *build* (which returns the index to serve from, usually the compact form of
-        *index*), that index is made in a thread: a mount need not wait for it, and until it
-        is ready (or if its build fails) requests are answered from *index* itself."""
+        *index*), that index is made in the background (:mod:`lazypull.giveway`): a mount need
+        not wait for it, and until it is ready (or if its build fails) requests are answered
+        from *index* itself."""
         self.index = index
         self.fetcher = fetcher
         self._tree: CompactIndex | None = None
@@ -63,12 +65,15 @@ class LayerFS:
         self.bytes_served = 0
         self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
         self._parsed: ParsedTree | None = None  # answers while the compact index is built
+        self._pending: Build | None = None
         if build is None:
             self._serve_from(index)
         else:
-            if isinstance(index, Sized) and len(index) <= PARSED_SERVES_UP_TO:
+            entries = len(index) if isinstance(index, Sized) else 0
+            if isinstance(index, Sized) and entries <= PARSED_SERVES_UP_TO:
                 self._parsed = ParsedTree(index)
-            threading.Thread(target=self._build, args=(build,), name="index-build", daemon=True).start()
+            # Deferred while the parsed index answers (giveway.py); a layer that cannot wait goes first.
+            self._pending = builds.submit(lambda: self._build(build), entries, defer=self._parsed is not None)
 
     def _serve_from(self, index: LayerIndex) -> None:
         # Other indexes (SOCI) get an in-memory compact tree; reads still go through *index*.
@@ -86,6 +91,13 @@ class LayerFS:
         except Exception as e:  # the parsed index keeps serving (in memory): nothing is lost
             log.error("building the compact index of a layer failed (it is served from memory): %s", e)
             self.build_error = str(e) or type(e).__name__
+            self._built.set()
+
+    def cancel_build(self) -> None:
+        """Drop a build that has not started (the layer goes away); one under way is waited for
+        with :meth:`wait_built`."""
+        if self._pending is not None and builds.cancel(self._pending):
+            self.build_error = "cancelled"
             self._built.set()
 
     def wait_built(self, timeout: float | None = None) -> bool:

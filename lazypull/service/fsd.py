@@ -367,6 +367,7 @@ class LayerServer:
         sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
         self._toc_path(ly).unlink(missing_ok=True)
         if ly.fs is not None:
+            ly.fs.cancel_build()
             ly.fs.wait_built(BUILD_WAIT)  # a build still running would write the file after us
         index_path(self._toc_path(ly)).unlink(missing_ok=True)
         self._state_path(ly.mountpoint).unlink(missing_ok=True)
