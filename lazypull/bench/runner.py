@@ -9,6 +9,7 @@ registry's namespace during the run.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -367,23 +368,24 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
                 auth, pause = cri.prepare(net, reg.host, work / "registry", work)
                 stack.append(auth.stop)
             for name in cfg.images:
-                for mode in cfg.modes:
-                    for run in range(1, cfg.runs + 1):
-                        if mode == "cri":
-                            ref, img, bg = refs[(name, mode)], IMAGES[name], cfg.background_fetch
-                            p, c, x, n = cri.cri_run(work / "node", net, auth, pause, img, ref, run, bg)
-                            r = RunResult(name, mode, run, p, c, x, n)
-                        else:
-                            node = Node(work / "node", mode, pull_host, cfg)
-                            try:
-                                r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
-                            finally:
-                                node.stop()
-                        cfg.progress(
-                            f"[run] {name:12} {mode:13} #{run}: pull {r.pull_s:6.2f}s create {r.create_s:5.2f}s "
-                            f"run {r.run_s:6.2f}s total {r.total_s:6.2f}s, {r.bytes / 1e6:8.1f} MB"
-                        )
-                        results.append(r)
+                # The modes take turns, so a machine whose speed drifts during the bench (a shared
+                # host) weighs on each mode alike instead of on whichever ran last.
+                for run, mode in itertools.product(range(1, cfg.runs + 1), cfg.modes):
+                    if mode == "cri":
+                        ref, img, bg = refs[(name, mode)], IMAGES[name], cfg.background_fetch
+                        p, c, x, n = cri.cri_run(work / "node", net, auth, pause, img, ref, run, bg)
+                        r = RunResult(name, mode, run, p, c, x, n)
+                    else:
+                        node = Node(work / "node", mode, pull_host, cfg)
+                        try:
+                            r = one_run(node, net, IMAGES[name], refs[(name, mode)], mode, run)
+                        finally:
+                            node.stop()
+                    cfg.progress(
+                        f"[run] {name:12} {mode:13} #{run}: pull {r.pull_s:6.2f}s create {r.create_s:5.2f}s "
+                        f"run {r.run_s:6.2f}s total {r.total_s:6.2f}s, {r.bytes / 1e6:8.1f} MB"
+                    )
+                    results.append(r)
         finally:
             for stop in stack:
                 stop()

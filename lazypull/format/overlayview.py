@@ -46,6 +46,7 @@ class DirView:
     hardlinks: list[int]  # hardlink children, shown once their targets are known to be
     dirs: set[int]  # the children that are directories
     targets: dict[int, int] = field(default_factory=dict)  # shown hardlink -> the node it names
+    counted: int = -1  # nlink once counted (a getattr of a large directory must not count again)
 
     def listing(self) -> list[tuple[bytes, int]]:
         """(shown name, node whose inode it is), in readdir order."""
@@ -55,8 +56,10 @@ class DirView:
     @property
     def nlink(self) -> int:
         """The directory's link count as shown: 2 + its shown subdirectories."""
-        dirs = self.dirs
-        return 2 + sum(1 for src in self.shown.values() if src in dirs)
+        if self.counted < 0:
+            dirs = self.dirs
+            self.counted = 2 + sum(1 for src in self.shown.values() if src in dirs)
+        return self.counted
 
 
 def view_dir(children: Iterable[tuple[int, bytes, EntryType]], at_root: bool) -> DirView:
@@ -103,6 +106,7 @@ def add_hardlinks(
         if t is not None and visible(t):
             view.shown[base(h)] = h
             view.targets[h] = t
+            view.counted = -1  # the name may have been a directory's
 
 
 def node_flags(view_of_parent: DirView | None, node: int, own: DirView | None) -> int:

@@ -54,8 +54,10 @@ class ParsedTree:
                 name = self._entries[d].name
                 prefix = name + "/" if name else ""
                 ids, entries = self._ids, self._entries
-                kids = [(ids[prefix + k], _enc(k)) for k in self.index.children(name)]
-                v = self._views[d] = view_dir(((i, b, entries[i].type) for i, b in kids), d == 0)
+                names = self.index.children(name)
+                kids = [ids[prefix + k] for k in names]
+                types = [entries[i].type for i in kids]
+                v = self._views[d] = view_dir(zip(kids, map(_enc, names), types, strict=True), d == 0)
             return v
 
     def view(self, d: int) -> DirView:

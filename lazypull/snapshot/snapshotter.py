@@ -259,12 +259,11 @@ class Snapshotter:
             h = self._start_layer(layer.ref, layer.layer, layer.credential)
             # Prepare blocks containerd: the layer's TOC gets the resolver's deadline, not a fetch's.
             end = time.monotonic() + wait
-            # containerd prepares layers one after another: start the following ones, once
-            # this one (which containerd waits for) is mounted.
-            if h.ready.wait(wait) and not h.error:
-                for other in layer.image_layers:
-                    if other.digest != layer.layer.digest and is_lazy(other) and not self.layers.known(other.digest):
-                        self._start_layer(layer.ref, other, layer.credential, ahead=True)
+            # containerd prepares layers one after another: start the following ones now, so
+            # their TOCs arrive while this one (which containerd waits for) is opened.
+            for other in layer.image_layers:
+                if other.digest != layer.layer.digest and is_lazy(other) and not self.layers.known(other.digest):
+                    self._start_layer(layer.ref, other, layer.credential, ahead=True)
             h.wait(max(end - time.monotonic(), 0.01))
         except Exception as e:
             self.mount_errors += 1
