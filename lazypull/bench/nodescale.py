@@ -284,9 +284,8 @@ def run_node_scale(cfg: BenchConfig, specs: list[NodeScaleSpec], runs: int = 1) 
     with bench_registry(cfg) as (_net, reg):
         for spec in specs:
             images = push_images(cfg, spec, reg.host)
-            for mode in modes:
-                for _ in range(runs):
-                    results.append(run_mode(cfg, spec, images, mode))
+            done = [run_mode(cfg, spec, images, mode) for _ in range(runs) for mode in modes]  # modes take turns
+            results += sorted(done, key=lambda r: modes.index(r.mode))  # the table: a mode's runs together
     return results
 
 
