@@ -76,7 +76,10 @@ def main() -> None:
         root = work / "fsd"
         env = {**os.environ, "PYTHONPATH": args.code}
         server = subprocess.Popen(
-            [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root)], env=env, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root)],
+            env=env,
+            cwd=work,  # `-m` puts the working directory first on the path: it would shadow --code
+            stderr=subprocess.DEVNULL,
         )
         client = FsdClient(socket_path(root))
         try:
