@@ -30,9 +30,11 @@ bench: setup
 bench-all: setup
 	.venv/bin/lazypull bench --images all --runs 3
 
-# Component benchmarks (by hand): conversion vs ctr-remote, registry client vs curl, one layer vs ext4.
+# Component benchmarks (by hand): conversion vs ctr-remote, registry client vs curl, one layer vs ext4,
+# a large layer's TOC opened (what a lazy Prepare spends without the network).
 bench-parts: setup
 	$(PY) bench/bench_convert.py
 	$(PY) bench/bench_convert.py --registry
 	$(PY) bench/bench_registry.py
 	$(PY) bench/bench_layer.py
+	$(PY) bench/bench_toc_build.py
