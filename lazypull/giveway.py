@@ -58,10 +58,14 @@ class Pacer:
 class Build:
     """One queued build: *run* is called in the builds thread, unless cancelled first."""
 
-    def __init__(self, run: Callable[[], None], entries: int, defer: bool) -> None:
-        self.run, self.entries, self.defer = run, entries, defer
+    def __init__(self, queue: Builds, run: Callable[[], None], entries: int, defer: bool) -> None:
+        self.queue, self.run, self.entries, self.defer = queue, run, entries, defer
         self.queued = time.monotonic()
         self.started = False
+
+    def cancel(self) -> bool:
+        """Take it off its queue; False if it has started (or ended) already."""
+        return self.queue.cancel(self)
 
 
 class Builds:
@@ -79,7 +83,7 @@ class Builds:
     def submit(self, run: Callable[[], None], entries: int, defer: bool = True) -> Build:
         """Queue *run* (which must not raise); *defer* False: it starts as soon as the builds
         before it are done (its layer cannot answer until it is built)."""
-        b = Build(run, entries, defer)
+        b = Build(self, run, entries, defer)
         with self._cond:
             self._queue.append(b)
             self._waiting_entries += entries

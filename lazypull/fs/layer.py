@@ -96,7 +96,7 @@ class LayerFS:
     def cancel_build(self) -> None:
         """Drop a build that has not started (the layer goes away); one under way is waited for
         with :meth:`wait_built`."""
-        if self._pending is not None and builds.cancel(self._pending):
+        if self._pending is not None and self._pending.cancel():
             self.build_error = "cancelled"
             self._built.set()
 

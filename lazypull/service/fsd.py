@@ -235,7 +235,11 @@ class LayerServer:
             self._open(ly, background_build=True)
             assert ly.fs is not None
             session = FuseSession(ly.fs, mountpoint, on_op=ly.ops.observe, passthrough=spec.passthrough)
-            session.mount()
+            try:
+                session.mount()
+            except BaseException:
+                ly.fs.cancel_build()  # nothing will serve this index: do not build it
+                raise
             ly.session, ly.init, ly.state = session, session.init_params, "serving"
             with self._lock:
                 self.layers[mountpoint] = ly

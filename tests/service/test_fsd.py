@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -135,6 +136,31 @@ def test_metadata_answers_while_reads_wait_on_the_registry(
     for t in readers:
         t.join(30)
     assert all((tmp_path / "m" / n).read_bytes() == d for n, d in files.items())
+
+
+def test_a_mount_that_fails_leaves_no_build_behind(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazypull import giveway
+    from lazypull.fs import layer
+    from lazypull.fs.fuse.server import FuseSession
+
+    _srv, client = server
+    blob, desc = make_layer(tmp_path, "x", {"x": b"x"})
+    builds = giveway.Builds()  # this test's own queue
+    monkeypatch.setattr(layer, "builds", builds)
+
+    def refuse(self: FuseSession) -> None:
+        raise OSError(errno.EPERM, "mount refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(FuseSession, "mount", refuse)
+        with pytest.raises(FsdError, match="mount refused"):
+            client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=30)
+    assert builds.pending() == 0 and client.list() == []
+    _, fd = client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=30)  # the same layer, mounted
+    os.close(fd)
+    assert builds.pending() == 1  # its build waits (deferred) in the queue the failed one left empty
 
 
 def test_bad_requests_get_one_line_errors(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
