@@ -140,6 +140,7 @@ class Layer:
             passthrough_files=self.session.passthrough_files if self.session else 0,
             ops=self.ops.snapshot(),
             index_error=self.fs.build_error,  # set: served from its parsed index, in memory
+            index="compact" if self.fs.wait_built(0) else "parsed",  # parsed: its build waits or failed
         )
         return out
 

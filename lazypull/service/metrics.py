@@ -43,6 +43,11 @@ class LayerStatsCollector(Collector):
         size = GaugeMetricFamily("lazypull_layer_size_bytes", "Compressed layer size", labels=["layer"])
         fetched = GaugeMetricFamily("lazypull_layer_fetched_bytes", "Bytes fetched per layer", labels=["layer"])
         pre = GaugeMetricFamily("lazypull_layer_prefetched_bytes", "Bytes prefetched per layer", labels=["layer"])
+        compact = GaugeMetricFamily(
+            "lazypull_layer_index_compact",
+            "1 once the layer is served from its compact index, 0 while from its parsed TOC (in memory)",
+            labels=["layer"],
+        )
         ferr = CounterMetricFamily("lazypull_fetch_errors", "Failed registry fetches", labels=["layer"])
         verr = CounterMetricFamily("lazypull_verify_errors", "Chunks that failed verification", labels=["layer"])
         merr = CounterMetricFamily("lazypull_mount_errors", "Layer mounts that failed")
@@ -68,6 +73,8 @@ class LayerStatsCollector(Collector):
             size.add_metric([layer], float(s.get("size", 0)))
             fetched.add_metric([layer], float(s.get("fetched_bytes", 0)))
             pre.add_metric([layer], float(s.get("prefetched_bytes", 0)))
+            if "index" in s:
+                compact.add_metric([layer], 1.0 if s["index"] == "compact" else 0.0)
             ferr.add_metric([layer], float(s.get("fetch_errors", 0)))
             verr.add_metric([layer], float(s.get("verify_errors", 0)))
             served.add_metric([layer], float(s.get("bytes_served", 0)))
@@ -85,7 +92,7 @@ class LayerStatsCollector(Collector):
         reqs.add_metric([], r_total)
         down.add_metric([], d_total)
         merr.add_metric([], self.sn.mount_errors)
-        yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, ferr, verr, merr)
+        yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, compact, ferr, verr, merr)
         yield from (health, up, restarts, unhealthy)
 
 

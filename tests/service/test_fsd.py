@@ -102,6 +102,10 @@ def test_one_cache_bound_for_all_layers(server: tuple[LayerServer, FsdClient], t
     while len(list((tmp_path / "fsd" / "tocs").glob("*.index.v1"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(list((tmp_path / "fsd" / "tocs").glob("*.index.v1"))) == 2  # one compact index file each
+    deadline = time.monotonic() + 10
+    while {r["index"] for r in client.stats()["layers"]} != {"compact"} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [r["index"] for r in client.stats()["layers"]] == ["compact", "compact"]
     client.unmount(tmp_path / "m1", free_cache=True)
     assert not os.path.ismount(tmp_path / "m1") and len(client.list()) == 1
     assert len(list((tmp_path / "fsd" / "tocs").glob("*.index.v1"))) == 1
@@ -147,7 +151,7 @@ def test_a_mount_that_fails_leaves_no_build_behind(
 
     _srv, client = server
     blob, desc = make_layer(tmp_path, "x", {"x": b"x"})
-    builds = giveway.Builds()  # this test's own queue
+    builds = giveway.Builds(defer_sec=60, max_defer_sec=60)  # this test's own queue, in no hurry
     monkeypatch.setattr(layer, "builds", builds)
 
     def refuse(self: FuseSession) -> None:
@@ -161,6 +165,7 @@ def test_a_mount_that_fails_leaves_no_build_behind(
     _, fd = client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=30)  # the same layer, mounted
     os.close(fd)
     assert builds.pending() == 1  # its build waits (deferred) in the queue the failed one left empty
+    assert [r["index"] for r in client.stats()["layers"]] == ["parsed"]  # served meanwhile from its TOC
 
 
 def test_bad_requests_get_one_line_errors(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
