@@ -62,7 +62,6 @@ class Build:
     def __init__(self, queue: Builds, run: Callable[[], None], entries: int, defer: bool) -> None:
         self.queue, self.run, self.entries, self.defer = queue, run, entries, defer
         self.queued = time.monotonic()
-        self.started = False
 
     def cancel(self) -> bool:
         """Take it off its queue; False if it has started (or ended) already."""
@@ -98,7 +97,7 @@ class Builds:
     def cancel(self, b: Build) -> bool:
         """Take *b* off the queue; False if it has started (or ended) already."""
         with self._cond:
-            if b.started or b not in self._queue:
+            if b not in self._queue:  # started, ended or cancelled already
                 return False
             self._queue.remove(b)
             self._waiting_entries -= b.entries
@@ -130,7 +129,6 @@ class Builds:
                     self._cond.wait(delay)
                 self._queue.remove(b)
                 self._waiting_entries -= b.entries
-                b.started = True
             try:
                 b.run()
             except Exception:  # run() handles its own errors; the queue must go on regardless

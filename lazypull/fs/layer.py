@@ -69,11 +69,11 @@ class LayerFS:
         if build is None:
             self._serve_from(index)
         else:
-            entries = len(index) if isinstance(index, Sized) else 0
-            if isinstance(index, Sized) and entries <= PARSED_SERVES_UP_TO:
+            entries = len(index) if isinstance(index, Sized) else None
+            if entries is not None and entries <= PARSED_SERVES_UP_TO:
                 self._parsed = ParsedTree(index)
             # Deferred while the parsed index answers (giveway.py); a layer that cannot wait goes first.
-            self._pending = builds.submit(lambda: self._build(build), entries, defer=self._parsed is not None)
+            self._pending = builds.submit(lambda: self._build(build), entries or 0, defer=self._parsed is not None)
 
     def _serve_from(self, index: LayerIndex) -> None:
         # Other indexes (SOCI) get an in-memory compact tree; reads still go through *index*.

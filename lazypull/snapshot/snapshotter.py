@@ -81,8 +81,10 @@ class Snapshotter:
         )
         self.mount_errors = 0
         # A layer's directory is removed (its last snapshot gone: containerd's collector) and
-        # made again (a pull of an image with the same layer) one at a time.
-        self._layer_dirs = threading.Lock()
+        # made again (a pull of an image with the same layer) one at a time; other layers'
+        # mounts do not wait for a release (it may wait for the layer's index build).
+        self._layer_dirs: dict[str, threading.Lock] = {}
+        self._layer_dirs_lock = threading.Lock()
 
     def _dir(self, s: Snapshot) -> Path:
         return self.root / "snapshots" / str(s.id)
@@ -95,6 +97,10 @@ class Snapshotter:
 
     def _layer_dir(self, digest: str) -> Path:
         return self.root / "layers" / digest.replace(":", "-")
+
+    def _layer_dir_lock(self, digest: str) -> threading.Lock:
+        with self._layer_dirs_lock:
+            return self._layer_dirs.setdefault(digest, threading.Lock())
 
     # -- containerd operations -----------------------------------------------------------
     def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
@@ -190,7 +196,7 @@ class Snapshotter:
         if any(x.remote and x.remote.get("digest") == digest for x in self.store.all()):
             return
         d = self._layer_dir(digest)
-        with self._layer_dirs:  # a pull mounting the same layer now waits, then mounts it afresh
+        with self._layer_dir_lock(digest):  # a pull mounting this layer now waits, then mounts it afresh
             self.layers.stop(digest, free_cache=True, mountpoint=d / "fs")
             shutil.rmtree(d, ignore_errors=True)
 
@@ -334,7 +340,7 @@ class Snapshotter:
     ) -> LayerHandle:
         """The mount of layer *desc*: serving, being mounted, or started now (without waiting)."""
         d = self._layer_dir(desc.digest)
-        with self._layer_dirs:  # never while a release removes the directory (its mount would fail)
+        with self._layer_dir_lock(desc.digest):  # never while a release removes it (the mount would fail)
             d.mkdir(exist_ok=True, mode=0o700)
             return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc, credential).to_json(), ahead)
 

@@ -77,3 +77,44 @@ def test_create_committed_is_one_committed_row(tmp_path: Path) -> None:
     st.close()
     again = MetaStore(tmp_path / "m.db").get("layer")
     assert again.remote == {"digest": "sha256:x"} and again.kind == Kind.COMMITTED
+
+
+def test_a_layer_release_holds_back_mounts_of_that_layer_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Releasing a layer (unmount, then its directory removed) may wait for the layer server;
+    a pull mounting the same layer waits for it (its directory would vanish under the mount),
+    a pull mounting any other layer does not."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    sn = Snapshotter(tmp_path / "root", None, None)
+    (tmp_path / "root" / "layers").mkdir(parents=True, exist_ok=True)
+    stopping, go_on = threading.Event(), threading.Event()
+    started: list[str] = []
+
+    def slow_stop(digest: str, free_cache: bool, mountpoint: Path | None = None) -> None:
+        stopping.set()
+        go_on.wait(10)
+
+    def start(digest: str, mountpoint: Path, spec: object, ahead: bool = False) -> None:
+        assert mountpoint.parent.is_dir()  # made by the start, never removed under it
+        started.append(digest)
+
+    monkeypatch.setattr(sn.layers, "stop", slow_stop)
+    monkeypatch.setattr(sn.layers, "start", start)
+    monkeypatch.setattr(sn, "_spec", lambda ref, desc, cred=None: SimpleNamespace(to_json=dict))
+    release = threading.Thread(target=sn._release_layer, args=("sha256:a",))
+    release.start()
+    assert stopping.wait(10)
+    other = threading.Thread(target=sn._start_layer, args=("ref", SimpleNamespace(digest="sha256:b")))
+    other.start()
+    other.join(2)
+    assert not other.is_alive() and started == ["sha256:b"]  # another layer: not held back
+    same = threading.Thread(target=sn._start_layer, args=("ref", SimpleNamespace(digest="sha256:a")))
+    same.start()
+    time.sleep(0.2)
+    assert started == ["sha256:b"]  # the same layer waits for its release
+    go_on.set()
+    release.join(10)
+    same.join(10)
+    assert started == ["sha256:b", "sha256:a"]
