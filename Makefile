@@ -1,4 +1,4 @@
-.PHONY: setup test demo bench bench-all bench-parts lint install-node check-stock-debian
+.PHONY: setup test demo bench bench-all bench-parts lint install-node check-stock-debian stress
 
 # Everything runs through the project's venv (.venv/, made by scripts/setup.sh).
 PY := .venv/bin/python
@@ -38,3 +38,8 @@ bench-parts: setup
 	$(PY) bench/bench_registry.py
 	$(PY) bench/bench_layer.py
 	$(PY) bench/bench_toc_build.py
+
+# The layer lifecycle under a node's concurrency, by hand (CI runs a few hundred operations):
+# images sharing layers pulled, run and removed by four workers; STRESS_ARGS=--faults adds kill -9s.
+stress: setup
+	$(PY) -m tests.support.stress --ops 10000 $(STRESS_ARGS)

@@ -43,6 +43,7 @@ from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.loop import ServeLoop
+from lazypull.fs.fuse.mounts import MountRef
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
 from lazypull.fs.layer import BUILD_WAIT, LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
@@ -97,6 +98,9 @@ class Layer:
     state: str = "mounting"  # mounting | serving | waiting-fd | dead | failed
     error: str = ""
     init: InitParams | None = None
+    mount_id: str = ""  # this mount instance (a later mount at the same path gets another)
+    dev: str = ""  # its FUSE connection's device ("major:minor"): how a successor knows the mount
+    root: MountRef | None = None  # our hold on the instance: what a release unmounts
     prefetch_done: bool = False
     background_done: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
@@ -111,7 +115,14 @@ class Layer:
         return self.fs.index if self.fs is not None else None
 
     def summary(self) -> dict[str, Any]:
-        return {"mountpoint": self.mountpoint, "digest": self.digest, "state": self.state, "error": self.error}
+        return {
+            "mountpoint": self.mountpoint,
+            "digest": self.digest,
+            "state": self.state,
+            "error": self.error,
+            "mount_id": self.mount_id,
+            "dev": self.dev,
+        }
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -180,7 +191,13 @@ class LayerServer:
     def _save(self, ly: Layer) -> None:
         """One small file per layer (a mount costs the same with 1,000 layers as with one)."""
         assert ly.init is not None
-        row = {"mountpoint": ly.mountpoint, "spec": ly.spec.public(), "init": ly.init.to_json()}
+        row = {
+            "mountpoint": ly.mountpoint,
+            "spec": ly.spec.public(),
+            "init": ly.init.to_json(),
+            "mount_id": ly.mount_id,
+            "dev": ly.dev,
+        }
         path = self._state_path(ly.mountpoint)
         path.parent.mkdir(exist_ok=True, mode=0o700)
         atomic_write(path, json.dumps(row).encode(), 0o600)
@@ -191,6 +208,7 @@ class LayerServer:
                 r = json.loads(f.read_text())
                 ly = Layer(r["mountpoint"], LayerSpec.from_json(r["spec"]), state="waiting-fd")
                 ly.init = InitParams.from_json(r["init"])
+                ly.mount_id, ly.dev = str(r.get("mount_id", "")), str(r.get("dev", ""))
             except (OSError, KeyError, TypeError, ValueError) as e:
                 log.warning("ignoring a malformed saved layer %s: %s", f.name, e)
                 continue
@@ -229,10 +247,9 @@ class LayerServer:
             if old is not None:
                 log.info("replacing the %s layer at %s", old.state, mountpoint)
                 self._teardown(old, free_cache=False)
-            if os.path.ismount(mountpoint) or _is_dead_mount(mountpoint):
-                unmount(mountpoint)
+            _clear_dead_mount(mountpoint)
             Path(mountpoint).mkdir(parents=True, exist_ok=True)
-            ly = Layer(mountpoint, spec)
+            ly = Layer(mountpoint, spec, mount_id=uuid.uuid4().hex[:16])
             self._open(ly, background_build=True)
             assert ly.fs is not None
             session = FuseSession(ly.fs, mountpoint, on_op=ly.ops.observe, passthrough=spec.passthrough)
@@ -242,6 +259,8 @@ class LayerServer:
                 ly.fs.cancel_build()  # nothing will serve this index: do not build it
                 raise
             ly.session, ly.init, ly.state = session, session.init_params, "serving"
+            ly.root, session.root = session.root, None  # the layer owns the instance from here on
+            ly.dev = ly.root.dev if ly.root is not None else ""
             with self._lock:
                 self.layers[mountpoint] = ly
                 cancelled = mountpoint in self._cancelled
@@ -305,6 +324,11 @@ class LayerServer:
             ly.state, ly.error = "dead", str(e)
             raise LazypullError(f"cannot re-attach the layer at {mountpoint}: {e}") from None
         ly.session = session
+        if ly.dev and ly.root is None:
+            try:
+                ly.root = MountRef.open(mountpoint, expect_dev=ly.dev)
+            except OSError as e:  # detached: still served for whoever holds it, never unmounted by path
+                log.warning("layer at %s: its connection is no longer what the path shows (%s)", mountpoint, e)
         self.loop.add(session)
         sd_notify_fds(f"FDSTORE=1\nFDNAME={fd_name(mountpoint)}", [session.fd])
         if ly.state == "serving":
@@ -347,10 +371,17 @@ class LayerServer:
         self._prefetch.submit(prefetch)
 
     # -- unmounting -----------------------------------------------------------------------
-    def unmount(self, mountpoint: str, free_cache: bool = False) -> list[str]:
-        """Unmount a layer; returns the files read through it (with ``record_access``)."""
+    def unmount(self, mountpoint: str, free_cache: bool = False, mount_id: str | None = None) -> list[str]:
+        """Unmount a layer; returns the files read through it (with ``record_access``).
+
+        *mount_id*: only that mount instance; a later mount at the path (another owner's) is
+        left alone. Without it (``lazypull umount``), whatever the path shows."""
         with self._lock:
-            ly = self.layers.pop(mountpoint, None)
+            ly = self.layers.get(mountpoint)
+            if mount_id is not None and (ly is None or ly.mount_id != mount_id):
+                log.info("unmount of %s (mount %s) asked: not the mount there now; nothing done", mountpoint, mount_id)
+                return []
+            self.layers.pop(mountpoint, None)
             if ly is None and mountpoint in self._mounting:
                 self._cancelled.add(mountpoint)
         if ly is None:
@@ -366,7 +397,7 @@ class LayerServer:
         ly.stop.set()
         if ly.session is not None:
             self.loop.remove(ly.session)
-        unmount(ly.mountpoint)
+        _unmount_instance(ly)
         if ly.session is not None:
             ly.session.close()
         sd_notify(f"FDSTOREREMOVE=1\nFDNAME={fd_name(ly.mountpoint)}")
@@ -470,7 +501,14 @@ class LayerServer:
                 os.close(fd)
             return {"layers": out}, []
         if op == "unmount":
-            return {"accessed": self.unmount(str(req["mountpoint"]), bool(req.get("free_cache")))}, []
+            mid = req.get("mount_id")
+            accessed = self.unmount(str(req["mountpoint"]), bool(req.get("free_cache")), str(mid) if mid else None)
+            return {"accessed": accessed}, []
+        if op == "states":  # of given mount instances: a cheap question asked before each container start
+            want = {str(m) for m in req.get("mount_ids") or []}
+            with self._lock:
+                found = {ly.mount_id: ly.state for ly in self.layers.values() if ly.mount_id in want}
+            return {"states": {m: found.get(m, "missing") for m in want}}, []
         if op == "list":
             with self._lock:
                 return {"layers": [ly.summary() for ly in self.layers.values()]}, []
@@ -536,6 +574,41 @@ MOUNT_MODULES = (
 def preload() -> None:
     for name in MOUNT_MODULES:
         importlib.import_module(name)
+
+
+def _unmount_instance(ly: Layer) -> None:
+    """Detach the layer's own mount: the instance it holds, or (re-attached after a restart)
+    the mount its path shows if that is its connection; never a later mount at the path."""
+    root = ly.root
+    if root is None and ly.dev:
+        try:
+            root = MountRef.open(ly.mountpoint, expect_dev=ly.dev)
+        except OSError as e:
+            log.info("layer %s: its mount at %s is gone already (%s)", ly.digest[7:19], ly.mountpoint, e)
+            return
+    if root is None:  # saved by a server that did not record devices: as it did, by path
+        unmount(ly.mountpoint)
+        return
+    try:
+        root.unmount()
+    finally:
+        root.close()
+        ly.root = None
+
+
+def _clear_dead_mount(path: str) -> None:
+    """Before mounting at *path*: a dead mount there (its server gone, nobody holding it) is
+    detached; a live one that no layer of ours owns is never mounted over."""
+    try:
+        ref = MountRef.open(path)
+    except OSError:
+        return  # nothing mounted there (or no directory yet)
+    try:
+        if not _is_dead_mount(path):
+            raise LazypullError(f"{path} is already mounted by something this layer server does not own")
+        ref.unmount()
+    finally:
+        ref.close()
 
 
 def _is_dead_mount(path: str) -> bool:

@@ -98,8 +98,16 @@ class FsdClient:
             os.close(extra)
         return reply["layer"], (fds[0] if fds else -1)
 
-    def unmount(self, mountpoint: Path, free_cache: bool = False) -> list[str]:
-        return list(self.call("unmount", mountpoint=str(mountpoint), free_cache=free_cache, timeout=60)[0]["accessed"])
+    def unmount(self, mountpoint: Path, free_cache: bool = False, mount_id: str | None = None) -> list[str]:
+        """Unmount the layer at *mountpoint* (with *mount_id*: only that mount instance)."""
+        args: dict[str, Any] = {"mountpoint": str(mountpoint), "free_cache": free_cache}
+        if mount_id:
+            args["mount_id"] = mount_id
+        return list(self.call("unmount", timeout=60, **args)[0]["accessed"])
+
+    def states(self, mount_ids: list[str]) -> dict[str, str]:
+        """The state of each mount instance named ("missing": not this server's)."""
+        return {str(k): str(v) for k, v in self.call("states", mount_ids=mount_ids, timeout=5)[0]["states"].items()}
 
     def list(self) -> list[dict[str, Any]]:
         return list(self.call("list")[0]["layers"])

@@ -11,6 +11,7 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from lazypull.service.proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
+from lazypull.snapshot.lifecycle import LayerMountError
 from lazypull.snapshot.snapshotter import Mount, Snapshotter
 from lazypull.snapshot.store import Snapshot, SnapshotError
 
@@ -55,6 +56,9 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
             return fn()
         except SnapshotError as e:
             context.abort(_CODES.get(e.code, grpc.StatusCode.UNKNOWN), str(e))
+        except LayerMountError as e:  # a lazy layer that cannot be served: containerd reports it
+            log.error("%s failed: %s", what, e)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{what}: {e}")
         except Exception as e:
             log.exception("%s failed", what)
             context.abort(grpc.StatusCode.UNKNOWN, f"{what}: {e}")

@@ -54,9 +54,8 @@ class LayerStatsCollector(Collector):
         health = GaugeMetricFamily(
             "lazypull_layer_health", "1 if the layer is served, 0 if it died or wedged", labels=["layer"]
         )
-        for h in self.sn.layers.handles():
-            if h.ready.is_set() and not h.error:
-                health.add_metric([h.digest], 1.0 if h.healthy else 0.0)
+        for digest, healthy in self.sn.layers.health():
+            health.add_metric([digest], 1.0 if healthy else 0.0)
         up = GaugeMetricFamily("lazypull_layer_server_up", "1 if the layer server answers")
         up.add_metric([], 1.0 if self.sn.layers.server_up else 0.0)
         restarts = CounterMetricFamily("lazypull_layer_server_restarts", "Layer server restarts seen")

@@ -1,17 +1,21 @@
-"""The daemon's side of the layer server: which layers are mounted, their health, and
-copies of their FUSE connections.
+"""The daemon's side of the layer server: mounts through it, its health, copies of the
+layers' FUSE connections.
 
-The daemon holds a copy of every layer's /dev/fuse fd (from the ``Mount`` reply), so a
-layer server that dies (``kill -9``, OOM) loses nothing: the kernel keeps each connection
-and queues new requests, the health loop starts a new server and hands the fds back
-(``Attach``), and readers carry on without a remount. Under systemd the server's unit
-keeps them in its fd store instead and the hand-back finds them already served.
+Which layers are mounted, and when a mount may go, is the lifecycle's business
+(:mod:`lazypull.snapshot.lifecycle`); this module is how it mounts: ``FsdMounter`` asks
+the layer server, and keeps for each mount instance a copy of its /dev/fuse fd and an
+``O_PATH`` hold on its root (:class:`~lazypull.fs.fuse.mounts.MountRef`). The fd copy
+means a layer server that dies (``kill -9``, OOM) loses nothing: the kernel keeps each
+connection and queues new requests, the health loop starts a new server and hands the fds
+back (``Attach``). The root hold means a release unmounts that instance and no other, and
+tells at once (no request to the server) whether the path still shows it.
 
 Health: every few seconds the loop asks the server for its layer table (a layer whose
-connection ended is ``dead``) and probes each mount with ``statfs`` from one prober
-thread (FUSE never caches STATFS, so an answer proves the layer is served; a probe
-stuck longer than the wedge timeout means wedged: its connection is aborted). A layer
-that is not healthy is logged, exported as ``lazypull_layer_health 0`` and mounted again.
+connection ended is ``dead``; another mount id means another instance) and probes each
+mount with ``statfs`` from one prober thread (FUSE never caches STATFS, so an answer proves
+the layer is served; a probe stuck longer than the wedge timeout means wedged: its
+connection is aborted). A layer that is not healthy is logged, exported as
+``lazypull_layer_health 0`` and repaired through the lifecycle (unmounted, mounted again).
 """
 
 from __future__ import annotations
@@ -21,51 +25,103 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazypull.errors import LazypullError
-from lazypull.fs.fuse.server import unmount
-from lazypull.fs.spec import LayerSpec
+from lazypull.fs.fuse.mounts import MountRef
+from lazypull.fs.fuse.server import is_mounted
 from lazypull.service.fsdclient import FsdClient, FsdError, FsdUnavailable, is_server_process, start_server
+from lazypull.snapshot.lifecycle import LayerMountError, Lease, Lifecycle, State
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AHEAD_TTL", "LayerMountError", "MountedLayer", "RemoteLayers", "abort_connection", "spec_of"]
 
-class LayerMountError(LazypullError):
-    pass
+AHEAD_TTL = 300.0  # a layer mounted ahead of its Prepare is kept this long for it (an abandoned pull's go)
 
 
-@dataclass
-class LayerHandle:
-    digest: str
-    mountpoint: Path
-    spec: dict[str, Any]
-    ready: threading.Event = field(default_factory=threading.Event)
-    error: str = ""
-    fd: int = -1  # our copy of the connection
-    healthy: bool = False
-    remounting: bool = False
+@dataclass(eq=False)
+class MountedLayer:
+    """One mount instance of a layer, as the daemon holds it."""
+
+    mount_id: str  # the layer server's name for it
+    fd: int  # our copy of its FUSE connection
+    root: MountRef  # our hold on its root
+    healthy: bool = True
     probe_started: float = 0.0  # monotonic time of a statfs probe still running (0: none)
-    claimed: bool = False  # its mount has begun (a queued mount-ahead of it then does nothing)
 
-    def wait(self, timeout: float) -> None:
-        if not self.ready.wait(timeout):
-            raise LayerMountError(f"layer mount at {self.mountpoint} not ready after {timeout}s")
-        if self.error:
-            raise LayerMountError(f"mounting layer failed: {self.error}")
+    @property
+    def dev(self) -> str:
+        return self.root.dev
 
-    def close_fd(self) -> None:
+    def close(self) -> None:
+        self.root.close()
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
+
+
+class FsdMounter:
+    """Mounts and unmounts layers through the layer server, for the lifecycle."""
+
+    def __init__(self, layers: RemoteLayers) -> None:
+        self.layers = layers
+
+    def mount(self, digest: str, mountpoint: Path, spec: dict[str, Any]) -> MountedLayer:
+        mountpoint.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        summary, fd = self.layers.mount_rpc(spec, mountpoint)
+        try:
+            root = MountRef.open(str(mountpoint), expect_dev=str(summary.get("dev") or "") or None)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise LayerMountError(f"the layer server mounted {mountpoint}, yet the path shows another: {e}") from None
+        return MountedLayer(str(summary.get("mount_id", "")), fd, root)
+
+    def unmount(self, digest: str, mountpoint: Path, mounted: MountedLayer, free_cache: bool) -> None:
+        try:
+            self.layers.client.unmount(mountpoint, free_cache=free_cache, mount_id=mounted.mount_id)
+        except FsdError as e:
+            log.warning("unmounting %s through the layer server failed (%s); unmounting it here", mountpoint, e)
+        try:
+            mounted.root.unmount()  # nothing if the server did; never a newer mount at the path
+        finally:
+            mounted.close()
+
+    def live(self, mounted: MountedLayer) -> bool:
+        """Shown at its path (no request to the server), and served: the server's word on its
+        instance; a server that does not answer now (restarting) is no verdict, as the
+        kernel queues the requests until its successor serves them."""
+        if not mounted.healthy or not mounted.root.shown():
+            return False
+        try:
+            state = self.layers.client.states([mounted.mount_id]).get(mounted.mount_id)
+            if state == "waiting-fd":  # a new server we have not handed our fds to yet
+                self.layers.ensure_server()
+                state = self.layers.client.states([mounted.mount_id]).get(mounted.mount_id)
+        except FsdUnavailable:
+            return True
+        except FsdError:
+            return False
+        if state != "serving":
+            mounted.healthy = False
+        return state == "serving"
+
+    def clear(self, mountpoint: Path) -> None:
+        d = mountpoint.parent
+        if is_mounted(mountpoint):
+            log.error("not removing %s: something is mounted there", d)
+            return
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class RemoteLayers:
@@ -74,6 +130,7 @@ class RemoteLayers:
         root: Path,
         address: Path,
         *,
+        in_use: Callable[[str], bool] = lambda _digest: False,
         mount_timeout: float = 60.0,
         memory_bytes: int | None = None,
         health_interval: float = 2.0,
@@ -85,8 +142,10 @@ class RemoteLayers:
         self.memory_bytes = memory_bytes
         self.health_interval = health_interval
         self.wedge_timeout = wedge_timeout
-        self._handles: dict[str, LayerHandle] = {}
-        self._lock = threading.Lock()
+        self._ahead = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mount-ahead")
+        self.lifecycle: Lifecycle[MountedLayer] = Lifecycle(
+            FsdMounter(self), in_use, spawn_ahead=self._queue_ahead
+        )
         self._server_lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self.instance = ""
@@ -95,7 +154,11 @@ class RemoteLayers:
         self.server_restarts = 0
         self.unhealthy_events = 0
         self._stop = threading.Event()
-        self._ahead = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mount-ahead")
+
+    def _queue_ahead(self, task: Callable[[], None]) -> None:
+        """Mounts ahead run a few at a time, in the order asked: the layer containerd asks for
+        next is ready first (a layer asked for meanwhile does not wait in this queue)."""
+        self._ahead.submit(task)
 
     # -- the server ---------------------------------------------------------------------
     def ensure_server(self) -> None:
@@ -128,160 +191,107 @@ class RemoteLayers:
 
     def _reattach(self) -> None:
         """Give a new server the connections we hold that it does not serve yet."""
-        serving = {r["mountpoint"] for r in self.client.list() if r["state"] == "serving"}
-        with self._lock:
-            held = [h for h in self._handles.values() if h.fd >= 0 and str(h.mountpoint) not in serving]
+        serving = {r.get("mount_id") for r in self.client.list() if r["state"] == "serving"}
+        held = [(e, m) for e, m in self.lifecycle.serving() if m.fd >= 0 and m.mount_id not in serving]
         if not held:
             return
         t0 = time.monotonic()
         res = self.client.attach(
-            [{"mountpoint": str(h.mountpoint), "spec": h.spec} for h in held], [h.fd for h in held]
+            [{"mountpoint": str(e.mountpoint), "spec": e.spec} for e, _ in held], [m.fd for _, m in held]
         )
         ok = sum(1 for r in res if r.get("state") == "serving")
         took = time.monotonic() - t0
         log.info("handed %d layers back to the layer server (%d serving) in %.2fs", len(held), ok, took)
 
-    # -- mounts ---------------------------------------------------------------------------
-    def get(self, digest: str) -> LayerHandle | None:
-        with self._lock:
-            return self._handles.get(digest)
-
-    def handles(self) -> list[LayerHandle]:
-        with self._lock:
-            return list(self._handles.values())
-
-    def known(self, digest: str) -> bool:
-        """Whether the layer is being mounted or serves (``start`` would return its handle as is):
-        each Prepare of an image starts its other layers, this spares building their specs again."""
-        with self._lock:
-            h = self._handles.get(digest)
-        return h is not None and _current(h)
-
-    def start(self, digest: str, mountpoint: Path, spec: dict[str, Any], ahead: bool = False) -> LayerHandle:
-        """The mount of a layer: serving, being mounted, or started now in the background.
-
-        *ahead*: mounted before anyone asks (an image's next layers), a few at a time in the
-        order given, so the layer containerd asks for next is ready first. A layer asked for
-        (not *ahead*) that still waits in that queue is mounted at once: with several images
-        pulled together, its Prepare must not wait behind the other images' layers."""
-        with self._lock:
-            h = self._handles.get(digest)
-            if h is not None and _current(h):
-                if LayerSpec.from_json(spec).has_secrets:
-                    h.spec = spec  # fresh credentials (memory only) for its later re-mounts and re-attaches
-                now, later = not ahead and not h.claimed and not h.ready.is_set(), False
-            else:
-                if h is not None:
-                    h.close_fd()
-                h = self._handles[digest] = LayerHandle(digest, mountpoint, spec)
-                now, later = not ahead, ahead
-        if later:
-            self._ahead.submit(self._mount, h)
-        elif now:
-            threading.Thread(target=self._mount, args=(h,), daemon=True, name=f"mount-{digest[7:15]}").start()
-        return h
-
-    def _mount(self, h: LayerHandle) -> None:
-        with self._lock:
-            if h.claimed:
-                return  # mounted (or being mounted) by a Prepare that did not wait for the queue
-            h.claimed = True
-        try:
-            _summary, fd = self._mount_rpc(h)
-            h.close_fd()
-            h.fd, h.healthy = fd, True
-        except Exception as e:
-            h.error = str(e) or type(e).__name__
-            log.info("mount of layer %s failed: %s", h.digest[7:19], h.error)
-        finally:
-            h.ready.set()
-
-    def _mount_rpc(self, h: LayerHandle) -> tuple[dict[str, Any], int]:
-        """Ask the server to mount *h*. A server known to be up is asked at once (no status
+    def mount_rpc(self, spec: dict[str, Any], mountpoint: Path) -> tuple[dict[str, Any], int]:
+        """Ask the server to mount a layer. A server known to be up is asked at once (no status
         round trip per layer); one that turns out gone is started (and handed its layers
         back) and asked again."""
         if not self.server_up or not self.instance:
             self.ensure_server()
         instance = self.instance
         try:
-            return self.client.mount(h.spec, h.mountpoint, timeout=self.mount_timeout + 30)
+            return self.client.mount(spec, mountpoint, timeout=self.mount_timeout + 30)
         except FsdUnavailable:
             self.ensure_server()
             if self.instance == instance:
                 raise  # the same server, alive: the mount itself failed (e.g. timed out)
-            return self.client.mount(h.spec, h.mountpoint, timeout=self.mount_timeout + 30)
+            return self.client.mount(spec, mountpoint, timeout=self.mount_timeout + 30)
 
-    def stop(self, digest: str, free_cache: bool, mountpoint: Path | None = None) -> None:
-        """Unmount a layer (its chunks leave the cache with *free_cache*)."""
-        with self._lock:
-            h = self._handles.pop(digest, None)
-        self._unmount(h, free_cache, mountpoint)
+    # -- leases (the lifecycle's, with this node's ahead queue and deadlines) ---------------
+    def lease(
+        self,
+        digest: str,
+        mountpoint: Path,
+        spec: dict[str, Any] | Callable[[], dict[str, Any] | None],
+        *,
+        ahead: bool = False,
+    ) -> Lease[MountedLayer]:
+        return self.lifecycle.lease(digest, mountpoint, spec, ahead=ahead, ttl=AHEAD_TTL if ahead else None)
 
-    def abandon(self, digest: str, mountpoint: Path) -> None:
-        """Give up on a layer whose mount is late: forget it now, unmount it in the background
-        once its mount ends (Prepare must not wait for a registry that does not answer)."""
-        with self._lock:
-            h = self._handles.pop(digest, None)
+    def active(self, digest: str) -> bool:
+        return self.lifecycle.active(digest)
 
-        def later() -> None:
-            if h is not None:
-                h.ready.wait(self.mount_timeout)
-            if self.get(digest) is None:  # not mounted again meanwhile
-                self._unmount(h, False, mountpoint)
+    def settle(self, digest: str) -> None:
+        """A snapshot of *digest* went: unmount the layer if nothing else uses it."""
+        self.lifecycle.settle(digest)
 
-        threading.Thread(target=later, daemon=True, name=f"abandon-{digest[7:15]}").start()
-
-    def _unmount(self, h: LayerHandle | None, free_cache: bool, mountpoint: Path | None) -> None:
-        mp = h.mountpoint if h is not None else mountpoint
-        if h is not None:
-            h.ready.wait(self.mount_timeout)
-        try:
-            if mp is not None:
-                self.client.unmount(mp, free_cache=free_cache)
-        except FsdError as e:
-            log.warning("unmounting %s through the layer server failed (%s); unmounting it here", mp, e)
-            if mp is not None:
-                with contextlib.suppress(OSError):
-                    unmount(str(mp))
-        if h is not None:
-            h.close_fd()
+    def health(self) -> list[tuple[str, bool]]:
+        return [(e.digest, m.healthy) for e, m in self.lifecycle.serving()]
 
     def server_layers(self) -> dict[str, dict[str, Any]]:
         return {r["mountpoint"]: r for r in self.client.list()}
 
-    def restore(self, wanted: list[tuple[str, Path, dict[str, Any] | None]]) -> int:
-        """After a daemon (re)start: adopt layers the server still serves, remount the others.
+    def restore(self, wanted: dict[str, tuple[Path, Callable[[], dict[str, Any] | None]]]) -> int:
+        """After a daemon (re)start: adopt the layers the server still serves (those no snapshot
+        uses are released at once: an interrupted pull's), mount the others again.
 
-        *wanted*: (digest, mountpoint, spec or None when unknown) of every remote snapshot."""
+        *wanted*: digest -> (mountpoint, its spec when needed) of every remote snapshot."""
         self.ensure_server()
-        table = self.server_layers()
-        adopt = [(d, mp, s) for d, mp, s in wanted if table.get(str(mp), {}).get("state") == "serving"]
-        fds = self.client.fds([str(mp) for _, mp, _ in adopt]) if adopt else {}
-        restored = 0
-        for digest, mp, spec in wanted:
-            if self.get(digest) is not None:
+        mine = str(self.root / "layers") + os.sep
+        table = {mp: r for mp, r in self.server_layers().items() if mp.startswith(mine)}
+        serving = [mp for mp, r in table.items() if r["state"] == "serving"]
+        fds = self.client.fds(serving) if serving else {}
+        restored = released = 0
+        for mp, fd in fds.items():
+            r = table[mp]
+            digest = str(r["digest"])
+            try:
+                root = MountRef.open(mp, expect_dev=str(r.get("dev") or "") or None)
+            except OSError as e:
+                log.warning("layer %s at %s: %s; mounting it again", digest[7:19], mp, e)
+                os.close(fd)
                 continue
-            fd = fds.pop(str(mp), -1)
-            if fd >= 0:
-                h = LayerHandle(digest, mp, spec or {}, fd=fd, healthy=True)
-                h.ready.set()
-                with self._lock:
-                    self._handles[digest] = h
+            m = MountedLayer(str(r.get("mount_id", "")), fd, root)
+            want = wanted.get(digest)
+            spec = (want[1]() if want else None) or {}
+            if not self.lifecycle.adopt(digest, Path(mp), spec, m):
+                m.close()
+            elif want is not None:
                 restored += 1
+            else:
+                released += 1
+        if released:
+            log.info("released %d layers that no snapshot uses (a pull interrupted by the restart)", released)
+        leases = []
+        for digest, (mp, spec_fn) in wanted.items():
+            e = self.lifecycle.get(digest)
+            if e is not None and e.state == State.SERVING:
                 continue
             state = table.get(str(mp), {}).get("state", "missing")
-            if spec is None:
+            if spec_fn() is None:
                 log.error("layer mount at %s is %s and cannot be remounted (no saved spec)", mp, state)
                 continue
             log.warning("layer mount for %s is %s; mounting it again", digest[7:19], state)
-            h = self.start(digest, mp, spec)
+            leases.append(self.lease(digest, mp, spec_fn))
+        for lease in leases:
             try:
-                h.wait(self.mount_timeout)
+                lease.wait(self.mount_timeout)
                 restored += 1
             except LayerMountError as e:
-                log.error("cannot remount layer %s: %s", digest[7:19], e)
-        for fd in fds.values():
-            os.close(fd)
+                log.error("cannot remount layer %s: %s", lease.digest[7:19], e)
+            finally:
+                lease.release()
         return restored
 
     # -- health ---------------------------------------------------------------------------
@@ -295,6 +305,7 @@ class RemoteLayers:
     def _health_loop(self) -> None:
         failures = 0
         while not self._stop.wait(self.health_interval):
+            self.lifecycle.sweep()  # mounts ahead whose pull never came back
             st = self.client.alive(timeout=max(2.0, self.health_interval))
             if st is None:
                 failures += 1
@@ -326,83 +337,51 @@ class RemoteLayers:
             log.error("cannot restart the layer server: %s", e)
 
     def _check_layers(self) -> None:
-        table = self.server_layers()
+        # The instances first, the server's table after: each of them was mounted (and is in
+        # the server's table) before the table was read; one mounted meanwhile is not judged
+        # by a table older than it.
+        serving = list(self.lifecycle.serving())
+        table = {r.get("mount_id"): r for r in self.client.list()}
         now = time.monotonic()
-        for h in self.handles():
-            if not h.ready.is_set() or h.error or h.remounting:
+        for e, m in serving:
+            row = table.get(m.mount_id)
+            wedged = m.probe_started and now - m.probe_started > self.wedge_timeout
+            shown = m.root.shown()
+            if row is not None and row["state"] == "serving" and not wedged and shown:
+                m.healthy = True
                 continue
-            state = table.get(str(h.mountpoint), {}).get("state", "missing")
-            wedged = h.probe_started and now - h.probe_started > self.wedge_timeout
-            if state == "serving" and not wedged:
-                h.healthy = True
-                continue
-            reason = f"wedged (statfs unanswered for {now - h.probe_started:.0f}s)" if wedged else state
-            h.healthy = False
-            self.unhealthy_events += 1
-            log.warning("layer %s at %s is not serving (%s): mounting it again", h.digest[7:19], h.mountpoint, reason)
             if wedged:
-                abort_connection(h.mountpoint)
-            self._remount(h)
-
-    def _remount(self, h: LayerHandle) -> None:
-        h.remounting = True
-
-        def run() -> None:
-            try:
-                self.ensure_server()
-                _summary, fd = self.client.mount(h.spec, h.mountpoint, timeout=self.mount_timeout + 30)
-                h.close_fd()
-                h.fd, h.healthy, h.probe_started = fd, True, 0.0
-                log.info("layer %s mounted again at %s", h.digest[7:19], h.mountpoint)
-            except Exception as e:
-                log.error("remounting layer %s failed: %s", h.digest[7:19], e)
-            finally:
-                h.remounting = False
-
-        threading.Thread(target=run, daemon=True, name=f"remount-{h.digest[7:15]}").start()
-
-    def check_now(self, h: LayerHandle) -> bool:
-        """Is this layer served right now? (Prepare asks before answering "already exists".)"""
-        if not h.ready.is_set() or h.error:
-            return False
-        try:
-            state = self.server_layers().get(str(h.mountpoint), {}).get("state")
-        except FsdError:
-            return False
-        h.healthy = state == "serving"
-        return h.healthy
-
-    def remount_now(self, h: LayerHandle) -> None:
-        self.ensure_server()
-        _summary, fd = self.client.mount(h.spec, h.mountpoint, timeout=self.mount_timeout + 30)
-        h.close_fd()
-        h.fd, h.healthy, h.probe_started = fd, True, 0.0
+                reason = f"wedged (statfs unanswered for {now - m.probe_started:.0f}s)"
+            elif not shown:
+                reason = "its path no longer shows its mount"
+            else:
+                reason = row["state"] if row is not None else "missing"
+            m.healthy = False
+            self.unhealthy_events += 1
+            if wedged:
+                abort_connection(m.dev)
+            self.lifecycle.repair(e.digest, m, reason)
 
     def _prober(self) -> None:
         """statfs each healthy layer in turn; one that hangs is seen as wedged by the health loop."""
         while not self._stop.wait(self.health_interval):
-            for h in self.handles():
-                if not h.healthy or h.remounting:
+            for e, m in list(self.lifecycle.serving()):
+                if not m.healthy:
                     continue
-                h.probe_started = time.monotonic()
+                m.probe_started = time.monotonic()
                 try:
-                    os.statvfs(h.mountpoint)
-                except OSError as e:
-                    if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-                        h.healthy = False
+                    os.statvfs(e.mountpoint)
+                except OSError as x:
+                    if x.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                        m.healthy = False
                 finally:
-                    h.probe_started = 0.0
+                    m.probe_started = 0.0
 
     def stats(self) -> list[dict[str, Any]]:
         try:
             return list(self.client.stats()["layers"])
         except FsdError:
             return []
-
-
-def _current(h: LayerHandle) -> bool:
-    """Being mounted, or mounted and healthy: nothing to start for this layer."""
-    return not h.ready.is_set() or (not h.error and h.healthy)
 
 
 FUSECTL = Path("/sys/fs/fuse/connections")
@@ -414,21 +393,25 @@ def ensure_fusectl() -> None:
         subprocess.run(["mount", "-t", "fusectl", "fusectl", str(FUSECTL)], capture_output=True, check=False)
 
 
-def abort_connection(mountpoint: Path) -> bool:
-    """Abort a FUSE connection (its waiting requests fail) without touching the mount itself."""
+def abort_connection(target: Path | str) -> bool:
+    """Abort a FUSE connection (its waiting requests fail) without touching the mount itself.
+
+    *target*: the connection's device ("major:minor"), or a mountpoint (whatever it shows)."""
     ensure_fusectl()
-    target = os.path.realpath(mountpoint)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            if parts[4].replace("\\040", " ") == target:
-                minor = parts[2].split(":")[1]
-                try:
-                    Path(f"/sys/fs/fuse/connections/{minor}/abort").write_text("1")
-                    return True
-                except OSError as e:
-                    log.warning("cannot abort the FUSE connection of %s: %s", mountpoint, e)
-    return False
+    dev = str(target)
+    if ":" not in dev or "/" in dev:
+        try:
+            ref = MountRef.open(str(target))
+        except OSError:
+            return False
+        dev = ref.dev
+        ref.close()
+    try:
+        Path(f"/sys/fs/fuse/connections/{dev.split(':')[1]}/abort").write_text("1")
+        return True
+    except (OSError, IndexError) as e:
+        log.warning("cannot abort the FUSE connection %s (%s): %s", dev, target, e)
+        return False
 
 
 def spec_of(remote: dict[str, Any]) -> dict[str, Any] | None:

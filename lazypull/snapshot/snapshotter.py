@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from lazypull.registry.reference import Reference
 from lazypull.service.fsdclient import FsdError, socket_path
 from lazypull.snapshot.filters import index_hints
 from lazypull.snapshot.filters import parse as parse_filters
-from lazypull.snapshot.layers import LayerHandle, LayerMountError, RemoteLayers, spec_of
+from lazypull.snapshot.layers import LayerMountError, MountedLayer, RemoteLayers, spec_of
+from lazypull.snapshot.lifecycle import Lease
 from lazypull.snapshot.remote import LayerResolver, NotRemote
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
 
@@ -73,18 +74,15 @@ class Snapshotter:
         self.resolver = resolver
         self.remote = remote
         (root / "layers").mkdir(exist_ok=True, mode=0o700)
+        # Which layers stay mounted: those a snapshot uses (the store says) or a pull holds.
         self.layers = RemoteLayers(
             root,
             (remote.fsd_address if remote and remote.fsd_address else socket_path(root)),
+            in_use=self.store.uses_layer,
             mount_timeout=remote.fetch_timeout_sec if remote else 60.0,
             memory_bytes=remote.memory_bytes if remote else None,
         )
         self.mount_errors = 0
-        # A layer's directory is removed (its last snapshot gone: containerd's collector) and
-        # made again (a pull of an image with the same layer) one at a time; other layers'
-        # mounts do not wait for a release (it may wait for the layer's index build).
-        self._layer_dirs: dict[str, threading.Lock] = {}
-        self._layer_dirs_lock = threading.Lock()
 
     def _dir(self, s: Snapshot) -> Path:
         return self.root / "snapshots" / str(s.id)
@@ -98,9 +96,8 @@ class Snapshotter:
     def _layer_dir(self, digest: str) -> Path:
         return self.root / "layers" / digest.replace(":", "-")
 
-    def _layer_dir_lock(self, digest: str) -> threading.Lock:
-        with self._layer_dirs_lock:
-            return self._layer_dirs.setdefault(digest, threading.Lock())
+    def _layer_mountpoint(self, digest: str) -> Path:
+        return self._layer_dir(digest) / "fs"
 
     # -- containerd operations -----------------------------------------------------------
     def prepare(self, key: str, parent: str, labels: dict[str, str]) -> list[Mount]:
@@ -123,14 +120,18 @@ class Snapshotter:
             (d / "fs").mkdir(parents=True, exist_ok=True)
             if kind == Kind.ACTIVE:
                 (d / "work").mkdir(exist_ok=True)
-        except OSError:
+            return self.mounts(key)
+        except (OSError, LazypullError):  # e.g. a lower layer that cannot be served: nothing is left
             self.store.remove(key)
+            shutil.rmtree(d, ignore_errors=True)
             raise
-        return self.mounts(key)
 
     def mounts(self, key: str) -> list[Mount]:
         s = self.store.get(key)
         chain = self.store.chain(s.parent) if s.parent else []
+        for p in chain:
+            if p.remote:
+                self._check_served(p)
         self._wait_prefetch(chain)
         lowers = [self._fs_dir(p) for p in chain]
         d = self._dir(s)
@@ -160,45 +161,49 @@ class Snapshotter:
         self.store.remove(key)  # raises FailedPrecondition while it has children
         shutil.rmtree(self._dir(s), ignore_errors=True)
         if s.remote:
-            self._release_layer(s.remote["digest"])
+            self.layers.settle(s.remote["digest"])  # unmounted if nothing else uses it (nor a pull holds it)
+
+    def _remote_lease(self, s: Snapshot) -> Lease[MountedLayer]:
+        assert s.remote is not None
+        digest = s.remote["digest"]
+        mp = Path(s.remote.get("mountpoint") or self._layer_mountpoint(digest))
+        return self.layers.lease(digest, mp, lambda: self._with_keychain(spec_of(s.remote or {})))
+
+    def _check_served(self, s: Snapshot) -> None:
+        """Before containerd gets a lower directory for a lazy layer: the path shows that
+        layer's live mount (an empty directory would silently be the layer), or it is mounted
+        again now; if it cannot be, the error goes to containerd, never the directory."""
+        assert s.remote is not None
+        with self._remote_lease(s) as lease:
+            try:
+                lease.wait_live(self.remote.fetch_timeout_sec if self.remote else 60.0)
+            except LayerMountError as e:
+                self.mount_errors += 1
+                digest = s.remote["digest"]
+                raise LayerMountError(f"lazily mounted layer {digest} ({s.key}) is not served: {e}") from None
 
     def _usable(self, s: Snapshot) -> bool:
         """A committed target is reported as existing only if its lazy layer really serves;
         a dead one is mounted again, and if that fails the snapshot goes (pulled normally)."""
         if not s.remote:
             return True
-        h = self.layers.get(s.remote["digest"])
-        if h is not None and self.layers.check_now(h):
-            return True
-        log.warning("layer %s of %s is not serving: mounting it again", s.remote["digest"][7:19], s.key)
-        try:
-            if h is None:
-                spec = self._with_keychain(spec_of(s.remote))
-                if spec is None:
-                    raise LayerMountError("no saved spec")
-                h = self.layers.start(s.remote["digest"], Path(s.remote["mountpoint"]), spec)
-                h.wait(self.remote.fetch_timeout_sec if self.remote else 60)
-            else:
-                self.layers.remount_now(h)
-            return True
-        except (LazypullError, OSError) as e:
-            self.mount_errors += 1
-            log.error("layer %s cannot be mounted again (%s): %s is removed", s.remote["digest"][7:19], e, s.key)
-        try:
-            self.store.remove(s.key)
-        except LazypullError:
-            return True  # it has children: they keep failing until removed, as containerd's would
-        self._release_layer(s.remote["digest"])
+        digest = s.remote["digest"]
+        with self._remote_lease(s) as lease:
+            e = self.layers.lifecycle.get(digest)
+            if e is None or e.mounted is None or not self.layers.lifecycle.mounter.live(e.mounted):
+                log.warning("layer %s of %s is not serving: mounting it again", digest[7:19], s.key)
+            try:
+                lease.wait_live(self.remote.fetch_timeout_sec if self.remote else 60.0)
+                return True
+            except LayerMountError as x:
+                self.mount_errors += 1
+                log.error("layer %s cannot be mounted again (%s): %s is removed", digest[7:19], x, s.key)
+            try:
+                self.store.remove(s.key)
+            except LazypullError:
+                return True  # it has children: they keep failing until removed, as containerd's would
+        self.layers.settle(digest)
         return False
-
-    def _release_layer(self, digest: str) -> None:
-        """Unmount a lazy layer once no snapshot uses it; its chunks leave the cache."""
-        if any(x.remote and x.remote.get("digest") == digest for x in self.store.all()):
-            return
-        d = self._layer_dir(digest)
-        with self._layer_dir_lock(digest):  # a pull mounting this layer now waits, then mounts it afresh
-            self.layers.stop(digest, free_cache=True, mountpoint=d / "fs")
-            shutil.rmtree(d, ignore_errors=True)
 
     def stat(self, key: str) -> Snapshot:
         return self.store.get(key)
@@ -238,18 +243,21 @@ class Snapshotter:
 
     def cleanup(self) -> None:
         """Remove snapshot directories that no snapshot refers to (left by crashes)."""
+        # Directories first, the store after: a snapshot's row is written before its directory
+        # is made, so a directory seen here whose row is missing then was removed, never one
+        # being created right now (containerd collects while other containers start).
+        dirs = list((self.root / "snapshots").iterdir())
         snaps = self.store.all()
         known = {str(s.id) for s in snaps}
-        for d in (self.root / "snapshots").iterdir():
+        for d in dirs:
             if d.name not in known:
                 shutil.rmtree(d, ignore_errors=True)
+        self.layers.lifecycle.sweep(end_timed=True)  # layers mounted ahead for pulls that did not come back
         used = {s.remote["digest"] for s in snaps if s.remote}
         for d in (self.root / "layers").iterdir():
             digest = d.name.replace("-", ":", 1)
-            h = self.layers.get(digest)
-            if digest not in used and (h is None or h.ready.is_set()):
-                self.layers.stop(digest, free_cache=False, mountpoint=d / "fs")
-                shutil.rmtree(d, ignore_errors=True)
+            if digest not in used:
+                self.layers.lifecycle.tidy(digest, d / "fs")  # removed unless a pull holds it now
 
     # -- remote layers -------------------------------------------------------------------
     def _prepare_remote(self, key: str, parent: str, target: str, labels: dict[str, str]) -> bool:
@@ -261,37 +269,39 @@ class Snapshotter:
             log.info("layer for %s will be pulled normally: %s", target, e)
             return False
         wait = min(self.remote.fetch_timeout_sec, self.resolver.timeout)
-        try:
-            h = self._start_layer(layer.ref, layer.layer, layer.credential)
-            # Prepare blocks containerd: the layer's TOC gets the resolver's deadline, not a fetch's.
-            end = time.monotonic() + wait
-            # containerd prepares layers one after another: start the following ones now, so
-            # their TOCs arrive while this one (which containerd waits for) is opened.
-            for other in layer.image_layers:
-                if other.digest != layer.layer.digest and is_lazy(other) and not self.layers.known(other.digest):
-                    self._start_layer(layer.ref, other, layer.credential, ahead=True)
-            h.wait(max(end - time.monotonic(), 0.01))
-        except Exception as e:
-            self.mount_errors += 1
-            why = f"its TOC did not arrive within {wait:g}s" if "not ready after" in str(e) else str(e)
-            digest = layer.layer.digest
-            log.warning("lazy mount of %s of %s failed, pulling it normally: %s", digest, layer.ref, why)
-            self.resolver.remember_failure(labels, f"mounting layer {digest} failed: {why}")
-            self.layers.abandon(digest, self._layer_dir(digest) / "fs")
-            return False
-        size = layer.layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, str(layer.layer.size))
-        self.store.create_committed(
-            target,
-            parent,
-            {**labels, mt.LABEL_REMOTE: "remote snapshot"},
-            {
-                "digest": layer.layer.digest,
-                "mountpoint": str(h.mountpoint),
-                "size": size,
-                # no credentials on disk: the daemon's come from docker_config, the kubelet's from the keychain
-                "spec": json.dumps(LayerSpec.from_json(h.spec).public()),
-            },
-        )
+        # The lease holds the layer from its mount until the snapshot that uses it is in the
+        # store: a removal of another image's snapshot of it meanwhile cannot unmount it.
+        spec = self._spec(layer.ref, layer.layer, layer.credential).to_json()
+        with self.layers.lease(layer.layer.digest, self._layer_mountpoint(layer.layer.digest), spec) as lease:
+            try:
+                # Prepare blocks containerd: the layer's TOC gets the resolver's deadline, not a fetch's.
+                end = time.monotonic() + wait
+                # containerd prepares layers one after another: start the following ones now, so
+                # their TOCs arrive while this one (which containerd waits for) is opened.
+                for other in layer.image_layers:
+                    if other.digest != layer.layer.digest and is_lazy(other) and not self.layers.active(other.digest):
+                        self._mount_ahead(layer.ref, other, layer.credential)
+                lease.wait_live(max(end - time.monotonic(), 0.01))
+            except Exception as e:
+                self.mount_errors += 1
+                why = f"its TOC did not arrive within {wait:g}s" if "not ready after" in str(e) else str(e)
+                digest = layer.layer.digest
+                log.warning("lazy mount of %s of %s failed, pulling it normally: %s", digest, layer.ref, why)
+                self.resolver.remember_failure(labels, f"mounting layer {digest} failed: {why}")
+                return False  # the lease ends: a mount still running is undone when it ends
+            size = layer.layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, str(layer.layer.size))
+            self.store.create_committed(
+                target,
+                parent,
+                {**labels, mt.LABEL_REMOTE: "remote snapshot"},
+                {
+                    "digest": layer.layer.digest,
+                    "mountpoint": str(lease.mountpoint),
+                    "size": size,
+                    # no credentials on disk: the daemon's come from docker_config, the kubelet's from the keychain
+                    "spec": json.dumps(LayerSpec.from_json(spec).public()),
+                },
+            )
         log.info(
             "layer %s of %s mounted lazily as %s in %.2fs",
             layer.layer.digest[7:19],
@@ -335,14 +345,11 @@ class Snapshotter:
             return spec
         return {**spec, "registry": {**(spec.get("registry") or {}), "credential": credential_to_json(cred)}}
 
-    def _start_layer(
-        self, ref: object, desc: Descriptor, credential: Credential | None = None, ahead: bool = False
-    ) -> LayerHandle:
-        """The mount of layer *desc*: serving, being mounted, or started now (without waiting)."""
-        d = self._layer_dir(desc.digest)
-        with self._layer_dir_lock(desc.digest):  # never while a release removes it (the mount would fail)
-            d.mkdir(exist_ok=True, mode=0o700)
-            return self.layers.start(desc.digest, d / "fs", self._spec(ref, desc, credential).to_json(), ahead)
+    def _mount_ahead(self, ref: object, desc: Descriptor, credential: Credential | None = None) -> None:
+        """Mount an image's layer before its Prepare comes; held for a while (``AHEAD_TTL``),
+        then released if no Prepare came for it (an interrupted pull leaves nothing)."""
+        spec = self._spec(ref, desc, credential).to_json()
+        self.layers.lease(desc.digest, self._layer_mountpoint(desc.digest), spec, ahead=True)
 
     def _wait_prefetch(self, chain: list[Snapshot]) -> None:
         if self.remote is None or not self.remote.prefetch:
@@ -366,23 +373,27 @@ class Snapshotter:
     def restore(self) -> None:
         """After a (re)start: adopt the layers the layer server serves, remount those that died
         (never adopting a dead one), and watch their health from then on."""
-        wanted: dict[str, tuple[str, Path, dict[str, object] | None]] = {}
+        wanted: dict[str, tuple[Path, Callable[[], dict[str, Any] | None]]] = {}
         for s in self.store.all():
             if s.remote and s.remote["digest"] not in wanted:
-                mp = Path(s.remote.get("mountpoint") or self._layer_dir(s.remote["digest"]) / "fs")
-                wanted[s.remote["digest"]] = (s.remote["digest"], mp, self._with_keychain(spec_of(s.remote)))
+                mp = Path(s.remote.get("mountpoint") or self._layer_mountpoint(s.remote["digest"]))
+                wanted[s.remote["digest"]] = (mp, _spec_fn(self._with_keychain, s.remote))
         if wanted or self.remote is not None:
             try:
-                n = self.layers.restore(list(wanted.values()))
+                n = self.layers.restore(wanted)
             except LazypullError as e:
                 log.error("cannot reach the layer server: %s", e)
                 n = 0
             log.info("restored %d lazily mounted layers", n)
         self.layers.run_health()
 
-    def handles(self) -> list[LayerHandle]:
-        return self.layers.handles()
-
     def close(self) -> None:
         self.layers.close()
         self.store.close()
+
+
+def _spec_fn(
+    with_keychain: Callable[[dict[str, Any] | None], dict[str, Any] | None], remote: dict[str, str]
+) -> Callable[[], dict[str, Any] | None]:
+    """A snapshot's saved spec with the current credentials, built only if a mount needs it."""
+    return lambda: with_keychain(spec_of(remote))

@@ -102,6 +102,12 @@ class MetaStore:
         with self._lock:
             return [self._row(r) for r in self._db.execute("SELECT * FROM snapshots ORDER BY id")]
 
+    def uses_layer(self, digest: str) -> bool:
+        """Whether a snapshot is the lazily mounted layer *digest* (it then stays mounted)."""
+        with self._lock:
+            q = "SELECT 1 FROM snapshots WHERE remote IS NOT NULL AND json_extract(remote, '$.digest') = ? LIMIT 1"
+            return self._db.execute(q, (digest,)).fetchone() is not None
+
     def children(self, key: str) -> list[str]:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT key FROM snapshots WHERE parent=?", (key,))]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazypull.fs.fuse import protocol as p
+from lazypull.fs.fuse.mounts import MountRef
 from lazypull.fs.fuse.ops import Attr, ReadOnlyFS
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class FuseSession:
         self.mountpoint = mountpoint
         self.on_op = on_op  # (operation name, seconds) for metrics
         self.fd = -1  # primary
+        self.root: MountRef | None = None  # the mount instance made by mount(), for whoever unmounts it
         self.clone = -1  # the fd requests are read from
         self.proto_minor = 0
         self.dead = False
@@ -151,6 +153,7 @@ class FuseSession:
         """mount(2), then answer INIT on a clone; the session is usable when this returns."""
         self.fd = mount_fuse(self.mountpoint)
         try:
+            self.root = MountRef.open(self.mountpoint)  # before INIT: an O_PATH open asks the server nothing
             self.clone = clone_fd(self.fd)
             deadline = _clock() + 10
             poller = select.poll()  # not select(): fds above 1023 with hundreds of layers
@@ -169,7 +172,12 @@ class FuseSession:
                     raise OSError(errno.ETIMEDOUT, f"no FUSE INIT from the kernel for {self.mountpoint}")
         except BaseException:
             self.close()
-            unmount(self.mountpoint)
+            if self.root is not None:
+                self.root.unmount()  # ours only: never a mount made at the path since
+                self.root.close()
+                self.root = None
+            else:
+                unmount(self.mountpoint)  # mount(2) just put it there and nothing followed
             raise
 
     def attach(self, primary: int, init: InitParams) -> None:
