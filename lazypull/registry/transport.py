@@ -30,6 +30,7 @@ from urllib3.util.wait import wait_for_read
 
 from lazypull.errors import RegistryError
 from lazypull.registry import deadline as dl
+from lazypull.registry import plainhttp
 from lazypull.registry.hosts import Endpoint
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ READ_TIMEOUT = 30.0
 
 class TransportError(RegistryError):
     """The request could not be completed (network failure or retries exhausted)."""
+
+
+class PlainHTTPRegistry(TransportError):
+    """The registry speaks plain HTTP and was asked for HTTPS (the message says the fix)."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(plainhttp.hint(host))
+        self.host = host
 
 
 class DeadlineExceeded(TransportError):
@@ -215,6 +224,9 @@ class Transport:
                 except (Urllib3Error, OSError) as e:
                     reason = getattr(e, "reason", None)
                     if isinstance(e, SSLError) or isinstance(reason, SSLError):
+                        plain = plainhttp.plain_http_host(what, reason if isinstance(reason, SSLError) else e)
+                        if plain:
+                            raise PlainHTTPRegistry(plain) from None
                         raise TransportError(
                             f"TLS verification failed for {_safe(what)}: {reason or e}; configure the "
                             "registry's CA (ca = ... in --registry-config) or use --insecure"
