@@ -12,6 +12,7 @@ import pytest
 from lazypull.cli.main import main
 from tests.support.images import Entry, write_image
 from tests.support.net import free_port
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.filterwarnings("ignore::lazypull.imagefs.StreamedLayerWarning")
 
@@ -65,3 +66,27 @@ def test_other_tools_image_names_get_a_hint(
     err = err_of(capsys)
     assert "is not an image reference" in err and hint in err, err
     assert "invalid registry host" not in err
+
+
+def test_check_of_an_unconverted_image_says_it_is_not_lazily_pullable(
+    src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", src]) == 3
+    out = capsys.readouterr()
+    assert "not lazily pullable" in out.err and "lazypull convert" in out.err
+    assert all(line.endswith("not lazy") for line in out.out.splitlines()), out.out
+    assert main(["convert", "--no-progress", src, f"oci:{tmp_path / 'c'}:x"]) == 0
+    capsys.readouterr()
+    assert main(["check", f"oci:{tmp_path / 'c'}:x"]) == 0
+    out = capsys.readouterr()
+    assert "2/2 layers ok" in out.err and "not lazily" not in out.err
+
+
+def test_check_counts_a_soci_indexed_image_as_lazy(
+    registry: Registry, src: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref = f"{registry.host}/app/soci:v1"
+    assert main(["copy", "--plain-http", src, ref]) == 0
+    assert main(["soci", "create", "--plain-http", "--min-layer-size", "0", ref]) == 0
+    capsys.readouterr()
+    assert main(["check", "--plain-http", ref]) == 0, capsys.readouterr()
