@@ -4,6 +4,8 @@ unconverted image under ``check``."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +70,30 @@ def test_other_tools_image_names_get_a_hint(
     assert "invalid registry host" not in err
 
 
+@pytest.mark.parametrize("flag", ["--docker-config", "--registry-config"])
+def test_missing_config_file_named_by_a_flag_is_an_error(
+    flag: str, src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope" / "config"
+    assert main(["copy", flag, str(missing), src, f"oci:{tmp_path / 'o'}:x"]) == 2
+    assert f"{flag} {missing}: no such file" in err_of(capsys)
+    assert not (tmp_path / "o").exists()  # nothing was done
+
+
+def test_unreadable_docker_config_exits_2(src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "config.json"
+    bad.write_text("{")
+    assert main(["ls", "--plain-http", "--docker-config", str(bad), f"127.0.0.1:{free_port()}/a/b:1", "/"]) == 2
+    assert "cannot read docker config" in err_of(capsys)
+
+
+def test_unknown_log_level_is_a_usage_error(src: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--log-level", "verbose", "check", src])
+    assert e.value.code == 2
+    assert "unknown log level 'verbose'" in err_of(capsys)
+
+
 def test_check_of_an_unconverted_image_says_it_is_not_lazily_pullable(
     src: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -90,3 +116,18 @@ def test_check_counts_a_soci_indexed_image_as_lazy(
     assert main(["soci", "create", "--plain-http", "--min-layer-size", "0", ref]) == 0
     capsys.readouterr()
     assert main(["check", "--plain-http", ref]) == 0, capsys.readouterr()
+
+
+def test_version_does_not_import_grpc() -> None:
+    code = (
+        "import sys; from lazypull.cli.main import main; rc = main(['--version']); "
+        "print('grpc' in sys.modules, 'urllib3' in sys.modules, rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["lazypull", "0.1.0", "False", "False", "0"], res.stdout + res.stderr
+
+
+def test_commands_other_than_the_daemon_do_not_import_grpc() -> None:
+    code = "import sys; from lazypull.cli.main import build_parser; build_parser(); print('grpc' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False", res.stdout + res.stderr
