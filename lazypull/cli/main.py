@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from lazypull import __version__
@@ -82,12 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lazypull: error: {_one_line(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:  # a path the user gave: missing, not a directory, no permission, ...
-        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "") + _needs_root(e)
         print(f"lazypull: error: {_one_line(what)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lazypull: interrupted", file=sys.stderr)
         return 130
+
+
+def _needs_root(e: OSError) -> str:
+    """What to do when a user's command hits the root-owned runtime state (mounts)."""
+    name = os.fsdecode(e.filename) if isinstance(e.filename, str | bytes) else ""
+    if isinstance(e, PermissionError) and os.geteuid() != 0 and (name + "/").startswith("/run/lazypull/"):
+        return " (mounting images needs root: FUSE mounts, their state in /run/lazypull; run it with sudo)"
+    return ""
 
 
 def _one_line(text: str) -> str:

@@ -4,8 +4,11 @@ unconverted image under ``check``."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,3 +134,19 @@ def test_commands_other_than_the_daemon_do_not_import_grpc() -> None:
     code = "import sys; from lazypull.cli.main import build_parser; build_parser(); print('grpc' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "False", res.stdout + res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="switches to user nobody (needs root)")
+def test_mount_as_a_user_says_it_needs_root() -> None:
+    with tempfile.TemporaryDirectory(prefix="lazypull-user-") as d:
+        os.chmod(d, 0o755)
+        write_image(Path(d) / "img", [[Entry("etc/hello", data=b"hello\n")]])
+        for p in Path(d).rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        res = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-m", "lazypull.cli.main", "mount", f"oci:{d}/img:latest", f"{d}/mnt"],
+            capture_output=True, text=True, timeout=60, cwd=d,
+        )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert "Permission denied: /run/lazypull" in res.stderr and "needs root" in res.stderr and "sudo" in res.stderr
