@@ -41,7 +41,9 @@ ADDRESS = "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock"
 CRI = "io.containerd.grpc.v1.cri"
 CRI_KEYS: dict[str, Any] = {"snapshotter": "lazypull", "disable_snapshot_annotations": False}
 NEW = ".lazypull-new"
+EMPTY = "# Created by lazypull: containerd's defaults, and the files imported below.\nversion = 2\n"
 BACKUP = ".lazypull-backup"
+Owner = tuple[int, int, int]  # mode, uid, gid of the node's config file
 
 
 class MergeRefused(LazypullError):
@@ -53,12 +55,12 @@ class Result:
     changed: bool
     message: str
     saved: dict[Path, str | None] | None = None  # the files as they were, to put back
+    like: Owner = (0o644, 0, 0)
 
     def restore(self) -> None:
         """Put the node's files back as they were before :func:`configure` changed them."""
         if self.saved:
-            like = next(iter(self.saved))
-            _restore(self.saved, like)
+            _restore(self.saved, self.like)
 
 
 # --- TOML out (tomllib only reads) -------------------------------------------------------
@@ -222,13 +224,22 @@ def configure(
         return Path(host_root) / p.lstrip("/")
 
     main_path = host(config)
-    data = _load(main_path)
+    missing = not main_path.exists()  # containerd runs on its defaults: an empty version 2 file
+    main_text = EMPTY if missing else ""
+    data = tomllib.loads(EMPTY) if missing else _load(main_path)
     if data.get("version", 1) != 2:
         raise MergeRefused(
             f"{config} is config version {data.get('version', 1)}; this needs version 2 (containerd 1.6/1.7): "
             "add deploy/containerd-config.toml's tables by hand"
         )
-    old = ctd.dump(config)
+    if missing:
+        try:
+            host(config + NEW).write_text(EMPTY)
+            old = ctd.dump(config + NEW)
+        finally:
+            host(config + NEW).unlink(missing_ok=True)
+    else:
+        old = ctd.dump(config)
     if _configured(old, address):
         return Result(False, f"{config} already has the lazypull snapshotter")
 
@@ -238,22 +249,25 @@ def configure(
     if _cri_enabled(old):
         cri: dict[str, Any] = {}
         files = [str(Path(config).parent / f) for f in old.get("imports", [])]  # as containerd resolved them
-        for f in [config] + [f for f in files if os.path.normpath(f) != os.path.normpath(config)]:
+        mains = {os.path.normpath(config), os.path.normpath(config + NEW)}  # NEW: the stand-in for a missing file
+        for f in [config] + [f for f in files if os.path.normpath(f) not in mains]:
             if os.path.normpath(f) != os.path.normpath(drop_in):
-                cri = _load(host(f)).get("plugins", {}).get(CRI, cri)
+                table = data if f == config else _load(host(f))
+                cri = table.get("plugins", {}).get(CRI, cri)
         tables["plugins"] = {CRI: _merge(cri, {"containerd": CRI_KEYS})}
     header = "# Written by lazypull (python -m lazypull.service.containerdconf), imported by " + config + ".\n"
     header += "# The CRI section repeats the node's own (containerd replaces a plugin's section per file).\n"
     drop_text = header + dumps(tables)
 
-    main_text = main_path.read_text()
+    main_text = main_text or main_path.read_text()
+    owner = main_path.stat() if not missing else main_path.parent.stat()
+    like = (owner.st_mode & 0o7777 if not missing else 0o644, owner.st_uid, owner.st_gid)
     imported = drop_in in data.get("imports", [])
     candidates = {host(config + NEW): add_import(main_text, drop_in + NEW), host(drop_in + NEW): drop_text}
     try:
         host(drop_in).parent.mkdir(parents=True, exist_ok=True)
         for p, text in candidates.items():
             p.write_text(text)
-        shutil.copymode(main_path, host(config + NEW))
         new = ctd.dump(config + NEW)
     finally:
         for p in candidates:
@@ -267,28 +281,30 @@ def configure(
 
     # Install: the drop-in, then the main file (each renamed into place), and load them again.
     saved = {p: p.read_text() if p.exists() else None for p in (main_path, host(drop_in))}
-    shutil.copy2(main_path, host(config + BACKUP))
+    if not missing:
+        shutil.copy2(main_path, host(config + BACKUP))
     try:
-        _replace(host(drop_in), drop_text, main_path)
+        _replace(host(drop_in), drop_text, like)
         if not imported:
-            _replace(main_path, add_import(main_text, drop_in), main_path)
+            _replace(main_path, add_import(main_text, drop_in), like)
         ctd.dump(config)
     except BaseException:
-        _restore(saved, main_path)
+        _restore(saved, like)
         raise
-    return Result(True, f"{config} imports {drop_in} (lazypull snapshotter); the old file is {config + BACKUP}", saved)
+    old_file = "there was none" if missing else f"the old file is {config + BACKUP}"
+    return Result(True, f"{config} imports {drop_in} (lazypull snapshotter); {old_file}", saved, like)
 
 
-def _replace(path: Path, text: str, like: Path) -> None:
+def _replace(path: Path, text: str, like: Owner) -> None:
+    """*path* holds *text* (renamed into place: containerd never reads half a file)."""
     tmp = path.with_name(path.name + NEW)
     tmp.write_text(text)
-    shutil.copymode(like, tmp)
-    st = like.stat()
-    os.chown(tmp, st.st_uid, st.st_gid)
+    os.chmod(tmp, like[0])
+    os.chown(tmp, like[1], like[2])
     os.replace(tmp, path)
 
 
-def _restore(saved: dict[Path, str | None], like: Path) -> None:
+def _restore(saved: dict[Path, str | None], like: Owner) -> None:
     for p, text in saved.items():
         if text is None:
             p.unlink(missing_ok=True)

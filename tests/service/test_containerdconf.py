@@ -175,3 +175,16 @@ def test_daemonset_init_container_runs_the_step() -> None:
     with pytest.raises(SystemExit) as e:
         main([*args, "--help"])  # every option the manifest passes exists
     assert e.value.code == 0
+
+
+def test_node_without_a_config_file_gets_one_that_imports_the_drop_in(tmp_path: Path) -> None:
+    # containerd runs on its defaults: the new main file is an empty version 2 config.
+    cfg = tmp_path / "containerd" / "config.toml"
+    cfg.parent.mkdir()
+    res = run_step(cfg, "--restart", "true")
+    assert res.returncode == 0, res.stderr
+    after = loaded(cfg)
+    assert_lazypull(after)
+    assert after["plugins"][CRI]["sandbox_image"]  # type: ignore[index]  # containerd's default, still there
+    assert oct(cfg.stat().st_mode & 0o777) == "0o644"
+    assert not (cfg.parent / "config.toml.lazypull-backup").exists()
