@@ -21,8 +21,8 @@ _NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "http request", "rec
 def hint(host: str) -> str:
     """The fix for a registry that speaks plain HTTP, for commands and for the daemon."""
     return (
-        f"{host} answers plain HTTP, not HTTPS: pass --plain-http (lazypull commands, ctr-remote) "
-        f'or add plain_http_hosts = ["{host}"] to the daemon\'s config (--insecure only skips certificate checks)'
+        f"{host} answers plain HTTP, not HTTPS: use --plain-http with lazypull commands; for the snapshotter "
+        f'daemon add plain_http_hosts = ["{host}"] to its config (--insecure only skips certificate checks)'
     )
 
 
