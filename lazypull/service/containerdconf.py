@@ -264,16 +264,20 @@ def configure(
     like = (owner.st_mode & 0o7777 if not missing else 0o644, owner.st_uid, owner.st_gid)
     imported = drop_in in data.get("imports", [])
     candidates = {host(config + NEW): add_import(main_text, drop_in + NEW), host(drop_in + NEW): drop_text}
+    made_dir = not host(drop_in).parent.exists()
+    diff = ["not loaded"]
     try:
         host(drop_in).parent.mkdir(parents=True, exist_ok=True)
         for p, text in candidates.items():
             p.write_text(text)
         new = ctd.dump(config + NEW)
+        new.pop("imports", None)
+        diff = _diff(_expected(old, address), new)
     finally:
         for p in candidates:
             p.unlink(missing_ok=True)
-    new.pop("imports", None)
-    diff = _diff(_expected(old, address), new)
+        if diff and made_dir:
+            host(drop_in).parent.rmdir()  # refused: not even an empty directory stays
     if diff:
         diff = diff[:5] + ([f"... {len(diff) - 5} more"] if len(diff) > 5 else [])
         msg = "with the drop-in, containerd's config would change beyond lazypull's keys: "
