@@ -33,6 +33,21 @@ class OCIError(LazypullError):
     """An OCI manifest, index, config or layout is malformed or unsupported."""
 
 
+class ConfigError(LazypullError):
+    """A config file or a flag naming one is wrong (the message says which): commands exit
+    with status 2, as for any other usage error, so scripts tell it from a failed operation."""
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_level(text: str) -> str:
+    """*text* as a log level name, or :class:`ConfigError` listing the ones there are."""
+    if text.lower() not in LOG_LEVELS:
+        raise ConfigError(f"unknown log level {text[:40]!r} (use one of: {', '.join(LOG_LEVELS)})")
+    return text.lower()
+
+
 class RegistryError(LazypullError):
     """A registry request failed after retries, or the registry answered wrongly."""
 

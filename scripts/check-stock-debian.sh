@@ -3,7 +3,8 @@
 # what a standard install has and the scenario needs: Debian's python3, sudo, ca-certificates),
 # this checkout copied in (git ls-files), and in it, each in a fresh copy of the root:
 #   root   ./scripts/test.sh -m "not e2e" (setup.sh: apt, .venv from /usr/bin/python3), the
-#          venv's `lazypull --version`, then scripts/install-node.sh and the unit's ExecStart
+#          venv's `lazypull --version`, then scripts/install-node.sh, each unit's ExecStart,
+#          and install-node.sh --uninstall, which must leave /etc, /opt, /usr/local as before
 #   sudo   the same test command as a user with sudo rights (test.sh re-runs itself with sudo)
 # The end-to-end tests are left out: they run containerd/runc, which need a real root, not a
 # chroot. The root runs under chroot in private mount and PID namespaces (unshare): the bind
@@ -16,7 +17,8 @@
 # in $CACHE too. Needs root; exits non-zero when any step inside fails.
 #
 #   scripts/check-stock-debian.sh              both scenarios
-#   scripts/check-stock-debian.sh --run CMD    only CMD (bash, as root, in /srv/lazypull of a fresh root)
+#   scripts/check-stock-debian.sh --run CMD    only CMD (bash, as root, in /srv/lazypull of a fresh root;
+#                                              $NODE_CHECKS: the node install and uninstall after setup.sh)
 set -euo pipefail
 shopt -s inherit_errexit
 self=$(readlink -f "$0")
@@ -120,27 +122,45 @@ readme_checks='
   ./scripts/setup.sh
 '
 
+# The node install (run in the checkout, after setup.sh): every binary the units run is there
+# and starts, the README they name exists, and --uninstall leaves /etc, /opt and /usr/local
+# as they were before the install.
+node_checks='
+  listing() { find /etc /opt /usr/local -xdev | grep -vxF /etc/ld.so.cache | sort; }
+  listing >/tmp/before
+  ./scripts/install-node.sh
+  for unit in lazypull-fsd containerd-lazypull-grpc; do
+    exec_start=$(sed -n "s/^ExecStart=\([^ ]*\).*/\1/p" /etc/systemd/system/$unit.service)
+    echo "install-node check: $unit.service runs $exec_start"
+    "$exec_start" --help >/dev/null
+  done
+  lazypull-fsd-ctl --help >/dev/null
+  lazypull --version
+  doc=$(sed -n "s/^Documentation=file://p" /etc/systemd/system/containerd-lazypull-grpc.service)
+  test -s "$doc"
+  ./scripts/install-node.sh
+  ./scripts/install-node.sh --uninstall
+  listing >/tmp/after
+  diff /tmp/before /tmp/after
+  echo "install-node check: --uninstall removed everything it added"
+'
+
 if [ "${1:-}" = --run ]; then
   [ $# = 2 ] || die "usage: ${0##*/} --run 'COMMANDS'"
   root=$(fresh_root run)
-  in_root "$root" "cd /srv/lazypull; $2"
+  in_root "$root" "cd /srv/lazypull; ${2//'$NODE_CHECKS'/$node_checks}"
   say "done"
   exit 0
 fi
 
-say "root: scripts/test.sh, lazypull --version, scripts/install-node.sh"
+say "root: scripts/test.sh, lazypull --version, scripts/install-node.sh and --uninstall"
 t0=$SECONDS
 root=$(fresh_root as-root)
 in_root "$root" "
   cd /srv/lazypull
   if python3 -c 'import ensurepip' 2>/dev/null; then echo 'not stock: python3 has a venv module' >&2; exit 1; fi
   $readme_checks
-  ./scripts/install-node.sh
-  exec_start=\$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' /etc/systemd/system/containerd-lazypull-grpc.service)
-  \"\$exec_start\" --help >/dev/null
-  lazypull --version
-  doc=\$(sed -n 's/^Documentation=file://p' /etc/systemd/system/containerd-lazypull-grpc.service)
-  test -s \"\$doc\"
+  $node_checks
 "
 say "root: passed in $((SECONDS - t0)) s"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 from pathlib import Path
 
 from lazypull.bench.images import IMAGES
@@ -89,9 +90,20 @@ def run(args: argparse.Namespace) -> int:
         write_csv(results, out / "results.csv")
     table = markdown(results)
     (out / "results.md").write_text(table)
-    chart(results, out / "chart.png", f"time to start at {getattr(args, 'rate', '')}".strip())
+    files = "results.csv, results.md, chart.png"
+    try:
+        chart(results, out / "chart.png", f"time to start at {getattr(args, 'rate', '')}".strip())
+    except ModuleNotFoundError as e:  # matplotlib is an extra: the tables are the results
+        if e.name != "matplotlib":
+            raise
+        files = "results.csv, results.md"
+        print(
+            "lazypull bench: no chart.png: matplotlib is not installed (pip install 'lazypull[bench]', then "
+            f"lazypull bench --report-only {out / 'results.csv'})",
+            file=sys.stderr,
+        )
     print(table)
-    print(f"results in {out}/ (results.csv, results.md, chart.png)")
+    print(f"results in {out}/ ({files})")
     return 0
 
 

@@ -1,4 +1,7 @@
-"""``lazypull check``: verify an eStargz image's footers, TOCs and (``--full``) every chunk."""
+"""``lazypull check``: verify an eStargz image's footers, TOCs and (``--full``) every chunk.
+
+Exit status 0: every layer verified and lazily pullable; 1: a layer failed verification;
+3: verified, but some layers have no index (not converted) and would be pulled in full."""
 
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
+NOT_LAZY = 3  # exit status: every layer verified, but some would be pulled in full
+
+
 def run(args: argparse.Namespace) -> int:
     store = open_store(args.ref, options_from_args(args))
     reports = check_image(
@@ -35,23 +41,27 @@ def run(args: argparse.Namespace) -> int:
 
         t = Table("layer", "kind", "entries", "chunks", "bytes read", "result")
         for r in reports:
-            t.add_row(
-                r.digest[7:19],
-                r.kind,
-                str(r.entries),
-                str(r.chunks_checked),
-                str(r.bytes_read),
-                "[green]ok[/]" if r.ok else f"[red]{r.error}[/]",
-            )
+            result = ("[green]ok[/]" if r.lazy else "[yellow]not lazy[/]") if r.ok else f"[red]{r.error}[/]"
+            t.add_row(r.digest[7:19], r.kind, str(r.entries), str(r.chunks_checked), str(r.bytes_read), result)
         Console().print(t)
     else:
         for r in reports:
-            status = "ok" if r.ok else f"FAIL {r.error}"
+            status = ("ok" if r.lazy else "not lazy") if r.ok else f"FAIL {r.error}"
             print(
                 f"{r.digest}\t{r.kind}\tentries={r.entries}\tchunks={r.chunks_checked}\t"
                 f"bytes_read={r.bytes_read}\t{status}"
             )
     failed = [r for r in reports if not r.ok]
+    full_pulls = [r for r in reports if r.ok and not r.lazy]
     total = sum(r.bytes_read for r in reports)
-    print(f"{len(reports) - len(failed)}/{len(reports)} layers ok, {total} bytes read", file=sys.stderr)
+    ok = len(reports) - len(failed) - len(full_pulls)
+    print(f"{ok}/{len(reports)} layers ok, {total} bytes read", file=sys.stderr)
+    if full_pulls and not failed:
+        print(
+            f"lazypull: {args.ref} is not lazily pullable: {len(full_pulls)} of {len(reports)} layers are neither "
+            "eStargz/zstd:chunked nor indexed by a SOCI zTOC and would be pulled in full "
+            "(lazypull convert makes an eStargz copy; lazypull soci create indexes it as it is)",
+            file=sys.stderr,
+        )
+        return NOT_LAZY
     return 1 if failed else 0

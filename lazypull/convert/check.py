@@ -28,6 +28,7 @@ class LayerReport:
     chunks_checked: int = 0
     bytes_read: int = 0
     error: str = ""
+    lazy: bool = True  # False: no index (nor SOCI zTOC), so nodes pull the layer in full
 
     @property
     def ok(self) -> bool:
@@ -85,12 +86,16 @@ def iter_chunk_data(
         hash_to(source.size)
 
 
-def check_layer(store: ImageStore, desc: Descriptor, full: bool) -> LayerReport:
+def check_layer(store: ImageStore, desc: Descriptor, full: bool, ztoc: bool = False) -> LayerReport:
+    """One layer: its index verified (every chunk with *full*); *ztoc*: a SOCI zTOC indexes it."""
     if is_foreign_layer(desc.media_type):
         return LayerReport(desc.digest, "non-distributable (not fetched)")
     toc_digest = desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)
     if not toc_digest:
-        return LayerReport(desc.digest, "not eStargz", error="" if not full else _check_whole(store, desc))
+        error = "" if not full else _check_whole(store, desc)
+        if ztoc:
+            return LayerReport(desc.digest, "gzip + SOCI zTOC", error=error)
+        return LayerReport(desc.digest, "not eStargz", error=error, lazy=False)
     src = CountingSource(store.blob_source(desc))
     rep = LayerReport(desc.digest, "lazy")
     try:
@@ -150,9 +155,23 @@ def check_image(
 ) -> list[LayerReport]:
     reports = []
     seen: set[str] = set()
-    for m in manifests_of(store, platform, all_platforms):
+    for d in image_manifests(store, store.resolve(), platform, all_platforms):
+        m = Manifest.parse(store.fetch(d), d.media_type)
+        unindexed = any(mt.ANNOTATION_TOC_DIGEST not in x.annotations for x in m.layers)
+        ztocs = _soci_layers(store, d.digest) if unindexed else set()
         for layer in m.layers:
             if layer.digest not in seen:
                 seen.add(layer.digest)
-                reports.append(check_layer(store, layer, full))
+                reports.append(check_layer(store, layer, full, ztoc=layer.digest in ztocs))
     return reports
+
+
+def _soci_layers(store: ImageStore, manifest_digest: str) -> set[str]:
+    """Layers a SOCI index in the registry gives a zTOC (mounted lazily unconverted)."""
+    from lazypull.registry.repository import RegistryStore
+
+    if not isinstance(store, RegistryStore):
+        return set()
+    from lazypull.soci.find import soci_ztocs
+
+    return set(soci_ztocs(store.client, store.ref, manifest_digest))

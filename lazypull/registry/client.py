@@ -25,7 +25,14 @@ from lazypull.registry.deadline import current as current_deadline
 from lazypull.registry.hosts import Endpoint, HostsConfig
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.reference import Reference
-from lazypull.registry.transport import CONNECT_TIMEOUT, Transport, TransportError, _safe, attempt_timeout
+from lazypull.registry.transport import (
+    CONNECT_TIMEOUT,
+    PlainHTTPRegistry,
+    Transport,
+    TransportError,
+    _safe,
+    attempt_timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,20 @@ class RegistryClient:
                 h = _Host(self.hosts.endpoints(ref.registry, ref.host), Authenticator(cred, self.transport))
                 self._hosts[ref.registry] = h
             return h
+
+    def check_reachable(self, ref: Reference, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Raise unless *ref*'s registry answers HTTP at all (any status: auth comes later).
+
+        Commands that end in a push ask first, so a dead port fails in seconds with its cause
+        rather than after the whole conversion."""
+        ep = self._host(ref).endpoints[-1]  # pushes go to the registry itself, not a mirror
+        quick = Transport(max_retries=1, total_timeout=timeout)
+        try:
+            quick.raw_request("GET", f"{ep.base_url}/v2/", endpoint=ep).release_conn()
+        except PlainHTTPRegistry:
+            raise
+        except TransportError as e:
+            raise TransportError(f"cannot reach the registry {ref.registry} to push {ref}: {e}") from None
 
     # -- the request loop -------------------------------------------------------------
     def request(

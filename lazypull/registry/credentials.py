@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazypull.errors import LazypullError
+from lazypull.errors import ConfigError, LazypullError
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def lookup(registry: str, *, user: str | None = None, docker_config: Path | None
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise LazypullError(f"cannot read docker config {path}: {e}") from None
+        raise ConfigError(f"cannot read docker config {path}: {e}") from None
     keys = _host_keys(registry)
     helpers = cfg.get("credHelpers") or {}
     for k in keys:

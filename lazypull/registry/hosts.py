@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazypull.errors import LazypullError
+from lazypull.errors import ConfigError, LazypullError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ class HostsConfig:
         try:
             data = tomllib.loads(Path(path).read_text())
         except OSError as e:
-            raise LazypullError(f"cannot read registry config {path}: {e.strerror}") from None
+            raise ConfigError(f"cannot read registry config {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
-            raise LazypullError(f"registry config {path} is not valid TOML: {e}") from None
+            raise ConfigError(f"registry config {path} is not valid TOML: {e}") from None
         return cls.from_mapping(data.get("resolver", data))
 
     @classmethod

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazypull.errors import LazypullError
+from lazypull.errors import ConfigError, LazypullError
 from lazypull.registry.credentials import Credential
 
 SECRET_KEYS = ("user", "credential")  # the keys of to_json() that carry secrets (never written to disk)
@@ -82,6 +82,11 @@ def add_registry_args(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> RegistryOptions:
+    """The registry flags; a config file named by a flag must exist (a typo is not "no config")."""
+    for flag in ("registry_config", "docker_config"):
+        path = getattr(args, flag, None)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"--{flag.replace('_', '-')} {path}: no such file")
     return RegistryOptions(
         plain_http=bool(getattr(args, "plain_http", False)),
         insecure=bool(getattr(args, "insecure", False)),

@@ -30,6 +30,16 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
+        try:
+            return cls._parse(text)
+        except ReferenceError as e:
+            hint = _hint(text)
+            if hint is None:
+                raise
+            raise ReferenceError(f"{text[:200]!r} is not an image reference: {hint}") from e
+
+    @classmethod
+    def _parse(cls, text: str) -> Reference:
         if not text or len(text) > 4096 or text != text.strip():
             raise ReferenceError(f"invalid image reference {text[:100]!r}")
         rest, digest = text, None
@@ -81,3 +91,22 @@ class Reference:
         if self.digest:
             s += f"@{self.digest}"
         return s
+
+
+_TRANSPORTS = ("docker-daemon:", "containers-storage:", "oci-archive:", "dir:", "ostree:", "sif:")
+
+
+def _hint(text: str) -> str | None:
+    """What was probably meant, for strings that look like another tool's image names."""
+    for scheme in ("docker://", "http://", "https://"):
+        if text.startswith(scheme):
+            rest = text[len(scheme) :]
+            tip = f"drop the scheme ({rest})"
+            return tip + "; --plain-http for a plain-HTTP registry" if scheme == "http://" else tip
+    if text.startswith((".", "/", "~")):
+        if text.endswith((".tar", ".tar.gz", ".tgz")):
+            return f"for a `docker save` tarball use docker-archive:{text}"
+        return f"for an OCI layout directory use oci:{text}[:TAG] (docker-archive:PATH for a `docker save` tarball)"
+    if text.startswith(_TRANSPORTS):
+        return "lazypull reads oci:DIR[:TAG], docker-archive:PATH[:REF] and registry references (HOST/NAME:TAG)"
+    return None

@@ -27,5 +27,9 @@ def add_src_dst_args(p: argparse.ArgumentParser) -> None:
 
 
 def open_src_dst(args: argparse.Namespace) -> tuple[ImageStore, ImageStore]:
+    """Both ends; a registry destination must answer before any work is done for it."""
     ropts = options_from_args(args)
-    return open_store(args.src, ropts), open_store(args.dst, ropts, for_push=True)
+    src, dst = open_store(args.src, ropts), open_store(args.dst, ropts, for_push=True)
+    if isinstance(dst, RegistryStore):
+        dst.client.check_reachable(dst.ref)
+    return src, dst

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +26,12 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import SSLError
+from urllib3.exceptions import NewConnectionError, ProtocolError, SSLError
 from urllib3.util.wait import wait_for_read
 
 from lazypull.errors import RegistryError
 from lazypull.registry import deadline as dl
+from lazypull.registry import plainhttp
 from lazypull.registry.hosts import Endpoint
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,14 @@ READ_TIMEOUT = 30.0
 
 class TransportError(RegistryError):
     """The request could not be completed (network failure or retries exhausted)."""
+
+
+class PlainHTTPRegistry(TransportError):
+    """The registry speaks plain HTTP and was asked for HTTPS (the message says the fix)."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(plainhttp.hint(host))
+        self.host = host
 
 
 class DeadlineExceeded(TransportError):
@@ -215,6 +225,9 @@ class Transport:
                 except (Urllib3Error, OSError) as e:
                     reason = getattr(e, "reason", None)
                     if isinstance(e, SSLError) or isinstance(reason, SSLError):
+                        plain = plainhttp.plain_http_host(what, reason if isinstance(reason, SSLError) else e)
+                        if plain:
+                            raise PlainHTTPRegistry(plain) from None
                         raise TransportError(
                             f"TLS verification failed for {_safe(what)}: {reason or e}; configure the "
                             "registry's CA (ca = ... in --registry-config) or use --insecure"
@@ -225,14 +238,14 @@ class Transport:
                             f"({attempt + 1} attempt{'s' if attempt else ''}, last: {type(e).__name__})"
                         ) from None
                     if method not in IDEMPOTENT:
-                        raise TransportError(f"{method} {_safe(what)} failed: {type(e).__name__}") from None
+                        raise TransportError(f"{method} {_safe(what)} failed: {cause(e)}") from None
                     if _caused_by(e, StaleConnectionError) and stale < 2:
                         # The peer forgot our idle connections: try again now on a new one.
                         stale += 1
                         self._drop_idle(what)
                         log.debug("%s %s: stale keep-alive connection; retrying on a new one", method, _safe(what))
                         continue
-                    err = type(e).__name__
+                    err = cause(e)
                 attempt += 1
                 delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
                 if retry_after and retry_after.isdigit():
@@ -258,6 +271,38 @@ class Transport:
                 idle = [c for c in q.queue if c is not None]
             for c in idle:
                 c.close()
+
+
+_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionRefusedError, "connection refused (nothing listens there: is the registry running, the port right?)"),
+    (socket.gaierror, "the host name does not resolve"),
+    (ConnectionResetError, "connection reset by the peer"),
+    (StaleConnectionError, "no answer on a reused connection"),
+    (TimeoutError, "timed out"),
+    (NewConnectionError, "cannot connect"),
+    (ProtocolError, "the connection broke off mid-answer"),
+)
+
+
+def cause(e: BaseException) -> str:
+    """What went wrong under urllib3's wrapping (``MaxRetryError`` says nothing), in words."""
+    for cls, words in _CAUSES:
+        if _caused_by(e, cls):
+            inner = _innermost(e, cls)
+            detail = f" ({inner.strerror})" if isinstance(inner, socket.gaierror) and inner.strerror else ""
+            return words + detail
+    return type(e).__name__
+
+
+def _innermost(e: BaseException | None, cls: type[BaseException], depth: int = 0) -> BaseException | None:
+    if e is None or depth > 6:
+        return None
+    if isinstance(e, cls):
+        return e
+    for x in (getattr(e, "reason", None), e.__cause__, e.__context__, *e.args):
+        if isinstance(x, BaseException) and (found := _innermost(x, cls, depth + 1)) is not None:
+            return found
+    return None
 
 
 def _caused_by(e: BaseException | None, cls: type[BaseException], depth: int = 0) -> bool:

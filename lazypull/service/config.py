@@ -19,18 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazypull.errors import LazypullError
+from lazypull.errors import LOG_LEVELS, ConfigError, LazypullError
 from lazypull.fs.fetcher import MIN_FETCH
 from lazypull.registry.hosts import HostsConfig
 
 log = logging.getLogger(__name__)
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class ConfigError(LazypullError):
-    """The config file is invalid (the message names the key)."""
-
 
 def key(
     path: str, default: Any, *, min: float | None = None, max: float | None = None, choices: tuple[str, ...] = ()

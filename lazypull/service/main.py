@@ -13,9 +13,10 @@ from pathlib import Path
 
 import grpc
 
-from lazypull.errors import LazypullError
+from lazypull.errors import LazypullError, log_level
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
+from lazypull.service.args import DEFAULT_CONFIG, add_args
 from lazypull.service.config import ConfigError, DaemonConfig
 from lazypull.service.cri.keychain import Keychain
 from lazypull.service.cri.server import add_image_service
@@ -26,21 +27,6 @@ from lazypull.snapshot.remote import LayerResolver
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 
 log = logging.getLogger("lazypull.daemon")
-
-DEFAULT_ADDRESS = "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock"
-DEFAULT_ROOT = "/var/lib/containerd-lazypull-grpc"
-DEFAULT_CONFIG = "/etc/containerd-lazypull-grpc/config.toml"
-
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=DEFAULT_ADDRESS, help="unix socket to serve containerd on")
-    p.add_argument("--root", default=DEFAULT_ROOT, help="state: metadata, snapshots, cache")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config (the reference daemon's keys)")
-    p.add_argument("--log-level", help="debug, info, warning or error (default: the config's log_level, else info)")
-    p.add_argument(
-        "--fsd-address", default="", help="the layer server's socket (default ROOT/fsd.sock; started if not running)"
-    )
-
 
 def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
     ropts = RegistryOptions(
@@ -100,8 +86,17 @@ def _tv(v: object) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def load_config(args: argparse.Namespace) -> DaemonConfig:
+    """The config named by --config (which must exist), else the default file if present."""
+    if args.log_level:
+        log_level(args.log_level)
+    if args.config and not Path(args.config).is_file():
+        raise ConfigError(f"--config {args.config}: no such file")
+    return DaemonConfig.load(Path(args.config or DEFAULT_CONFIG))
+
+
 def serve(args: argparse.Namespace) -> int:
-    cfg = DaemonConfig.load(Path(args.config))
+    cfg = load_config(args)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level or cfg.log_level or "info").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -29,13 +29,20 @@ from lazypull.registry.client import RegistryClient
 from lazypull.registry.credentials import Credential
 from lazypull.registry.deadline import deadline_scope
 from lazypull.registry.reference import Reference
+from lazypull.snapshot import fallback
 from lazypull.soci.find import soci_ztocs, with_soci
 
 log = logging.getLogger(__name__)
 
 
 class NotRemote(LazypullError):
-    """This layer cannot be mounted lazily (the reason is the message); pull it normally."""
+    """This layer cannot be mounted lazily (the reason is the message); pull it normally.
+
+    *reason* is the fallback's label in ``lazypull_fallback_layers_total`` (:mod:`.fallback`)."""
+
+    def __init__(self, message: str, reason: str = fallback.REGISTRY) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class LayerResolver:
         self._clients: OrderedDict[Credential, RegistryClient] = OrderedDict()
         self._manifests: dict[str, Manifest] = {}
         self._digests: dict[str, str] = {}  # manifest digests, by the same keys (SOCI lookups)
-        self._failures: dict[str, tuple[float, str]] = {}  # image -> (until, reason)
+        self._failures: dict[str, tuple[float, str, str]] = {}  # image -> (until, reason, its label)
         self._lock = threading.Lock()
 
     def client_for(self, ref: Reference) -> RegistryClient:
@@ -99,16 +106,28 @@ class LayerResolver:
             return c
 
     def resolve(self, labels: dict[str, str]) -> RemoteLayer:
+        """The layer the labels name, mountable lazily; else :class:`NotRemote` (counted: the
+        caller pulls the layer in full)."""
+        try:
+            return self._resolve(labels)
+        except NotRemote as e:
+            fallback.count_fallback(e.reason)
+            raise
+
+    def _resolve(self, labels: dict[str, str]) -> RemoteLayer:
         t = target_of(labels)
         if t is None:
-            raise NotRemote("no image reference/layer labels (pulled without a lazy-pull client?)")
+            raise NotRemote("no image reference/layer labels (pulled without a lazy-pull client?)", fallback.NO_LABELS)
         ref_text, digest, manifest_digest, _layers = t
         if not all(digestlib.is_valid(d) for d in (digest, manifest_digest or digest)):
-            raise NotRemote(f"malformed digest in the snapshot labels ({digest[:100]!r}, {manifest_digest!r:.100})")
+            raise NotRemote(
+                f"malformed digest in the snapshot labels ({digest[:100]!r}, {manifest_digest!r:.100})",
+                fallback.BAD_LABELS,
+            )
         try:
             ref = Reference.parse(ref_text)
         except LazypullError as e:
-            raise NotRemote(str(e)) from None
+            raise NotRemote(str(e), fallback.BAD_LABELS) from None
         manifest = self.manifest(ref, manifest_digest)
         layers = manifest.layers
         if not all(mt.ANNOTATION_TOC_DIGEST in x.annotations for x in layers):  # SOCI for the others
@@ -120,14 +139,18 @@ class LayerResolver:
         for layer in layers:
             if layer.digest == digest:
                 if not is_lazy(layer):
-                    raise NotRemote(f"layer {digest} of {ref} is neither eStargz nor indexed by a SOCI zTOC")
+                    raise NotRemote(
+                        f"layer {digest} of {ref} is neither eStargz nor indexed by a SOCI zTOC", fallback.NOT_LAZY
+                    )
                 cred = self.keychain.get(ref) if self.keychain is not None else None
                 return RemoteLayer(ref, layer, tuple(layers), cred)
-        raise NotRemote(f"layer {digest} is not in the manifest of {ref}")
+        raise NotRemote(f"layer {digest} is not in the manifest of {ref}", fallback.NOT_IN_MANIFEST)
 
-    def remember_failure(self, labels: dict[str, str], reason: str) -> None:
-        """The image of *labels* cannot be mounted lazily now (e.g. its layer's TOC did not
-        arrive in time): its other layers fall back at once for ``failure_ttl`` seconds."""
+    def remember_failure(self, labels: dict[str, str], reason: str, label: str = fallback.MOUNT_FAILED) -> None:
+        """The layer of *labels* falls back to a normal pull (counted under *label*) and its
+        image cannot be mounted lazily now (e.g. its layer's TOC did not arrive in time): its
+        other layers fall back at once for ``failure_ttl`` seconds."""
+        fallback.count_fallback(label)
         t = target_of(labels)
         if t is None or self.failure_ttl <= 0:
             return
@@ -136,7 +159,7 @@ class LayerResolver:
         except LazypullError:
             return
         with self._lock:
-            self._failures[key] = (time.monotonic() + self.failure_ttl, reason)
+            self._failures[key] = (time.monotonic() + self.failure_ttl, reason, label)
 
     def manifest(self, ref: Reference, manifest_digest: str | None = None) -> Manifest:
         """The image's manifest for this platform (cached per reference and digest; failures
@@ -150,7 +173,7 @@ class LayerResolver:
                 del self._failures[key]
                 failed = None
         if failed is not None:
-            raise NotRemote(f"{failed[1]} (remembered for {self.failure_ttl:g}s)")
+            raise NotRemote(f"{failed[1]} (remembered for {self.failure_ttl:g}s)", failed[2])
         if m is not None:
             return m
         try:
@@ -164,13 +187,14 @@ class LayerResolver:
                 m = Manifest.parse(data, media_type)
         except LazypullError as e:
             reason = f"cannot read the manifest of {ref}: {e}"
+            label = fallback.reason_of(e)
             log.warning("%s; its layers fall back to a normal pull", reason)
             with self._lock:
                 if len(self._failures) > 1024:  # a moment's memory per image, never unbounded
                     self._failures = {k: v for k, v in self._failures.items() if v[0] > time.monotonic()}
                 if self.failure_ttl > 0:
-                    self._failures[key] = (time.monotonic() + self.failure_ttl, reason)
-            raise NotRemote(reason) from None
+                    self._failures[key] = (time.monotonic() + self.failure_ttl, reason, label)
+            raise NotRemote(reason, label) from None
         with self._lock:
             self._manifests[key] = m
             self._digests[key] = dg

@@ -42,19 +42,19 @@ def test_nested_index_whose_manifest_has_no_platform(tmp_path: Path) -> None:
     nested = _push_index(img.layout, [_strip_platform(img.manifest_desc)])
     _set_root(img.layout, nested)
     assert select_manifest(img.layout, img.layout.resolve()).digest == img.manifest_desc.digest
-    assert main(["check", f"oci:{tmp_path / 'l'}"]) == 0
+    assert main(["check", f"oci:{tmp_path / 'l'}"]) == 3  # verified; unconverted, so not lazily pullable
     assert main(["unpack", f"oci:{tmp_path / 'l'}", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out/etc/hello").read_bytes() == b"hello\n"
     assert main(["convert", f"oci:{tmp_path / 'l'}", f"oci:{tmp_path / 'c'}:x"]) == 0
     assert main(["check", "--full", f"oci:{tmp_path / 'c'}:x"]) == 0
     assert main(["copy", "--platform", str(host_platform()), f"oci:{tmp_path / 'l'}", f"oci:{tmp_path / 'p'}:y"]) == 0
-    assert main(["check", f"oci:{tmp_path / 'p'}:y"]) == 0
+    assert main(["check", f"oci:{tmp_path / 'p'}:y"]) == 3
 
 
 def test_single_manifest_without_platform_is_the_image(tmp_path: Path) -> None:
     img = write_image(tmp_path / "l", LAYERS)
     _set_root(img.layout, _strip_platform(img.manifest_desc))
-    assert main(["check", f"oci:{tmp_path / 'l'}"]) == 0
+    assert main(["check", f"oci:{tmp_path / 'l'}"]) == 3
     idx = _push_index(img.layout, [_strip_platform(img.manifest_desc)])
     _set_root(img.layout, idx)
     assert main(["convert", f"oci:{tmp_path / 'l'}", f"oci:{tmp_path / 'c'}:x"]) == 0
@@ -77,8 +77,8 @@ def test_docker_manifest_list_converts_and_checks(tmp_path: Path) -> None:
     root = _push_index(host.layout, [host.manifest_desc, arm.manifest_desc], mt.DOCKER_MANIFEST_LIST)
     _set_root(host.layout, root)
     src = f"oci:{tmp_path / 'l'}"
-    assert main(["check", src]) == 0
-    assert main(["check", "--platform", "linux/arm64", src]) == 0
+    assert main(["check", src]) == 3
+    assert main(["check", "--platform", "linux/arm64", src]) == 3
     assert main(["convert", "--all-platforms", src, f"oci:{tmp_path / 'c'}:x"]) == 0
     out = OCILayout(tmp_path / "c", "x")
     top = out.resolve()

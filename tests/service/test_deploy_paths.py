@@ -34,6 +34,6 @@ def test_unit_containerfile_and_daemonset_run_what_install_node_installs() -> No
     daemonset = read("deploy/kubernetes/lazypull-daemonset.yaml")
     container = daemonset.split("\n      containers:\n", 1)[1]
     assert json.loads(re.search(r"command: (\[.*?\])", container, re.S)[1])[0] == daemon
-    # The init container reads the containerd snippet from the copy of deploy/ in the prefix.
-    snippet = re.search(rf"{re.escape(prefix)}/deploy/(\S+)", daemonset)[1]
-    assert (ROOT / "deploy" / snippet).is_file() and 'cp -r deploy "$PREFIX/deploy"' in install
+    # The init container configures containerd with the installed package's Python.
+    init = daemonset.split("initContainers:", 1)[1].split("\n      containers:", 1)[0]
+    assert json.loads(re.search(r"command: (\[.*?\])", init, re.S)[1])[0] == f"{prefix}/venv/bin/python"

@@ -62,3 +62,46 @@ def test_stalled_registry_resolution_is_bounded_and_remembered(
     proxy.heal()
     time.sleep(1.6)  # the remembered failure expires; the registry answers again
     assert resolver.resolve(second).layer.digest == second[mt.LABEL_STARGZ_DIGEST]
+
+
+def fallbacks(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("lazypull_fallback_layers_total", {"reason": reason}) or 0.0
+
+
+def test_plain_http_registry_not_in_plain_http_hosts_says_the_fix_and_is_counted(
+    image: tuple[Proxy, dict[str, str], dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The daemon's client without plain_http_hosts, as with a local registry and
+    # `ctr-remote image rpull --plain-http`: one WARNING naming the config key, each layer counted.
+    proxy, first, second = image
+    resolver = LayerResolver(RegistryClient(RegistryOptions()), timeout=TIMEOUT, failure_ttl=30)
+    caplog.set_level(logging.WARNING)
+    before = fallbacks("plain_http")
+    for labels in (first, second):
+        with pytest.raises(NotRemote) as ei:
+            resolver.resolve(labels)
+        assert ei.value.reason == "plain_http"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f'plain_http_hosts = ["{proxy.host}"]' in warnings[0] and "normal pull" in warnings[0]
+    assert "use --insecure" not in warnings[0]
+    assert fallbacks("plain_http") == before + 2
+
+
+def test_unlabelled_and_failed_mounts_are_counted_by_reason(
+    image: tuple[Proxy, dict[str, str], dict[str, str]],
+) -> None:
+    _proxy, first, _second = image
+    resolver = LayerResolver(RegistryClient(RegistryOptions(plain_http=True)), timeout=TIMEOUT, failure_ttl=30)
+    no_labels, mount_failed = fallbacks("no_labels"), fallbacks("mount_failed")
+    with pytest.raises(NotRemote):
+        resolver.resolve({})
+    assert fallbacks("no_labels") == no_labels + 1
+    resolver.resolve(first)  # lazily mountable: not a fallback
+    resolver.remember_failure(first, "mounting layer x failed: its TOC did not arrive")  # the snapshotter's call
+    assert fallbacks("mount_failed") == mount_failed + 1
+    with pytest.raises(NotRemote, match="remembered"):
+        resolver.resolve(first)
+    assert fallbacks("mount_failed") == mount_failed + 2
