@@ -248,12 +248,14 @@ class LayerServer:
                 log.info("replacing the %s layer at %s", old.state, mountpoint)
                 self._teardown(old, free_cache=False)
             _clear_dead_mount(mountpoint)
-            Path(mountpoint).mkdir(parents=True, exist_ok=True)
             ly = Layer(mountpoint, spec, mount_id=uuid.uuid4().hex[:16])
             self._open(ly, background_build=True)
             assert ly.fs is not None
             session = FuseSession(ly.fs, mountpoint, on_op=ly.ops.observe, passthrough=spec.passthrough)
             try:
+                # Made right before mount(2), not before the TOC fetch: a path handed out for an
+                # earlier mount of this layer shows no empty directory meanwhile (it does not exist).
+                Path(mountpoint).mkdir(parents=True, exist_ok=True)
                 session.mount()
             except BaseException:
                 ly.fs.cancel_build()  # nothing will serve this index: do not build it

@@ -62,6 +62,10 @@ class LayerStatsCollector(Collector):
         restarts.add_metric([], self.sn.layers.server_restarts)
         unhealthy = CounterMetricFamily("lazypull_layer_unhealthy", "Layers found dead or wedged")
         unhealthy.add_metric([], self.sn.layers.unhealthy_events)
+        aborted = CounterMetricFamily(
+            "lazypull_layer_aborted", "FUSE connections aborted: their requests stuck while other layers were served"
+        )
+        aborted.add_metric([], self.sn.layers.aborted)
         agg: dict[str, list[float]] = {}
         h_total = r_total = d_total = 0
         for s in stats:
@@ -92,7 +96,7 @@ class LayerStatsCollector(Collector):
         down.add_metric([], d_total)
         merr.add_metric([], self.sn.mount_errors)
         yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, compact, ferr, verr, merr)
-        yield from (health, up, restarts, unhealthy)
+        yield from (health, up, restarts, unhealthy, aborted)
 
 
 def _buckets(counts: list[int], scale: float) -> list[tuple[str, float]]:

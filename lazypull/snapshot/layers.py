@@ -12,10 +12,15 @@ tells at once (no request to the server) whether the path still shows it.
 
 Health: every few seconds the loop asks the server for its layer table (a layer whose
 connection ended is ``dead``; another mount id means another instance) and probes each
-mount with ``statfs`` from one prober thread (FUSE never caches STATFS, so an answer proves
-the layer is served; a probe stuck longer than the wedge timeout means wedged: its
-connection is aborted). A layer that is not healthy is logged, exported as
-``lazypull_layer_health 0`` and repaired through the lifecycle (unmounted, mounted again).
+mount with ``statfs`` (FUSE never caches STATFS, so an answer proves the layer is served).
+Probes run a few at a time, each layer's on its own, so a layer whose requests are stuck
+holds up only its own probe. A layer is *wedged* only if its probe is stuck longer than
+the wedge timeout while probes of other layers were answered after it began: a server too
+busy to answer anyone (index builds, a flood of reads) is busy, not a wedged layer, and
+aborting its innocent connections would break running containers for good. A wedged
+layer's connection is aborted (counted in ``lazypull_layer_aborted``); a layer that is not
+healthy is logged, exported as ``lazypull_layer_health 0`` and repaired through the
+lifecycle (unmounted, mounted again).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AHEAD_TTL", "LayerMountError", "MountedLayer", "RemoteLayers", "abort_connection", "spec_of"]
 
+PROBERS = 8  # statfs probes in flight at once: a few stuck layers do not stop the others' probes
 AHEAD_TTL = 300.0  # a layer mounted ahead of its Prepare is kept this long for it (an abandoned pull's go)
 
 
@@ -96,6 +102,14 @@ class FsdMounter:
             mounted.root.unmount()  # nothing if the server did; never a newer mount at the path
         finally:
             mounted.close()
+        # No empty directory where the layer was: a container given this path before the
+        # release (a repair) fails to mount it, loudly, instead of starting without the layer.
+        try:
+            os.rmdir(mountpoint)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove %s after unmounting it: %s", mountpoint, e)
 
     def live(self, mounted: MountedLayer) -> bool:
         """Shown at its path (no request to the server), and served: the server's word on its
@@ -153,6 +167,9 @@ class RemoteLayers:
         self.server_up = False
         self.server_restarts = 0
         self.unhealthy_events = 0
+        self.aborted = 0  # wedged connections aborted
+        self.last_answer = 0.0  # monotonic time the latest probe of any layer was answered
+        self._probes = ThreadPoolExecutor(max_workers=PROBERS, thread_name_prefix="layer-probe")
         self._stop = threading.Event()
 
     def _queue_ahead(self, task: Callable[[], None]) -> None:
@@ -345,7 +362,7 @@ class RemoteLayers:
         now = time.monotonic()
         for e, m in serving:
             row = table.get(m.mount_id)
-            wedged = m.probe_started and now - m.probe_started > self.wedge_timeout
+            wedged = self.wedged(m, now)
             shown = m.root.shown()
             if row is not None and row["state"] == "serving" and not wedged and shown:
                 m.healthy = True
@@ -358,24 +375,35 @@ class RemoteLayers:
                 reason = row["state"] if row is not None else "missing"
             m.healthy = False
             self.unhealthy_events += 1
-            if wedged:
-                abort_connection(m.dev)
+            if wedged and abort_connection(m.dev):
+                self.aborted += 1
+                log.error("layer %s: its FUSE connection aborted (its requests stuck, others served)", e.digest[7:19])
             self.lifecycle.repair(e.digest, m, reason)
 
+    def wedged(self, m: MountedLayer, now: float) -> bool:
+        """Its probe is stuck past the timeout while the server answered another layer's probe
+        that began later: this layer is stuck, not the server."""
+        started = m.probe_started
+        return bool(started) and now - started > self.wedge_timeout and self.last_answer > started
+
     def _prober(self) -> None:
-        """statfs each healthy layer in turn; one that hangs is seen as wedged by the health loop."""
+        """Probe every healthy layer each interval, a few at a time; a layer whose last probe
+        has not come back is not probed again (it would only take another prober)."""
         while not self._stop.wait(self.health_interval):
             for e, m in list(self.lifecycle.serving()):
-                if not m.healthy:
-                    continue
-                m.probe_started = time.monotonic()
-                try:
-                    os.statvfs(e.mountpoint)
-                except OSError as x:
-                    if x.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-                        m.healthy = False
-                finally:
-                    m.probe_started = 0.0
+                if m.healthy and not m.probe_started:
+                    m.probe_started = time.monotonic()
+                    self._probes.submit(self._probe, e.mountpoint, m)
+
+    def _probe(self, mountpoint: Path, m: MountedLayer) -> None:
+        try:
+            os.statvfs(m.root.path)
+            self.last_answer = time.monotonic()
+        except OSError as x:
+            if x.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                m.healthy = False
+        finally:
+            m.probe_started = 0.0
 
     def stats(self) -> list[dict[str, Any]]:
         try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
-from lazypull.fs.fuse.server import unmount
+from lazypull.fs.fuse import protocol
+from lazypull.fs.fuse.server import FuseSession, unmount
 from lazypull.service.fsd import LayerServer
 from lazypull.service.fsdclient import FsdClient
 from lazypull.snapshot.layers import RemoteLayers
@@ -88,3 +90,76 @@ def test_a_layer_whose_path_shows_the_empty_directory_is_mounted_again(
     assert again is not first and (mp / "hello.txt").read_bytes() == b"hello\n"
     assert layers.lifecycle.repairs == 1 and len(srv.layers) == 1
     assert os.path.ismount(mp)
+
+
+def _stuck_statfs(srv: LayerServer, mp: Path, release: threading.Event) -> None:
+    """The layer's STATFS requests hang in the server (its requests are stuck)."""
+    session = srv.layers[str(mp)].session
+    assert session is not None
+
+    def stuck(self: FuseSession, nodeid: int, body: memoryview) -> bytes | None:
+        release.wait(30)
+        return FuseSession._handlers[protocol.STATFS](self, nodeid, body)
+
+    session._handlers = {**FuseSession._handlers, protocol.STATFS: stuck}  # this session's only
+
+
+def _two_layers(tmp_path: Path, client: FsdClient) -> tuple[RemoteLayers, list[Path]]:
+    mps, digests = [], []
+    for name in ("a", "b"):
+        blob, desc = make_layer(tmp_path, name, {f"{name}.txt": name.encode()})
+        digests.append(str(desc["digest"]))
+        mps.append((tmp_path / "layers" / name / "fs", blob, desc))
+    layers = RemoteLayers(
+        tmp_path / "daemon", client.address, in_use=lambda d: d in digests, health_interval=0.1, wedge_timeout=1.0
+    )
+    layers.ensure_server()
+    for digest, (mp, blob, desc) in zip(digests, mps, strict=True):
+        with layers.lease(digest, mp, spec(tmp_path, blob, desc)) as lease:
+            lease.wait(10)
+    return layers, [mp for mp, _, _ in mps]
+
+
+def test_only_the_layer_whose_requests_are_stuck_is_aborted(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path
+) -> None:
+    srv, client = server
+    layers, (a, b) = _two_layers(tmp_path, client)
+    release = threading.Event()
+    _stuck_statfs(srv, a, release)
+    try:
+        layers.run_health()
+        deadline = time.monotonic() + 20
+        while layers.aborted == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert layers.aborted == 1  # a: stuck while b was answered
+        deadline = time.monotonic() + 20
+        while not (a / "a.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (a / "a.txt").read_bytes() == b"a" and (b / "b.txt").read_bytes() == b"b"  # a mounted again
+        assert dict(layers.health()) and all(h for _, h in layers.health())
+    finally:
+        release.set()
+        layers.close()
+
+
+def test_a_server_too_busy_to_answer_anyone_has_no_wedged_layer(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path
+) -> None:
+    """Every layer's requests wait (a busy server): nobody's connection is aborted."""
+    srv, client = server
+    layers, (a, b) = _two_layers(tmp_path, client)
+    release = threading.Event()
+    _stuck_statfs(srv, a, release)
+    _stuck_statfs(srv, b, release)
+    try:
+        layers.run_health()
+        time.sleep(3.0)  # three wedge timeouts
+        assert layers.aborted == 0 and layers.lifecycle.repairs == 0
+    finally:
+        release.set()
+        layers.close()
+    deadline = time.monotonic() + 10
+    while layers.last_answer == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (a / "a.txt").read_bytes() == b"a" and (b / "b.txt").read_bytes() == b"b"
