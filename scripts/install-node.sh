@@ -2,7 +2,7 @@
 # Install lazypull on a node from this checkout: the package (not editable) in a venv at
 # /opt/lazypull/venv, its commands linked into /usr/local/bin (`lazypull`,
 # `containerd-lazypull-grpc` and `lazypull-fsd`, which the systemd units and the DaemonSet's
-# image run, and `lazypull-fsd-ctl`), this README and deploy/ in /opt/lazypull, the default
+# image run, and `lazypull-fsd-ctl`), this README, docs/ and deploy/ in /opt/lazypull, the default
 # config (kept if present) and both systemd units. Re-run to upgrade. What it added is listed
 # in /opt/lazypull/installed, which --uninstall reads.
 #   --enable      also `systemctl enable --now lazypull-fsd containerd-lazypull-grpc`
@@ -80,6 +80,7 @@ for cmd in "${CMDS[@]}"; do
   echo "link $BIN/$cmd" >>"$MANIFEST.new"
 done
 install -m 0644 README.md "$PREFIX/README.md"  # the units' Documentation=
+rm -rf "$PREFIX/docs" && cp -r docs "$PREFIX/docs"  # what the README links to
 rm -rf "$PREFIX/deploy" && cp -r deploy "$PREFIX/deploy"
 if [ ! -e "$CONFIG" ]; then
   install -D -m 0644 deploy/config.toml "$CONFIG"
@@ -95,7 +96,7 @@ if [ $systemd = 1 ]; then
     systemctl daemon-reload
     [ $enable = 0 ] || systemctl enable --now "${UNITS[@]}"
   fi
-  echo "install-node: ${UNITS[*]/%/.service} installed in $UNIT_DIR; next (README, \"Installing on a node\"):"
+  echo "install-node: ${UNITS[*]/%/.service} installed in $UNIT_DIR; next (docs/operations.md, \"Installing on a node\"):"
   [ $enable = 1 ] || echo "  systemctl enable --now ${UNITS[*]}"
   echo "  $PREFIX/venv/bin/python -m lazypull.service.containerdconf --restart 'systemctl restart containerd'"
 fi

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 READAHEAD = 8 << 20  # fetch up to this much of the file's following chunks with a miss
 MAX_SPAN = 16 << 20  # never one request larger than this
 # On a miss, fetch at least this much of the blob: the next files of the same directory
-# come along (numpy + scipy import: 332 -> 198 requests for +7% bytes; see README).
+# come along (numpy + scipy import: 332 -> 198 requests for +7% bytes; see docs/design.md).
 MIN_FETCH = 64 << 10
 STREAM_SLACK = 1 << 20  # a read this close to where a file's sequential reading got to continues it
 MAX_STREAMS = 256  # files per layer whose sequential reading is tracked
