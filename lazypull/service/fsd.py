@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.cache.chunks import ChunkCache, MemoryLRU
-from lazypull.errors import LazypullError
+from lazypull.errors import ConfigError, LazypullError, log_level
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher
@@ -832,7 +832,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lazypull-fsd", description=__doc__.split("\n\n")[0])
     add_args(p)
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        args.log_level = log_level(str(args.log_level))
+    except ConfigError as e:
+        print(f"lazypull-fsd: error: {e}", file=sys.stderr)
+        return 2  # a configuration mistake, as every command says it
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,12 @@ def test_lazypull_snapshotter_exits_2_too(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert res.returncode == 2 and "missing.toml: no such file" in res.stderr, res.stderr
+
+
+def test_the_layer_server_refuses_an_unknown_log_level_with_exit_2(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "lazypull.service.fsd", "--root", str(tmp_path / "fsd"), "--log-level", "loud"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 2 and "unknown log level 'loud'" in res.stderr, res.stderr
+    assert not (tmp_path / "fsd").exists()
