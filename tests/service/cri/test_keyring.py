@@ -1,0 +1,110 @@
+"""The kubelet's credentials in the kernel keyring: written through by the keychain, taken
+back by a new one (a restarted daemon), private to root, timed out, and a clean fallback to
+memory where the keyring cannot be used (a seccomp filter). Real syscalls, real keyring."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lazypull.registry.credentials import Credential
+from lazypull.service.cri import keyring as kr
+from lazypull.service.cri.keychain import Keychain
+from tests.support import seccomp
+
+SECRET = "kube-s3cret-Wk2"
+IMAGE = "127.0.0.1:5000/team/app:v1"
+
+
+def _proc_keys(serial: int) -> list[str]:
+    """The /proc/keys row of *serial*: serial flags usage timeout perm uid gid type description."""
+    for line in Path("/proc/keys").read_text().splitlines():
+        cols = line.split()
+        if int(cols[0], 16) == serial:
+            return cols
+    raise AssertionError(f"key {serial:x} is not in /proc/keys")
+
+
+def _serial(ring: kr.KernelKeyring, key: str) -> int:
+    return ring._sys.keyctl(kr.KEYCTL_SEARCH, ring.ring(), b"user", (kr.PREFIX + key).encode(), 0)
+
+
+def test_credentials_outlive_the_keychain(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    kc = Keychain()
+    assert kc.keyring is not None
+    kc.add(IMAGE, Credential("kube", SECRET))
+    kc.add("127.0.0.1:5000/team/tool:v1", Credential("id", "refresh-tok", identity_token=True))
+    again = Keychain()  # a restarted daemon: nothing in its memory yet
+    c = again.get("127.0.0.1:5000/team/app@sha256:" + "a" * 64)
+    assert c is not None and (c.username, c.secret, c.identity_token) == ("kube", SECRET, False)
+    t = again.get("127.0.0.1:5000/team/tool:v2")
+    assert t is not None and t.identity_token and t.secret == "refresh-tok"
+    assert "credentials for 127.0.0.1:5000/team/app restored from the kernel keyring" in caplog.text
+    assert SECRET not in caplog.text and "refresh-tok" not in caplog.text
+    kc.add(IMAGE, Credential("kube", "rotated"))  # a later PullImage replaces it
+    latest = Keychain().get(IMAGE)
+    assert latest is not None and latest.secret == "rotated"
+
+
+def test_keys_are_private_and_time_out() -> None:
+    ring = kr.KernelKeyring(ttl=3600)
+    ring.put("reg/team/app", Credential("kube", SECRET))
+    cols = _proc_keys(_serial(ring, "reg/team/app"))
+    assert int(cols[4], 16) == kr.PERM  # possessor and root only: no group, no others
+    assert int(cols[4], 16) & 0xFFFF == 0
+    assert cols[7] == "user" and cols[8].startswith("lazypull:cred:reg/team/app")
+    assert cols[3] in ("59m", "1h")  # a timeout, not "perm"
+    assert SECRET not in Path("/proc/keys").read_text()
+    short = kr.KernelKeyring(ttl=1)
+    short.put("reg/team/short", Credential("kube", SECRET))
+    assert short.get("reg/team/short") is not None
+    time.sleep(1.5)
+    assert short.get("reg/team/short") is None
+    assert [k for k, _ in ring.items()] == ["reg/team/app"]
+
+
+def test_forgotten_images_leave_the_keyring() -> None:
+    kc = Keychain(max_entries=2)
+    for name in ("a", "b", "c"):
+        kc.add(f"127.0.0.1:5000/team/{name}:v1", Credential("kube", SECRET))
+    assert kc.keyring is not None
+    assert sorted(k for k, _ in kc.keyring.items()) == ["127.0.0.1:5000/team/b", "127.0.0.1:5000/team/c"]
+    kc.keyring.clear()
+    assert kr.KernelKeyring().items() == []  # cleared: a new keyring, empty
+
+
+CHILD = """
+import json, logging, sys
+from tests.support.seccomp import deny_keyring
+deny_keyring()
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+from lazypull.registry.credentials import Credential
+from lazypull.service.cri.keychain import Keychain
+kc = Keychain()
+kc.add("127.0.0.1:5000/team/app:v1", Credential("kube", sys.argv[1]))
+kc.add("127.0.0.1:5000/team/tool:v1", Credential("kube", sys.argv[1]))
+c = kc.get("127.0.0.1:5000/team/app:v2")
+print(json.dumps({"keyring": kc.keyring is not None, "secret": c.secret if c else None}))
+"""
+
+
+@pytest.mark.skipif(not seccomp.supported(), reason="no seccomp filter for this architecture")
+def test_without_a_keyring_credentials_stay_in_memory() -> None:
+    """Where seccomp denies the keyring (as in a container), the keychain says so once and
+    keeps working from memory."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])}
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, SECRET], capture_output=True, text=True, env=env, timeout=60, check=True
+    )
+    assert json.loads(res.stdout) == {"keyring": False, "secret": SECRET}
+    assert res.stderr.count("kernel keyring is not usable here (Operation not permitted)") == 1
+    assert "in memory only" in res.stderr and SECRET not in res.stderr
+    assert kr.KernelKeyring().items() == []  # nothing reached this test's keyring
