@@ -15,6 +15,7 @@ import base64
 import binascii
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 
 from lazypull.errors import LazypullError
@@ -79,6 +80,24 @@ class Keychain:
             keyring_mod.open_keyring() if keyring is _DEFAULT else keyring  # type: ignore[assignment]
         )
         self._restore()
+        if self.keyring is not None and self.keyring.ttl > 0:
+            _start_renewal(self, max(self.keyring.ttl / 4, 0.5))
+
+    def renew(self) -> None:
+        """Start the timeouts of the credentials this keychain holds again: a key lasts as
+        long as the daemon keeps its credential, and its timeout after the daemon stopped;
+        a key gone from the keyring (timed out, cleared by hand) is written anew."""
+        kr = self.keyring
+        if kr is None:
+            return
+        with self._lock:
+            entries = list(self._d.items())
+        try:
+            for key, cred in entries:
+                if not kr.touch(key):
+                    kr.put(key, cred)
+        except OSError as e:
+            self._keyring_failed(e)
 
     def _restore(self) -> None:
         kr = self.keyring
@@ -136,3 +155,19 @@ class Keychain:
     def __len__(self) -> int:
         with self._lock:
             return len(self._d)
+
+
+def _start_renewal(keychain: Keychain, interval: float) -> None:
+    """Renew *keychain*'s keys every *interval* seconds, until it is gone or has no keyring."""
+    ref = weakref.ref(keychain)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            kc = ref()
+            if kc is None or kc.keyring is None:
+                return
+            kc.renew()
+            del kc
+
+    threading.Thread(target=run, name="keychain-renew", daemon=True).start()

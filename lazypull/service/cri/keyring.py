@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 KEYRING = "lazypull:keychain"
 KEYRING_ENV = "LAZYPULL_KEYRING"  # another name, for several daemons on one host (tests)
 PREFIX = "lazypull:cred:"
-TTL = 24 * 3600  # seconds a credential lasts unused by a new PullImage
+TTL = 24 * 3600  # seconds a credential outlives the daemon that kept it (renewed while it runs)
 
 # <linux/keyctl.h>
 KEY_SPEC_USER_KEYRING = -4
@@ -161,6 +161,18 @@ class KernelKeyring:
         self._sys.keyctl(KEYCTL_SETPERM, serial, PERM)
         if self.ttl > 0:
             self._sys.keyctl(KEYCTL_SET_TIMEOUT, serial, self.ttl)
+
+    def touch(self, key: str) -> bool:
+        """Start *key*'s timeout again (it is still in use); False if it is gone."""
+        try:
+            serial = self._sys.keyctl(KEYCTL_SEARCH, self.ring(), b"user", (PREFIX + key).encode(), 0)
+            if self.ttl > 0:
+                self._sys.keyctl(KEYCTL_SET_TIMEOUT, serial, self.ttl)
+            return True
+        except OSError as e:
+            if e.errno in (errno.ENOKEY, errno.EKEYEXPIRED, errno.EKEYREVOKED):
+                return False
+            raise
 
     def get(self, key: str) -> Credential | None:
         try:

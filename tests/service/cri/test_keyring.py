@@ -71,6 +71,18 @@ def test_keys_are_private_and_time_out() -> None:
     assert [k for k, _ in ring.items()] == ["reg/team/app"]
 
 
+def test_keys_last_while_the_daemon_keeps_them_and_time_out_after() -> None:
+    """The timeout runs from the daemon's last renewal: a credential in use never times out
+    under a running daemon, and one left by a stopped daemon does."""
+    kc = Keychain(keyring=kr.KernelKeyring(ttl=2))  # renewed every 0.5 s
+    kc.add(IMAGE, Credential("kube", SECRET))
+    time.sleep(3)
+    assert Keychain(keyring=kr.KernelKeyring(ttl=2)).get(IMAGE) is not None
+    del kc  # the daemon stopped
+    time.sleep(3)
+    assert kr.KernelKeyring().items() == [] and Keychain().get(IMAGE) is None
+
+
 def test_forgotten_images_leave_the_keyring() -> None:
     kc = Keychain(max_entries=2)
     for name in ("a", "b", "c"):
