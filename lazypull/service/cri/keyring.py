@@ -6,14 +6,15 @@ kubelet does not send them again for an image it already has. Writing them to a 
 even 0600, puts them on disk (backups, snapshots of the root volume); keeping them in
 the daemon's memory loses them on its restart. The kernel keyring holds them in kernel
 memory, outlives the daemon and the layer server, never reaches swap or disk, and is
-gone on reboot (when the node pulls again anyway). Each key times out (``TTL``), and
-its permissions allow only its possessor and its owner's uid (root here): no group,
-no others. Containers do not see it: container runtimes' default seccomp profiles deny
-``add_key``/``keyctl`` (the keyring is not namespaced), and root outside them can read
-the daemon's memory anyway.
+gone on reboot (when the node pulls again anyway). Each key times out (``TTL`` after the
+daemon last renewed it), and its permissions allow only its possessor and its owner's uid
+(root here): no group, no others. Root processes of the host's user namespace can read it,
+as they can read the daemon's memory; containers are kept out by the runtime's default
+seccomp profile (it denies ``add_key``/``keyctl``) or a user namespace of their own. The
+threat model is in ``docs/credentials.md``.
 
-Layout: a keyring named ``lazypull:keychain`` (or ``$LAZYPULL_KEYRING``) linked into the daemon user's keyring
-(``@u``), holding one ``user`` key per image repository, described
+Layout: a keyring named ``lazypull:keychain`` (or ``$LAZYPULL_KEYRING``) linked into the
+daemon user's keyring (``@u``), holding one ``user`` key per image repository, described
 ``lazypull:cred:<registry>/<repository>``, whose payload is the credential as JSON.
 
 Plain ``syscall(2)`` through ctypes: no library to install on the node. Where the keyring
