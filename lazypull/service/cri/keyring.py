@@ -63,6 +63,8 @@ KEY_USR_VIEW, KEY_USR_READ, KEY_USR_WRITE, KEY_USR_SEARCH, KEY_USR_SETATTR = (
 PERM = KEY_POS_ALL | KEY_USR_VIEW | KEY_USR_READ | KEY_USR_WRITE | KEY_USR_SEARCH | KEY_USR_SETATTR
 RING_PERM = PERM | 0x00100000  # KEY_USR_LINK: keys are linked into it
 
+_GONE = (errno.ENOKEY, errno.EKEYEXPIRED, errno.EKEYREVOKED)
+
 _SYSCALLS = {  # (add_key, keyctl)
     "x86_64": (248, 250),
     "aarch64": (217, 219),
@@ -148,7 +150,7 @@ class KernelKeyring:
                         KEYCTL_SEARCH, KEY_SPEC_USER_KEYRING, b"keyring", self.name.encode(), 0
                     )
                 except OSError as e:
-                    if e.errno not in (errno.ENOKEY, errno.EKEYEXPIRED, errno.EKEYREVOKED):
+                    if e.errno not in _GONE:
                         raise
                     self._ring = self._sys.add_key("keyring", self.name, b"", KEY_SPEC_USER_KEYRING)
                     self._sys.keyctl(KEYCTL_SETPERM, self._ring, RING_PERM)
@@ -158,7 +160,14 @@ class KernelKeyring:
         payload = json.dumps(
             {"username": cred.username, "secret": cred.secret, "identity_token": cred.identity_token}
         ).encode()
-        serial = self._sys.add_key("user", PREFIX + key, payload, self.ring())  # replaces an older payload
+        try:
+            serial = self._sys.add_key("user", PREFIX + key, payload, self.ring())  # replaces an older payload
+        except OSError as e:
+            if e.errno not in _GONE:
+                raise
+            with self._lock:  # the keyring was invalidated or timed out (by hand): make it again
+                self._ring = None
+            serial = self._sys.add_key("user", PREFIX + key, payload, self.ring())
         self._sys.keyctl(KEYCTL_SETPERM, serial, PERM)
         if self.ttl > 0:
             self._sys.keyctl(KEYCTL_SET_TIMEOUT, serial, self.ttl)
@@ -171,7 +180,7 @@ class KernelKeyring:
                 self._sys.keyctl(KEYCTL_SET_TIMEOUT, serial, self.ttl)
             return True
         except OSError as e:
-            if e.errno in (errno.ENOKEY, errno.EKEYEXPIRED, errno.EKEYREVOKED):
+            if e.errno in _GONE:
                 return False
             raise
 
@@ -179,7 +188,7 @@ class KernelKeyring:
         try:
             serial = self._sys.keyctl(KEYCTL_SEARCH, self.ring(), b"user", (PREFIX + key).encode(), 0)
         except OSError as e:
-            if e.errno in (errno.ENOKEY, errno.EKEYEXPIRED, errno.EKEYREVOKED):
+            if e.errno in _GONE:
                 return None
             raise
         return _credential(self._sys.read(KEYCTL_READ, serial))
@@ -189,7 +198,7 @@ class KernelKeyring:
             serial = self._sys.keyctl(KEYCTL_SEARCH, self.ring(), b"user", (PREFIX + key).encode(), 0)
             self._sys.keyctl(KEYCTL_INVALIDATE, serial)
         except OSError as e:
-            if e.errno not in (errno.ENOKEY, errno.EKEYEXPIRED, errno.EKEYREVOKED):
+            if e.errno not in _GONE:
                 raise
 
     def items(self) -> list[tuple[str, Credential]]:

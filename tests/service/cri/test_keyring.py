@@ -83,6 +83,17 @@ def test_keys_last_while_the_daemon_keeps_them_and_time_out_after() -> None:
     assert kr.KernelKeyring().items() == [] and Keychain().get(IMAGE) is None
 
 
+def test_a_keyring_cleared_by_hand_is_written_anew() -> None:
+    kc = Keychain(keyring=kr.KernelKeyring(ttl=3600))
+    kc.add(IMAGE, Credential("kube", SECRET))
+    kr.KernelKeyring().clear()  # keyctl invalidate by an operator
+    kc.renew()
+    assert [k for k, _ in kr.KernelKeyring().items()] == ["127.0.0.1:5000/team/app"]
+    kr.KernelKeyring().clear()
+    kc.add("127.0.0.1:5000/team/tool:v1", Credential("kube", SECRET))
+    assert kc.keyring is not None and len(kr.KernelKeyring().items()) == 1
+
+
 def test_forgotten_images_leave_the_keyring() -> None:
     kc = Keychain(max_entries=2)
     for name in ("a", "b", "c"):
@@ -96,11 +107,14 @@ def test_forgotten_images_leave_the_keyring() -> None:
 CHILD = """
 import json, logging, sys
 from tests.support.seccomp import deny_keyring
-deny_keyring()
+if sys.argv[2] == "before":
+    deny_keyring()
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
 from lazypull.registry.credentials import Credential
 from lazypull.service.cri.keychain import Keychain
 kc = Keychain()
+if sys.argv[2] == "after":
+    deny_keyring()
 kc.add("127.0.0.1:5000/team/app:v1", Credential("kube", sys.argv[1]))
 kc.add("127.0.0.1:5000/team/tool:v1", Credential("kube", sys.argv[1]))
 c = kc.get("127.0.0.1:5000/team/app:v2")
@@ -109,14 +123,19 @@ print(json.dumps({"keyring": kc.keyring is not None, "secret": c.secret if c els
 
 
 @pytest.mark.skipif(not seccomp.supported(), reason="no seccomp filter for this architecture")
-def test_without_a_keyring_credentials_stay_in_memory() -> None:
-    """Where seccomp denies the keyring (as in a container), the keychain says so once and
-    keeps working from memory."""
+@pytest.mark.parametrize("denied", ["before", "after"])
+def test_without_a_keyring_credentials_stay_in_memory(denied: str) -> None:
+    """Where seccomp denies the keyring (as in a container), from the start or from some point
+    on, the keychain says so once and keeps working from memory."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])}
     res = subprocess.run(
-        [sys.executable, "-c", CHILD, SECRET], capture_output=True, text=True, env=env, timeout=60, check=True
+        [sys.executable, "-c", CHILD, SECRET, denied], capture_output=True, text=True, env=env, timeout=60, check=True
     )
     assert json.loads(res.stdout) == {"keyring": False, "secret": SECRET}
-    assert res.stderr.count("kernel keyring is not usable here (Operation not permitted)") == 1
+    said = {
+        "before": "kernel keyring is not usable here (Operation not permitted)",
+        "after": "the kernel keyring failed (Operation not permitted)",
+    }[denied]
+    assert res.stderr.count(said) == 1, res.stderr
     assert "in memory only" in res.stderr and SECRET not in res.stderr
     assert kr.KernelKeyring().items() == []  # nothing reached this test's keyring
