@@ -43,7 +43,9 @@ PREFIX = "lazypull:cred:"
 TTL = 24 * 3600  # seconds a credential outlives the daemon that kept it (renewed while it runs)
 
 # <linux/keyctl.h>
+KEY_SPEC_PROCESS_KEYRING = -2
 KEY_SPEC_USER_KEYRING = -4
+KEYCTL_UNLINK = 9
 KEYCTL_DESCRIBE = 6
 KEYCTL_LINK = 8
 KEYCTL_SEARCH = 10
@@ -152,25 +154,40 @@ class KernelKeyring:
                 except OSError as e:
                     if e.errno not in _GONE:
                         raise
-                    self._ring = self._sys.add_key("keyring", self.name, b"", KEY_SPEC_USER_KEYRING)
-                    self._sys.keyctl(KEYCTL_SETPERM, self._ring, RING_PERM)
+                    self._ring = self._add("keyring", self.name, b"", RING_PERM, 0, KEY_SPEC_USER_KEYRING)
             return self._ring
+
+    def _add(self, type_: str, description: str, payload: bytes, perm: int, ttl: int, dest: int) -> int:
+        """A new key in *dest*, replacing one of the same description there.
+
+        It is made in this process's keyring and set up there (its permissions and timeout
+        need the possessor's rights: a service's session keyring does not reach ``@u``, so
+        this process would not possess it in *dest*), then linked into *dest*."""
+        serial = self._sys.add_key(type_, description, payload, KEY_SPEC_PROCESS_KEYRING)
+        try:
+            self._sys.keyctl(KEYCTL_SETPERM, serial, perm)
+            if ttl > 0:
+                self._sys.keyctl(KEYCTL_SET_TIMEOUT, serial, ttl)
+            self._sys.keyctl(KEYCTL_LINK, serial, dest)
+        finally:
+            try:
+                self._sys.keyctl(KEYCTL_UNLINK, serial, KEY_SPEC_PROCESS_KEYRING)
+            except OSError:
+                pass
+        return serial
 
     def put(self, key: str, cred: Credential) -> None:
         payload = json.dumps(
             {"username": cred.username, "secret": cred.secret, "identity_token": cred.identity_token}
         ).encode()
         try:
-            serial = self._sys.add_key("user", PREFIX + key, payload, self.ring())  # replaces an older payload
+            self._add("user", PREFIX + key, payload, PERM, self.ttl, self.ring())
         except OSError as e:
             if e.errno not in _GONE:
                 raise
             with self._lock:  # the keyring was invalidated or timed out (by hand): make it again
                 self._ring = None
-            serial = self._sys.add_key("user", PREFIX + key, payload, self.ring())
-        self._sys.keyctl(KEYCTL_SETPERM, serial, PERM)
-        if self.ttl > 0:
-            self._sys.keyctl(KEYCTL_SET_TIMEOUT, serial, self.ttl)
+            self._add("user", PREFIX + key, payload, PERM, self.ttl, self.ring())
 
     def touch(self, key: str) -> bool:
         """Start *key*'s timeout again (it is still in use); False if it is gone."""

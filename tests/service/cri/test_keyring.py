@@ -104,6 +104,32 @@ def test_forgotten_images_leave_the_keyring() -> None:
     assert kr.KernelKeyring().items() == []  # cleared: a new keyring, empty
 
 
+SESSION_CHILD = """
+import sys
+from lazypull.registry.credentials import Credential
+from lazypull.service.cri import keyring as kr
+from lazypull.service.cri.keychain import Keychain
+kr._Syscalls().keyctl(1, None)  # KEYCTL_JOIN_SESSION_KEYRING: a new anonymous one, as systemd gives a service
+kc = Keychain()
+if sys.argv[1] == "add":
+    kc.add("127.0.0.1:5000/team/app:v1", Credential("kube", sys.argv[2]))
+c = kc.get("127.0.0.1:5000/team/app:v2")
+print(kc.keyring is not None and c is not None and c.secret == sys.argv[2])
+"""
+
+
+def test_a_process_that_does_not_possess_the_keyring_still_uses_it() -> None:
+    """A service's private session keyring does not reach the user keyring: the daemon does not
+    possess the keys there, yet each start finds the credentials of the one before."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])}
+    for mode in ("add", "get"):
+        res = subprocess.run(
+            [sys.executable, "-c", SESSION_CHILD, mode, SECRET], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert res.stdout.strip() == "True", (mode, res.stderr)
+        assert SECRET not in res.stderr
+
+
 CHILD = """
 import json, logging, sys
 from tests.support.seccomp import deny_keyring
