@@ -15,6 +15,7 @@ import base64
 import binascii
 import logging
 import threading
+import time
 import weakref
 from collections import OrderedDict
 
@@ -76,6 +77,7 @@ class Keychain:
         self.max_entries = max_entries
         self._d: OrderedDict[str, Credential] = OrderedDict()
         self._lock = threading.Lock()
+        self._writes = threading.Lock()  # the keyring is written in the order memory is
         self.keyring: KernelKeyring | None = (
             keyring_mod.open_keyring() if keyring is _DEFAULT else keyring  # type: ignore[assignment]
         )
@@ -90,14 +92,15 @@ class Keychain:
         kr = self.keyring
         if kr is None:
             return
-        with self._lock:
-            entries = list(self._d.items())
-        try:
-            for key, cred in entries:
-                if not kr.touch(key):
-                    kr.put(key, cred)
-        except OSError as e:
-            self._keyring_failed(e)
+        with self._writes:
+            with self._lock:
+                entries = list(self._d.items())
+            try:
+                for key, cred in entries:
+                    if not kr.touch(key):
+                        kr.put(key, cred)
+            except OSError as e:
+                self._keyring_failed(e)
 
     def _restore(self) -> None:
         kr = self.keyring
@@ -108,8 +111,9 @@ class Keychain:
         except OSError as e:
             self._keyring_failed(e)
             return
+        items = items[-self.max_entries :]
         with self._lock:
-            for key, cred in items[-self.max_entries :]:
+            for key, cred in items:
                 self._d[key] = cred
         for key, _ in items:
             log.info("keychain: credentials for %s restored from the kernel keyring", key)
@@ -125,20 +129,21 @@ class Keychain:
 
     def add(self, ref: Reference | str, credential: Credential) -> None:
         key = image_key(ref)
-        with self._lock:
-            self._d.pop(key, None)
-            self._d[key] = credential
-            evicted: list[str] = []
-            while len(self._d) > self.max_entries:
-                evicted.append(self._d.popitem(last=False)[0])
-        kr = self.keyring
-        if kr is not None:
-            try:
-                kr.put(key, credential)
-                for old in evicted:
-                    kr.remove(old)
-            except OSError as e:
-                self._keyring_failed(e)
+        with self._writes:
+            with self._lock:
+                self._d.pop(key, None)
+                self._d[key] = credential
+                evicted: list[str] = []
+                while len(self._d) > self.max_entries:
+                    evicted.append(self._d.popitem(last=False)[0])
+            kr = self.keyring
+            if kr is not None:
+                try:
+                    kr.put(key, credential)
+                    for old in evicted:
+                        kr.remove(old)
+                except OSError as e:
+                    self._keyring_failed(e)
         log.debug("keychain: credentials for %s recorded", key)
 
     def get(self, ref: Reference | str) -> Credential | None:
@@ -160,10 +165,10 @@ class Keychain:
 def _start_renewal(keychain: Keychain, interval: float) -> None:
     """Renew *keychain*'s keys every *interval* seconds, until it is gone or has no keyring."""
     ref = weakref.ref(keychain)
-    stop = threading.Event()
 
     def run() -> None:
-        while not stop.wait(interval):
+        while True:
+            time.sleep(interval)
             kc = ref()
             if kc is None or kc.keyring is None:
                 return
