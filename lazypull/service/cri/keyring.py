@@ -45,12 +45,12 @@ TTL = 24 * 3600  # seconds a credential outlives the daemon that kept it (renewe
 # <linux/keyctl.h>
 KEY_SPEC_PROCESS_KEYRING = -2
 KEY_SPEC_USER_KEYRING = -4
-KEYCTL_UNLINK = 9
+KEYCTL_SETPERM = 5
 KEYCTL_DESCRIBE = 6
 KEYCTL_LINK = 8
+KEYCTL_UNLINK = 9
 KEYCTL_SEARCH = 10
 KEYCTL_READ = 11
-KEYCTL_SETPERM = 5
 KEYCTL_SET_TIMEOUT = 15
 KEYCTL_INVALIDATE = 21
 # possessor: all; user (uid): view, read, write, search, setattr; group and others: nothing
