@@ -1,8 +1,9 @@
 """Registry authentication: WWW-Authenticate challenges, basic auth and bearer tokens.
 
 Tokens are cached per (realm, service, scope) until shortly before they expire; a 401
-on a cached token drops it and the request is retried once with a fresh one, so
-short-lived tokens never fail a caller.
+(or a 403: some registries answer so for a token they no longer accept) on a cached token
+drops it and the request is retried once with a fresh one from the credentials, so
+short-lived or revoked tokens never fail a caller.
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ class Authenticator:
                 self.challenge = ch
             if self.challenge is not None and self.challenge.scheme == "bearer":
                 self._tokens.pop(self._key(self.challenge, scope), None)
+
+    def on_forbidden(self, scope: str) -> bool:
+        """A 403: drop the cached token for *scope*; True if there was one (a retry with a
+        fresh token may succeed), False if the refusal is final (no token to renew)."""
+        with self._lock:
+            ch = self.challenge
+            if ch is None or ch.scheme != "bearer":
+                return False
+            return self._tokens.pop(self._key(ch, scope), None) is not None
 
     @staticmethod
     def _key(ch: Challenge, scope: str) -> tuple[str, str, str]:

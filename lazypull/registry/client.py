@@ -178,10 +178,17 @@ class RegistryClient:
                 )
 
             resp = self.transport.with_retries(once, method, url, deadline)
-            if resp.status == 401 and attempt == 0 and (body is None or isinstance(body, bytes)):
-                auth.on_unauthorized(resp.headers.get("WWW-Authenticate"), scope)
-                resp.release_conn()
-                continue
+            if attempt == 0 and (body is None or isinstance(body, bytes)):
+                if resp.status == 401:
+                    auth.on_unauthorized(resp.headers.get("WWW-Authenticate"), scope)
+                    resp.release_conn()
+                    continue
+                if resp.status == 403 and auth.on_forbidden(scope):
+                    # Some registries (and gateways in front of them) refuse an expired or
+                    # revoked token with 403: a fresh token from the credentials may do.
+                    log.debug("%s %s: HTTP 403 with a cached token; retrying with a new one", method, _safe(url))
+                    resp.release_conn()
+                    continue
             break
         if resp.status in ok:
             return resp

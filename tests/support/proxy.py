@@ -38,6 +38,9 @@ class Faults:
     trickle_bps: int = 0  # send the body at this many bytes per second
     stall: str = ""  # "accept": read the request, never answer; "body": send the headers, then nothing
     stale_after: int = 0  # a connection answers this many requests, then swallows the rest silently
+    # The registry's 401 to a request that carried credentials goes out as 403 without a
+    # challenge, as some registries and gateways refuse an expired or revoked token.
+    deny_as_403: bool = False
 
 
 @dataclass
@@ -172,8 +175,13 @@ def start_proxy(upstream_url: str) -> Proxy:
             truncate = self._take("truncate") and len(data) > 1
             stall_body = p.faults.stall == "body" and self.command != "HEAD" and self._lasting()
             trickle = p.faults.trickle_bps if self.command != "HEAD" and self._lasting() else 0
-            self.send_response(resp.status)
+            status = resp.status
+            if status == 401 and p.faults.deny_as_403 and "Authorization" in self.headers:
+                status = 403
+            self.send_response(status)
             for k, v in resp.getheaders():
+                if status != resp.status and k.lower() == "www-authenticate":
+                    continue
                 if k.lower() in ("transfer-encoding", "connection") or (
                     k.lower() == "content-length" and self.command != "HEAD"
                 ):
@@ -189,7 +197,7 @@ def start_proxy(upstream_url: str) -> Proxy:
                 p.requests += 1
                 n = len(sent) if self.command != "HEAD" else 0
                 p.bytes_served += n
-                p.log.append((self.command, self.path, resp.status, n))
+                p.log.append((self.command, self.path, status, n))
             if stall_body and sent:
                 self.wfile.flush()
                 self._hold(lambda: p.faults.stall == "body")

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from tests.support.pki import CertKey
 
 ISSUER = "lazypull-test-issuer"
+REGISTRY_LEEWAY = 60  # seconds docker-registry still accepts a token past its "exp" (clock skew)
 SERVICE = "lazypull-test-registry"
 
 
@@ -36,6 +37,9 @@ class TokenServer:
     users: dict[str, str]
     ttl: int = 300
     issued: list[str] = field(default_factory=list)  # scopes, one per token issued
+    # Seconds the registry accepts a token, whatever ``expires_in`` (``ttl``) tells the client:
+    # a token cut short (revoked, or the issuer's clock ahead). None: the same as ``ttl``.
+    lifetime: int | None = None
 
     @property
     def realm(self) -> str:
@@ -52,7 +56,7 @@ class TokenServer:
             "iss": ISSUER,
             "sub": sub,
             "aud": SERVICE,
-            "exp": now + self.ttl,
+            "exp": now + (self.ttl if self.lifetime is None else self.lifetime - REGISTRY_LEEWAY),
             "nbf": now - 10,
             "iat": now,
             "jti": uuid.uuid4().hex,

@@ -2,10 +2,11 @@
 
 Pods pull private images with ``imagePullSecrets``; the kubelet hands those credentials
 only to the CRI ``PullImage`` call. The image-service proxy records them here, in memory
-only (never logged, never written to disk), under the image's repository. The snapshotter
-asks for them when it mounts that image's layers. Username/password and identity tokens
-are kept as they are, so the registry client's bearer-token refresh works for as long as
-the layers are mounted.
+and in the kernel keyring (never logged, never written to disk: see :mod:`.keyring`),
+under the image's repository. The snapshotter asks for them when it mounts that image's
+layers, also after the daemon or the layer server restarted: a new keychain takes back
+what the keyring holds. Username/password and identity tokens are kept as they are, so
+the registry client's bearer-token refresh works for as long as the layers are mounted.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import base64
 import binascii
 import logging
 import threading
+import time
+import weakref
 from collections import OrderedDict
 
 from lazypull.errors import LazypullError
 from lazypull.registry.credentials import Credential
 from lazypull.registry.reference import Reference
+from lazypull.service.cri import keyring as keyring_mod
+from lazypull.service.cri.keyring import KernelKeyring
 from lazypull.service.cri.proto import api_pb2
 
 log = logging.getLogger(__name__)
@@ -59,21 +64,86 @@ def image_key(ref: Reference | str) -> str:
     return f"{r.registry}/{r.repository}"
 
 
-class Keychain:
-    """Image repository -> the credential of its latest PullImage (bounded, thread-safe)."""
+_DEFAULT = object()
 
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+
+class Keychain:
+    """Image repository -> the credential of its latest PullImage (bounded, thread-safe).
+
+    Written through to *keyring* (by default the kernel keyring, when this process can use
+    it) and filled from it when made, so credentials outlive a daemon restart."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, keyring: KernelKeyring | object | None = _DEFAULT) -> None:
         self.max_entries = max_entries
         self._d: OrderedDict[str, Credential] = OrderedDict()
         self._lock = threading.Lock()
+        self._writes = threading.Lock()  # the keyring is written in the order memory is
+        self.keyring: KernelKeyring | None = (
+            keyring_mod.open_keyring() if keyring is _DEFAULT else keyring  # type: ignore[assignment]
+        )
+        self._restore()
+        if self.keyring is not None and self.keyring.ttl > 0:
+            _start_renewal(self, max(self.keyring.ttl / 4, 0.5))
+
+    def renew(self) -> None:
+        """Start the timeouts of the credentials this keychain holds again: a key lasts as
+        long as the daemon keeps its credential, and its timeout after the daemon stopped;
+        a key gone from the keyring (timed out, cleared by hand) is written anew."""
+        kr = self.keyring
+        if kr is None:
+            return
+        with self._writes:
+            with self._lock:
+                entries = list(self._d.items())
+            try:
+                for key, cred in entries:
+                    if not kr.touch(key):
+                        kr.put(key, cred)
+            except OSError as e:
+                self._keyring_failed(e)
+
+    def _restore(self) -> None:
+        kr = self.keyring
+        if kr is None:
+            return
+        try:
+            items = kr.items()
+        except OSError as e:
+            self._keyring_failed(e)
+            return
+        items = items[-self.max_entries :]
+        with self._lock:
+            for key, cred in items:
+                self._d[key] = cred
+        for key, _ in items:
+            log.info("keychain: credentials for %s restored from the kernel keyring", key)
+
+    def _keyring_failed(self, e: OSError) -> None:
+        if self.keyring is None:
+            return
+        self.keyring = None
+        log.warning(
+            "keychain: the kernel keyring failed (%s); credentials are kept in memory only from now on",
+            e.strerror or e,
+        )
 
     def add(self, ref: Reference | str, credential: Credential) -> None:
         key = image_key(ref)
-        with self._lock:
-            self._d.pop(key, None)
-            self._d[key] = credential
-            while len(self._d) > self.max_entries:
-                self._d.popitem(last=False)
+        with self._writes:
+            with self._lock:
+                self._d.pop(key, None)
+                self._d[key] = credential
+                evicted: list[str] = []
+                while len(self._d) > self.max_entries:
+                    evicted.append(self._d.popitem(last=False)[0])
+            kr = self.keyring
+            if kr is not None:
+                try:
+                    kr.put(key, credential)
+                    for old in evicted:
+                        kr.remove(old)
+                except OSError as e:
+                    self._keyring_failed(e)
         log.debug("keychain: credentials for %s recorded", key)
 
     def get(self, ref: Reference | str) -> Credential | None:
@@ -90,3 +160,19 @@ class Keychain:
     def __len__(self) -> int:
         with self._lock:
             return len(self._d)
+
+
+def _start_renewal(keychain: Keychain, interval: float) -> None:
+    """Renew *keychain*'s keys every *interval* seconds, until it is gone or has no keyring."""
+    ref = weakref.ref(keychain)
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            kc = ref()
+            if kc is None or kc.keyring is None:
+                return
+            kc.renew()
+            del kc
+
+    threading.Thread(target=run, name="keychain-renew", daemon=True).start()
