@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from lazypull.errors import OCIError
+from lazypull.errors import FormatError, OCIError
 from lazypull.format.source import FileSource
 from lazypull.fsutil import atomic_write
 from lazypull.oci import digest as digestlib
@@ -58,7 +58,10 @@ class OCILayout(ImageStore):
             data = (self.root / "index.json").read_bytes()
         except FileNotFoundError:
             raise OCIError(f"{self.root} has no index.json") from None
-        return Index.parse(data, mt.OCI_INDEX)
+        try:
+            return Index.parse(data, mt.OCI_INDEX)
+        except OCIError as e:
+            raise OCIError(f"{self.root / 'index.json'}: {e}") from None
 
     def _write_index(self, index: Index) -> None:
         self._atomic_write(self.root / "index.json", dump_json(index.to_json()))
@@ -95,7 +98,14 @@ class OCILayout(ImageStore):
         path = self.blob_path(desc.digest)
         if not path.is_file():
             raise OCIError(f"{self.name}: blob {desc.digest} is missing")
-        return FileSource(path)
+        src = FileSource(path)
+        if src.size != desc.size:  # found here, not as a bad footer or a short read later
+            src.close()
+            raise FormatError(
+                f"{self.name}: layer blob {desc.digest} is {'truncated' if src.size < desc.size else 'too long'} "
+                f"({src.size} of {desc.size} bytes; an interrupted copy?): copy the image here again from its source"
+            )
+        return src
 
     def push_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
         """Copy *stream* in, verifying digest and size before the blob becomes visible."""
