@@ -25,8 +25,13 @@ def _one_line(message: Warning | str, category: type[Warning], *args: object, **
     return f"lazypull: warning: {message}\n"
 
 
+def warnings_in_one_line() -> None:
+    """A streamed layer is said in one line, like the commands' errors (no source line)."""
+    warnings.formatwarning = _one_line  # type: ignore[assignment]
+
+
 def open_from_args(args: argparse.Namespace) -> ImageFS:
-    warnings.formatwarning = _one_line  # type: ignore[assignment]  # a streamed layer, said in one line
+    warnings_in_one_line()
     o = options_from_args(args)
     return open_image(
         args.ref,
