@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lazypull", description="Lazy pulling of container images (eStargz, zstd:chunked)."
     )
     parser.add_argument("--version", action="version", version=f"lazypull {__version__}")
-    parser.add_argument("--log-level", default="warning", type=_log_level, help="debug, info, warning or error")
+    parser.add_argument(
+        "--log-level", type=_log_level, help="debug, info, warning or error (default: warning; snapshotter: info)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, (args.log_level or "warning").upper(), logging.WARNING),  # snapshotter: its own
+        level=getattr(logging, (args.log_level or "warning").upper(), logging.WARNING),  # the snapshotter: its own
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
