@@ -8,9 +8,12 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lazypull.imagefs import ImageFS, open_image
 from lazypull.registry.options import add_registry_args, options_from_args
+
+if TYPE_CHECKING:
+    from lazypull.imagefs import ImageFS
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +34,8 @@ def warnings_in_one_line() -> None:
 
 
 def open_from_args(args: argparse.Namespace) -> ImageFS:
+    from lazypull.imagefs import open_image  # the readers and the registry: not for --help
+
     warnings_in_one_line()
     o = options_from_args(args)
     return open_image(

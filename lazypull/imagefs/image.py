@@ -33,6 +33,8 @@ from lazypull.fs.fetcher import Fetcher
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
 from lazypull.imagefs.merged import MergedView, Node, join
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.dockerarchive import DockerArchive
+from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, ImageConfig, Index, Manifest, Platform, host_platform, is_index
 from lazypull.registry.options import RegistryOptions
@@ -360,11 +362,13 @@ class ImageFile(io.RawIOBase):
 def _soci_layers(store: ImageStore, subject: Descriptor, manifest: Manifest) -> list[Descriptor]:
     """The manifest's layers, a zTOC attached to those the image's SOCI index covers (what
     ``lazypull mount`` reads lazily); only images in a registry have SOCI indexes."""
-    from lazypull.registry.repository import RegistryStore
-
-    if not isinstance(store, RegistryStore) or all(is_lazy(d) for d in manifest.layers):
+    if isinstance(store, OCILayout | DockerArchive) or all(is_lazy(d) for d in manifest.layers):
         return list(manifest.layers)
+    from lazypull.registry.repository import RegistryStore
     from lazypull.soci.find import soci_ztocs, with_soci
+
+    if not isinstance(store, RegistryStore):
+        return list(manifest.layers)
 
     return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest))
 
