@@ -32,6 +32,19 @@ def parse_layout_ref(ref: str) -> tuple[Path, str | None]:
     return Path(rest), None
 
 
+def blob_file(path: Path, desc: Descriptor, where: str) -> FileSource:
+    """A layout's blob file, checked against its descriptor's size: a truncated copy is
+    named here, not reported later as a bad footer or a short read."""
+    src = FileSource(path)
+    if src.size != desc.size:
+        src.close()
+        raise FormatError(
+            f"{where}: layer blob {desc.digest} is {'truncated' if src.size < desc.size else 'too long'} "
+            f"({src.size} of {desc.size} bytes; an interrupted copy?): copy the image here again from its source"
+        )
+    return src
+
+
 class OCILayout(ImageStore):
     def __init__(self, root: Path | str, tag: str | None = None, *, create: bool = False) -> None:
         self.root = Path(root)
@@ -98,14 +111,7 @@ class OCILayout(ImageStore):
         path = self.blob_path(desc.digest)
         if not path.is_file():
             raise OCIError(f"{self.name}: blob {desc.digest} is missing")
-        src = FileSource(path)
-        if src.size != desc.size:  # found here, not as a bad footer or a short read later
-            src.close()
-            raise FormatError(
-                f"{self.name}: layer blob {desc.digest} is {'truncated' if src.size < desc.size else 'too long'} "
-                f"({src.size} of {desc.size} bytes; an interrupted copy?): copy the image here again from its source"
-            )
-        return src
+        return blob_file(path, desc, self.name)
 
     def push_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
         """Copy *stream* in, verifying digest and size before the blob becomes visible."""

@@ -4,6 +4,9 @@ file a malformed JSON or TOML came from, the digest of a malformed manifest."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +15,13 @@ from lazypull.cli.main import main
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from tests.support.images import Entry, write_image
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for
+from tests.support.processes import layer_servers
 
 pytestmark = pytest.mark.filterwarnings("ignore::lazypull.imagefs.StreamedLayerWarning")
 
 DATA = bytes(range(256)) * 4000
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -121,3 +126,19 @@ def test_malformed_registry_config_is_named(
     bad.write_text(text)
     assert main(["ls", "--plain-http", flag, str(bad), f"127.0.0.1:{free_port()}/a/b:1", "/"]) == 2
     assert expect.format(file=bad) in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts (root)")
+def test_mount_of_a_truncated_layer_names_it(src: str, tmp_path: Path) -> None:
+    assert main(["convert", "--no-progress", src, f"oci:{tmp_path / 'c'}:x"]) == 0
+    digest = truncate(biggest_blob(tmp_path / "c"))
+    (tmp_path / "mnt").mkdir()
+    args = ["--state-dir", str(tmp_path / "state"), "--cache-dir", str(tmp_path / "cache")]
+    res = subprocess.run(
+        [sys.executable, "-m", "lazypull.cli.main", "mount", "--daemon", *args, f"oci:{tmp_path / 'c'}:x",
+         str(tmp_path / "mnt")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert f"layer blob {digest} is truncated" in res.stderr and "copy the image here again" in res.stderr, res.stderr
+    wait_for(lambda: not layer_servers(tmp_path / "state"), 30, "the layer server to exit")
