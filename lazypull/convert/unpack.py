@@ -450,6 +450,7 @@ def unpack_image(
     done, layers = 0, len(manifest.layers)
     if progress is not None:
         root.on_progress = lambda: progress(done, layers, root.files, root.bytes_written)
+        progress(0, layers, 0, 0)
     try:
         for layer in manifest.layers:
             if mt.ANNOTATION_TOC_DIGEST in layer.annotations:

@@ -134,8 +134,11 @@ def serve(args: argparse.Namespace) -> int:
     log.info("shutting down; %s", "stopping the layer server" if stop_layers else "lazily mounted layers keep serving")
     server.stop(grace=5).wait()
     sn.close()
-    if stop_layers and sn.layers.stop_server():
-        log.info("layer server stopped, its layers unmounted")
+    if stop_layers:
+        if sn.layers.stop_server():
+            log.info("layer server stopped, its layers unmounted")
+        else:
+            log.info("the layer server was running before this snapshotter: left running")
     return 0
 
 
