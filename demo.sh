@@ -9,5 +9,6 @@ cd "$(dirname "$self")"
 as_root "$self" "$@"
 echo "demo: [1/2] installing dependencies"
 ./scripts/setup.sh
-echo "demo: [2/2] running (registry in a shaped network namespace, containerd, lazypull)"
+echo "demo: [2/2] running: build an image, convert it to eStargz, then start it by a full pull and by a"
+echo "demo:       lazy pull through containerd (a registry behind a shaped link; each step says what it does)"
 exec .venv/bin/python -m lazypull.bench.demo

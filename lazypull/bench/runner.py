@@ -371,6 +371,7 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
                 # The modes take turns, so a machine whose speed drifts during the bench (a shared
                 # host) weighs on each mode alike instead of on whichever ran last.
                 for run, mode in itertools.product(range(1, cfg.runs + 1), cfg.modes):
+                    cfg.progress(f"[run] {name:12} {mode:13} #{run}: pulling and starting the container")
                     if mode == "cri":
                         ref, img, bg = refs[(name, mode)], IMAGES[name], cfg.background_fetch
                         p, c, x, n = cri.cri_run(work / "node", net, auth, pause, img, ref, run, bg)

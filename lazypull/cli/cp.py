@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats
 from lazypull.errors import ImageIsADirectoryError, LazypullError
-from lazypull.imagefs import FileInfo, ImageFS
+
+if TYPE_CHECKING:
+    from lazypull.imagefs import FileInfo, ImageFS
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 

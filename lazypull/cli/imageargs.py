@@ -8,9 +8,12 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lazypull.imagefs import ImageFS, open_image
 from lazypull.registry.options import add_registry_args, options_from_args
+
+if TYPE_CHECKING:
+    from lazypull.imagefs import ImageFS
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
@@ -25,8 +28,15 @@ def _one_line(message: Warning | str, category: type[Warning], *args: object, **
     return f"lazypull: warning: {message}\n"
 
 
+def warnings_in_one_line() -> None:
+    """A streamed layer is said in one line, like the commands' errors (no source line)."""
+    warnings.formatwarning = _one_line  # type: ignore[assignment]
+
+
 def open_from_args(args: argparse.Namespace) -> ImageFS:
-    warnings.formatwarning = _one_line  # type: ignore[assignment]  # a streamed layer, said in one line
+    from lazypull.imagefs import open_image  # the readers and the registry: not for --help
+
+    warnings_in_one_line()
     o = options_from_args(args)
     return open_image(
         args.ref,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import stat
 import time
+from typing import TYPE_CHECKING
 
 from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats, stdout_may_close
-from lazypull.imagefs import FileInfo
+
+if TYPE_CHECKING:
+    from lazypull.imagefs import FileInfo
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

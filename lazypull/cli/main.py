@@ -1,7 +1,8 @@
 """``lazypull`` entry point: one sub-command per module in this package.
 
 Each command module exposes ``register(subparsers)`` which adds its parser and sets
-``func`` (taking the parsed args, returning an exit code). No logic lives here.
+``func`` (taking the parsed args, returning an exit code). No logic lives here. A command
+line naming a command imports that command's module only: start-up stays short.
 """
 
 from __future__ import annotations
@@ -30,16 +31,36 @@ COMMAND_MODULES = [
     "snapshotter",
     "bench",
 ]
+# Commands a module registers besides the one named after it.
+OTHER_COMMANDS = {"umount": "mount"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(argv: list[str]) -> str | None:
+    """The module of the command *argv* names, or None (help, --version, a typo: all of them)."""
+    args = iter(argv)
+    for a in args:
+        if a == "--log-level":
+            next(args, None)
+        elif a.startswith("-"):
+            if not a.startswith("--log-level="):
+                return None
+        else:
+            name = OTHER_COMMANDS.get(a, a)
+            return name if name in COMMAND_MODULES else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with *only*, just that command module's commands."""
     parser = argparse.ArgumentParser(
         prog="lazypull", description="Lazy pulling of container images (eStargz, zstd:chunked)."
     )
     parser.add_argument("--version", action="version", version=f"lazypull {__version__}")
-    parser.add_argument("--log-level", default="warning", type=_log_level, help="debug, info, warning or error")
+    parser.add_argument(
+        "--log-level", type=_log_level, help="debug, info, warning or error (default: warning; snapshotter: info)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in [only] if only else COMMAND_MODULES:
         try:
             mod = importlib.import_module(f"lazypull.cli.{name}")
         except ModuleNotFoundError as e:
@@ -62,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--version"]:  # without importing every command (grpc, the registry stack)
         print(f"lazypull {__version__}")
         return 0
-    parser = build_parser()
+    parser = build_parser(command_module(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, (args.log_level or "warning").upper(), logging.WARNING),  # snapshotter: its own
+        level=getattr(logging, (args.log_level or "warning").upper(), logging.WARNING),  # the snapshotter: its own
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):

@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+from lazypull.cli.imageargs import warnings_in_one_line
 from lazypull.errors import LazypullError
 from lazypull.fs.fuse.server import is_mounted
 from lazypull.fs.rootfs import (
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print("usage: lazypull mount [options] REF MOUNTPOINT", file=sys.stderr)
         return 2
     ref, mountpoint = args.args[0], Path(args.args[1])
+    warnings_in_one_line()  # a layer downloaded whole is named, with its size
     ropts = options_from_args(args)
     opts = MountOptions(
         prefetch=not args.no_prefetch,

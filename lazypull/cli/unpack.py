@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lazypull.cli.progress import unpack_progress
 from lazypull.convert.unpack import unpack_image
 from lazypull.oci.types import Platform
 from lazypull.registry.options import add_registry_args, options_from_args
@@ -22,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     store = open_store(args.ref, options_from_args(args))
-    n = unpack_image(store, args.dir, platform=Platform.parse(args.platform) if args.platform else None)
+    platform = Platform.parse(args.platform) if args.platform else None
+    with unpack_progress() as progress:
+        n = unpack_image(store, args.dir, platform=platform, progress=progress)
     print(f"unpacked {n} layers into {args.dir}")
     return 0

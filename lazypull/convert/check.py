@@ -96,8 +96,12 @@ def check_layer(store: ImageStore, desc: Descriptor, full: bool, ztoc: bool = Fa
         if ztoc:
             return LayerReport(desc.digest, "gzip + SOCI zTOC", error=error)
         return LayerReport(desc.digest, "not eStargz", error=error, lazy=False)
-    src = CountingSource(store.blob_source(desc))
     rep = LayerReport(desc.digest, "lazy")
+    try:
+        src = CountingSource(store.blob_source(desc))
+    except FormatError as e:  # truncated: this layer fails, the others are still checked
+        rep.error = str(e)
+        return rep
     try:
         idx = open_layer(src, toc_digest=toc_digest)
         rep.kind = idx.format

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lazypull.convert.lowerlinks import find_lower_files, with_lower_files
 from lazypull.errors import FormatError, LazypullError, OCIError
@@ -237,8 +237,9 @@ class Converter:
                 progress("push", nd, 0, nd.size)
             if not self.dst.has_blob(nd):
                 with open(tmp, "rb") as f:
-                    self.dst.push_blob(nd, f)
+                    self.dst.push_blob(nd, _SentReader(f, nd, progress) if progress else f)  # type: ignore[arg-type]
             if progress:
+                progress("push", nd, nd.size, nd.size)  # all sent (or already there)
                 progress("done", desc, desc.size, desc.size)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -301,6 +302,21 @@ class _ProgressReader:
 
     def readable(self) -> bool:
         return True
+
+
+class _SentReader:
+    """A blob being uploaded: bytes read before this read were handed to the registry and
+    sent (uploads read a part, send it, read the next), so they count as sent."""
+
+    def __init__(self, raw: BinaryIO, desc: Descriptor, fn: ProgressFn) -> None:
+        self._raw, self._desc, self._fn, self._n = raw, desc, fn, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._n:
+            self._fn("push", self._desc, self._n, self._desc.size)
+        data = self._raw.read(n)
+        self._n += len(data)
+        return data
 
 
 def convert_image(src: ImageStore, dst: ImageStore, opts: ConvertOptions, tag: str | None = None) -> Descriptor:

@@ -16,7 +16,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -73,6 +73,16 @@ class RootDir:
             raise LazypullError(f"cannot use {path} as the target directory: {e.strerror}") from None
         self.path = path
         self.dir_times: dict[str, int] = {}
+        self.files = 0  # entries other than directories written so far, and their bytes
+        self.bytes_written = 0
+        self.on_progress: Callable[[], None] | None = None
+
+    def counted(self, files: int, nbytes: int) -> None:
+        """Count what was written (for a progress display)."""
+        self.files += files
+        self.bytes_written += nbytes
+        if self.on_progress is not None:
+            self.on_progress()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -174,11 +184,13 @@ class RootDir:
                 with os.fdopen(fd, "wb") as f:
                     for part in data or ():
                         f.write(part)
+                        self.counted(0, len(part))
             elif t == EntryType.SYMLINK:
                 os.symlink(item.link, base, dir_fd=pfd)
             elif t in (EntryType.CHAR, EntryType.BLOCK, EntryType.FIFO):
                 kind = {EntryType.CHAR: stat.S_IFCHR, EntryType.BLOCK: stat.S_IFBLK, EntryType.FIFO: stat.S_IFIFO}[t]
                 os.mknod(base, kind | 0o600, os.makedev(item.dev_major, item.dev_minor), dir_fd=pfd)
+            self.counted(1, 0)
         self._meta(pfd, base, item)
 
     def open_file(self, name: str) -> int:
@@ -308,7 +320,9 @@ def apply_estargz_layer(root: RootDir, store: ImageStore, desc: Descriptor) -> N
             if fd is None:
                 fd = open_fds[e.name] = root.open_file(e.name)
                 left[e.name] = e.size
+                root.counted(1, 0)
             os.pwrite(fd, data, c.file_offset)
+            root.counted(0, len(data))
             left[e.name] -= c.size
             if left[e.name] == 0:
                 os.close(open_fds.pop(e.name))
@@ -422,16 +436,29 @@ def _iter_tar(spool: BinaryIO, desc: Descriptor, limits: Limits) -> Iterator[tup
             yield tf, m
 
 
-def unpack_image(store: ImageStore, dest: Path, *, platform: Platform | None = None) -> int:
-    """Unpack the image's rootfs into *dest*; returns the number of layers applied."""
+def unpack_image(
+    store: ImageStore,
+    dest: Path,
+    *,
+    platform: Platform | None = None,
+    progress: Callable[[int, int, int, int], None] | None = None,
+) -> int:
+    """Unpack the image's rootfs into *dest*; returns the number of layers applied.
+    *progress* is told (layers done, layers, files written, bytes written) as it goes."""
     manifest = next(iter(manifests_of(store, platform, False)))
     root = RootDir(dest)
+    done, layers = 0, len(manifest.layers)
+    if progress is not None:
+        root.on_progress = lambda: progress(done, layers, root.files, root.bytes_written)
+        progress(0, layers, 0, 0)
     try:
         for layer in manifest.layers:
             if mt.ANNOTATION_TOC_DIGEST in layer.annotations:
                 apply_estargz_layer(root, store, layer)
             else:
                 apply_tar_layer(root, store, layer)
+            done += 1
+            root.counted(0, 0)
         root.finish()
     finally:
         root.close()

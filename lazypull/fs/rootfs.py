@@ -31,6 +31,7 @@ from lazypull.errors import LazypullError
 from lazypull.format.soci.dispatch import is_lazy
 from lazypull.fs.fuse.server import is_mounted, unmount
 from lazypull.fs.spec import LayerSpec
+from lazypull.imagefs.layers import warn_streamed
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions
@@ -124,7 +125,7 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
                 lazy.append((layer_spec(store, layer, opts, ropts), ldir / "fs"))
                 record["layers"].append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})  # type: ignore[attr-defined]
             else:
-                log.info("layer %s is neither eStargz nor SOCI-indexed: downloading and unpacking it", layer.digest)
+                warn_streamed(layer, "downloading and unpacking all of it")
                 root = RootDir(ldir / "fs")
                 try:
                     apply_tar_layer(root, store, layer, overlay_lower=True)

@@ -15,7 +15,6 @@ from typing import Any
 
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
-from lazypull.format import FileSource
 from lazypull.format.compactindex import COMPACT_FORMATS, CompactIndex
 from lazypull.format.compactwrite import write_file
 from lazypull.format.counting import CountingSource
@@ -99,7 +98,10 @@ class RegistryClients:
 def open_source(spec: LayerSpec, clients: RegistryClients | None = None, desc: Descriptor | None = None) -> ReadAt:
     """The layer blob (or another blob of the same repository/layout, e.g. its zTOC)."""
     if spec.blob_path:
-        return FileSource(Path(spec.blob_path).with_name(desc.digest[7:]) if desc else spec.blob_path)
+        from lazypull.oci.layout import blob_file
+
+        path = Path(spec.blob_path).with_name(desc.digest[7:]) if desc else Path(spec.blob_path)
+        return blob_file(path, desc or spec.descriptor, str(path.parent.parent.parent))
     from lazypull.registry.blobsource import RegistryBlobSource
     from lazypull.registry.reference import Reference
 

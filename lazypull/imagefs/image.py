@@ -28,10 +28,13 @@ from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import ImageIsADirectoryError, ImageNotADirectoryError, ImageNotAFileError, OCIError
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import EntryType
+from lazypull.format.soci.dispatch import is_lazy, open_layer_index, ztoc_of
 from lazypull.fs.fetcher import Fetcher
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
 from lazypull.imagefs.merged import MergedView, Node, join
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.dockerarchive import DockerArchive
+from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, ImageConfig, Index, Manifest, Platform, host_platform, is_index
 from lazypull.registry.options import RegistryOptions
@@ -137,13 +140,17 @@ class ImageFS:
         self.config: dict[str, Any] = json.loads(config)
         self._cache = _shared_cache(cache_dir or default_cache_dir())
         self._spool_dir = spool_dir
-        self._view = MergedView([self._opener(d) for d in self.manifest.layers], what=self.ref)
+        layers = _soci_layers(store, self.manifest_descriptor, self.manifest)
+        self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
 
     def _opener(self, desc: Descriptor) -> Any:
         def open_layer() -> LayerView:
             source = CountingSource(self.store.blob_source(desc))
-            index = find_index(self.store, self.manifest_descriptor, desc, source)
+            if ztoc_of(desc) is not None:  # a gzip layer its SOCI index makes lazy, as for mount
+                index = open_layer_index(desc, source, self.store.blob_source)
+            else:
+                index = find_index(self.store, self.manifest_descriptor, desc, source)
             if index is None:
                 return StreamedLayer(self.store, desc, self._spool_dir)
             fetcher = Fetcher(index, source, self._cache, name=desc.digest[7:19])
@@ -350,6 +357,20 @@ class ImageFile(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+
+def _soci_layers(store: ImageStore, subject: Descriptor, manifest: Manifest) -> list[Descriptor]:
+    """The manifest's layers, a zTOC attached to those the image's SOCI index covers (what
+    ``lazypull mount`` reads lazily); only images in a registry have SOCI indexes."""
+    if isinstance(store, OCILayout | DockerArchive) or all(is_lazy(d) for d in manifest.layers):
+        return list(manifest.layers)
+    from lazypull.registry.repository import RegistryStore
+    from lazypull.soci.find import soci_ztocs, with_soci
+
+    if not isinstance(store, RegistryStore):
+        return list(manifest.layers)
+
+    return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest))
 
 
 def _resolve_manifest(store: ImageStore, platform: Platform | None) -> tuple[Descriptor, Manifest]:

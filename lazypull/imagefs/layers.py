@@ -37,6 +37,29 @@ class StreamedLayerWarning(UserWarning):
     """A layer has no index for lazy reads and is downloaded whole."""
 
 
+def warn_streamed(desc: Descriptor, doing: str = "downloading all of it once") -> None:
+    """Say (once per layer and call site) that *desc* is fetched whole, and how big it is:
+    the one surprise in a lazy pull, so it is named where it happens."""
+    warnings.warn(
+        f"layer {desc.digest} ({size_text(desc.size)}, {desc.media_type}) has no index for lazy reads: {doing} "
+        "(convert the image to eStargz, or index it with lazypull soci create, to read it lazily)",
+        StreamedLayerWarning,
+        stacklevel=_caller_level(),
+    )
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: ``4417 bytes``, ``73.3 MB``."""
+    if n < 10_000:
+        return f"{n} bytes"
+    x, unit = n / 1000, "kB"
+    for bigger in ("MB", "GB", "TB"):
+        if round(x, 1) < 1000:
+            break
+        x, unit = x / 1000, bigger
+    return f"{x:.1f} {unit}"
+
+
 class LayerView(ABC):
     """Raw entries of one layer, by normalised path ('' is the root)."""
 
@@ -120,12 +143,7 @@ class StreamedLayer(LayerView):
         with self._lock:
             if self._loaded:
                 return
-            warnings.warn(
-                f"layer {self.desc.digest} ({self.desc.size} bytes, {self.desc.media_type}) has no index for "
-                "lazy reads: downloading all of it once (convert the image to eStargz to read it lazily)",
-                StreamedLayerWarning,
-                stacklevel=_caller_level(),
-            )
+            warn_streamed(self.desc)
             spool = tempfile.TemporaryFile(prefix="lazypull-layer-", dir=self._spool_dir)  # noqa: SIM115
             try:
                 self._stream_into(spool)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from lazypull.errors import OCIError
+from lazypull.errors import FormatError, OCIError
 from lazypull.format.source import FileSource
 from lazypull.fsutil import atomic_write
 from lazypull.oci import digest as digestlib
@@ -30,6 +30,19 @@ def parse_layout_ref(ref: str) -> tuple[Path, str | None]:
     if sep and path and tag and "/" not in tag:
         return Path(path), tag
     return Path(rest), None
+
+
+def blob_file(path: Path, desc: Descriptor, where: str) -> FileSource:
+    """A layout's blob file, checked against its descriptor's size: a truncated copy is
+    named here, not reported later as a bad footer or a short read."""
+    src = FileSource(path)
+    if src.size != desc.size:
+        src.close()
+        raise FormatError(
+            f"{where}: layer blob {desc.digest} is {'truncated' if src.size < desc.size else 'too long'} "
+            f"({src.size} of {desc.size} bytes; an interrupted copy?): copy the image here again from its source"
+        )
+    return src
 
 
 class OCILayout(ImageStore):
@@ -58,7 +71,10 @@ class OCILayout(ImageStore):
             data = (self.root / "index.json").read_bytes()
         except FileNotFoundError:
             raise OCIError(f"{self.root} has no index.json") from None
-        return Index.parse(data, mt.OCI_INDEX)
+        try:
+            return Index.parse(data, mt.OCI_INDEX)
+        except OCIError as e:
+            raise OCIError(f"{self.root / 'index.json'}: {e}") from None
 
     def _write_index(self, index: Index) -> None:
         self._atomic_write(self.root / "index.json", dump_json(index.to_json()))
@@ -95,7 +111,7 @@ class OCILayout(ImageStore):
         path = self.blob_path(desc.digest)
         if not path.is_file():
             raise OCIError(f"{self.name}: blob {desc.digest} is missing")
-        return FileSource(path)
+        return blob_file(path, desc, self.name)
 
     def push_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
         """Copy *stream* in, verifying digest and size before the blob becomes visible."""

@@ -92,7 +92,10 @@ class VerifyingReader(io.RawIOBase):
         elif not self._done:
             self._done = True
             if self._d.size != self._desc.size:
-                raise LazypullError(f"{self._what}: truncated ({self._d.size} of {self._desc.size} bytes)")
+                raise LazypullError(
+                    f"{self._what}: truncated ({self._d.size} of {self._desc.size} bytes; an interrupted "
+                    "copy or download): copy the image again from its source, or retry"
+                )
             actual = self._d.digest()
             if actual != self._desc.digest:
                 raise DigestMismatchError(self._what, self._desc.digest, actual)

@@ -128,7 +128,8 @@ def _load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise OCIError(f"{what} is not valid JSON: {e}") from None
+        # Documents are fetched by digest: naming it says which blob (or file) is broken.
+        raise OCIError(f"{what} {digestlib.of_bytes(data)} is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise OCIError(f"{what} is not a JSON object")
     return obj

@@ -8,7 +8,6 @@ from lazypull.oci.dockerarchive import PREFIX, DockerArchive
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions, add_registry_args, options_from_args
-from lazypull.registry.repository import RegistryStore
 
 
 def open_store(ref: str, opts: RegistryOptions | None = None, *, for_push: bool = False) -> ImageStore:
@@ -16,6 +15,8 @@ def open_store(ref: str, opts: RegistryOptions | None = None, *, for_push: bool 
         return OCILayout.from_ref(ref, create=for_push)
     if ref.startswith(PREFIX):
         return DockerArchive.from_ref(ref, create=for_push)
+    from lazypull.registry.repository import RegistryStore  # the HTTP stack: only for registries
+
     return RegistryStore.open(ref, opts, for_push=for_push)
 
 
@@ -30,6 +31,9 @@ def open_src_dst(args: argparse.Namespace) -> tuple[ImageStore, ImageStore]:
     """Both ends; a registry destination must answer before any work is done for it."""
     ropts = options_from_args(args)
     src, dst = open_store(args.src, ropts), open_store(args.dst, ropts, for_push=True)
-    if isinstance(dst, RegistryStore):
+    if not isinstance(dst, OCILayout | DockerArchive):
+        from lazypull.registry.repository import RegistryStore
+
+        assert isinstance(dst, RegistryStore)
         dst.client.check_reachable(dst.ref)
     return src, dst

@@ -100,6 +100,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level or cfg.log_level or "info").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # `lazypull snapshotter`: the CLI's warning-level set-up is not the daemon's
     )
     raise_fd_limit()  # one held /dev/fuse fd per lazily mounted layer
     root = Path(args.root)
@@ -129,9 +130,15 @@ def serve(args: argparse.Namespace) -> int:
     log.info("serving containerd snapshots API on %s (root %s)", sock, root)
     stop.wait()
     sd_notify("STOPPING=1")
-    log.info("shutting down; lazily mounted layers keep serving")
+    stop_layers = getattr(args, "stop_layers", False)
+    log.info("shutting down; %s", "stopping the layer server" if stop_layers else "lazily mounted layers keep serving")
     server.stop(grace=5).wait()
     sn.close()
+    if stop_layers:
+        if sn.layers.stop_server():
+            log.info("layer server stopped, its layers unmounted")
+        else:
+            log.info("the layer server was running before this snapshotter: left running")
     return 0
 
 

@@ -319,6 +319,18 @@ class RemoteLayers:
     def close(self) -> None:
         self._stop.set()
 
+    def stop_server(self, timeout: float = 30.0) -> bool:
+        """Stop the layer server this process started, unmounting its layers (a daemon run by
+        hand leaves nothing behind); False if another process started it."""
+        if self._proc is None:
+            return False
+        self.close()  # no health check restarts it meanwhile
+        with contextlib.suppress(FsdError):  # gone already, or gone before it answered
+            self.client.shutdown(unmount_all=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout)
+        return True
+
     def _health_loop(self) -> None:
         failures = 0
         while not self._stop.wait(self.health_interval):
