@@ -15,6 +15,7 @@ from lazypull.service.fsdclient import FsdClient
 from lazypull.snapshot.layers import RemoteLayers
 from lazypull.snapshot.lifecycle import State
 from tests.service.test_fsd import make_layer, server, spec
+from tests.support.net import wait_for
 
 __all__ = ["server"]  # the fixture
 
@@ -129,13 +130,9 @@ def test_only_the_layer_whose_requests_are_stuck_is_aborted(
     _stuck_statfs(srv, a, release)
     try:
         layers.run_health()
-        deadline = time.monotonic() + 20
-        while layers.aborted == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: layers.aborted, 20, "the stuck layer to be aborted")
         assert layers.aborted == 1  # a: stuck while b was answered
-        deadline = time.monotonic() + 20
-        while not (a / "a.txt").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for((a / "a.txt").exists, 20, "the aborted layer to be mounted again")
         assert (a / "a.txt").read_bytes() == b"a" and (b / "b.txt").read_bytes() == b"b"  # a mounted again
         assert dict(layers.health()) and all(h for _, h in layers.health())
     finally:
@@ -159,7 +156,5 @@ def test_a_server_too_busy_to_answer_anyone_has_no_wedged_layer(
     finally:
         release.set()
         layers.close()
-    deadline = time.monotonic() + 10
-    while layers.last_answer == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: layers.last_answer, 10, "a probe answered once the server is free")
     assert (a / "a.txt").read_bytes() == b"a" and (b / "b.txt").read_bytes() == b"b"
