@@ -83,12 +83,13 @@ def _nothing_left(node: Node) -> None:
     assert [f for f in fds if f == "/dev/fuse"] == []  # every held connection was let go
 
 
-def test_pulls_runs_and_removals_of_images_sharing_layers(node: Node, world: World) -> None:
-    s = Stress(node.cd, node.daemon, _fresh(world.images), seed=int.from_bytes(os.urandom(4), "big"), faults=False)
+def test_pulls_runs_and_removals_of_images_sharing_layers(node: Node, world: World, tmp_path: Path) -> None:
+    seed = int.from_bytes(os.urandom(4), "big")
+    s = Stress(node.cd, node.daemon, _fresh(world.images), seed=seed, faults=False, outdir=tmp_path / "seen")
     out = s.run(ops=240)
-    assert out.wrong == [], out.line()
-    assert out.failed == [], out.line()
-    assert out.ops["run"] >= 60 and out.ops["remove"] >= 10, out.line()
+    assert out.wrong == [], f"seed {seed}: {out.line()}"
+    assert out.failed == [], f"seed {seed}: {out.line()}"
+    assert out.ops["run"] >= 60 and out.ops["remove"] >= 10, f"seed {seed}: {out.line()}"
     s.remove_all()
     _nothing_left(node)
     log = node.daemon.log()
@@ -96,16 +97,17 @@ def test_pulls_runs_and_removals_of_images_sharing_layers(node: Node, world: Wor
 
 
 def test_with_the_layer_server_killed_and_the_daemon_restarted_no_container_sees_a_partial_tree(
-    node: Node, world: World
+    node: Node, world: World, tmp_path: Path
 ) -> None:
-    s = Stress(node.cd, node.daemon, _fresh(world.images), seed=int.from_bytes(os.urandom(4), "big"), faults=True)
+    seed = int.from_bytes(os.urandom(4), "big")
+    s = Stress(node.cd, node.daemon, _fresh(world.images), seed=seed, faults=True, outdir=tmp_path / "seen")
     out = s.run(ops=200)
-    assert out.wrong == [], out.line()
-    assert out.ops["fault"] >= 2, out.line()
+    assert out.wrong == [], f"seed {seed}: {out.line()}"
+    assert out.ops["fault"] >= 2, f"seed {seed}: {out.line()}"
     # The node recovers: every image pulls and runs with its whole tree.
     node.daemon.stop(signal.SIGTERM)
     node.daemon.start()
-    calm = Stress(node.cd, node.daemon, s.images, seed=1, faults=False)
+    calm = Stress(node.cd, node.daemon, s.images, seed=1, faults=False, outdir=tmp_path / "seen")
     for im in calm.images:
         if not im.present:
             res = node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", im.ref, tool="ctr-remote")

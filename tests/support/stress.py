@@ -83,9 +83,12 @@ def build_images(root: Path, registry_host: str) -> list[ImageState]:
 
 
 class Stress:
-    def __init__(self, cd: object, daemon: object, images: list[ImageState], *, seed: int, faults: bool) -> None:
+    def __init__(
+        self, cd: object, daemon: object, images: list[ImageState], *, seed: int, faults: bool, outdir: Path
+    ) -> None:
         self.cd, self.daemon, self.images = cd, daemon, images
-        self.outdir = Path(tempfile.mkdtemp(prefix="lazypull-stress-out-"))
+        self.outdir = outdir  # what each container saw, one file per container
+        outdir.mkdir(parents=True, exist_ok=True)
         self.faults = faults
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             images = build_images(root, reg.host)
             t0 = time.monotonic()
-            s = Stress(cd, daemon, images, seed=args.seed, faults=args.faults)
+            s = Stress(cd, daemon, images, seed=args.seed, faults=args.faults, outdir=root / "seen")
             out = s.run(args.ops, args.workers)
             took = time.monotonic() - t0
             s.remove_all()
