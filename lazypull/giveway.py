@@ -137,3 +137,133 @@ class Builds:
 
 #: The builds of this process (the layer server's).
 builds = Builds()
+
+
+class Shares:
+    """Threads running work queued per key, each kind of key with a limit on how many of its
+    items run at once: a hung registry, or a layer waiting on one, holds only its share of
+    the threads, and the work of other keys goes past it.
+
+    An item is labelled with one key per kind (say its layer and its registry host); it runs
+    once every one of its keys is under its kind's limit. Queues are taken in turn (one item
+    per queue per round), so a key with many items queued does not starve one with a few.
+    An item waiting past its *expire_at* is not run: its *on_expire* answers for it (EIO for
+    a FUSE request) so a layer that cannot be served in time fails for itself."""
+
+    def __init__(self, threads: int, limits: dict[str, int], name: str = "shares") -> None:
+        self.threads, self.limits, self.name = threads, dict(limits), name
+        self._queues: collections.OrderedDict[tuple[str, str], collections.deque[_Item]] = collections.OrderedDict()
+        self._running: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._busy = 0
+        self._cond = threading.Condition()
+        self._started = False
+
+    def submit(
+        self,
+        run: Callable[[], None],
+        keys: dict[str, str],
+        *,
+        expire_at: float | None = None,
+        on_expire: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue *run* under *keys* (kind -> value); the first kind's queue is the one it waits in."""
+        item = _Item(run, tuple(keys.items()), expire_at, on_expire)
+        with self._cond:
+            if not self._started:
+                self._started = True
+                for i in range(self.threads):
+                    threading.Thread(target=self._worker, name=f"{self.name}-{i}", daemon=True).start()
+            self._queues.setdefault(item.keys[0], collections.deque()).append(item)
+            self._cond.notify()
+
+    def running(self, kind: str, value: str) -> int:
+        with self._cond:
+            return self._running[(kind, value)]
+
+    def queued(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or running (nothing new should be submitted meanwhile)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queues and not self._busy, timeout)
+
+    def _free(self, item: _Item) -> bool:
+        return all(self._running[k] < self.limits.get(k[0], self.threads) for k in item.keys)
+
+    def _take(self, now: float) -> tuple[_Item | None, list[_Item], float]:
+        """The next item to run, the items expired meanwhile, and when to look again (lock held)."""
+        expired: list[_Item] = []
+        wake = now + 1.0
+        for qkey in list(self._queues):
+            q = self._queues[qkey]
+            while q and q[0].expire_at is not None and q[0].expire_at <= now:
+                expired.append(q.popleft())
+            if q and q[0].expire_at is not None:
+                wake = min(wake, q[0].expire_at)
+            if not q:
+                del self._queues[qkey]
+                continue
+            if self._free(q[0]):
+                item = q.popleft()
+                if q:
+                    self._queues.move_to_end(qkey)  # its next item waits for the others' turn
+                else:
+                    del self._queues[qkey]
+                return item, expired, wake
+        return None, expired, wake
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    item, expired, wake = self._take(now)
+                    if item is not None or expired:
+                        break
+                    if not self._queues and not self._busy:
+                        self._cond.notify_all()  # drain() waits for this
+                    self._cond.wait(max(wake - now, 0.001))
+                if item is not None:
+                    self._busy += 1
+                    for k in item.keys:
+                        self._running[k] += 1
+            for x in expired:
+                _call(x.on_expire)
+            if item is None:
+                with self._cond:
+                    self._cond.notify_all()
+                continue
+            try:
+                _call(item.run)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    for k in item.keys:
+                        self._running[k] -= 1
+                        if not self._running[k]:
+                            del self._running[k]
+                    self._cond.notify_all()
+
+
+class _Item:
+    __slots__ = ("expire_at", "keys", "on_expire", "run")
+
+    def __init__(
+        self,
+        run: Callable[[], None],
+        keys: tuple[tuple[str, str], ...],
+        expire_at: float | None,
+        on_expire: Callable[[], None] | None,
+    ) -> None:
+        self.run, self.keys, self.expire_at, self.on_expire = run, keys, expire_at, on_expire
+
+
+def _call(fn: Callable[[], None] | None) -> None:
+    if fn is None:
+        return
+    try:
+        fn()
+    except Exception:  # one item's failure must not take a worker thread with it
+        log.exception("queued work failed")
