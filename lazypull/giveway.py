@@ -32,6 +32,7 @@ DEFER_SEC = 1.0  # a build starts once no new layer came for this long ...
 MAX_DEFER_SEC = 10.0  # ... or it has waited this long
 # ... or the layers waiting hold this many entries in their parsed indexes (~0.7 KB each, measured).
 DEFER_ENTRIES = 50_000
+REAP_SEC = 0.5  # Shares: an item past its time is answered for within about this long
 log = logging.getLogger(__name__)
 
 _last_request = 0.0
@@ -148,7 +149,8 @@ class Shares:
     once every one of its keys is under its kind's limit. Queues are taken in turn (one item
     per queue per round), so a key with many items queued does not starve one with a few.
     An item waiting past its *expire_at* is not run: its *on_expire* answers for it (EIO for
-    a FUSE request) so a layer that cannot be served in time fails for itself."""
+    a FUSE request) so a layer that cannot be served in time fails for itself: a thread of its
+    own does that, as every worker may be held by the hung key."""
 
     def __init__(self, threads: int, limits: dict[str, int], name: str = "shares") -> None:
         self.threads, self.limits, self.name = threads, dict(limits), name
@@ -157,6 +159,7 @@ class Shares:
         self._busy = 0
         self._cond = threading.Condition()
         self._started = False
+        self._reaping = False
 
     def submit(
         self,
@@ -173,6 +176,9 @@ class Shares:
                 self._started = True
                 for i in range(self.threads):
                     threading.Thread(target=self._worker, name=f"{self.name}-{i}", daemon=True).start()
+            if expire_at is not None and not self._reaping:
+                self._reaping = True
+                threading.Thread(target=self._reaper, name=f"{self.name}-expiry", daemon=True).start()
             self._queues.setdefault(item.keys[0], collections.deque()).append(item)
             self._cond.notify()
 
@@ -192,49 +198,26 @@ class Shares:
     def _free(self, item: _Item) -> bool:
         return all(self._running[k] < self.limits.get(k[0], self.threads) for k in item.keys)
 
-    def _take(self, now: float) -> tuple[_Item | None, list[_Item], float]:
-        """The next item to run, the items expired meanwhile, and when to look again (lock held)."""
-        expired: list[_Item] = []
-        wake = now + 1.0
-        for qkey in list(self._queues):
-            q = self._queues[qkey]
-            while q and q[0].expire_at is not None and q[0].expire_at <= now:
-                expired.append(q.popleft())
-            if q and q[0].expire_at is not None:
-                wake = min(wake, q[0].expire_at)
-            if not q:
-                del self._queues[qkey]
-                continue
+    def _take(self) -> _Item | None:
+        """The next item whose keys are all under their limits (lock held)."""
+        for qkey, q in self._queues.items():
             if self._free(q[0]):
                 item = q.popleft()
                 if q:
                     self._queues.move_to_end(qkey)  # its next item waits for the others' turn
                 else:
                     del self._queues[qkey]
-                return item, expired, wake
-        return None, expired, wake
+                return item
+        return None
 
     def _worker(self) -> None:
         while True:
             with self._cond:
-                while True:
-                    now = time.monotonic()
-                    item, expired, wake = self._take(now)
-                    if item is not None or expired:
-                        break
-                    if not self._queues and not self._busy:
-                        self._cond.notify_all()  # drain() waits for this
-                    self._cond.wait(max(wake - now, 0.001))
-                if item is not None:
-                    self._busy += 1
-                    for k in item.keys:
-                        self._running[k] += 1
-            for x in expired:
-                _call(x.on_expire)
-            if item is None:
-                with self._cond:
-                    self._cond.notify_all()
-                continue
+                while (item := self._take()) is None:
+                    self._cond.wait()
+                self._busy += 1
+                for k in item.keys:
+                    self._running[k] += 1
             try:
                 _call(item.run)
             finally:
@@ -244,7 +227,31 @@ class Shares:
                         self._running[k] -= 1
                         if not self._running[k]:
                             del self._running[k]
-                    self._cond.notify_all()
+                    if self._queues:
+                        self._cond.notify()  # the share it frees may let a waiting item run
+                    elif not self._busy:
+                        self._cond.notify_all()  # drain() waits for this
+
+    def _reaper(self) -> None:
+        """Answer for the items that waited past their time, even while every thread is held."""
+        while True:
+            now = time.monotonic()
+            expired: list[_Item] = []
+            wake = now + REAP_SEC
+            with self._cond:
+                for qkey in list(self._queues):
+                    q = self._queues[qkey]
+                    while q and q[0].expire_at is not None and q[0].expire_at <= now:
+                        expired.append(q.popleft())
+                    if not q:
+                        del self._queues[qkey]
+                    elif q[0].expire_at is not None:
+                        wake = min(wake, q[0].expire_at)
+                if expired and not self._queues and not self._busy:
+                    self._cond.notify_all()  # drain() waits for this
+            for x in expired:
+                _call(x.on_expire)
+            time.sleep(max(wake - time.monotonic(), 0.001))
 
 
 class _Item:
