@@ -9,7 +9,7 @@ wait on a slow registry, and a hundred layers cost a handful of threads, not hun
 
 Isolation (docs/isolation.md): the data threads are shared out (:class:`~lazypull.giveway.Shares`)
 so one layer's reads use at most half of them and one registry host's at most three
-quarters; a hung registry leaves the others threads to be served by. A read queued longer
+quarters; a hung registry leaves threads to the others. A read queued longer
 than its layer's fetch timeout is answered EIO without running. A request for a layer
 whose index is still being built (too large to be served from its parsed TOC) is parked,
 not waited for on a reader thread, and handed on when the build ends (EIO after
@@ -157,6 +157,8 @@ class ServeLoop:
         if not self._claim(item):
             return
         s, fd, req = item.session, item.fd, item.req
+        if s.clone != fd:
+            return  # closed meanwhile (unmounted): the kernel has failed the request already
         if p.IN_HEADER.unpack_from(req)[1] in DATA_OPS:
             self.submit_data(s, fd, req)
         else:
@@ -196,4 +198,6 @@ class ServeLoop:
 
 def _eio(s: FuseSession, fd: int, req: bytes) -> None:
     """Answer *req* with EIO without serving it (its layer could not be served in time)."""
+    if s.clone != fd:
+        return  # closed meanwhile: *fd* may be another file's by now
     s._reply(fd, p.IN_HEADER.unpack_from(req)[2], error=errno.EIO)
