@@ -179,8 +179,9 @@ class LayerServer:
         self.loop = ServeLoop(readers, data_threads, on_dead=self._on_dead)
         # Shared out per image and per registry host (docs/isolation.md): prefetches stuck on
         # a hung registry hold at most their host's share, and other images' go on.
-        self._prefetch = Shares(8, {"image": 2, "host": 4}, name="prefetch")
-        self._background = Shares(2, {"host": 1}, name="background")
+        # One image prefetches as many layers at once as before (4); threads wait on sockets.
+        self._prefetch = Shares(12, {"image": 4, "host": 6}, name="prefetch")
+        self._background = Shares(4, {"host": 2}, name="background")
         self.idle = threading.Event()
         self.handover_until = 0.0  # monotonic time until which changes are refused (handover)
         self.retired = False  # a successor serves our layers: exit leaving the socket and state to it

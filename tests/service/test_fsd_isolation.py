@@ -4,6 +4,7 @@ their share, and unmounting gives back what a layer held."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 from lazypull.format import build_estargz
 from lazypull.fs import spec as spec_mod
+from lazypull.oci import mediatypes as mt
 from lazypull.service.fsd import LayerServer
 from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
@@ -130,10 +132,6 @@ def test_layers_whose_index_builds_do_not_stall_the_others(
 
 def _prefetched_layer(where: Path, name: str, files: dict[str, bytes]) -> tuple[Path, dict[str, object]]:
     """A layer with a prefetch landmark (its first file is fetched at mount)."""
-    import hashlib
-
-    from lazypull.oci import mediatypes as mt
-
     where.mkdir(parents=True, exist_ok=True)
     out = io.BytesIO()
     res = build_estargz(
@@ -249,9 +247,7 @@ def _held(needle: str) -> tuple[int, int]:
     return fds, maps
 
 
-def test_unmounting_layers_releases_their_index_files(
-    server: tuple[LayerServer, FsdClient], tmp_path: Path
-) -> None:
+def test_unmounting_layers_releases_their_index_files(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
     srv, client = server
     before = _held(".index.v1")
     mps = [_mount(client, tmp_path, f"l{i}", {f"f{j}": b"y" * j for j in range(30)}) for i in range(12)]
@@ -268,9 +264,7 @@ def test_unmounting_layers_releases_their_index_files(
     assert _held(".index.v1") == before  # 12 fds and 12 mappings stayed before
 
 
-def test_the_cache_directory_is_made_again_if_it_goes(
-    server: tuple[LayerServer, FsdClient], tmp_path: Path
-) -> None:
+def test_the_cache_directory_is_made_again_if_it_goes(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
     srv, client = server
     files = {f"f{i}.bin": os.urandom(32 << 10) for i in range(4)}
     mp = _mount(client, tmp_path, "c", files, min_fetch=0)

@@ -40,6 +40,7 @@ _ARM = select.EPOLLIN | select.EPOLLONESHOT
 _NEEDS_INDEX = frozenset(
     {p.LOOKUP, p.GETATTR, p.READLINK, p.OPEN, p.READ, p.GETXATTR, p.LISTXATTR, p.READDIR, p.READDIRPLUS, p.ACCESS}
 )
+LOG_EVERY = 10.0
 DEFAULT_READ_WAIT = 60.0  # a read queued this long without a thread gets EIO (no fetch timeout known)
 
 
@@ -68,6 +69,7 @@ class ServeLoop:
         self._data = Shares(data_threads, limits, name="fuse-data")
         self._after_build = Shares(2, {"layer": 1}, name="fuse-built")  # parked metadata, from memory
         self._parked: set[_Parked] = set()
+        self._told: dict[str, float] = {}  # mountpoint -> when its reads' EIO was last logged
         self.on_dead = on_dead
         for i in range(readers):
             threading.Thread(target=self._reader, name=f"fuse-{i}", daemon=True).start()
@@ -131,8 +133,22 @@ class ServeLoop:
         host = fetcher.share if fetcher is not None and fetcher.share else f"layer:{s.clone}"
         keys = {"layer": str(s.clone), "host": host}
         self._data.submit(
-            partial(s.dispatch, fd, req), keys, expire_at=time.monotonic() + wait, on_expire=partial(_eio, s, fd, req)
+            partial(s.dispatch, fd, req),
+            keys,
+            expire_at=time.monotonic() + wait,
+            on_expire=partial(self._read_expired, s, fd, req, host, wait),
         )
+
+    def _read_expired(self, s: FuseSession, fd: int, req: bytes, host: str, wait: float) -> None:
+        now = time.monotonic()
+        if now - self._told.get(s.mountpoint, -LOG_EVERY) >= LOG_EVERY:  # one line per layer a while
+            self._told[s.mountpoint] = now
+            if len(self._told) > 1024:
+                self._told.clear()
+            log.warning(
+                "layer at %s: reads waited %.0fs for a data thread (%s holds its share): EIO", s.mountpoint, wait, host
+            )
+        _eio(s, fd, req)
 
     # -- requests waiting for an index build ------------------------------------------------
     def _park(self, s: FuseSession, fd: int, req: bytes) -> bool:
