@@ -215,13 +215,13 @@ class ChunkCache:
             pass
         log.warning("the cache directory %s went away; making it again", self.root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
         with self._lock:
             self._sizes.clear()
             self._total = 0
             self._confined.clear()
-        if os.path.realpath(self.root) + os.sep != self._real_root:
+        if os.path.realpath(self.root) + os.sep != self._real_root:  # e.g. a symlink put there
             raise OSError(errno.EXDEV, f"the cache directory {self.root} came back elsewhere")
+        os.chmod(self.root, 0o700)
         sub.mkdir(exist_ok=True, mode=0o700)
 
     def path_of(self, digest: str) -> Path | None:

@@ -136,9 +136,8 @@ class LayerFS:
         Requests still being answered get EIO, not bytes of an unmapped file."""
         self.cancel_build()
         for index in (self._tree, self.index):
-            close = getattr(index, "close", None)
-            if close is not None:
-                close()
+            if isinstance(index, CompactIndex):
+                index.close()
 
     @property
     def tree(self) -> CompactIndex | ParsedTree:

@@ -69,6 +69,7 @@ class ServeLoop:
         self._data = Shares(data_threads, limits, name="fuse-data")
         self._after_build = Shares(2, {"layer": 1}, name="fuse-built")  # parked metadata, from memory
         self._parked: set[_Parked] = set()
+        self._scan_at = 0.0  # when parked requests are next looked through for their deadline
         self._told: dict[str, float] = {}  # mountpoint -> when its reads' EIO was last logged
         self.on_dead = on_dead
         for i in range(readers):
@@ -98,7 +99,7 @@ class ServeLoop:
                 events = self._ep.poll(1.0, 1)
             except InterruptedError:
                 continue
-            if self._parked:
+            if self._parked and time.monotonic() >= self._scan_at:
                 self._expire_parked()
             for fd, _ev in events:
                 s = self._sessions.get(fd)
@@ -182,6 +183,7 @@ class ServeLoop:
 
     def _expire_parked(self) -> None:
         now = time.monotonic()
+        self._scan_at = now + 1.0  # thousands may be parked: looked through once a second
         with self._lock:
             late = [x for x in self._parked if x.deadline <= now]
         for x in late:
