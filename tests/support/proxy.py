@@ -38,6 +38,9 @@ class Faults:
     trickle_bps: int = 0  # send the body at this many bytes per second
     stall: str = ""  # "accept": read the request, never answer; "body": send the headers, then nothing
     stale_after: int = 0  # a connection answers this many requests, then swallows the rest silently
+    # The lasting modes hit only ranges that end before the blob does: data reads (a prefetch),
+    # not the footer and TOC a mount reads from the tail.
+    inner_ranges: bool = False
 
 
 @dataclass
@@ -171,6 +174,8 @@ def start_proxy(upstream_url: str) -> Proxy:
                 conn.close()
             truncate = self._take("truncate") and len(data) > 1
             stall_body = p.faults.stall == "body" and self.command != "HEAD" and self._lasting()
+            if p.faults.inner_ranges and not _inner_range(resp.getheader("Content-Range") or ""):
+                stall_body = False
             trickle = p.faults.trickle_bps if self.command != "HEAD" and self._lasting() else 0
             self.send_response(resp.status)
             for k, v in resp.getheaders():
@@ -227,6 +232,15 @@ def start_proxy(upstream_url: str) -> Proxy:
     state["p"] = proxy
     threading.Thread(target=server.serve_forever, daemon=True, name="test-proxy").start()
     return proxy
+
+
+def _inner_range(content_range: str) -> bool:
+    """Whether a ``Content-Range: bytes A-B/TOTAL`` answer ends before the blob does."""
+    try:
+        span, _, total = content_range.removeprefix("bytes ").partition("/")
+        return int(span.partition("-")[2]) + 1 < int(total)
+    except ValueError:
+        return False
 
 
 @contextmanager
