@@ -131,8 +131,8 @@ class ServeLoop:
         """Queue a request that may wait for a registry, in its layer's and host's shares."""
         fetcher = _fetcher(s)
         wait = fetcher.timeout if fetcher is not None else DEFAULT_READ_WAIT
-        host = fetcher.share if fetcher is not None and fetcher.share else f"layer:{s.clone}"
-        keys = {"layer": str(s.clone), "host": host}
+        host = fetcher.share if fetcher is not None and fetcher.share else "layer:" + _layer_key(s)
+        keys = {"layer": _layer_key(s), "host": host}
         self._data.submit(
             partial(s.dispatch, fd, req),
             keys,
@@ -179,7 +179,7 @@ class ServeLoop:
         if p.IN_HEADER.unpack_from(req)[1] in DATA_OPS:
             self.submit_data(s, fd, req)
         else:
-            self._after_build.submit(partial(s.dispatch, fd, req), {"layer": str(s.clone)})
+            self._after_build.submit(partial(s.dispatch, fd, req), {"layer": _layer_key(s)})
 
     def _expire_parked(self) -> None:
         now = time.monotonic()
@@ -219,3 +219,9 @@ def _eio(s: FuseSession, fd: int, req: bytes) -> None:
     if s.clone != fd:
         return  # closed meanwhile: *fd* may be another file's by now
     s._reply(fd, p.IN_HEADER.unpack_from(req)[2], error=errno.EIO)
+
+
+def _layer_key(s: FuseSession) -> str:
+    """A session's share key: its identity (its fd number is another layer's once closed and
+    reused, while work of the old one may still be queued or running)."""
+    return f"{id(s):x}"
