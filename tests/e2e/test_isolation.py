@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from lazypull.cli.main import main
 from tests.support.containerd import start_containerd
-from tests.support.daemon import start_daemon
+from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.proxy import start_proxy
 from tests.support.registry import Registry, start_registry
@@ -94,10 +95,61 @@ def test_a_container_starts_at_once_while_other_images_prefetches_hang(tmp_path:
         proxy.heal()
         if cd is not None:
             cd.stop()
-        daemon.stop()
-        daemon.stop_layers()
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f if str(tmp_path) in line.split()[4]]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True)
+        _stop(daemon, tmp_path)
         proxy.stop()
+
+
+def test_a_hung_registry_does_not_hold_up_reads_from_another(tmp_path: Path, registry: Registry) -> None:
+    files = {f"a/f{i}.bin": os.urandom(300_000) for i in range(24)}
+    hung = _push(
+        registry, tmp_path, "h", [[Entry("a", "dir", mode=0o755), *(Entry(n, data=d) for n, d in files.items())]], []
+    )
+    other = _push(registry, tmp_path, "o", [[Entry("b", "dir", mode=0o755), Entry("b/g", data=os.urandom(4096))]], [])
+    proxy = start_proxy(registry.url)  # the registry that hangs: another host than *other*'s
+    cfg = (
+        f'plain_http_hosts = ["{proxy.host}", "{registry.host}"]\nno_background_fetch = true\n'
+        "[blob]\nfetching_timeout_sec = 30\n"
+    )
+    daemon = start_daemon(tmp_path / "daemon", cfg)
+    cd = None
+    readers: list[threading.Thread] = []
+    try:
+        cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
+        for ref in (hung.replace(registry.host, proxy.host), other):
+            cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", ref, tool="ctr-remote")
+        mps = [Path(r["mountpoint"]) for r in daemon.layers()]
+        [a] = [m for m in mps if (m / "a").is_dir()]
+        [b] = [m for m in mps if (m / "b").is_dir()]
+        proxy.faults.match, proxy.faults.stall, proxy.faults.inner_ranges = "/blobs/", "body", True
+        readers = [
+            threading.Thread(target=lambda n=n: subprocess.run(["cat", str(a / n)], capture_output=True), daemon=True)
+            for n in list(files)[:20]
+        ]
+        for t in readers:
+            t.start()
+        time.sleep(1.0)  # 20 reads in flight on the hung registry
+        assert sum(t.is_alive() for t in readers) == 20
+        t0 = time.monotonic()
+        res = subprocess.run(["cat", str(b / "b/g")], capture_output=True, timeout=60)
+        took = time.monotonic() - t0
+        assert res.returncode == 0 and len(res.stdout) == 4096
+        # Before: behind the 16 data threads the hung reads held, until their 30 s timeout.
+        assert took < 10, (took, daemon.log())
+    finally:
+        proxy.heal()
+        for t in readers:
+            t.join(60)
+        if cd is not None:
+            cd.stop()
+        _stop(daemon, tmp_path)
+        proxy.stop()
+
+
+def _stop(daemon: Daemon, root: Path) -> None:
+    """The daemon, then the layer server it leaves running by design, then leftover mounts."""
+    daemon.stop()
+    daemon.stop_layers()
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if str(root) in line.split()[4]]
+    for m in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True)
