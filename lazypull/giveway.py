@@ -194,10 +194,6 @@ class Shares:
         with self._lock:
             return self._running.get((kind, value), 0)
 
-    def queued(self) -> int:
-        with self._lock:
-            return sum(len(q) for q in self._waiting.values())
-
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or running (nothing new should be submitted meanwhile)."""
         with self._idle:
