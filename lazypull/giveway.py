@@ -15,7 +15,11 @@ pacer could see. Builds run one at a time from one queue (:class:`Builds`), each
 new layer has come for :data:`DEFER_SEC` (small-files, paired run by run with the
 reference: its run phase 0.035 s behind with the build beside it, paced, 0.012 s with the
 build after it). Waiting layers are served from their parsed index, so the wait is bounded
-in time and in the entries held."""
+in time and in the entries held.
+
+Work that may wait on a registry (reads, prefetches, background fetches) gives way the
+other way round: :class:`Shares` runs it with a limit per layer, image or registry host,
+so what waits on one of them leaves the threads the others need (docs/isolation.md)."""
 
 from __future__ import annotations
 
