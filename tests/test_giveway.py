@@ -110,3 +110,42 @@ def test_a_build_waits_at_most_the_max_defer_time_and_can_be_cancelled() -> None
         time.sleep(0.05)
     assert ran and ran[0][0] == "first" and 1.0 <= ran[0][1] - t0 < 4.0
     assert not q.cancel(first) and "gone" not in [n for n, _ in ran]
+
+
+def test_shares_keep_a_hung_key_to_its_limit_and_serve_the_others() -> None:
+    shares = giveway.Shares(4, {"host": 2}, name="test-shares")
+    hung = threading.Event()
+    started: list[str] = []
+    done = threading.Event()
+    for i in range(10):  # far more hung work than threads
+        shares.submit(lambda i=i: (started.append(f"hung{i}"), hung.wait(10)), {"host": "hung"})
+    shares.submit(done.set, {"host": "other"})
+    try:
+        assert done.wait(2)  # a thread was left for it
+        time.sleep(0.1)
+        assert shares.running("host", "hung") == 2 and len(started) == 2
+    finally:
+        hung.set()
+    assert shares.drain(10) and len(started) == 10
+
+
+def test_shares_take_queues_in_turn_and_expire_what_waits_too_long() -> None:
+    shares = giveway.Shares(1, {"layer": 1}, name="test-turns")
+    gate = threading.Event()
+    order: list[str] = []
+    shares.submit(lambda: gate.wait(10), {"layer": "first"})
+    for i in range(3):
+        shares.submit(lambda i=i: order.append(f"a{i}"), {"layer": "a"})
+    shares.submit(lambda: order.append("b0"), {"layer": "b"})
+    expired: list[str] = []
+    shares.submit(
+        lambda: order.append("late"),
+        {"layer": "c"},
+        expire_at=time.monotonic() + 0.2,
+        on_expire=lambda: expired.append("late"),
+    )
+    time.sleep(0.5)
+    assert expired == ["late"]  # answered for while every thread was held
+    gate.set()
+    assert shares.drain(10)
+    assert order == ["a0", "b0", "a1", "a2"]  # b's one item did not wait behind all of a's

@@ -8,6 +8,7 @@ corrupted file is dropped and refetched instead of served.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -196,13 +197,32 @@ class ChunkCache:
         if path.exists():
             return
         try:
-            path.parent.mkdir(exist_ok=True, mode=0o700)
+            self._mkdir(path.parent)
             atomic_write(path, data)
         except OSError as e:
             # A full disk must not fail reads: the bytes are still served from memory.
             log.warning("cannot write chunk %s to the cache: %s", digest, e.strerror)
             return
         self._account(digest, len(data))
+
+    def _mkdir(self, sub: Path) -> None:
+        """Make a chunk's subdirectory, and the cache directory again if it went (removed under
+        a running server: by hand, a cleaner). What it held went with it: forgotten."""
+        try:
+            sub.mkdir(exist_ok=True, mode=0o700)
+            return
+        except FileNotFoundError:
+            pass
+        log.warning("the cache directory %s went away; making it again", self.root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock:
+            self._sizes.clear()
+            self._total = 0
+            self._confined.clear()
+        if os.path.realpath(self.root) + os.sep != self._real_root:  # e.g. a symlink put there
+            raise OSError(errno.EXDEV, f"the cache directory {self.root} came back elsewhere")
+        os.chmod(self.root, 0o700)
+        sub.mkdir(exist_ok=True, mode=0o700)
 
     def path_of(self, digest: str) -> Path | None:
         """The file holding *digest*'s content, if cached."""
@@ -241,7 +261,7 @@ class ChunkCache:
         if path.exists():
             return path
         try:
-            path.parent.mkdir(exist_ok=True, mode=0o700)
+            self._mkdir(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         except OSError as e:  # a full disk: the file is served by the FUSE server instead
             log.warning("cannot store %s in the cache: %s", digest, e.strerror)

@@ -226,6 +226,15 @@ class CompactIndex(LayerIndex):
     def nbytes(self) -> int:
         return len(self._buf)
 
+    def close(self) -> None:
+        """Unmap the file (a mapping also holds an fd of its own): without it, an unmounted
+        layer's index stays mapped until the collector happens to free it."""
+        if isinstance(self._buf, mmap.mmap) and not self._buf.closed:
+            try:
+                self._buf.close()
+            except BufferError:
+                pass  # a request still decodes from it: the collector frees it later
+
     # -- records -----------------------------------------------------------------------
     def node(self, i: int) -> Node:
         if not 0 <= i < self.n_nodes:

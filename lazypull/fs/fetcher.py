@@ -105,6 +105,9 @@ class Fetcher:
         self.failed_hold = failed_hold
         self.readahead = readahead
         self.stats = FetchStats()
+        # The registry host its reads wait on (set by the layer server): reads are given
+        # threads per host, so a hung registry holds only its share (loop.py).
+        self.share = ""
         self._inflight: dict[tuple[int, int], Future[bytes]] = {}
         self._failed: dict[tuple[int, int], tuple[float, FetchError]] = {}  # chunk -> (until, error)
         self._lock = threading.Lock()

@@ -66,6 +66,8 @@ class LayerFS:
         self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
         self._parsed: ParsedTree | None = None  # answers while the compact index is built
         self._pending: Build | None = None
+        self._lock = threading.Lock()
+        self._waiters: list[Callable[[], None]] = []  # called once the build ends (when_built)
         if build is None:
             self._serve_from(index)
         else:
@@ -83,7 +85,17 @@ class LayerFS:
             self.fetcher.index = index
         self._tree = tree
         self._parsed = None  # its views and the parsed index go
-        self._built.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._built.set()
+            waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            try:
+                w()
+            except Exception:
+                log.exception("a request waiting for a layer's index could not be handed on")
 
     def _build(self, build: Callable[[], LayerIndex]) -> None:
         try:
@@ -91,18 +103,41 @@ class LayerFS:
         except Exception as e:  # the parsed index keeps serving (in memory): nothing is lost
             log.error("building the compact index of a layer failed (it is served from memory): %s", e)
             self.build_error = str(e) or type(e).__name__
-            self._built.set()
+            self._finish()
 
     def cancel_build(self) -> None:
         """Drop a build that has not started (the layer goes away); one under way is waited for
         with :meth:`wait_built`."""
         if self._pending is not None and self._pending.cancel():
             self.build_error = "cancelled"
-            self._built.set()
+            self._finish()
 
     def wait_built(self, timeout: float | None = None) -> bool:
         """True once the compact index serves (False while building or if its build failed)."""
         return self._built.wait(timeout) and self._tree is not None
+
+    @property
+    def ready(self) -> bool:
+        """Whether a request is answered without waiting for the index build."""
+        return self._tree is not None or self._parsed is not None or self._built.is_set()
+
+    def when_built(self, then: Callable[[], None]) -> bool:
+        """Have *then* called (in the build's thread) once the layer is :attr:`ready`; False,
+        and no call, if it is ready now. The request loop parks requests this way instead of
+        holding a thread on a build queued behind other layers' builds."""
+        with self._lock:
+            if self.ready:
+                return False
+            self._waiters.append(then)
+            return True
+
+    def close(self) -> None:
+        """Release the mapped index file (its mapping and the fd it holds): the layer is gone.
+        Requests still being answered get EIO, not bytes of an unmapped file."""
+        self.cancel_build()
+        for index in (self._tree, self.index):
+            if isinstance(index, CompactIndex):
+                index.close()
 
     @property
     def tree(self) -> CompactIndex | ParsedTree:

@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ from lazypull.fs.layer import BUILD_WAIT, LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
-from lazypull.giveway import request_seen
+from lazypull.giveway import Shares, request_seen
 from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
@@ -178,8 +177,11 @@ class LayerServer:
         self._mounting: dict[str, threading.Event] = {}
         self._cancelled: set[str] = set()  # unmounted while being mounted: dropped once mounted
         self.loop = ServeLoop(readers, data_threads, on_dead=self._on_dead)
-        self._prefetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prefetch")
-        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="background")
+        # Shared out per image and per registry host (docs/isolation.md): prefetches stuck on
+        # a hung registry hold at most their host's share, and other images' go on.
+        # One image prefetches as many layers at once as before (4); threads wait on sockets.
+        self._prefetch = Shares(12, {"image": 4, "host": 6}, name="prefetch")
+        self._background = Shares(4, {"host": 2}, name="background")
         self.idle = threading.Event()
         self.handover_until = 0.0  # monotonic time until which changes are refused (handover)
         self.retired = False  # a successor serves our layers: exit leaving the socket and state to it
@@ -341,6 +343,19 @@ class LayerServer:
     def _start_fetching(self, ly: Layer) -> None:
         fetcher = ly.fetcher
         assert fetcher is not None
+        # The keys its fetching is shared out by (docs/isolation.md): its registry host and its
+        # image; a layer read from a local blob counts its directory (a layout) as both.
+        host = image = "file:" + os.path.dirname(ly.spec.blob_path)
+        if ly.spec.ref:
+            from lazypull.registry.reference import Reference
+
+            image = ly.spec.ref
+            try:
+                host = Reference.parse(image).registry
+            except LazypullError:
+                host = image
+        fetcher.share = host
+        keys = {"image": image, "host": host}
 
         def prefetch() -> None:
             try:
@@ -353,7 +368,7 @@ class LayerServer:
             finally:
                 ly.prefetch_done = True
             if ly.spec.background_fetch and not ly.stop.is_set():
-                self._background.submit(background)
+                self._background.submit(background, {"host": host})
 
         def background() -> None:
             if ly.stop.is_set():
@@ -368,9 +383,9 @@ class LayerServer:
         if not ly.spec.prefetch:
             ly.prefetch_done = True
             if ly.spec.background_fetch:
-                self._background.submit(background)
+                self._background.submit(background, {"host": host})
             return
-        self._prefetch.submit(prefetch)
+        self._prefetch.submit(prefetch, keys)
 
     # -- unmounting -----------------------------------------------------------------------
     def unmount(self, mountpoint: str, free_cache: bool = False, mount_id: str | None = None) -> list[str]:
@@ -418,6 +433,8 @@ class LayerServer:
             if free_cache and ly.index is not None:
                 freed = self._free_chunks(ly)
                 log.info("layer %s released: removed %d chunks from the cache", ly.digest[7:19], freed)
+        if ly.fs is not None:
+            ly.fs.close()  # its index file's mapping and fd: the layer object may outlive us
         log.info("layer %s unmounted from %s", ly.digest[7:19], ly.mountpoint)
         return accessed
 

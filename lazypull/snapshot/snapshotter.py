@@ -352,9 +352,13 @@ class Snapshotter:
         self.layers.lease(desc.digest, self._layer_mountpoint(desc.digest), spec, ahead=True)
 
     def _wait_prefetch(self, chain: list[Snapshot]) -> None:
+        """Give the chain's prefetches up to ``prefetch_timeout_sec`` to finish. A layer whose
+        prefetch did not finish in that time (a hung registry) is not waited for again, by this
+        image or any other: a container create pays that timeout once, not at every call."""
         if self.remote is None or not self.remote.prefetch:
             return
-        mps = [s.remote["mountpoint"] for s in chain if s.remote]
+        timed_out: dict[str, None] = self.__dict__.setdefault("_prefetch_timed_out", {})
+        mps = [s.remote["mountpoint"] for s in chain if s.remote and s.remote["mountpoint"] not in timed_out]
         if not mps:
             return
         deadline = time.monotonic() + self.remote.prefetch_timeout_sec
@@ -363,10 +367,15 @@ class Snapshotter:
                 rows = self.layers.client.stats(mps)["layers"]
             except FsdError:
                 return
-            if all(r.get("prefetch_done") for r in rows):
+            late = [str(r.get("mountpoint")) for r in rows if not r.get("prefetch_done")]
+            if not late:
                 return
             if time.monotonic() >= deadline:
-                log.info("prefetch of %d layers not finished within the timeout; continuing", len(mps))
+                log.info("prefetch of %d of %d layers not finished within the timeout; continuing", len(late), len(mps))
+                for mp in late:
+                    timed_out[mp] = None
+                while len(timed_out) > 4096:  # the oldest go: at worst waited for once more
+                    del timed_out[next(iter(timed_out))]
                 return
             time.sleep(0.02)
 

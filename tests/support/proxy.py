@@ -41,6 +41,9 @@ class Faults:
     # The registry's 401 to a request that carried credentials goes out as 403 without a
     # challenge, as some registries and gateways refuse an expired or revoked token.
     deny_as_403: bool = False
+    # The lasting modes hit only ranges that end before the blob does: data reads (a prefetch),
+    # not the footer and TOC a mount reads from the tail.
+    inner_ranges: bool = False
 
 
 @dataclass
@@ -174,6 +177,8 @@ def start_proxy(upstream_url: str) -> Proxy:
                 conn.close()
             truncate = self._take("truncate") and len(data) > 1
             stall_body = p.faults.stall == "body" and self.command != "HEAD" and self._lasting()
+            if p.faults.inner_ranges and not _inner_range(resp.getheader("Content-Range") or ""):
+                stall_body = False
             trickle = p.faults.trickle_bps if self.command != "HEAD" and self._lasting() else 0
             status = resp.status
             if status == 401 and p.faults.deny_as_403 and "Authorization" in self.headers:
@@ -235,6 +240,15 @@ def start_proxy(upstream_url: str) -> Proxy:
     state["p"] = proxy
     threading.Thread(target=server.serve_forever, daemon=True, name="test-proxy").start()
     return proxy
+
+
+def _inner_range(content_range: str) -> bool:
+    """Whether a ``Content-Range: bytes A-B/TOTAL`` answer ends before the blob does."""
+    try:
+        span, _, total = content_range.removeprefix("bytes ").partition("/")
+        return int(span.partition("-")[2]) + 1 < int(total)
+    except ValueError:
+        return False
 
 
 @contextmanager
