@@ -79,7 +79,6 @@ class Entry(Generic[M]):
     attempt: int = 0  # mounts started so far; a lease fails only on its own attempt's failure
     claimed: bool = False  # this attempt's mount call has begun (a queued mount-ahead then does nothing)
     leases: dict[int, float] = field(default_factory=dict)  # lease id -> expiry (monotonic; inf: none)
-    healthy: bool = False  # the health check's last word on the mounted instance
     retired: bool = False  # absent and forgotten: a new lease makes a new entry
     cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
@@ -247,7 +246,7 @@ class Lifecycle(Generic[M]):
     def _start_mount(self, e: Entry[M], ahead: bool) -> None:
         """absent/failed -> mounting. Under e.cond."""
         e.attempt += 1
-        e.state, e.error, e.claimed, e.healthy = State.MOUNTING, "", False, False
+        e.state, e.error, e.claimed = State.MOUNTING, "", False
         (self._spawn_ahead if ahead else self._spawn)(self._mount_task(e, e.attempt))
 
     def _mount_task(self, e: Entry[M], attempt: int) -> Task:
@@ -272,7 +271,7 @@ class Lifecycle(Generic[M]):
                     self.failures += 1
                     log.info("mount of layer %s failed: %s", e.digest[7:19], error)
                 else:
-                    e.state, e.mounted, e.healthy = State.SERVING, mounted, True
+                    e.state, e.mounted = State.SERVING, mounted
                 e.cond.notify_all()
             if stale and mounted is not None:
                 self.mounter.unmount(e.digest, e.mountpoint, mounted, False)
@@ -301,7 +300,7 @@ class Lifecycle(Generic[M]):
         with e.cond:
             if e.state != State.SERVING or e.mounted is not mounted:
                 return False
-            e.state, e.mounted, e.healthy = State.RELEASING, None, False
+            e.state, e.mounted = State.RELEASING, None
             self.repairs += 1
         log.warning("layer %s at %s is not serving (%s): mounting it again", digest[7:19], e.mountpoint, why)
         self._spawn_release(self._release_task(e, mounted, final=False))
@@ -347,7 +346,7 @@ class Lifecycle(Generic[M]):
         with e.cond:
             if e.state != State.ABSENT or e.retired:
                 return False
-            e.spec, e.state, e.mounted, e.healthy = spec, State.SERVING, mounted, True
+            e.spec, e.state, e.mounted = spec, State.SERVING, mounted
             e.cond.notify_all()
         self.settle(digest)
         return True

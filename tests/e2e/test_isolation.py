@@ -8,7 +8,6 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from tests.support.containerd import start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.proxy import start_proxy
-from tests.support.registry import Registry, start_registry
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -36,15 +35,6 @@ def _push(reg: Registry, root: Path, name: str, layers: list[list[Entry]], prior
     ref = f"{reg.host}/iso/{name}:esgz"
     assert main(["convert", "--plain-http", "--oci", "--record-in", str(record), plain, ref]) == 0
     return ref
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    reg = start_registry(tmp_path / "registry")
-    try:
-        yield reg
-    finally:
-        reg.stop()
 
 
 def test_a_container_starts_at_once_while_other_images_prefetches_hang(tmp_path: Path, registry: Registry) -> None:

@@ -25,9 +25,12 @@ from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
 from tests.support.images import Entry, make_tar
 
 
-def make_layer(tmp: Path, name: str, files: dict[str, bytes]) -> tuple[Path, dict[str, object]]:
+def make_layer(
+    tmp: Path, name: str, files: dict[str, bytes], prioritized: list[str] | None = None
+) -> tuple[Path, dict[str, object]]:
     out = io.BytesIO()
-    res = build_estargz(io.BytesIO(make_tar([Entry(n, data=d) for n, d in files.items()])), out, chunk_size=256 << 10)
+    tar = io.BytesIO(make_tar([Entry(n, data=d) for n, d in files.items()]))
+    res = build_estargz(tar, out, chunk_size=256 << 10, prioritized_files=prioritized or [])
     blob = out.getvalue()
     path = tmp / f"{name}.blob"
     path.write_bytes(blob)

@@ -4,8 +4,6 @@ their share, and unmounting gives back what a layer held."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import shutil
 import threading
@@ -16,14 +14,11 @@ from typing import Any
 
 import pytest
 
-from lazypull.format import build_estargz
 from lazypull.fs import spec as spec_mod
-from lazypull.oci import mediatypes as mt
 from lazypull.service.fsd import LayerServer
 from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 from tests.service.test_fsd import Slow, make_layer, server, spec
-from tests.support.images import Entry, make_tar
 
 __all__ = ["server"]  # the fixture
 
@@ -133,20 +128,7 @@ def test_layers_whose_index_builds_do_not_stall_the_others(
 def _prefetched_layer(where: Path, name: str, files: dict[str, bytes]) -> tuple[Path, dict[str, object]]:
     """A layer with a prefetch landmark (its first file is fetched at mount)."""
     where.mkdir(parents=True, exist_ok=True)
-    out = io.BytesIO()
-    res = build_estargz(
-        io.BytesIO(make_tar([Entry(n, data=d) for n, d in files.items()])), out, prioritized_files=[next(iter(files))]
-    )
-    blob = out.getvalue()
-    path = where / f"{name}.blob"
-    path.write_bytes(blob)
-    desc = {
-        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
-        "size": len(blob),
-        "annotations": {mt.ANNOTATION_TOC_DIGEST: res.toc_digest},
-    }
-    return path, desc
+    return make_layer(where, name, files, prioritized=[next(iter(files))])
 
 
 class _HungPrefetch:
