@@ -4,12 +4,14 @@ unconverted image under ``check``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,26 @@ def test_commands_other_than_the_daemon_do_not_import_grpc() -> None:
     assert res.stdout.strip() == "False", res.stdout + res.stderr
 
 
+@contextlib.contextmanager
+def _passable_by_others(*paths: Path) -> Iterator[None]:
+    """Let another user reach the venv and the checkout for the test's length: a checkout in a
+    0700 directory (``mktemp -d``, as CI clones) is otherwise closed to user nobody, and the
+    command would fail at import instead of at the permission the test is about. Directories
+    above them get the search bit only (no listing); the modes are put back after."""
+    changed: dict[Path, int] = {}
+    for top in paths:
+        for p in [top, *top.parents]:
+            mode = p.stat().st_mode & 0o7777
+            if p not in changed and not mode & 0o001:
+                changed[p] = mode
+                p.chmod(mode | 0o001)
+    try:
+        yield
+    finally:
+        for p, mode in changed.items():
+            p.chmod(mode)
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="switches to user nobody (needs root)")
 def test_mount_as_a_user_says_it_needs_root() -> None:
     with tempfile.TemporaryDirectory(prefix="lazypull-user-") as d:
@@ -143,10 +165,11 @@ def test_mount_as_a_user_says_it_needs_root() -> None:
         write_image(Path(d) / "img", [[Entry("etc/hello", data=b"hello\n")]])
         for p in Path(d).rglob("*"):
             p.chmod(0o755 if p.is_dir() else 0o644)
-        res = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             sys.executable, "-m", "lazypull.cli.main", "mount", f"oci:{d}/img:latest", f"{d}/mnt"],
-            capture_output=True, text=True, timeout=60, cwd=d,
-        )  # fmt: skip
+        with _passable_by_others(Path(sys.prefix), Path(__file__).resolve().parents[2]):
+            res = subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 sys.executable, "-m", "lazypull.cli.main", "mount", f"oci:{d}/img:latest", f"{d}/mnt"],
+                capture_output=True, text=True, timeout=60, cwd=d,
+            )  # fmt: skip
     assert res.returncode == 1, res.stderr
     assert "Permission denied: /run/lazypull" in res.stderr and "needs root" in res.stderr and "sudo" in res.stderr
