@@ -128,6 +128,7 @@ def test_malformed_registry_config_is_named(
     assert expect.format(file=bad) in capsys.readouterr().err
 
 
+@pytest.mark.e2e  # a real FUSE mount through the layer server: not in the stock-Debian chroot's unit run
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts (root)")
 def test_mount_of_a_truncated_layer_names_it(src: str, tmp_path: Path) -> None:
     assert main(["convert", "--no-progress", src, f"oci:{tmp_path / 'c'}:x"]) == 0
