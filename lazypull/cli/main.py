@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "cat",
     "cp",
     "snapshotter",
+    "status",
     "bench",
 ]
 # Commands a module registers besides the one named after it.

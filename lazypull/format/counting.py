@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from lazypull.format.source import ReadAt
+from lazypull.fs.stats import OpStats
 
 
 class CountingSource:
@@ -12,6 +14,7 @@ class CountingSource:
         self.inner = inner
         self.bytes_read = 0
         self.reads = 0
+        self.latency = OpStats()  # "fetch": each read of the source (a registry range request, retries included)
         self._lock = threading.Lock()
 
     @property
@@ -19,7 +22,9 @@ class CountingSource:
         return self.inner.size
 
     def read_at(self, offset: int, length: int) -> bytes:
+        t0 = time.monotonic()
         data = self.inner.read_at(offset, length)
+        self.latency.observe("fetch", time.monotonic() - t0)
         with self._lock:
             self.bytes_read += len(data)
             self.reads += 1

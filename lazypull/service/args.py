@@ -4,6 +4,7 @@ every other ``lazypull`` command load without grpc and the snapshotter."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DEFAULT_ADDRESS = "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock"
 DEFAULT_ROOT = "/var/lib/containerd-lazypull-grpc"
@@ -20,3 +21,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fsd-address", default="", help="the layer server's socket (default ROOT/fsd.sock; started if not running)"
     )
+
+
+def status_socket(address: str | Path) -> Path:
+    """The daemon's status socket, beside its containerd socket *address* (one per daemon)."""
+    a = Path(address)
+    return a.with_name(a.stem + "-status.sock")

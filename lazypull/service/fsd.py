@@ -127,6 +127,7 @@ class Layer:
         out: dict[str, Any] = {
             **self.summary(),
             "layer": self.digest,
+            "ref": self.spec.ref,  # no credentials: the daemon's status and per-host metrics
             "size": int(self.spec.layer.get("size", 0)),
             "prefetch_done": self.prefetch_done,
             "background_done": self.background_done,
@@ -149,6 +150,8 @@ class Layer:
             passthrough=bool(self.session and self.session.passthrough_active),
             passthrough_files=self.session.passthrough_files if self.session else 0,
             ops=self.ops.snapshot(),
+            first_read=self.ops.first_of("read"),  # [wall-clock start, seconds] or None
+            fetch=self.source.latency.snapshot().get("fetch"),
             index_error=self.fs.build_error,  # set: served from its parsed index, in memory
             index="compact" if self.fs.wait_built(0) else "parsed",  # parsed: its build waits or failed
         )

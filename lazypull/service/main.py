@@ -16,13 +16,15 @@ import grpc
 from lazypull.errors import LazypullError, log_level
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
-from lazypull.service.args import DEFAULT_CONFIG, add_args
+from lazypull.service.args import DEFAULT_CONFIG, add_args, status_socket
 from lazypull.service.config import ConfigError, DaemonConfig
 from lazypull.service.cri.keychain import Keychain
 from lazypull.service.cri.server import add_image_service
 from lazypull.service.grpc_service import SnapshotsService
 from lazypull.service.notify import raise_fd_limit, sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
+from lazypull.service.status import node_status
+from lazypull.service.statusapi import serve_status
 from lazypull.snapshot.remote import LayerResolver
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 
@@ -123,6 +125,8 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         os.umask(old)
     os.chmod(sock, 0o600)
+    status_path = status_socket(sock)
+    status = serve_status(status_path, lambda: node_status(sn))  # `lazypull status`
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -133,6 +137,8 @@ def serve(args: argparse.Namespace) -> int:
     stop_layers = getattr(args, "stop_layers", False)
     log.info("shutting down; %s", "stopping the layer server" if stop_layers else "lazily mounted layers keep serving")
     server.stop(grace=5).wait()
+    status.shutdown()
+    status_path.unlink(missing_ok=True)
     sn.close()
     if stop_layers:
         if sn.layers.stop_server():

@@ -3,6 +3,10 @@
 Series use the names the seed guide's recording rules and the reference daemon's
 dashboards expect (``stargz_fs_operation_duration_seconds``, ``stargz_cache_*``,
 ``stargz_bytes_downloaded_total``, ``stargz_fs_operation_*``), so both keep working.
+
+Labels stay bounded: per layer (the node's mounted layers), per operation, and per
+registry host for ``lazypull_fetch_duration_seconds`` — the first ``MAX_HOSTS`` hosts seen
+keep their name, later ones count as ``other``.
 """
 
 from __future__ import annotations
@@ -13,18 +17,36 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from lazypull.errors import LazypullError
 from lazypull.fs.stats import BUCKETS
+from lazypull.registry.reference import Reference
+from lazypull.service.firstread import FIRST_READS
 
 if TYPE_CHECKING:
     from lazypull.snapshot.snapshotter import Snapshotter
 
 
+MAX_HOSTS = 16
+OTHER_HOST = "other"
+
+
 class LayerStatsCollector(Collector):
     def __init__(self, snapshotter: Snapshotter) -> None:
         self.sn = snapshotter
+        self._hosts: dict[str, None] = {}  # registry hosts with a label of their own (first seen)
+
+    def host_label(self, ref: object) -> str:
+        try:
+            host = Reference.parse(str(ref)).registry
+        except LazypullError:
+            return OTHER_HOST
+        if host not in self._hosts and len(self._hosts) < MAX_HOSTS:
+            self._hosts[host] = None
+        return host if host in self._hosts else OTHER_HOST
 
     def collect(self) -> Iterator[object]:
         stats = self.sn.layers.stats()
+        FIRST_READS.update(self.sn.book, stats)  # lazypull_*_first_read_seconds, observed once each
         hist = HistogramMetricFamily(
             "stargz_fs_operation_duration_seconds", "Latency of filesystem operations", labels=["operation"]
         )
@@ -66,6 +88,12 @@ class LayerStatsCollector(Collector):
             "lazypull_layer_aborted", "FUSE connections aborted: their requests stuck while other layers were served"
         )
         aborted.add_metric([], self.sn.layers.aborted)
+        fetch_hist = HistogramMetricFamily(
+            "lazypull_fetch_duration_seconds",
+            "Latency of the lazy mounts' registry fetches (range requests, retries included), by registry host",
+            labels=["host"],
+        )
+        by_host: dict[str, list[float]] = {}
         agg: dict[str, list[float]] = {}
         h_total = r_total = d_total = 0
         for s in stats:
@@ -81,6 +109,8 @@ class LayerStatsCollector(Collector):
             ferr.add_metric([layer], float(s.get("fetch_errors", 0)))
             verr.add_metric([layer], float(s.get("verify_errors", 0)))
             served.add_metric([layer], float(s.get("bytes_served", 0)))
+            if s.get("fetch"):
+                _add(by_host.setdefault(self.host_label(s.get("ref")), _zeros()), s["fetch"])
             for op, row in (s.get("ops") or {}).items():
                 a = agg.setdefault(op, [0.0] * (2 + len(BUCKETS) + 1))
                 a[0] += row["count"]
@@ -91,12 +121,26 @@ class LayerStatsCollector(Collector):
                 ms.add_metric([op, layer], _buckets(row["buckets"], 1000.0), row["sum"] * 1000.0)
         for op, a in agg.items():
             hist.add_metric([op], _buckets([int(x) for x in a[2:]], 1.0), a[1])
+        for host, a in by_host.items():
+            fetch_hist.add_metric([host], _buckets([int(x) for x in a[2:]], 1.0), a[1])
         hits.add_metric([], h_total)
         reqs.add_metric([], r_total)
         down.add_metric([], d_total)
         merr.add_metric([], self.sn.mount_errors)
         yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, compact, ferr, verr, merr)
-        yield from (health, up, restarts, unhealthy, aborted)
+        yield from (health, up, restarts, unhealthy, aborted, fetch_hist)
+
+
+def _zeros() -> list[float]:
+    return [0.0] * (2 + len(BUCKETS) + 1)
+
+
+def _add(acc: list[float], row: dict[str, object]) -> None:
+    """Add one layer's {count, sum, buckets} to *acc* ([count, sum, b0..bn, +inf])."""
+    acc[0] += float(row["count"])  # type: ignore[arg-type]
+    acc[1] += float(row["sum"])  # type: ignore[arg-type]
+    for i, b in enumerate(row["buckets"]):  # type: ignore[arg-type]
+        acc[2 + i] += b
 
 
 def _buckets(counts: list[int], scale: float) -> list[tuple[str, float]]:

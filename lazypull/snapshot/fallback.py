@@ -1,8 +1,13 @@
 """Layers pulled in full instead of mounted lazily, counted by reason.
 
 A fallback is not an error (the container still starts) but it costs the whole layer's
-download; operators see it in ``lazypull_fallback_layers_total{reason=...}`` next to the log
+download; operators see it in ``lazypull_fallback_total{reason=...}`` next to the log
 line, so a misconfigured registry (plain HTTP, CA, credentials) shows as a rising series.
+Which image and layer fell back, and why, is remembered per image for ``lazypull status``
+(:mod:`lazypull.snapshot.imagebook`).
+
+``lazypull_fallback_layers_total`` is the same count under its earlier name, kept so
+existing dashboards and alerts keep working; new ones should use ``lazypull_fallback_total``.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from prometheus_client import Counter
 
 from lazypull.errors import LazypullError, RegistryError
 
-FALLBACKS = Counter(
-    "lazypull_fallback_layers", "Layers pulled in full instead of mounted lazily, by reason", ["reason"]
+FALLBACKS = Counter("lazypull_fallback", "Layers pulled in full instead of mounted lazily, by reason", ["reason"])
+FALLBACK_LAYERS = Counter(
+    "lazypull_fallback_layers", "Layers pulled in full instead of mounted lazily, by reason (old name)", ["reason"]
 )
 
 # Labels (a small fixed set: the message, with the reference, goes to the log).
@@ -32,6 +38,7 @@ REASONS = (NO_LABELS, BAD_LABELS, NOT_LAZY, NOT_IN_MANIFEST, PLAIN_HTTP, TLS, AU
            UNREACHABLE, REGISTRY, MOUNT_FAILED)
 for _r in REASONS:  # every series exists from the start (0), so rate() and alerts see the first one
     FALLBACKS.labels(reason=_r)
+    FALLBACK_LAYERS.labels(reason=_r)
 
 
 def count_fallback(reason: str) -> None:
@@ -39,7 +46,9 @@ def count_fallback(reason: str) -> None:
 
     :mod:`lazypull.snapshot.remote` counts the resolver's fallbacks (``LayerResolver.resolve``)
     and failed mounts (``LayerResolver.remember_failure``, which the snapshotter calls)."""
-    FALLBACKS.labels(reason=reason if reason in REASONS else REGISTRY).inc()
+    label = reason if reason in REASONS else REGISTRY
+    FALLBACKS.labels(reason=label).inc()
+    FALLBACK_LAYERS.labels(reason=label).inc()
 
 
 def reason_of(err: BaseException) -> str:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class NotRemote(LazypullError):
     """This layer cannot be mounted lazily (the reason is the message); pull it normally.
 
-    *reason* is the fallback's label in ``lazypull_fallback_layers_total`` (:mod:`.fallback`)."""
+    *reason* is the fallback's label in ``lazypull_fallback_total`` (:mod:`.fallback`)."""
 
     def __init__(self, message: str, reason: str = fallback.REGISTRY) -> None:
         super().__init__(message)

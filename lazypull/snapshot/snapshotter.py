@@ -28,11 +28,13 @@ from lazypull.registry.credentials import Credential
 from lazypull.registry.options import credential_to_json
 from lazypull.registry.reference import Reference
 from lazypull.service.fsdclient import FsdError, socket_path
+from lazypull.snapshot import fallback
 from lazypull.snapshot.filters import index_hints
 from lazypull.snapshot.filters import parse as parse_filters
+from lazypull.snapshot.imagebook import FALLBACK, LAZY, ImageBook
 from lazypull.snapshot.layers import LayerMountError, MountedLayer, RemoteLayers, spec_of
 from lazypull.snapshot.lifecycle import Lease
-from lazypull.snapshot.remote import LayerResolver, NotRemote
+from lazypull.snapshot.remote import LayerResolver, NotRemote, target_of
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class Snapshotter:
             memory_bytes=remote.memory_bytes if remote else None,
         )
         self.mount_errors = 0
+        self.book = ImageBook()  # per image: lazy or why not, its pods (lazypull status)
 
     def _dir(self, s: Snapshot) -> Path:
         return self.root / "snapshots" / str(s.id)
@@ -263,10 +266,15 @@ class Snapshotter:
     def _prepare_remote(self, key: str, parent: str, target: str, labels: dict[str, str]) -> bool:
         assert self.resolver is not None and self.remote is not None
         t0 = time.monotonic()
+        named = target_of(labels)
+        if named is not None:
+            self.book.prepared(named[0])
         try:
             layer = self.resolver.resolve(labels)
         except NotRemote as e:
             log.info("layer for %s will be pulled normally: %s", target, e)
+            if named is not None:
+                self.book.layer(named[0], named[1], FALLBACK, e.reason, str(e))
             return False
         wait = min(self.remote.fetch_timeout_sec, self.resolver.timeout)
         # The lease holds the layer from its mount until the snapshot that uses it is in the
@@ -288,6 +296,7 @@ class Snapshotter:
                 digest = layer.layer.digest
                 log.warning("lazy mount of %s of %s failed, pulling it normally: %s", digest, layer.ref, why)
                 self.resolver.remember_failure(labels, f"mounting layer {digest} failed: {why}")
+                self.book.layer(str(layer.ref), digest, FALLBACK, fallback.MOUNT_FAILED, why)
                 return False  # the lease ends: a mount still running is undone when it ends
             size = layer.layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, str(layer.layer.size))
             self.store.create_committed(
@@ -302,6 +311,7 @@ class Snapshotter:
                     "spec": json.dumps(LayerSpec.from_json(spec).public()),
                 },
             )
+        self.book.layer(named[0] if named else str(layer.ref), layer.layer.digest, LAZY)
         log.info(
             "layer %s of %s mounted lazily as %s in %.2fs",
             layer.layer.digest[7:19],

@@ -76,6 +76,7 @@ class Keychain:
     def __init__(self, max_entries: int = MAX_ENTRIES, keyring: KernelKeyring | object | None = _DEFAULT) -> None:
         self.max_entries = max_entries
         self._d: OrderedDict[str, Credential] = OrderedDict()
+        self._sources: dict[str, str] = {}  # key -> where its credential came from (never the secret)
         self._lock = threading.Lock()
         self._writes = threading.Lock()  # the keyring is written in the order memory is
         self.keyring: KernelKeyring | None = (
@@ -115,6 +116,7 @@ class Keychain:
         with self._lock:
             for key, cred in items:
                 self._d[key] = cred
+                self._sources[key] = "keyring-restored"
         for key, _ in items:
             log.info("keychain: credentials for %s restored from the kernel keyring", key)
 
@@ -127,15 +129,19 @@ class Keychain:
             e.strerror or e,
         )
 
-    def add(self, ref: Reference | str, credential: Credential) -> None:
+    def add(self, ref: Reference | str, credential: Credential, source: str = "cri") -> None:
+        """Keep *credential* for *ref*'s repository; *source* says where it came from
+        ("cri": a kubelet's ``PullImage``), shown by ``lazypull status``."""
         key = image_key(ref)
         with self._writes:
             with self._lock:
                 self._d.pop(key, None)
                 self._d[key] = credential
+                self._sources[key] = source
                 evicted: list[str] = []
                 while len(self._d) > self.max_entries:
                     evicted.append(self._d.popitem(last=False)[0])
+                    self._sources.pop(evicted[-1], None)
             kr = self.keyring
             if kr is not None:
                 try:
@@ -156,6 +162,15 @@ class Keychain:
             if cred is not None:
                 self._d.move_to_end(key)
             return cred
+
+    def source(self, ref: Reference | str) -> str | None:
+        """Where the credential kept for *ref* came from, or None if none is kept."""
+        try:
+            key = image_key(ref)
+        except LazypullError:
+            return None
+        with self._lock:
+            return self._sources.get(key) if key in self._d else None
 
     def __len__(self) -> int:
         with self._lock:

@@ -27,6 +27,7 @@ from lazypull.service.cri.hints import HintError, Pattern, hint_value, parse_hin
 from lazypull.service.cri.keychain import Keychain, credential_from_auth
 from lazypull.service.cri.prefetch import PODS, HintPrefetcher
 from lazypull.service.cri.proto import api_pb2
+from lazypull.snapshot.imagebook import ImageBook
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,13 @@ class ImageServiceProxy(grpc.GenericRpcHandler):
         keychain: Keychain | None,
         prefetcher: HintPrefetcher | None = None,
         hint_wait_sec: float = 10.0,
+        book: ImageBook | None = None,
     ) -> None:
         self.upstream = upstream  # containerd's socket path
         self.keychain = keychain
         self.prefetcher = prefetcher
         self.hint_wait_sec = hint_wait_sec
+        self.book = book  # which pod pulled which image, its hint's fate (lazypull status)
         self._channel: grpc.Channel | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="cri-hint")
@@ -114,7 +117,11 @@ class ImageServiceProxy(grpc.GenericRpcHandler):
                     self.keychain.add(image, cred)
             except LazypullError as e:
                 log.warning("PullImage %s for pod %s: credentials not kept for lazy mounts: %s", image, pod, e)
-        hint = self._start_hint(pod, image, req)
+        pod_key = ""
+        md = req.sandbox_config.metadata
+        if self.book is not None and md.name:
+            pod_key = self.book.pod_pull(image, md.namespace, md.name, md.uid)
+        hint = self._start_hint(pod, image, req, pod_key)
         reply = self._forward(method, request, context)
         if hint is not None:
             remaining = context.time_remaining()
@@ -127,7 +134,9 @@ class ImageServiceProxy(grpc.GenericRpcHandler):
             log.debug("pod %s: waited %.2fs for hinted files", pod, time.monotonic() - t0)
         return reply
 
-    def _start_hint(self, pod: str, image: str, req: api_pb2.PullImageRequest) -> Future[object] | None:
+    def _start_hint(
+        self, pod: str, image: str, req: api_pb2.PullImageRequest, pod_key: str = ""
+    ) -> Future[object] | None:
         value = hint_value(req.sandbox_config.annotations, req.image.annotations)
         if value is None or self.prefetcher is None:
             return None
@@ -136,8 +145,30 @@ class ImageServiceProxy(grpc.GenericRpcHandler):
         except HintError as e:
             PODS.labels("malformed").inc()
             log.warning("pod %s: ignoring prefetch hint: %s", pod, e)
+            self._hint_state(pod_key, "malformed", error=str(e)[:300])
             return None
         if not patterns:
             return None
         prefetcher = self.prefetcher
-        return self._pool.submit(prefetcher.run_for_pod, pod, image, patterns)
+        self._hint_state(pod_key, "running", patterns=len(patterns))
+
+        def run() -> object:
+            res = prefetcher.run_for_pod(pod, image, patterns)
+            if res is None:
+                self._hint_state(pod_key, "failed", patterns=len(patterns))
+            else:
+                self._hint_state(
+                    pod_key,
+                    "done" if res.complete else "partial",
+                    patterns=len(patterns),
+                    files=res.files,
+                    bytes_fetched=res.bytes_fetched,
+                    bytes_cached=res.bytes_cached,
+                )
+            return res
+
+        return self._pool.submit(run)
+
+    def _hint_state(self, pod_key: str, state: str, **detail: object) -> None:
+        if self.book is not None and pod_key:
+            self.book.hint(pod_key, state, **detail)

@@ -27,7 +27,13 @@ def add_image_service(
         sn.layers.client.adopt(remote.cache_dir, remote.cache_max_bytes, digests)
 
     prefetcher = HintPrefetcher(sn.resolver, cache, timeout_sec=max(prefetch_timeout_sec, 1.0), on_written=adopt)
-    proxy = ImageServiceProxy(image_service_path, sn.resolver.keychain, prefetcher, hint_wait_sec=prefetch_timeout_sec)  # type: ignore[arg-type]
+    proxy = ImageServiceProxy(
+        image_service_path,
+        sn.resolver.keychain,  # type: ignore[arg-type]
+        prefetcher,
+        hint_wait_sec=prefetch_timeout_sec,
+        book=sn.book,
+    )
     server.add_generic_rpc_handlers((proxy,))
     log.info("serving the CRI image service (keychain, prefetch hints) in front of %s", image_service_path)
     return proxy
