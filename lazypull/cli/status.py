@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
 
-    render(report, Console())
+    # Piped (grep, less), a line per row: rich would otherwise fold it to 80 columns.
+    render(report, Console() if sys.stdout.isatty() else Console(width=400, color_system=None))
     return 0
 
 
@@ -53,7 +54,8 @@ def render(report: dict[str, Any], console: Any) -> None:
     else:
         t = Table(title="Images", title_justify="left")
         for col in ("image", "mode", "reason", "layers", "fetched", "prefetched", "first read", "credentials", "pods"):
-            t.add_column(col, justify="right" if col in ("fetched", "prefetched", "first read") else "left")
+            right = col in ("fetched", "prefetched", "first read")
+            t.add_column(col, justify="right" if right else "left", no_wrap=col == "image")
         for img in images:
             lazy = sum(1 for x in img["layers"] if x["mode"] == "lazy")
             t.add_row(
@@ -70,7 +72,8 @@ def render(report: dict[str, Any], console: Any) -> None:
         console.print(t)
         lt = Table(title="Layers", title_justify="left")
         for col in ("image", "layer", "mode", "state", "health", "size", "fetched", "prefetched", "first read"):
-            lt.add_column(col, justify="right" if col in ("size", "fetched", "prefetched", "first read") else "left")
+            right = col in ("size", "fetched", "prefetched", "first read")
+            lt.add_column(col, justify="right" if right else "left", no_wrap=col in ("image", "layer"))
         for img in images:
             for x in img["layers"]:
                 lt.add_row(
@@ -87,11 +90,13 @@ def render(report: dict[str, Any], console: Any) -> None:
         console.print(lt)
     pods = report.get("pods", [])
     if pods:
+        modes = {img["ref"]: img["mode"] for img in images}
         pt = Table(title="Pod sandboxes", title_justify="left")
         for col in ("pod", "uid", "images", "prefetch hint"):
             pt.add_column(col)
         for p in pods:
-            pt.add_row(f"{p['namespace']}/{p['name']}", p.get("uid") or "-", "\n".join(p["images"]), hint(p["hint"]))
+            shown = [f"{ref} ({modes[ref]})" if ref in modes else ref for ref in p["images"]]
+            pt.add_row(f"{p['namespace']}/{p['name']}", p.get("uid") or "-", "\n".join(shown), hint(p["hint"]))
         console.print(pt)
 
 

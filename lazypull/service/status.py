@@ -44,12 +44,16 @@ def node_status(sn: Snapshotter) -> dict[str, Any]:
             continue
         rec = images.setdefault(image_name(ref), ImageRecord(image_name(ref)))
         rec.layers.setdefault(s.remote["digest"], LayerRecord(s.remote["digest"], LAZY, at=0.0))
+    pods = sn.book.pods()
+    pod_names = {p.key: f"{p.namespace}/{p.name}" for p in pods}
+    for rec in images.values():
+        rec.pods = [pod_names.get(k, k) for k in rec.pods]
     creds = _CredentialSources(sn)
     record_access = bool(sn.remote and sn.remote.record_access)
     out_images = [
         _image(rec, by_digest, health, sn, creds(rec.ref), record_access) for rec in images.values() if rec.layers
     ]
-    pods = [
+    out_pods = [
         {
             "namespace": p.namespace,
             "name": p.name,
@@ -58,7 +62,7 @@ def node_status(sn: Snapshotter) -> dict[str, Any]:
             "hint": {"state": p.hint, **p.hint_detail},
             "pulled_at": p.at,
         }
-        for p in sn.book.pods()
+        for p in pods
     ]
     return {
         "schema": SCHEMA,
@@ -70,7 +74,7 @@ def node_status(sn: Snapshotter) -> dict[str, Any]:
             "restarts": sn.layers.server_restarts,
         },
         "images": out_images,
-        "pods": pods,
+        "pods": out_pods,
     }
 
 

@@ -107,7 +107,7 @@ def test_report_per_image_and_pod_without_secrets(sn: Snapshotter, monkeypatch: 
     report = node_status(sn)
     images = {i["ref"]: i for i in report["images"]}
     lazy, plain, old = images[LAZY_IMG], images[PLAIN_IMG], images["other.example/old:2"]
-    assert (lazy["mode"], lazy["reasons"], lazy["credentials"], lazy["pods"]) == ("lazy", [], "cri", ["uid-web"])
+    assert (lazy["mode"], lazy["reasons"], lazy["credentials"], lazy["pods"]) == ("lazy", [], "cri", ["default/web"])
     assert lazy["fetched_bytes"] == 12345 and lazy["prefetched_bytes"] == 10
     assert lazy["first_read_seconds"] == pytest.approx(0.25, abs=0.01)
     [layer] = lazy["layers"]
@@ -140,7 +140,7 @@ def test_tables_for_a_person(sn: Snapshotter, monkeypatch: pytest.MonkeyPatch) -
     text = out.getvalue()
     for want in ("Images", "Layers", "Pod sandboxes", LAZY_IMG, PLAIN_IMG, "not_lazy", "fallback (not_lazy)"):
         assert want in text, want
-    assert "default/web" in text and "done: 4 files, 4.0 KiB fetched" in text and "12.1 KiB" in text
+    assert f"{LAZY_IMG} (lazy)" in text and "done: 4 files, 4.0 KiB fetched" in text and "12.1 KiB" in text
     empty = io.StringIO()
     render({"daemon": {}, "layer_server": {}, "images": [], "pods": []}, Console(file=empty, color_system=None))
     assert "no images prepared since the daemon started" in empty.getvalue()
