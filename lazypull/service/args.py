@@ -4,6 +4,8 @@ every other ``lazypull`` command load without grpc and the snapshotter."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 from pathlib import Path
 
 DEFAULT_ADDRESS = "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock"
@@ -23,7 +25,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+_SUN_PATH_MAX = 107
+
+
 def status_socket(address: str | Path) -> Path:
-    """The daemon's status socket, beside its containerd socket *address* (one per daemon)."""
+    """The daemon's status socket, beside its containerd socket *address* (one per daemon);
+    where that name is too long for a unix socket, one derived from *address* under /run."""
     a = Path(address)
-    return a.with_name(a.stem + "-status.sock")
+    p = a.with_name(a.stem + "-status.sock")
+    if len(os.fsencode(p)) <= _SUN_PATH_MAX:
+        return p
+    digest = hashlib.sha256(os.fsencode(a.absolute())).hexdigest()[:16]
+    return Path("/run/containerd-lazypull-grpc") / f"status-{digest}.sock"

@@ -126,7 +126,11 @@ def serve(args: argparse.Namespace) -> int:
         os.umask(old)
     os.chmod(sock, 0o600)
     status_path = status_socket(sock)
-    status = serve_status(status_path, lambda: node_status(sn))  # `lazypull status`
+    try:
+        status = serve_status(status_path, lambda: node_status(sn))  # `lazypull status`
+    except OSError as e:  # the node runs without it; containerd's socket is what matters
+        log.error("cannot serve the status on %s: %s", status_path, e.strerror or e)
+        status = None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -137,8 +141,9 @@ def serve(args: argparse.Namespace) -> int:
     stop_layers = getattr(args, "stop_layers", False)
     log.info("shutting down; %s", "stopping the layer server" if stop_layers else "lazily mounted layers keep serving")
     server.stop(grace=5).wait()
-    status.shutdown()
-    status_path.unlink(missing_ok=True)
+    if status is not None:
+        status.shutdown()
+        status_path.unlink(missing_ok=True)
     sn.close()
     if stop_layers:
         if sn.layers.stop_server():

@@ -217,3 +217,10 @@ def test_fallbacks_are_counted_under_both_names() -> None:
     before = both()
     fallback.count_fallback(fallback.TLS)
     assert both() == (before[0] + 1, before[1] + 1)
+
+
+def test_status_socket_fits_a_unix_socket_path(tmp_path: Path) -> None:
+    assert status_socket("/run/x/containerd-lazypull-grpc.sock") == Path("/run/x/containerd-lazypull-grpc-status.sock")
+    long = "/" + "d" * 95 + "/lazypull.sock"
+    p = status_socket(long)
+    assert len(str(p)) <= 107 and p == status_socket(long) and p != status_socket(long + "2")
