@@ -45,3 +45,11 @@ def _check(node: Node, world: World) -> None:
     assert p["hint"]["state"] == "done" and p["hint"]["files"] == 3
     table = lazypull("status", "--address", str(node.daemon.address))
     assert table.returncode == 0 and "default/web" in table.stdout and "done: 3 files" in table.stdout
+    # A restarted daemon shows the image from its snapshot store, its credentials from the keyring.
+    node.daemon.stop()
+    node.daemon.start()
+    res = lazypull("status", "--json", "--address", str(node.daemon.address))
+    assert res.returncode == 0, res.stderr
+    img = {i["ref"]: i for i in json.loads(res.stdout)["images"]}[ref]
+    assert (img["mode"], img["credentials"]) == ("lazy", "keyring-restored")
+    assert all(x["state"] == "serving" for x in img["layers"]) and PASSWORD not in res.stdout
