@@ -17,6 +17,7 @@ from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from lazypull.snapshot.remote import LayerResolver, NotRemote
+from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 from tests.support.images import Entry, write_image
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry
@@ -67,7 +68,7 @@ def test_stalled_registry_resolution_is_bounded_and_remembered(
 def fallbacks(reason: str) -> float:
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value("lazypull_fallback_layers_total", {"reason": reason}) or 0.0
+    return REGISTRY.get_sample_value("lazypull_fallback_total", {"reason": reason}) or 0.0
 
 
 def test_plain_http_registry_not_in_plain_http_hosts_says_the_fix_and_is_counted(
@@ -105,3 +106,24 @@ def test_unlabelled_and_failed_mounts_are_counted_by_reason(
     with pytest.raises(NotRemote, match="remembered"):
         resolver.resolve(first)
     assert fallbacks("mount_failed") == mount_failed + 2
+
+
+def test_each_image_remembers_which_layers_fell_back_and_why(
+    image: tuple[Proxy, dict[str, str], dict[str, str]], tmp_path: Path
+) -> None:
+    """What ``lazypull status`` shows: the snapshotter writes each fallback down per image."""
+    proxy, first, second = image
+    resolver = LayerResolver(RegistryClient(RegistryOptions()), timeout=TIMEOUT, failure_ttl=30)  # no plain_http_hosts
+    sn = Snapshotter(tmp_path / "root", resolver, RemoteSettings(cache_dir=tmp_path / "cache", registry={}))
+    try:
+        for i, labels in enumerate((first, second)):
+            sn.prepare(f"extract-{i}", "", {**labels, mt.LABEL_SNAPSHOT_REF: f"layer-{i}"})  # a normal snapshot
+        [img] = sn.book.images()
+        assert img.ref == f"{proxy.host}/res/img:esgz" and img.prepared_at is not None
+        assert [(d, r.mode, r.reason) for d, r in img.layers.items()] == [
+            (first[mt.LABEL_STARGZ_DIGEST], "fallback", "plain_http"),
+            (second[mt.LABEL_STARGZ_DIGEST], "fallback", "plain_http"),
+        ]
+        assert "plain_http_hosts" in next(iter(img.layers.values())).detail
+    finally:
+        sn.close()
