@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from lazypull.cache.chunks import ChunkCache
+from lazypull.service.cri.credchain import CredentialChain
 from lazypull.service.cri.prefetch import HintPrefetcher
 from lazypull.service.cri.proxy import ImageServiceProxy
 from lazypull.snapshot.snapshotter import Snapshotter
@@ -27,7 +28,10 @@ def add_image_service(
         sn.layers.client.adopt(remote.cache_dir, remote.cache_max_bytes, digests)
 
     prefetcher = HintPrefetcher(sn.resolver, cache, timeout_sec=max(prefetch_timeout_sec, 1.0), on_written=adopt)
-    proxy = ImageServiceProxy(image_service_path, sn.resolver.keychain, prefetcher, hint_wait_sec=prefetch_timeout_sec)  # type: ignore[arg-type]
+    keychain = sn.resolver.keychain
+    if isinstance(keychain, CredentialChain):  # the CRI keychain ahead of the credential providers
+        keychain = keychain.keychain
+    proxy = ImageServiceProxy(image_service_path, keychain, prefetcher, hint_wait_sec=prefetch_timeout_sec)  # type: ignore[arg-type]
     server.add_generic_rpc_handlers((proxy,))
     log.info("serving the CRI image service (keychain, prefetch hints) in front of %s", image_service_path)
     return proxy
