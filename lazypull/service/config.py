@@ -25,6 +25,7 @@ from lazypull.registry.hosts import HostsConfig
 
 log = logging.getLogger(__name__)
 
+
 def key(
     path: str, default: Any, *, min: float | None = None, max: float | None = None, choices: tuple[str, ...] = ()
 ) -> Any:
@@ -64,6 +65,8 @@ class DaemonConfig:
     credential_provider_config: str = key("credential_providers.config", "")  # --image-credential-provider-config
     credential_provider_bin_dir: str = key("credential_providers.bin_dir", "")  # --image-credential-provider-bin-dir
     credential_provider_timeout_sec: float = key("credential_providers.timeout_sec", 10.0, min=0.1, max=600)
+    # how often served layers are checked for rotated credentials (0: never; they keep their mount's)
+    credential_renew_interval_sec: float = key("credential_providers.renew_interval_sec", 60.0, min=0, max=86400)
     hosts: HostsConfig = field(default_factory=HostsConfig)  # [resolver.host."NAME"] tables
     resolver_raw: dict[str, Any] = field(default_factory=dict)
 

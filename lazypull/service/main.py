@@ -25,10 +25,12 @@ from lazypull.service.cri.server import add_image_service
 from lazypull.service.grpc_service import SnapshotsService
 from lazypull.service.notify import raise_fd_limit, sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
+from lazypull.snapshot.credrenew import start_renewal
 from lazypull.snapshot.remote import CredentialSource, LayerResolver
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 
 log = logging.getLogger("lazypull.daemon")
+
 
 def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
     ropts = RegistryOptions(
@@ -130,6 +132,9 @@ def serve(args: argparse.Namespace) -> int:
     if cfg.metrics_address:  # first: a busy port must fail before the socket exists
         _start_metrics(cfg.metrics_address, sn)
     sn.restore()
+    if cfg.credential_provider_config and cfg.credential_renew_interval_sec > 0 and sn.resolver is not None:
+        assert sn.resolver.keychain is not None
+        start_renewal(sn.layers, sn.resolver.keychain, cfg.credential_renew_interval_sec)
     sock = Path(args.address)
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock.unlink(missing_ok=True)
