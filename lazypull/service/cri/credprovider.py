@@ -47,6 +47,10 @@ class ProviderError(LazypullError):
     """A plugin run gave no usable answer (the message never carries its stdout)."""
 
 
+class RecentlyFailed(ProviderError):
+    """The plugin failed moments ago; it is not run again yet (the failure was logged then)."""
+
+
 def request_image(ref: Reference) -> str:
     """What the kubelet sends as ``image``: the repository, fully qualified, no tag or digest."""
     return f"{ref.registry}/{ref.repository}"
@@ -137,7 +141,13 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         proc.kill()
-    proc.communicate()
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # a descendant that left the group holds the pipes open
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+        proc.wait()
 
 
 @dataclass
@@ -193,7 +203,7 @@ class Provider:
                     return auth
                 failed = self._failed.get(image)
                 if failed is not None and failed > self.clock():
-                    raise ProviderError("failed moments ago (not run again yet)")
+                    raise RecentlyFailed("failed moments ago (not run again yet)")
                 ev = self._inflight.get(image)
                 if ev is None:
                     ev = self._inflight[image] = threading.Event()
@@ -272,6 +282,9 @@ class CredentialProviders:
                 continue
             try:
                 auth = p.auth_for(image)
+            except RecentlyFailed as e:
+                log.debug("credential provider %s for %s: %s", p.name, image, e)
+                continue
             except ProviderError as e:
                 log.warning("credential provider %s for %s: %s", p.name, image, e)
                 continue
