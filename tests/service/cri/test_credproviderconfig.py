@@ -131,3 +131,28 @@ def test_daemon_config_keys() -> None:
         DaemonConfig.from_mapping({"credential_providers": {"config": "/etc/kubernetes/cp.yaml"}})
     with pytest.raises(ConfigError, match="timeout_sec must be at least"):
         DaemonConfig.from_mapping({"credential_providers": {"timeout_sec": 0}})
+
+
+def test_the_daemon_refuses_to_start_with_a_config_the_kubelet_would_refuse(
+    tmp_path: Path, plugin: Plugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lazypull.service.main import main
+
+    cfg = provider_config(plugin, ["*.io"])
+    cfg["providers"][0]["name"] = "not-installed"
+    (tmp_path / "cp.json").write_text(json.dumps(cfg))
+    (tmp_path / "config.toml").write_text(
+        f'[credential_providers]\nconfig = "{tmp_path / "cp.json"}"\nbin_dir = "{plugin.bin_dir}"\n'
+    )
+    args = [
+        "--address",
+        str(tmp_path / "sock"),
+        "--root",
+        str(tmp_path / "root"),
+        "--config",
+        str(tmp_path / "config.toml"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "provider 'not-installed': plugin" in err and "is missing or not executable" in err
+    assert not (tmp_path / "sock").exists()
