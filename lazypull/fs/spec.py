@@ -27,7 +27,7 @@ from lazypull.fs.opened import RecordingSource, ReplaySource, TailSource
 from lazypull.giveway import Pacer
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
-from lazypull.registry.options import SECRET_KEYS, RegistryOptions
+from lazypull.registry.options import SECRET_KEYS, RegistryOptions, credential_from_json
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class RegistryClients:
         from lazypull.registry.client import RegistryClient
         from lazypull.registry.transport import Transport
 
-        key = json.dumps([spec.registry, spec.max_retries, spec.fetch_timeout_sec], sort_keys=True)
+        key = self._key(spec)
         with self._lock:
             c = self._clients.get(key)
             if c is None:
@@ -93,6 +93,26 @@ class RegistryClients:
                     opts, transport=Transport(max_retries=spec.max_retries, total_timeout=spec.fetch_timeout_sec)
                 )
             return c
+
+    @staticmethod
+    def _key(spec: LayerSpec) -> str:
+        return json.dumps([spec.registry, spec.max_retries, spec.fetch_timeout_sec], sort_keys=True)
+
+    def renew(self, old: LayerSpec, new: LayerSpec) -> bool:
+        """*old*'s credential was rotated to *new*'s: the client the open layers of *old* hold
+        takes it in place (their next requests use it) and is found under *new* from now on.
+        False if there is no such client or nothing changed."""
+        old_key, new_key = self._key(old), self._key(new)
+        cred = credential_from_json(new.registry.get("credential"))
+        if old_key == new_key or cred is None:
+            return False
+        with self._lock:
+            c = self._clients.pop(old_key, None)
+            if c is None:
+                return False
+            self._clients.setdefault(new_key, c)
+        c.renew_credential(cred)  # type: ignore[attr-defined]
+        return True
 
 
 def open_source(spec: LayerSpec, clients: RegistryClients | None = None, desc: Descriptor | None = None) -> ReadAt:

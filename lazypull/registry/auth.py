@@ -75,6 +75,12 @@ class Authenticator:
             return {"Authorization": "Bearer " + self._token(ch, scope)}
         return {}
 
+    def renew(self, credential: Credential | None) -> None:
+        """Use *credential* from now on (rotated); tokens got with the old one are dropped."""
+        with self._lock:
+            self.credential = credential
+            self._tokens.clear()
+
     def on_unauthorized(self, www_authenticate: str | None, scope: str) -> None:
         """Record a 401 challenge; drop cached tokens for the scope so the retry refreshes."""
         ch = Challenge.parse(www_authenticate or "")

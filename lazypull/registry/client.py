@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 from urllib.parse import urlencode, urljoin
 
@@ -78,6 +78,15 @@ class RegistryClient:
                 h = _Host(self.hosts.endpoints(ref.registry, ref.host), Authenticator(cred, self.transport))
                 self._hosts[ref.registry] = h
             return h
+
+    def renew_credential(self, credential: credentials.Credential) -> None:
+        """The explicit credential was rotated: requests from now on (of every open blob
+        source holding this client) authenticate with *credential*."""
+        with self._lock:
+            self.opts = replace(self.opts, credential=credential)
+            hosts = list(self._hosts.values())
+        for h in hosts:
+            h.auth.renew(credential)
 
     def check_reachable(self, ref: Reference, timeout: float = CONNECT_TIMEOUT) -> None:
         """Raise unless *ref*'s registry answers HTTP at all (any status: auth comes later).

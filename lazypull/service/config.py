@@ -25,6 +25,7 @@ from lazypull.registry.hosts import HostsConfig
 
 log = logging.getLogger(__name__)
 
+
 def key(
     path: str, default: Any, *, min: float | None = None, max: float | None = None, choices: tuple[str, ...] = ()
 ) -> Any:
@@ -60,6 +61,12 @@ class DaemonConfig:
     # [cri_keychain]: serve the kubelet's CRI image service, keep PullImage credentials in memory
     enable_keychain: bool = key("cri_keychain.enable_keychain", False)
     image_service_path: str = key("cri_keychain.image_service_path", "/run/containerd/containerd.sock")  # CRI socket
+    # [credential_providers]: the kubelet's exec credential provider plugins, asked after the CRI keychain
+    credential_provider_config: str = key("credential_providers.config", "")  # --image-credential-provider-config
+    credential_provider_bin_dir: str = key("credential_providers.bin_dir", "")  # --image-credential-provider-bin-dir
+    credential_provider_timeout_sec: float = key("credential_providers.timeout_sec", 10.0, min=0.1, max=600)
+    # how often served layers are checked for rotated credentials (0: never; they keep their mount's)
+    credential_renew_interval_sec: float = key("credential_providers.renew_interval_sec", 60.0, min=0, max=86400)
     hosts: HostsConfig = field(default_factory=HostsConfig)  # [resolver.host."NAME"] tables
     resolver_raw: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +105,8 @@ class DaemonConfig:
             hosts = HostsConfig.from_mapping(resolver)
         except LazypullError as e:
             raise ConfigError(f"{where}: {str(e).removeprefix('registry config: ')}") from None
+        if values.get("credential_provider_config") and not values.get("credential_provider_bin_dir"):
+            raise ConfigError(f"{where}: credential_providers.bin_dir is required with credential_providers.config")
         return cls(**values, hosts=hosts, resolver_raw=resolver)
 
 

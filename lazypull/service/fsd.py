@@ -289,6 +289,17 @@ class LayerServer:
             ev.set()
             self._check_idle()
 
+    def renew(self, spec: LayerSpec, mountpoint: str) -> bool:
+        """The serving layer at *mountpoint* reads with *spec*'s (rotated) credential from now on.
+        Never mounts: False if no such layer is serving (the daemon's next mount brings it)."""
+        with self._lock:
+            ly = self.layers.get(mountpoint)
+            if ly is None or ly.state != "serving" or ly.digest != spec.layer.get("digest") or not spec.has_secrets:
+                return False
+            old, ly.spec = ly.spec, spec  # also what a successor gets at a handover (memory only)
+        self.clients.renew(old, spec)
+        return True
+
     def _open(self, ly: Layer, background_build: bool = False) -> None:
         """Open the layer's index; with *background_build* a new index is built while the
         mount goes ahead (Prepare does not wait for it; the first requests may)."""
@@ -511,6 +522,8 @@ class LayerServer:
         if op == "mount":
             ly = self.mount(LayerSpec.from_json(req["spec"]), str(req["mountpoint"]))
             return {"layer": ly.summary()}, [ly.session.fd] if ly.session else []
+        if op == "renew":  # a rotated credential for a serving layer (never mounts one)
+            return {"renewed": self.renew(LayerSpec.from_json(req["spec"]), str(req["mountpoint"]))}, []
         if op == "attach":
             out = []
             for item, fd in zip(req.get("layers", []), fds, strict=False):

@@ -98,6 +98,10 @@ class FsdClient:
             os.close(extra)
         return reply["layer"], (fds[0] if fds else -1)
 
+    def renew(self, spec: dict[str, Any], mountpoint: Path) -> bool:
+        """Hand a serving layer its rotated credential; False if it is not serving here."""
+        return bool(self.call("renew", spec=spec, mountpoint=str(mountpoint), timeout=10)[0]["renewed"])
+
     def unmount(self, mountpoint: Path, free_cache: bool = False, mount_id: str | None = None) -> list[str]:
         """Unmount the layer at *mountpoint* (with *mount_id*: only that mount instance)."""
         args: dict[str, Any] = {"mountpoint": str(mountpoint), "free_cache": free_cache}

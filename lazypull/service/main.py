@@ -18,6 +18,8 @@ from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.service.args import DEFAULT_CONFIG, add_args, status_socket
 from lazypull.service.config import ConfigError, DaemonConfig
+from lazypull.service.cri.credchain import CredentialChain, Source
+from lazypull.service.cri.credprovider import CredentialProviders
 from lazypull.service.cri.keychain import Keychain
 from lazypull.service.cri.server import add_image_service
 from lazypull.service.grpc_service import SnapshotsService
@@ -25,10 +27,12 @@ from lazypull.service.notify import raise_fd_limit, sd_notify
 from lazypull.service.proto import snapshots_pb2_grpc
 from lazypull.service.status import node_status
 from lazypull.service.statusapi import serve_status
-from lazypull.snapshot.remote import LayerResolver
+from lazypull.snapshot.credrenew import start_renewal
+from lazypull.snapshot.remote import CredentialSource, LayerResolver
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 
 log = logging.getLogger("lazypull.daemon")
+
 
 def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
     ropts = RegistryOptions(
@@ -58,11 +62,30 @@ def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
         remote.registry["registry_config"] = str(hosts_file)
     resolver = LayerResolver(
         client,
-        Keychain() if cfg.enable_keychain else None,
+        credential_source(cfg),
         timeout=cfg.resolve_timeout_sec,
         failure_ttl=cfg.resolve_failure_ttl_sec,
     )
     return Snapshotter(root, resolver, remote)
+
+
+def credential_source(cfg: DaemonConfig) -> CredentialSource | None:
+    """The lazy mounts' own credentials: the CRI keychain's, then the credential providers';
+    without either, the registry client's (docker config, anonymous) only."""
+    sources: list[Source] = []
+    if cfg.enable_keychain:
+        sources.append(Keychain())
+    if cfg.credential_provider_config:
+        sources.append(
+            CredentialProviders.load(
+                Path(cfg.credential_provider_config),
+                Path(cfg.credential_provider_bin_dir),
+                cfg.credential_provider_timeout_sec,
+            )
+        )
+    if not sources:
+        return None
+    return sources[0] if len(sources) == 1 else CredentialChain(sources)
 
 
 def _toml_resolver(resolver: dict[str, object]) -> str:
@@ -111,6 +134,9 @@ def serve(args: argparse.Namespace) -> int:
     if cfg.metrics_address:  # first: a busy port must fail before the socket exists
         _start_metrics(cfg.metrics_address, sn)
     sn.restore()
+    if cfg.credential_provider_config and cfg.credential_renew_interval_sec > 0 and sn.resolver is not None:
+        assert sn.resolver.keychain is not None
+        start_renewal(sn.layers, sn.resolver.keychain, cfg.credential_renew_interval_sec)
     sock = Path(args.address)
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock.unlink(missing_ok=True)

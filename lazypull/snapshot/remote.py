@@ -50,7 +50,7 @@ class RemoteLayer:
     ref: Reference
     layer: Descriptor
     image_layers: tuple[Descriptor, ...] = ()  # every layer of the image, for mounting ahead
-    credential: Credential | None = field(default=None, repr=False, compare=False)  # from the CRI keychain
+    credential: Credential | None = field(default=None, repr=False, compare=False)  # CRI keychain or providers
 
 
 class CredentialSource(Protocol):
@@ -81,7 +81,7 @@ class LayerResolver:
         failure_ttl: float = FAILURE_TTL,
     ) -> None:
         self.client = client
-        self.keychain = keychain  # the kubelet's credentials per image (CRI), ahead of the node's own
+        self.keychain = keychain  # per image (CRI keychain, credential providers), ahead of the node's own
         self.timeout = timeout
         self.failure_ttl = failure_ttl
         self._clients: OrderedDict[Credential, RegistryClient] = OrderedDict()

@@ -119,7 +119,9 @@ def cri_containerd_config(hosts: list[str]) -> str:
 
 
 @contextmanager
-def make_node(tmp_path: Path, world: World, extra_hosts: tuple[str, ...] = ()) -> Iterator[Node]:
+def make_node(
+    tmp_path: Path, world: World, extra_hosts: tuple[str, ...] = (), daemon_config: str = ""
+) -> Iterator[Node]:
     from tests.e2e.test_snapshotter import stop_node
 
     port = free_port()
@@ -131,6 +133,7 @@ def make_node(tmp_path: Path, world: World, extra_hosts: tuple[str, ...] = ()) -
         f'no_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\nprefetch_timeout_sec = 20\n'
         "[blob]\nfetching_timeout_sec = 20\nmax_retries = 2\n"
         f'[cri_keychain]\nenable_keychain = true\nimage_service_path = "{cd_root / "containerd.sock"}"\n'
+        + daemon_config
     )
     daemon = start_daemon(tmp_path / "daemon", cfg)
     try:

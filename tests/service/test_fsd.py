@@ -412,3 +412,23 @@ def test_long_lived_processes_load_no_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_renew_hands_a_serving_layer_a_rotated_credential_and_never_mounts(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path
+) -> None:
+    srv, client = server
+    blob, desc = make_layer(tmp_path, "r", {"r": b"r"})
+    s = spec(tmp_path, blob, desc)
+    s["registry"] = {"credential": {"username": "robot", "secret": "old-s3cret"}, "plain_http": True}
+    _, fd = client.mount(s, tmp_path / "m", timeout=30)
+    os.close(fd)
+    new = {**s, "registry": {"credential": {"username": "robot", "secret": "new-s3cret"}, "plain_http": True}}
+    assert client.renew(new, tmp_path / "m")
+    assert srv.layers[str(tmp_path / "m")].spec.registry["credential"]["secret"] == "new-s3cret"
+    # Another layer's digest, or no layer at the mountpoint: nothing renewed, nothing mounted.
+    assert not client.renew({**new, "layer": {**desc, "digest": "sha256:" + "0" * 64}}, tmp_path / "m")
+    assert not client.renew(new, tmp_path / "elsewhere")
+    assert not os.path.exists(tmp_path / "elsewhere") and len(client.list()) == 1
+    assert not client.renew(s | {"registry": {"plain_http": True}}, tmp_path / "m")  # no credential: nothing to hand
+    assert not any(b"s3cret" in f.read_bytes() for f in (tmp_path / "fsd").rglob("*") if f.is_file())

@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from lazypull.cache.chunks import ChunkCache
+from lazypull.service.cri.credchain import CredentialChain
 from lazypull.service.cri.prefetch import HintPrefetcher
 from lazypull.service.cri.proxy import ImageServiceProxy
 from lazypull.snapshot.snapshotter import Snapshotter
@@ -27,9 +28,12 @@ def add_image_service(
         sn.layers.client.adopt(remote.cache_dir, remote.cache_max_bytes, digests)
 
     prefetcher = HintPrefetcher(sn.resolver, cache, timeout_sec=max(prefetch_timeout_sec, 1.0), on_written=adopt)
+    keychain = sn.resolver.keychain
+    if isinstance(keychain, CredentialChain):  # the CRI keychain ahead of the credential providers
+        keychain = keychain.keychain
     proxy = ImageServiceProxy(
         image_service_path,
-        sn.resolver.keychain,  # type: ignore[arg-type]
+        keychain,  # type: ignore[arg-type]
         prefetcher,
         hint_wait_sec=prefetch_timeout_sec,
         book=sn.book,
