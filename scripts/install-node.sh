@@ -94,6 +94,10 @@ if [ $systemd = 1 ]; then
   done
   if have_systemd; then
     systemctl daemon-reload
+    # An upgrade: running units take the new code. The layer server's reload hands every
+    # layer to the new binary without failing a read (ExecReload); the daemon, which no read
+    # goes through, restarts. Tested in tests/service/test_upgrade_systemd.py.
+    for u in "${UNITS[@]}"; do systemctl try-reload-or-restart "$u"; done
     [ $enable = 0 ] || systemctl enable --now "${UNITS[@]}"
   fi
   echo "install-node: ${UNITS[*]/%/.service} installed in $UNIT_DIR; next (docs/operations.md, \"Installing on a node\"):"
