@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError
+from lazypull.service.fdholder import holder_running
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 
 START_TIMEOUT = 30.0
@@ -152,12 +153,21 @@ def start_server(
     log_level: str = "info",
 ) -> tuple[FsdClient, subprocess.Popen[bytes] | None]:
     """The running server at *address*, or a new detached one (its own session, so it outlives
-    the caller). Returns the client and the process if this call started it."""
+    the caller) under an fd holder (:mod:`lazypull.service.fdholder`: it keeps the layers'
+    connections and restarts the server if it dies). Returns the client and the process
+    (the holder) if this call started it."""
     client = FsdClient(address)
     with _start_lock:
         if client.alive() is not None:
             return client, None
-        cmd = [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root), "--address", str(address)]
+        deadline = time.monotonic() + START_TIMEOUT
+        while holder_running(root):  # it starts the server again itself, with the layers' fds
+            if client.alive(timeout=1.0) is not None:
+                return client, None
+            if time.monotonic() > deadline:
+                raise FsdError(f"the fd holder of {root} started no layer server in {START_TIMEOUT}s")
+            time.sleep(0.02)
+        cmd = [sys.executable, "-m", "lazypull.service.fdholder", "--root", str(root), "--address", str(address)]
         cmd += ["--log-level", log_level]
         if memory_bytes is not None:
             cmd += ["--memory-bytes", str(memory_bytes)]

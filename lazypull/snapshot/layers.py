@@ -211,6 +211,8 @@ class RemoteLayers:
         serving = {r.get("mount_id") for r in self.client.list() if r["state"] == "serving"}
         held = [(e, m) for e, m in self.lifecycle.serving() if m.fd >= 0 and m.mount_id not in serving]
         if not held:
+            if serving:  # its fd holder (or systemd) gave it the connections
+                log.info("the layer server serves the %d layers it had without us", len(serving))
             return
         t0 = time.monotonic()
         res = self.client.attach(
