@@ -44,7 +44,8 @@ _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
 class Holder:
-    def __init__(self, server_argv: list[str]) -> None:
+    def __init__(self, root: Path, server_argv: list[str]) -> None:
+        self.root = root
         self.server_argv = server_argv
         self.store: dict[str, int] = {}  # FDNAME -> the connection (one per layer)
         self.main = 0  # the server process (MAINPID)
@@ -169,6 +170,8 @@ class Holder:
             if self.quitting or code == 0 or not self.ready:
                 log.info("layer server exited (%s); the fd holder ends with it", _how(code))
                 self.receive()  # FDSTOREREMOVE sent just before the exit
+                if not self.store:  # nothing left to serve: no state behind (as the server leaves none)
+                    (self.root / LOCK_FILE).unlink(missing_ok=True)
                 self._close(list(self.store.values()))
                 return 0 if self.quitting or code == 0 else (code if code > 0 else 128 - code)
             if time.monotonic() - self.started > 10 * MAX_RESTART_SEC:
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     raise_fd_limit()
     set_subreaper()
-    return Holder([sys.executable, "-m", "lazypull.service.fsd", *args]).run()
+    return Holder(root, [sys.executable, "-m", "lazypull.service.fsd", *args]).run()
 
 
 def holder_running(root: Path) -> bool:
