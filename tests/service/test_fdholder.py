@@ -17,7 +17,7 @@ from lazypull.service.fdholder import holder_running
 from lazypull.service.fsdclient import FsdClient, start_server
 from tests.service.test_fsd import make_layer, spec
 from tests.service.test_fsd_systemd import _wait_instance
-from tests.support.processes import layer_servers
+from tests.support.processes import kill_layer_servers, layer_servers
 
 pytestmark = pytest.mark.e2e
 
@@ -65,10 +65,8 @@ def test_the_holder_alone_brings_layers_back_after_kill9(tmp_path: Path) -> None
         client.shutdown(unmount_all=True)  # a clean stop: the holder ends with its server
         assert holder.wait(30) == 0 and not holder_running(root)
     finally:
-        if holder.poll() is None:
-            holder.kill()
-        for pid in layer_servers(root):
-            os.kill(pid, signal.SIGKILL)
+        kill_layer_servers(root)
+        holder.poll()
         if os.path.ismount(mp):
             subprocess.run(["umount", "-l", str(mp)], check=False)
     log = (tmp_path / "fsd.log").read_text()
