@@ -7,8 +7,9 @@ memory tier for the whole process. Clients (the snapshotter daemon, ``lazypull m
 talk to it on a 0600 unix socket (:mod:`lazypull.service.fsdwire`).
 
 Surviving its own restart: every layer's primary /dev/fuse fd is also held elsewhere —
-systemd's fd store (``FDSTORE=1``) when run under systemd, otherwise by the client that
-asked for the mount (it gets a copy with the ``Mount`` reply). The layer table (specs
+in the fd store (``FDSTORE=1``) of systemd or, without it, of the server's fd holder
+(:mod:`lazypull.service.fdholder`), and by the client that asked for the mount (it gets a
+copy with the ``Mount`` reply). The layer table (specs
 without credentials, INIT parameters) is saved in ``ROOT/layers/*.json``; a new server
 re-attaches each layer when it gets the fd back (``LISTEN_FDS`` or ``Attach``). Requests
 made meanwhile queue in the kernel; requests the dead server had read fail with EIO.
