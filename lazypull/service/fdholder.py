@@ -162,7 +162,7 @@ class Holder:
                 os.read(wake_r, 4096)
             self.receive()
             st = self.reap()
-            if st is None and self.main and not _alive(self.main):
+            if st is None and self.main and not _is_child(self.main) and not _alive(self.main):
                 self.main, st = 0, signal.SIGKILL  # not our child (a successor started by hand): gone
             if st is None or self.main:
                 continue
@@ -185,6 +185,14 @@ class Holder:
                 return 0
             self.start()
             self.ready = True  # it was ready before: a new one failing at its start is retried, the fds kept
+
+
+def _is_child(pid: int) -> bool:
+    """Ours to wait for (its end, even a clean one, comes with SIGCHLD)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _alive(pid: int) -> bool:
