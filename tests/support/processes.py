@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def layer_servers(root: Path, module: bytes = b"lazypull.service.fsd") -> list[int]:
-    """Live (not zombie) ``lazypull.service.fsd`` processes with *root* in their command line."""
+    """Live (not zombie) processes of *module* (the layer server's, or its fd holder's) with
+    *root* in their command line."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
