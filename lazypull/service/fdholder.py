@@ -219,7 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--root", required=True)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-file", default="")  # the holder's and its servers' (else stdout, stderr)
     known, _ = p.parse_known_args(args)
+    if known.log_file:
+        i = args.index("--log-file")
+        args = args[:i] + args[i + 2 :]
+        out = os.open(known.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
     logging.basicConfig(
         level=getattr(logging, str(known.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
