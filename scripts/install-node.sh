@@ -94,6 +94,11 @@ if [ $systemd = 1 ]; then
   done
   if have_systemd; then
     systemctl daemon-reload
+    # An upgrade: running units take the new code. The layer server's reload hands every
+    # layer to the new binary without failing a read (ExecReload); the daemon, which no read
+    # goes through, restarts. Tested in tests/service/test_upgrade_systemd.py. A reload that
+    # fails (the old server keeps serving) falls back to a restart: the fd store keeps the layers.
+    for u in "${UNITS[@]}"; do systemctl try-reload-or-restart "$u" || systemctl try-restart "$u"; done
     [ $enable = 0 ] || systemctl enable --now "${UNITS[@]}"
   fi
   echo "install-node: ${UNITS[*]/%/.service} installed in $UNIT_DIR; next (docs/operations.md, \"Installing on a node\"):"

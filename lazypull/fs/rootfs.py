@@ -36,6 +36,7 @@ from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
+from lazypull.service.fdholder import holder_running
 from lazypull.service.fsdclient import FsdClient, FsdError, is_server_process, socket_path, start_server
 from lazypull.soci.find import soci_layers
 
@@ -219,12 +220,13 @@ def umount_image(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> lis
             if is_mounted(ldir / "fs") or _is_dead_mount(ldir / "fs"):
                 unmount(str(ldir / "fs"))
     shutil.rmtree(state, ignore_errors=True)
-    _stop_if_idle(client)
+    _stop_if_idle(client, state_root)
     return list(accessed)
 
 
-def _stop_if_idle(client: FsdClient) -> None:
-    """Stop the state root's server once no mount uses it, and wait until it is gone."""
+def _stop_if_idle(client: FsdClient, root: Path) -> None:
+    """Stop the state root's server once no mount uses it, and wait until it is gone (its fd
+    holder too)."""
     try:
         if client.list():
             return
@@ -235,7 +237,9 @@ def _stop_if_idle(client: FsdClient) -> None:
     deadline = time.monotonic() + 10
     # Its socket goes quiet before its process ends (threads joined, mounts closed): wait for
     # the process, so that whoever unmounts can count on nothing of it being left.
-    while (client.alive(timeout=1.0) is not None or is_server_process(pid)) and time.monotonic() < deadline:
+    while client.alive(timeout=1.0) is not None or is_server_process(pid) or holder_running(root):
+        if time.monotonic() > deadline:
+            return
         time.sleep(0.02)
 
 

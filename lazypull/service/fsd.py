@@ -7,8 +7,9 @@ memory tier for the whole process. Clients (the snapshotter daemon, ``lazypull m
 talk to it on a 0600 unix socket (:mod:`lazypull.service.fsdwire`).
 
 Surviving its own restart: every layer's primary /dev/fuse fd is also held elsewhere —
-systemd's fd store (``FDSTORE=1``) when run under systemd, otherwise by the client that
-asked for the mount (it gets a copy with the ``Mount`` reply). The layer table (specs
+in the fd store (``FDSTORE=1``) of systemd or, without it, of the server's fd holder
+(:mod:`lazypull.service.fdholder`), and by the client that asked for the mount (it gets a
+copy with the ``Mount`` reply). The layer table (specs
 without credentials, INIT parameters) is saved in ``ROOT/layers/*.json``; a new server
 re-attaches each layer when it gets the fd back (``LISTEN_FDS`` or ``Attach``). Requests
 made meanwhile queue in the kernel; requests the dead server had read fail with EIO.
@@ -49,7 +50,7 @@ from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
 from lazypull.giveway import Shares, request_seen
-from lazypull.service.fsdclient import FsdClient, socket_path
+from lazypull.service.fsdclient import FsdClient, is_server_process, socket_path
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
 
@@ -716,15 +717,49 @@ def take_over(server: LayerServer, address: Path) -> tuple[socket.socket, int] |
     return retire, int(reply["pid"])
 
 
+def successor_command(flag: str = "--reload") -> list[str]:
+    """This process's own command line with *flag* replaced by ``--takeover``: run by the
+    reload command, that is the binary installed now, not the one the old server runs."""
+    argv = [a for a in sys.orig_argv[1:] if a not in (flag, "--takeover")]
+    return [sys.executable, *argv, "--takeover"]
+
+
 def _spawn_successor() -> None:
-    """SIGHUP (``systemctl reload``): start the installed code with --takeover beside us."""
-    args = [a for a in sys.argv[1:] if a != "--takeover"]
-    cmd = [sys.executable, "-m", "lazypull.service.fsd", *args, "--takeover"]
+    """SIGHUP: start our own command line with --takeover beside us (the same binary path;
+    the unit's ExecReload runs the installed binary instead: :func:`reload`)."""
     log.info("starting a successor to take the layers over")
     try:
-        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+        subprocess.Popen(successor_command(), stdin=subprocess.DEVNULL, close_fds=True)
     except OSError as e:
         log.error("cannot start a successor: %s", e)
+
+
+def reload(address: Path, timeout: float = HANDOVER_SEC + 30) -> int:
+    """``--reload`` (the unit's ExecReload, an upgrade): start this binary with --takeover beside
+    the running server and return once it serves every layer and the old one has exited, so
+    that ``systemctl reload`` (and ``try-reload-or-restart``) returns with the upgrade done.
+
+    The successor is in the unit's cgroup and tells systemd ``MAINPID=`` itself. Nonzero if
+    no server runs or the successor fails (the old server then keeps serving)."""
+    client = FsdClient(address)
+    old = client.alive()
+    if old is None:
+        log.error("no layer server answers at %s: nothing to reload", address)
+        return 1
+    t0 = time.monotonic()
+    proc = subprocess.Popen(successor_command(), stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        st = client.alive()
+        if st is not None and st["pid"] == proc.pid and not is_server_process(int(old["pid"])):
+            log.info("layer server pid %s replaced by pid %s in %.2fs", old["pid"], proc.pid, time.monotonic() - t0)
+            return 0
+        if proc.poll() is not None:
+            log.error("the successor exited (status %s); pid %s still serves", proc.returncode, old["pid"])
+            return 1
+        time.sleep(0.02)
+    log.error("the successor (pid %d) did not take over within %.0fs", proc.pid, timeout)
+    return 1
 
 
 def _await_lock(lock: int, predecessor: int, timeout: float = 30.0) -> None:
@@ -755,6 +790,8 @@ def run(args: argparse.Namespace) -> int:
     raise_fd_limit()
     sys.setswitchinterval(SWITCH_INTERVAL)
     address = Path(args.address) if args.address else socket_path(root)
+    if args.reload:
+        return reload(address)
     lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -858,6 +895,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--takeover",
         action="store_true",
         help="take the layers over from the server running on ROOT (an upgrade without a gap), then serve",
+    )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help="start this binary with --takeover beside the running server and wait until it took over (ExecReload)",
     )
     p.add_argument("--log-level", default="info")
 

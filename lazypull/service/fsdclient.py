@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError
+from lazypull.service.fdholder import holder_running
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 
 START_TIMEOUT = 30.0
+LAUNCHER_ENV = "LAZYPULL_FSD_LAUNCHER"
 _SUN_PATH_MAX = 107
 
 
@@ -156,18 +159,35 @@ def start_server(
     log_level: str = "info",
 ) -> tuple[FsdClient, subprocess.Popen[bytes] | None]:
     """The running server at *address*, or a new detached one (its own session, so it outlives
-    the caller). Returns the client and the process if this call started it."""
+    the caller) under an fd holder (:mod:`lazypull.service.fdholder`: it keeps the layers'
+    connections and restarts the server if it dies). Returns the client and the process
+    (the holder, or the launcher) if this call started it.
+
+    ``$LAZYPULL_FSD_LAUNCHER``: a command the holder's is run by, to start it outside the
+    caller's container (``{pid}`` is the caller's pid), e.g. a transient unit of the host's
+    systemd entering the caller's mount namespace (deploy/kubernetes/). It may exit once it
+    started the holder."""
     client = FsdClient(address)
     with _start_lock:
         if client.alive() is not None:
             return client, None
-        cmd = [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root), "--address", str(address)]
+        deadline = time.monotonic() + START_TIMEOUT
+        while holder_running(root):  # it starts the server again itself, with the layers' fds
+            if client.alive(timeout=1.0) is not None:
+                return client, None
+            if time.monotonic() > deadline:
+                raise FsdError(f"the fd holder of {root} started no layer server in {START_TIMEOUT}s")
+            time.sleep(0.02)
+        cmd = [sys.executable, "-m", "lazypull.service.fdholder", "--root", str(root), "--address", str(address)]
         cmd += ["--log-level", log_level]
         if memory_bytes is not None:
             cmd += ["--memory-bytes", str(memory_bytes)]
         if exit_when_idle:
             cmd.append("--exit-when-idle")
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        launcher = [a.replace("{pid}", str(os.getpid())) for a in shlex.split(os.environ.get(LAUNCHER_ENV, ""))]
+        if launcher:
+            cmd = [*launcher, *cmd, "--log-file", str(log_path)]
         # Not the caller's systemd notifications: a server started here is not a unit's main process.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "LISTEN_", "WATCHDOG_"))}
         with open(log_path, "ab") as logf:
@@ -182,7 +202,7 @@ def start_server(
             )
         deadline = time.monotonic() + START_TIMEOUT
         while client.alive(timeout=1.0) is None:
-            if proc.poll() is not None:
+            if proc.poll() is not None and not (launcher and proc.returncode == 0):
                 if client.alive() is not None:  # another starter won the race
                     return client, None
                 raise FsdError(f"layer server exited at start: {_tail(log_path)}")

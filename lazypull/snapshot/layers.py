@@ -6,9 +6,10 @@ Which layers are mounted, and when a mount may go, is the lifecycle's business
 the layer server, and keeps for each mount instance a copy of its /dev/fuse fd and an
 ``O_PATH`` hold on its root (:class:`~lazypull.fs.fuse.mounts.MountRef`). The fd copy
 means a layer server that dies (``kill -9``, OOM) loses nothing: the kernel keeps each
-connection and queues new requests, the health loop starts a new server and hands the fds
-back (``Attach``). The root hold means a release unmounts that instance and no other, and
-tells at once (no request to the server) whether the path still shows it.
+connection and queues new requests, and the next server gets the fds back from its fd
+holder (systemd's store, or :mod:`lazypull.service.fdholder`) or from us (``Attach``).
+The root hold means a release unmounts that instance and no other, and tells at once (no
+request to the server) whether the path still shows it.
 
 Health: every few seconds the loop asks the server for its layer table (a layer whose
 connection ended is ``dead``; another mount id means another instance) and probes each
@@ -211,6 +212,8 @@ class RemoteLayers:
         serving = {r.get("mount_id") for r in self.client.list() if r["state"] == "serving"}
         held = [(e, m) for e, m in self.lifecycle.serving() if m.fd >= 0 and m.mount_id not in serving]
         if not held:
+            if serving:  # its fd holder (or systemd) gave it the connections
+                log.info("the layer server serves the %d layers it had without us", len(serving))
             return
         t0 = time.monotonic()
         res = self.client.attach(

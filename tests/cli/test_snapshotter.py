@@ -14,7 +14,7 @@ import pytest
 
 from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
 from tests.support.net import wait_for
-from tests.support.processes import layer_servers
+from tests.support.processes import kill_layer_servers, layer_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +56,7 @@ class Started:
             FsdClient(socket_path(self.state)).shutdown(unmount_all=True)
         except FsdError:
             pass
-        for pid in layer_servers(self.state):
-            os.kill(pid, signal.SIGKILL)
+        kill_layer_servers(self.state)
 
 
 @pytest.fixture

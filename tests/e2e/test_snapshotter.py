@@ -373,7 +373,7 @@ def _layer_with(node: Node, name: str) -> Path:
 
 def test_layer_server_kill9_fails_or_finishes_reads_and_comes_back(node: Node, world: World) -> None:
     """kill -9 of the layer server during a slow read: the read ends (EIO or data), never hangs;
-    the daemon starts a new server, hands the connections back, and reads work without a remount."""
+    its fd holder starts a new server with the connections, and reads work without a remount."""
     node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
     node.cd.ctr("run", "-d", "--snapshotter", "lazypull", world.esgz, "srv1", "/bin/sleep", "300")
     mp = _layer_with(node, "data/big.bin")
@@ -398,13 +398,39 @@ def test_layer_server_kill9_fails_or_finishes_reads_and_comes_back(node: Node, w
     finally:
         world.proxy.faults.delay_s = 0.0
     assert result.get("errno") in (errno.EIO, errno.ECONNABORTED) or md5(result["data"]) == md5(BIG), result.keys()  # type: ignore[arg-type]
-    wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "the daemon to restart the layer server")
+    # Its fd holder starts the next one with the connections (the daemon's copies not needed).
+    wait_for(lambda: "serves the 2 layers it had without us" in node.daemon.log(), 30, "the next layer server")
     assert len(node.daemon.layers()) == 2 and node.daemon.server_processes() != [pid]
     assert os.stat(mp).st_dev == dev  # the same mount: nothing was remounted
     assert md5((mp / "data/big.bin").read_bytes()) == md5(BIG)
     out = node.cd.ctr("tasks", "exec", "--exec-id", "x1", "srv1", "/bin/md5sum", "/data/other.bin").stdout
     assert md5(OTHER) in out
     node.cd.ctr("tasks", "kill", "-s", "KILL", "srv1")
+
+
+def test_layers_outlive_the_daemon_then_the_layer_server_killed(node: Node, world: World) -> None:
+    """kill -9 of the daemon, then of the layer server it started (no systemd): nobody but the
+    server's fd holder has the connections; it starts a new server with them, the running
+    container keeps reading, and a new daemon adopts every layer without mounting it again."""
+    node.cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", world.esgz, tool="ctr-remote")
+    node.cd.ctr("run", "-d", "--snapshotter", "lazypull", world.esgz, "both1", "/bin/sleep", "300")
+    mp = _layer_with(node, "data/big.bin")
+    dev = os.stat(mp).st_dev
+    node.daemon.stop(signal.SIGKILL)
+    [pid] = node.daemon.server_processes()
+    os.kill(pid, signal.SIGKILL)
+    out = node.cd.ctr("tasks", "exec", "--exec-id", "b1", "both1", "/bin/md5sum", "/data/big.bin").stdout
+    assert md5(BIG) in out  # asked while no server ran: queued, then answered by the next one
+    assert node.daemon.server_processes() not in ([], [pid]) and os.stat(mp).st_dev == dev
+    assert [r["state"] for r in node.daemon.layers()] == ["serving", "serving"]
+    restarted_at = len(node.daemon.log())
+    node.daemon.start()
+    log = node.daemon.log()[restarted_at:]
+    assert "restored 2 lazily mounted layers" in log and "mounting it again" not in log
+    assert os.stat(mp).st_dev == dev
+    out = node.cd.ctr("tasks", "exec", "--exec-id", "b2", "both1", "/bin/cat", "/data/hello.txt").stdout
+    assert "hello from a lazy layer" in out
+    node.cd.ctr("tasks", "kill", "-s", "KILL", "both1")
 
 
 def test_layer_server_upgrade_finishes_reads_in_flight_and_fails_none(node: Node, world: World) -> None:
@@ -505,7 +531,7 @@ def test_wedged_layer_server_is_replaced(node: Node, world: World) -> None:
     os.kill(pid, signal.SIGSTOP)
     try:
         wait_for(lambda: "does not answer; starting a new one" in node.daemon.log(), 30, "the wedge to be noticed")
-        wait_for(lambda: "handed 2 layers back" in node.daemon.log(), 30, "a new layer server")
+        wait_for(lambda: "serves the 2 layers it had without us" in node.daemon.log(), 30, "a new layer server")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)

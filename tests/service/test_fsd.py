@@ -304,8 +304,9 @@ print(sorted(m for m in set(sys.modules) - before if m.startswith("lazypull")))
 
 
 def test_upgrade_hands_every_layer_over_without_a_gap(tmp_path: Path) -> None:
-    """SIGHUP (the unit's ExecReload): the server starts its successor with --takeover, hands
-    it each layer's fd, both serve until the successor holds the socket, and the old one exits.
+    """SIGHUP (`kill -HUP`; the unit's reload runs --reload instead): the server starts its
+    successor with --takeover, hands it each layer's fd, both serve until the successor holds
+    the socket, and the old one exits.
     Reads made all along (each a new file, so each reaches a server) all succeed; the mounts and
     the control socket stay where they were; systemd is told the new main pid before the old exits."""
     import signal

@@ -27,10 +27,11 @@ def _unit(root: Path, address: Path, log: Path) -> str:
     text = (REPO / "deploy" / UNIT).read_text()
     lines = []
     for line in text.splitlines():
-        if line.startswith("ExecStart="):
-            line = (
-                f"ExecStart={sys.executable} -m lazypull.service.fsd --root {root} --address {address} --log-level=info"
-            )
+        if line.startswith(("ExecStart=", "ExecReload=")):
+            key, _, cmd = line.partition("=")
+            flags = " --reload" if cmd.endswith(" --reload") else ""
+            line = f"{key}={sys.executable} -m lazypull.service.fsd --root {root} --address {address} --log-level=info"
+            line += flags
         elif line.startswith("Environment="):
             line += f" PYTHONPATH={REPO}"
         lines.append(line)
@@ -83,7 +84,7 @@ def test_fd_store_keeps_layers_across_crash_stop_and_upgrade(systemd: Systemd, t
     assert _md5_in(systemd, mp / "b.bin") == hashlib.md5(data[::-1]).hexdigest()
     assert systemd.show(UNIT, "NRestarts") == "1"
 
-    # An upgrade: reload (SIGHUP) starts a successor that takes over and becomes the main pid.
+    # An upgrade: reload (ExecReload) starts a successor that takes over and becomes the main pid.
     old_pid = st["pid"]
     systemd.systemctl("reload", UNIT)
     st = _wait_instance(client, str(st["instance"]))

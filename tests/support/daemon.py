@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
 from tests.support.net import wait_for
-from tests.support.processes import layer_servers
+from tests.support.processes import kill_layer_servers, layer_servers
 
 
 @dataclass
@@ -82,8 +81,7 @@ class Daemon:
         try:
             wait_for(lambda: not self.server_processes(), 20, "layer server to exit")
         except Exception:
-            for pid in self.server_processes():
-                os.kill(pid, signal.SIGKILL)
+            kill_layer_servers(self.root)
 
 
 def start_daemon(root: Path, config_toml: str = "") -> Daemon:

@@ -77,6 +77,10 @@ class Systemd:
             timeout=timeout,
         )
 
+    def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[bytes]:
+        """A long-running command inside systemd's namespaces (a reader of its mounts)."""
+        return subprocess.Popen(["nsenter", "-t", str(self.pid), "-m", "-p", *cmd], **kw)  # type: ignore[call-overload]
+
     def systemctl(self, *args: str, check: bool = True) -> str:
         return self.run("systemctl", "--no-pager", *args, check=check).stdout.strip()
 
