@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from lazypull.heap import give_back
+
 QUIET_SEC = 0.02  # no request for this long: the build goes on
 STEP_SEC = 0.001
 MAX_PAUSE_SEC = 2.0
@@ -139,6 +141,8 @@ class Builds:
                 b.run()
             except Exception:  # run() handles its own errors; the queue must go on regardless
                 log.exception("a background build failed")
+            del b  # while it waits for the next, the thread must not keep this one's layer alive
+            give_back()  # the parsed index just freed: its pages go back to the system
 
 
 #: The builds of this process (the layer server's).
@@ -249,6 +253,7 @@ class Shares:
                         self._let_waiting_in()
                     elif not self._in:
                         self._idle.notify_all()
+            del item  # an idle thread must not keep the last item's session (its layer) alive
 
     def _reaper(self) -> None:
         """Answer for the items that waited past their time, even while every thread is held."""
@@ -269,6 +274,7 @@ class Shares:
                     self._idle.notify_all()
             for x in expired:
                 _call(x.on_expire)
+            expired = x = None  # type: ignore[assignment]  # (as in _worker)
             time.sleep(max(wake - time.monotonic(), 0.001))
 
 

@@ -9,7 +9,8 @@ hold under 512 MB; beyond them, one clear line names the limit. Pass a different
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from lazypull.errors import FormatError
 
@@ -25,6 +26,9 @@ class Limits:
     max_name_bytes: int = 4096  # a path or link target (Linux PATH_MAX)
     max_depth: int = 1024  # directories in one path
     max_chunk_bytes: int = 64 << 20  # what one chunk may inflate to (the reference writes 4 MiB)
+    # Called with (TOC bytes, an upper bound on its entries) before the entries are decoded:
+    # a process opening many layers (the layer server) waits here for memory, or refuses.
+    admit: Callable[[int, int], None] | None = field(default=None, compare=False)
 
 
 DEFAULT_LIMITS = Limits()

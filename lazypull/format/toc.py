@@ -108,19 +108,23 @@ class _CountDocument(msgspec.Struct):
 _COUNTER = msgspec.json.Decoder(_CountDocument)
 
 
-def _check_entry_count(data: bytes, limits: Limits) -> None:
-    """Reject a TOC with too many entries before decoding them (each costs ~0.5 KB).
+def _check_entry_count(data: bytes, limits: Limits) -> int:
+    """Reject a TOC with too many entries before decoding them (each costs ~0.5 KB); returns
+    an upper bound on the entries.
 
     Every entry is a JSON object, so the number of '{' bytes bounds the entry count from
-    above; only when that bound is over the limit are the entries counted exactly."""
-    if data.count(b"{") <= limits.max_entries:
-        return
+    above (escapes cannot hide one); only when that bound is over the limit are the entries
+    counted exactly."""
+    bound = data.count(b"{")
+    if bound <= limits.max_entries:
+        return bound
     try:
         n = len(_COUNTER.decode(data).entries or ())
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as e:
         raise FormatError(f"TOC is not valid JSON: {str(e)[:200]}") from None
     if n > limits.max_entries:
         raise FormatError(f"TOC has {n} entries, over the limit of {limits.max_entries} (max_entries)")
+    return n
 
 
 @dataclass
@@ -143,7 +147,9 @@ def iter_entries(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Iterator[TOCEn
 
     Each entry is dropped from the decoded list as it is handed out, so a huge TOC never
     sits in memory twice (these entries and the reader's own)."""
-    _check_entry_count(data, limits)
+    bound = _check_entry_count(data, limits)
+    if limits.admit is not None:
+        limits.admit(len(data), bound)
     try:
         doc = _DECODER.decode(data)
         del data  # a huge TOC's text is not kept alive while its entries are built

@@ -52,11 +52,18 @@ class LayerFS:
     """The overlay view of one layer, answered from its compact index: no per-inode Python
     objects (inode numbers, directory entries and flags come from the index)."""
 
-    def __init__(self, index: LayerIndex, fetcher: Fetcher, build: Callable[[], LayerIndex] | None = None) -> None:
+    def __init__(
+        self,
+        index: LayerIndex,
+        fetcher: Fetcher,
+        build: Callable[[], LayerIndex] | None = None,
+        on_built: Callable[[], None] | None = None,
+    ) -> None:
         """With *build* (which returns the index to serve from, usually the compact form of
         *index*), that index is made in the background (:mod:`lazypull.giveway`): a mount need
         not wait for it, and until it is ready (or if its build fails) requests are answered
-        from *index* itself."""
+        from *index* itself. *on_built* is called once the build ended (or was dropped): the
+        parsed index's memory is the layer server's to give to others then."""
         self.index = index
         self.fetcher = fetcher
         self._tree: CompactIndex | None = None
@@ -68,6 +75,7 @@ class LayerFS:
         self._pending: Build | None = None
         self._lock = threading.Lock()
         self._waiters: list[Callable[[], None]] = []  # called once the build ends (when_built)
+        self._on_built = on_built
         if build is None:
             self._serve_from(index)
         else:
@@ -91,11 +99,15 @@ class LayerFS:
         with self._lock:
             self._built.set()
             waiters, self._waiters = self._waiters, []
+            self._pending = None  # its closure holds the parsed index: that memory goes now
+            on_built, self._on_built = self._on_built, None
         for w in waiters:
             try:
                 w()
             except Exception:
                 log.exception("a request waiting for a layer's index could not be handed on")
+        if on_built is not None:
+            on_built()
 
     def _build(self, build: Callable[[], LayerIndex]) -> None:
         try:
@@ -108,7 +120,8 @@ class LayerFS:
     def cancel_build(self) -> None:
         """Drop a build that has not started (the layer goes away); one under way is waited for
         with :meth:`wait_built`."""
-        if self._pending is not None and self._pending.cancel():
+        pending = self._pending
+        if pending is not None and pending.cancel():
             self.build_error = "cancelled"
             self._finish()
 

@@ -6,6 +6,7 @@ kubelet's, from the CRI keychain); those live in the server's memory only:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -19,9 +20,11 @@ from lazypull.format.compactindex import COMPACT_FORMATS, CompactIndex
 from lazypull.format.compactwrite import write_file
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
+from lazypull.format.limits import DEFAULT_LIMITS
 from lazypull.format.soci.dispatch import open_layer_index
 from lazypull.format.source import ReadAt
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
+from lazypull.fs.indexmemory import Claim
 from lazypull.fs.layer import LayerFS
 from lazypull.fs.opened import RecordingSource, ReplaySource, TailSource
 from lazypull.giveway import Pacer
@@ -164,6 +167,7 @@ def open_layer_fs(
     clients: RegistryClients | None = None,
     *,
     build_in_background: bool = False,
+    claim: Claim | None = None,
 ) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
     """Fetch footer and TOC (one request for the blob's tail; verified against the manifest's
     TOC digest), build the tree.
@@ -174,7 +178,27 @@ def open_layer_fs(
 
     With *build_in_background*, a compact index that has to be built is built in a thread
     once the TOC is fetched, verified and validated: the returned filesystem serves as soon
-    as it is ready (its requests wait until then), so a mount does not wait for it."""
+    as it is ready (its requests wait until then), so a mount does not wait for it.
+
+    With *claim*, parsing a TOC first waits for its share of the layer server's index memory
+    (:mod:`lazypull.fs.indexmemory`), given back once the compact index serves."""
+    try:
+        return _open_layer_fs(spec, cache, saved, clients, build_in_background, claim)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+
+
+def _open_layer_fs(
+    spec: LayerSpec,
+    cache: ChunkCache,
+    saved: Path | None,
+    clients: RegistryClients | None,
+    build_in_background: bool,
+    claim: Claim | None,
+) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
+    limits = DEFAULT_LIMITS if claim is None else dataclasses.replace(DEFAULT_LIMITS, admit=claim.admit)
     desc = spec.descriptor
     source = CountingSource(open_source(spec, clients))
     key = index_key(desc)
@@ -193,24 +217,31 @@ def open_layer_fs(
             index_path(saved).unlink(missing_ok=True)
     if index is None and saved is not None and saved.exists():
         try:
-            index = open_layer_index(desc, ReplaySource(TailSource(source), saved), open_blob, cache)
+            index = open_layer_index(desc, ReplaySource(TailSource(source), saved), open_blob, cache, limits)
         except (LazypullError, OSError, ValueError) as e:
             log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
             saved.unlink(missing_ok=True)
     if index is None:
         rec = RecordingSource(TailSource(source))
-        index = open_layer_index(desc, rec, open_blob, cache)  # SOCI: the zTOC is kept in *cache*
+        index = open_layer_index(desc, rec, open_blob, cache, limits)  # SOCI: the zTOC is kept in *cache*
         if saved is not None:
             rec.save(saved)
     parsed = index
     path = index_path(saved) if saved is not None else None
     if not built and not build_in_background:
         index = _compact(parsed, path, key)
+        del parsed
+        if claim is not None:
+            claim.release()
     fetcher = Fetcher(
         index, source, cache, name=desc.digest[7:19], timeout=spec.fetch_timeout_sec, min_fetch=spec.min_fetch
     )
     if built or not build_in_background:
         fs = LayerFS(index, fetcher)
+        if claim is not None:
+            claim.release()
     else:
-        fs = LayerFS(parsed, fetcher, build=lambda: _compact(parsed, path, key, Pacer()))
+        fs = LayerFS(
+            index, fetcher, build=lambda: _compact(index, path, key, Pacer()), on_built=claim.release if claim else None
+        )
     return fs, fetcher, source, index

@@ -55,6 +55,9 @@ class DaemonConfig:
     cache_dir: str = key("cache.dir", "")  # default: ROOT/cache
     cache_max_bytes: int = key("cache.max_bytes", 10 << 30, min=0)
     cache_memory_bytes: int = key("cache.memory_bytes", 64 << 20, min=0)  # the layer server's, shared by all layers
+    # memory of layers whose indexes are being parsed and built (0: 1/8 of the node's, 1-4 GB) ...
+    index_memory_bytes: int = key("cache.index_memory_bytes", 0, min=0)
+    image_index_memory_bytes: int = key("cache.image_index_memory_bytes", 0, min=0)  # ... one image's (0: half)
     # [resolver]: which layers can be mounted lazily (manifest lookups), and registry hosts
     resolve_timeout_sec: float = key("resolver.timeout_sec", 10.0, min=0.1, max=3600)  # one deadline per lookup
     resolve_failure_ttl_sec: float = key("resolver.failure_ttl_sec", 30.0, min=0, max=86400)  # failures cached

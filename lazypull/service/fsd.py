@@ -45,11 +45,13 @@ from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.loop import ServeLoop
 from lazypull.fs.fuse.mounts import MountRef
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
+from lazypull.fs.indexmemory import IndexMemory
 from lazypull.fs.layer import BUILD_WAIT, LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
 from lazypull.giveway import Shares, request_seen
+from lazypull.heap import give_back
 from lazypull.service.fsdclient import FsdClient, is_server_process, socket_path
 from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
@@ -165,6 +167,8 @@ class LayerServer:
         root: Path,
         *,
         memory_bytes: int = DEFAULT_MEMORY,
+        index_memory_bytes: int = 0,
+        image_index_memory_bytes: int = 0,
         readers: int = 4,
         data_threads: int = 16,
         exit_when_idle: bool = False,
@@ -173,6 +177,7 @@ class LayerServer:
         self.instance = uuid.uuid4().hex[:12]
         self.started = time.time()
         self.memory = MemoryLRU(memory_bytes)
+        self.index_memory = IndexMemory(index_memory_bytes, image_index_memory_bytes)
         self.caches: dict[str, ChunkCache] = {}
         self.clients = RegistryClients()
         self.layers: dict[str, Layer] = {}
@@ -305,8 +310,14 @@ class LayerServer:
         """Open the layer's index; with *background_build* a new index is built while the
         mount goes ahead (Prepare does not wait for it; the first requests may)."""
         saved = self._toc_path(ly)
+        image = ly.spec.ref or str(Path(ly.spec.blob_path).parent)
         fs, fetcher, source, _ = open_layer_fs(
-            ly.spec, self.cache_for(ly.spec), saved, self.clients, build_in_background=background_build
+            ly.spec,
+            self.cache_for(ly.spec),
+            saved,
+            self.clients,
+            build_in_background=background_build,
+            claim=self.index_memory.claim(image, ly.digest),
         )
         if ly.spec.record_access:
             fs.accessed = {}
@@ -422,6 +433,8 @@ class LayerServer:
             self._check_idle()
             return []
         accessed = self._teardown(ly, free_cache)
+        del ly
+        give_back()  # what the layer held (its tree's caches, its last build's leftovers)
         self._check_idle()
         return accessed
 
@@ -567,7 +580,12 @@ class LayerServer:
             if req.get("accessed"):
                 for ly, row in zip(layers, rows, strict=True):
                     row["accessed"] = ["/" + p for p in list((ly.fs.accessed if ly.fs else None) or {})]
-            return {"layers": rows, "caches": caches, "memory_bytes": self.memory.size}, []
+            return {
+                "layers": rows,
+                "caches": caches,
+                "memory_bytes": self.memory.size,
+                "index_memory": self.index_memory.stats(),
+            }, []
         if op == "adopt":  # chunks the daemon's hint prefetcher wrote: under this server's one bound
             cache = self._cache(str(req["cache_dir"]), int(req["max_bytes"]))
             return {"adopted": cache.adopt(str(d) for d in req.get("digests") or [])}, []
@@ -805,6 +823,8 @@ def run(args: argparse.Namespace) -> int:
     server = LayerServer(
         root,
         memory_bytes=args.memory_bytes,
+        index_memory_bytes=args.index_memory_bytes,
+        image_index_memory_bytes=args.image_index_memory_bytes,
         readers=args.readers,
         data_threads=args.data_threads,
         exit_when_idle=args.exit_when_idle,
@@ -888,6 +908,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", required=True, help="state directory (saved layer table, lock, socket)")
     p.add_argument("--address", default="", help="control socket (default ROOT/fsd.sock)")
     p.add_argument("--memory-bytes", type=int, default=DEFAULT_MEMORY, help="memory cache for all layers")
+    p.add_argument(
+        "--index-memory-bytes", type=int, default=0, help="memory for layers' indexes being built (0: 1/8 of RAM)"
+    )
+    p.add_argument(
+        "--image-memory-bytes",
+        dest="image_index_memory_bytes",
+        type=int,
+        default=0,
+        help="of which one image's layers may hold (0: half)",
+    )
     p.add_argument("--readers", type=int, default=4, help="threads reading FUSE requests")
     p.add_argument("--data-threads", type=int, default=16, help="threads serving reads that may fetch")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once the last layer is unmounted")

@@ -155,6 +155,7 @@ def start_server(
     *,
     log_path: Path,
     memory_bytes: int | None = None,
+    index_memory: tuple[int, int] = (0, 0),
     exit_when_idle: bool = False,
     log_level: str = "info",
 ) -> tuple[FsdClient, subprocess.Popen[bytes] | None]:
@@ -182,6 +183,10 @@ def start_server(
         cmd += ["--log-level", log_level]
         if memory_bytes is not None:
             cmd += ["--memory-bytes", str(memory_bytes)]
+        if index_memory[0]:
+            cmd += ["--index-memory-bytes", str(index_memory[0])]
+        if index_memory[1]:
+            cmd += ["--image-memory-bytes", str(index_memory[1])]
         if exit_when_idle:
             cmd.append("--exit-when-idle")
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
         min_fetch=cfg.min_fetch_bytes,
         fsd_address=Path(fsd_address) if fsd_address else None,
         memory_bytes=cfg.cache_memory_bytes,
+        index_memory_bytes=cfg.index_memory_bytes,
+        image_index_memory_bytes=cfg.image_index_memory_bytes,
     )
     if cfg.resolver_raw:
         # The layer server reads the same hosts config; hand it over as a file next to the state.

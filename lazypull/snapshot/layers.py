@@ -148,6 +148,7 @@ class RemoteLayers:
         in_use: Callable[[str], bool] = lambda _digest: False,
         mount_timeout: float = 60.0,
         memory_bytes: int | None = None,
+        index_memory: tuple[int, int] = (0, 0),
         health_interval: float = 2.0,
         wedge_timeout: float = 10.0,
     ) -> None:
@@ -155,6 +156,7 @@ class RemoteLayers:
         self.client = FsdClient(address)
         self.mount_timeout = mount_timeout
         self.memory_bytes = memory_bytes
+        self.index_memory = index_memory  # the server's budget and one image's share (0: its defaults)
         self.health_interval = health_interval
         self.wedge_timeout = wedge_timeout
         self._ahead = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mount-ahead")
@@ -191,6 +193,7 @@ class RemoteLayers:
                     self.client.address,
                     log_path=self.root / "fsd.log",
                     memory_bytes=self.memory_bytes,
+                    index_memory=self.index_memory,
                 )
                 if proc is not None:
                     self._proc = proc

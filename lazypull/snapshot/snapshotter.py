@@ -64,6 +64,8 @@ class RemoteSettings:
     min_fetch: int = MIN_FETCH
     fsd_address: Path | None = None  # the layer server's socket (default ROOT/fsd.sock)
     memory_bytes: int | None = None  # the layer server's memory cache (all layers)
+    index_memory_bytes: int = 0  # the layer server's index memory budget (0: its default)
+    image_index_memory_bytes: int = 0  # one image's share of it (0: half)
 
 
 class Snapshotter:
@@ -83,6 +85,7 @@ class Snapshotter:
             in_use=self.store.uses_layer,
             mount_timeout=remote.fetch_timeout_sec if remote else 60.0,
             memory_bytes=remote.memory_bytes if remote else None,
+            index_memory=(remote.index_memory_bytes, remote.image_index_memory_bytes) if remote else (0, 0),
         )
         self.mount_errors = 0
         self.book = ImageBook()  # per image: lazy or why not, its pods (lazypull status)

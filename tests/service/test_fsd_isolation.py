@@ -4,6 +4,7 @@ their share, and unmounting gives back what a layer held."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -15,10 +16,13 @@ from typing import Any
 import pytest
 
 from lazypull.fs import spec as spec_mod
+from lazypull.fs.indexmemory import IndexMemory, estimate
+from lazypull.oci import mediatypes as mt
 from lazypull.service.fsd import LayerServer
 from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 from tests.service.test_fsd import Slow, make_layer, server, spec
+from tests.support.hostile import CraftedLayer
 
 __all__ = ["server"]  # the fixture
 
@@ -262,3 +266,75 @@ def test_the_cache_directory_is_made_again_if_it_goes(server: tuple[LayerServer,
     cached = [f for f in (tmp_path / "cache").rglob("*") if f.is_file()]
     assert cached, "nothing was cached after the cache directory went"
     assert (os.stat(tmp_path / "cache").st_mode & 0o777) == 0o700
+
+
+def _crafted(where: Path, name: str, entries: int) -> tuple[Path, dict[str, object]]:
+    """A layer whose TOC lists *entries* empty files (a crafted image's: little blob, big index)."""
+    c = CraftedLayer()
+    c.add(name="d/", type="dir", mode=0o755)
+    for n in range(entries - 1):
+        c.add(name=f"d/{name}-{n}", type="reg", size=0, mode=0o644)
+    blob, toc = c.blob()
+    path = where / f"{name}.blob"
+    path.write_bytes(blob)
+    return path, {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+        "size": len(blob),
+        "annotations": {mt.ANNOTATION_TOC_DIGEST: toc},
+    }
+
+
+def test_a_crafted_image_is_held_to_the_index_memory_budget(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path
+) -> None:
+    srv, client = server
+    entries = 20_000
+    per_layer = estimate(0, entries)
+    srv.index_memory = IndexMemory(total=3 * per_layer, per_image=2 * per_layer + (per_layer // 2))
+    crafted = tmp_path / "crafted"  # one image: its layers' blobs in one directory
+    crafted.mkdir()
+    layers = [_crafted(crafted, f"l{i}", entries) for i in range(5)]
+    errors: list[str] = []
+
+    def mount(i: int) -> None:
+        blob, desc = layers[i]
+        try:
+            _, fd = client.mount(spec(tmp_path, blob, desc), tmp_path / f"m{i}", timeout=120)
+            os.close(fd)
+        except Exception as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=mount, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    other = _mount(client, tmp_path, "other", {"x.txt": b"other image"})  # another image mounts meanwhile
+    assert (other / "x.txt").read_bytes() == b"other image"
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    for i in range(5):
+        assert len(os.listdir(tmp_path / f"m{i}" / "d")) == entries - 1
+    st = client.stats()["index_memory"]
+    assert 0 < st["peak"] <= 2 * per_layer + per_layer // 2  # never more than the image's share at once
+    assert st["refused"] == 0
+    deadline = time.monotonic() + 30  # given back once each compact index serves
+    while client.stats()["index_memory"]["in_use"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.stats()["index_memory"]["in_use"] == 0
+
+
+def test_a_layer_over_the_image_limit_is_refused_with_a_clear_error(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path
+) -> None:
+    srv, client = server
+    srv.index_memory = IndexMemory(total=64 << 20, per_image=estimate(0, 10_000))
+    blob, desc = _crafted(tmp_path, "big", 30_000)
+    with pytest.raises(Exception, match=r"needs about \d+ MB to build \(up to 3000\d entries.*image_index_memory"):
+        client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=30)
+    assert not os.path.ismount(tmp_path / "m")
+    assert client.list() == []
+    st = client.stats()["index_memory"]
+    assert st["refused"] == 1 and st["in_use"] == 0
+    small = _mount(client, tmp_path, "small", {"ok.txt": b"fine"})  # the server goes on
+    assert (small / "ok.txt").read_bytes() == b"fine"

@@ -15,7 +15,9 @@ from typing import Protocol
 from lazypull.errors import FormatError, LazypullError
 from lazypull.format import open_layer
 from lazypull.format.index import LayerIndex
+from lazypull.format.limits import DEFAULT_LIMITS, Limits
 from lazypull.format.soci.layer import open_soci
+from lazypull.format.soci.ztoc import Ztoc
 from lazypull.format.source import ReadAt
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
@@ -59,13 +61,14 @@ def open_layer_index(
     source: ReadAt,
     open_blob: Callable[[Descriptor], ReadAt],
     cache: BlobCache | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> LayerIndex:
     """The verified index of *layer*, read from *source* (and the zTOC from *cache*, which
     is content-addressed and checks what it returns, or else from *open_blob*)."""
     toc_digest = layer.annotations.get(mt.ANNOTATION_TOC_DIGEST)
     ztoc = None if toc_digest else ztoc_of(layer)
     if ztoc is None:
-        return open_layer(source, toc_digest=toc_digest)
+        return open_layer(source, toc_digest=toc_digest, limits=limits)
     if ztoc.size > MAX_ZTOC_BYTES:
         raise FormatError(f"zTOC {ztoc.digest} is {ztoc.size} bytes, over the {MAX_ZTOC_BYTES} byte limit")
     data = cache.get(ztoc.digest) if cache is not None else None
@@ -76,4 +79,6 @@ def open_layer_index(
             cache.put(ztoc.digest, data)  # a re-opened mount needs no registry for it
     else:
         digestlib.verify(data, ztoc.digest, what=f"cached zTOC of layer {layer.digest}")
+    if limits.admit is not None:  # before its files are decoded
+        limits.admit(len(data), Ztoc.count_files(data))
     return open_soci(data, source.size)

@@ -101,6 +101,16 @@ class Ztoc:
         return bytes(b.Output())
 
     # -- decoding ---------------------------------------------------------------------
+    @staticmethod
+    def count_files(data: bytes) -> int:
+        """How many files a zTOC lists, read without decoding them (to budget their memory)."""
+        try:
+            r = _Reader(data)
+            toc_p = r.field(r.table(r.deref(0)), 4)
+            return r.vector_at(r.table(r.deref(toc_p)), 0)[1] if toc_p else 0
+        except (struct.error, IndexError, ValueError) as e:
+            raise FormatError(f"zTOC is not a valid flatbuffer: {e}") from None
+
     @classmethod
     def parse(cls, data: bytes) -> Ztoc:
         try:
@@ -195,14 +205,19 @@ class _Reader:
 
     def vector(self, t: tuple[int, int, int], slot: int) -> list[int]:
         """Positions of the offset elements of a vector of tables/strings."""
+        s, n = self.vector_at(t, slot)
+        return [s + 4 + 4 * i for i in range(n)]
+
+    def vector_at(self, t: tuple[int, int, int], slot: int) -> tuple[int, int]:
+        """(position, length) of a vector; (0, 0) if absent."""
         p = self.field(t, slot)
         if not p:
-            return []
+            return 0, 0
         s = self.deref(p)
         n = struct.unpack_from("<I", self.buf, s)[0]
         if s + 4 + 4 * n > self.n:
             raise ValueError(f"vector of {n} elements runs past the buffer")
-        return [s + 4 + 4 * i for i in range(n)]
+        return s, n
 
     def string_at(self, p: int) -> bytes:
         s = self.deref(p)

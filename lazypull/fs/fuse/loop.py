@@ -126,6 +126,9 @@ class ServeLoop:
                     self.submit_data(s, fd, bytes(req))
                 else:
                     s.dispatch(fd, req)
+            # A thread waiting in poll() must not keep the last session (and its layer's
+            # index) alive after an unmount.
+            s = req = None  # type: ignore[assignment]
 
     def submit_data(self, s: FuseSession, fd: int, req: bytes) -> None:
         """Queue a request that may wait for a registry, in its layer's and host's shares."""

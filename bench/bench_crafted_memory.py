@@ -1,0 +1,143 @@
+"""The layer server's memory under a crafted image: many layers whose TOCs declare 250k
+entries each (under 1 MB of blob per layer), mounted together, then unmounted, in rounds.
+
+    python3 bench/bench_crafted_memory.py [--layers 24] [--entries 250000] [--rounds 3]
+                                          [--budget-mb 0] [--image-mb 0]
+
+A real ``lazypull-fsd`` process (this checkout's) serves the layers from local blob files;
+every layer of a round is mounted at once (one thread each, as containerd prepares an
+image's layers). Reported per round: the server's RSS after mounting and after unmounting,
+its peak (VmHWM), and how many mounts were refused by the memory budget. ``--budget-mb``
+and ``--image-mb`` pass the server's node-wide index budget and per-image limit (0: the
+server's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lazypull.fs.spec import LayerSpec  # noqa: E402
+from lazypull.oci import mediatypes as mt  # noqa: E402
+from lazypull.service.fsdclient import FsdClient, socket_path  # noqa: E402
+from tests.support.hostile import CraftedLayer  # noqa: E402
+
+
+def crafted_blob(where: Path, i: int, entries: int) -> tuple[Path, dict[str, object]]:
+    """A layer whose TOC lists *entries* empty files (distinct per layer, so no index is shared)."""
+    import hashlib
+
+    c = CraftedLayer()
+    c.add(name="d/", type="dir", mode=0o755)
+    for n in range(entries - 1):
+        c.add(name=f"d/{i}-{n}", type="reg", size=0, mode=0o644)
+    blob, toc = c.blob()
+    path = where / f"layer{i}.blob"
+    path.write_bytes(blob)
+    desc = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+        "size": len(blob),
+        "annotations": {mt.ANNOTATION_TOC_DIGEST: toc},
+    }
+    return path, desc
+
+
+def rss(pid: int) -> tuple[int, int, int]:
+    """(VmRSS, VmHWM, RssFile: mapped index files, which the kernel may drop) of *pid* in bytes."""
+    vals = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM", "RssFile"):
+            vals[k] = int(v.split()[0]) * 1024
+    return vals["VmRSS"], vals["VmHWM"], vals["RssFile"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--entries", type=int, default=250_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--budget-mb", type=int, default=0)
+    p.add_argument("--image-mb", type=int, default=0)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="crafted-mem-") as d:
+        tmp = Path(d)
+        t0 = time.monotonic()
+        blobs = [crafted_blob(tmp, i, a.entries) for i in range(a.layers)]
+        total = sum(b.stat().st_size for b, _ in blobs)
+        print(f"{a.layers} layers x {a.entries} entries: {total / 1e6:.1f} MB of blobs ({time.monotonic() - t0:.0f} s)")
+        root = tmp / "fsd"
+        root.mkdir()
+        cmd = [sys.executable, "-m", "lazypull.service.fsd", "--root", str(root), "--log-level", "warning"]
+        if a.budget_mb:
+            cmd += ["--index-memory-bytes", str(a.budget_mb << 20)]
+        if a.image_mb:
+            cmd += ["--image-memory-bytes", str(a.image_mb << 20)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        srv = subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            client = FsdClient(socket_path(root))
+            deadline = time.monotonic() + 30
+            while client.alive() is None:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the layer server did not start")
+                time.sleep(0.05)
+            print(f"start: RSS {rss(srv.pid)[0] / 1e6:.0f} MB")
+            for r in range(a.rounds):
+                refused: list[str] = []
+                mps = []
+
+                def mount(
+                    i: int, blob: Path, desc: dict[str, object], refused: list[str] = refused, mps: list[Path] = mps
+                ) -> None:
+                    mp = tmp / f"m{i}"
+                    s = LayerSpec(layer=desc, cache_dir=str(tmp / "cache"), blob_path=str(blob), ref="crafted/image",
+                                  prefetch=False, background_fetch=False)
+                    try:
+                        _, fd = client.mount(s.to_json(), mp, timeout=600)
+                        os.close(fd)
+                        mps.append(mp)
+                    except Exception as e:  # refused: report the first line
+                        refused.append(str(e).splitlines()[0])
+
+                t0 = time.monotonic()
+                ts = [threading.Thread(target=mount, args=(i, b, desc)) for i, (b, desc) in enumerate(blobs)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+                for mp in mps:
+                    os.listdir(mp / "d")[:1]  # served (waits for its index)
+                took = time.monotonic() - t0
+                mounted, peak, mapped = rss(srv.pid)
+                im = client.stats()["index_memory"]
+                for mp in mps:
+                    client.unmount(mp, free_cache=True)
+                time.sleep(1)
+                after, peak, _ = rss(srv.pid)
+                print(
+                    f"round {r + 1}: {len(mps)} mounted in {took:.1f} s, RSS {mounted / 1e6:.0f} MB mounted "
+                    f"({mapped / 1e6:.0f} MB of it mapped files), "
+                    f"{after / 1e6:.0f} MB after unmount, peak {peak / 1e6:.0f} MB; index memory peak "
+                    f"{im['peak'] / 1e6:.0f} of {im['budget'] / 1e6:.0f} MB; {len(refused)} refused"
+                    + (f" ({refused[0]})" if refused else "")
+                )
+        finally:
+            os.killpg(srv.pid, signal.SIGTERM)
+            srv.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
