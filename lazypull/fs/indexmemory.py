@@ -151,14 +151,19 @@ class Claim:
     def __init__(self, budget: IndexMemory, image: str, layer: str) -> None:
         self.budget, self.image, self.layer = budget, image, layer
         self.toc_bytes = self.entries = 0
+        self.held = False
 
     def admit(self, toc_bytes: int, entries: int) -> None:
         """Wait until the layer's estimate fits (the format readers call this before decoding);
         raises :class:`IndexMemoryError` if it never can or did not in time."""
+        if self.held:  # (a layer opened again after a failed try keeps its first claim)
+            return
         self.toc_bytes, self.entries = toc_bytes, entries
         self.budget._take(self, estimate(toc_bytes, entries))
+        self.held = True
 
     def release(self) -> None:
         """The index serves from its compact form (or the open failed): the memory goes back."""
+        self.held = False
         if self.budget._release(self):
             give_back()

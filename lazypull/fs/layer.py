@@ -15,7 +15,7 @@ import errno
 import logging
 import stat
 import threading
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Iterator, Sized
 
 from lazypull.errors import FormatError
 from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
@@ -220,7 +220,12 @@ class LayerFS:
         return self.getattr(ino)
 
     def readdir(self, ino: int) -> list[tuple[bytes, Attr]]:
-        return [(name, self.getattr(child)) for name, child in self.tree.dirents(self._dir(ino))]
+        return [(name, self.getattr(child)) for name, child in self.dirents(ino)]
+
+    def dirents(self, ino: int) -> Iterator[tuple[bytes, int]]:
+        """(name, inode) of a directory's entries, without their attributes (a listing of
+        hundreds of thousands need not hold them all)."""
+        return iter(self.tree.dirents(self._dir(ino)))
 
     def readlink(self, ino: int) -> bytes:
         nd = self._node(ino)

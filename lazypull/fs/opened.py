@@ -75,15 +75,18 @@ class RecordingSource:
             self.reads.append((offset, data))
         return data
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path) -> bool:
+        """Write the reads to *path*; False if they were too large or could not be written."""
         blob = b"".join(_HDR.pack(off, len(d)) + d for off, d in self.reads)
         if len(blob) > MAX_SAVED:
-            return
+            return False
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write(path, blob)
         except OSError as e:
             log.warning("cannot keep the TOC of %s: %s", path.name, e)
+            return False
+        return True
 
 
 class ReplaySource:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ from lazypull.format.compactwrite import write_file
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.format.limits import DEFAULT_LIMITS
-from lazypull.format.soci.dispatch import open_layer_index
+from lazypull.format.soci.dispatch import open_layer_index, ztoc_of
 from lazypull.format.source import ReadAt
+from lazypull.fs.buildapart import BuildApart, build_in_child
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.indexmemory import Claim
-from lazypull.fs.layer import LayerFS
+from lazypull.fs.layer import PARSED_SERVES_UP_TO, LayerFS
 from lazypull.fs.opened import RecordingSource, ReplaySource, TailSource
 from lazypull.giveway import Pacer
 from lazypull.oci import mediatypes as mt
@@ -160,6 +162,18 @@ def _compact(index: LayerIndex, path: Path | None, key: bytes, pace: Pacer | Non
     return CompactIndex.from_index(index)
 
 
+def _build_apart(spec: LayerSpec, saved: Path, key: bytes) -> CompactIndex:
+    path = index_path(saved)
+    t0 = time.monotonic()
+    build_in_child(saved, spec.layer, path, key)
+    index = CompactIndex.open(path, key)
+    log.info(
+        "layer %s: index of %d entries built by a process of its own in %.1fs",
+        spec.descriptor.digest[7:19], len(index), time.monotonic() - t0,
+    )
+    return index
+
+
 def open_layer_fs(
     spec: LayerSpec,
     cache: ChunkCache,
@@ -198,8 +212,17 @@ def _open_layer_fs(
     build_in_background: bool,
     claim: Claim | None,
 ) -> tuple[LayerFS, Fetcher, CountingSource, LayerIndex]:
-    limits = DEFAULT_LIMITS if claim is None else dataclasses.replace(DEFAULT_LIMITS, admit=claim.admit)
     desc = spec.descriptor
+    # A TOC too large to serve parsed is parsed and indexed by a child process (buildapart).
+    apart = saved is not None and (bool(desc.annotations.get(mt.ANNOTATION_TOC_DIGEST)) or ztoc_of(desc) is None)
+
+    def admit(toc_bytes: int, entries: int) -> None:
+        if claim is not None:
+            claim.admit(toc_bytes, entries)
+        if apart and entries > PARSED_SERVES_UP_TO:
+            raise BuildApart
+
+    limits = dataclasses.replace(DEFAULT_LIMITS, admit=admit) if claim is not None or apart else DEFAULT_LIMITS
     source = CountingSource(open_source(spec, clients))
     key = index_key(desc)
 
@@ -218,13 +241,23 @@ def _open_layer_fs(
     if index is None and saved is not None and saved.exists():
         try:
             index = open_layer_index(desc, ReplaySource(TailSource(source), saved), open_blob, cache, limits)
+        except BuildApart:
+            index, built = _build_apart(spec, saved, key), True
         except (LazypullError, OSError, ValueError) as e:
             log.warning("saved TOC of %s unusable (%s); fetching it again", desc.digest, e)
             saved.unlink(missing_ok=True)
     if index is None:
         rec = RecordingSource(TailSource(source))
-        index = open_layer_index(desc, rec, open_blob, cache, limits)  # SOCI: the zTOC is kept in *cache*
-        if saved is not None:
+        try:
+            index = open_layer_index(desc, rec, open_blob, cache, limits)  # SOCI: the zTOC is kept in *cache*
+        except BuildApart:
+            assert saved is not None
+            if rec.save(saved):
+                index, built = _build_apart(spec, saved, key), True
+            else:  # (too large to save, or no room): parsed here after all
+                apart = False
+                index = open_layer_index(desc, rec, open_blob, cache, limits)
+        if saved is not None and not built:
             rec.save(saved)
     parsed = index
     path = index_path(saved) if saved is not None else None

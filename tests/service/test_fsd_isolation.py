@@ -338,3 +338,42 @@ def test_a_layer_over_the_image_limit_is_refused_with_a_clear_error(
     assert st["refused"] == 1 and st["in_use"] == 0
     small = _mount(client, tmp_path, "small", {"ok.txt": b"fine"})  # the server goes on
     assert (small / "ok.txt").read_bytes() == b"fine"
+
+
+def test_a_layer_too_large_to_serve_parsed_is_indexed_by_a_process_of_its_own(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    _srv, client = server
+    monkeypatch.setattr(spec_mod, "PARSED_SERVES_UP_TO", 1_000)  # (the real threshold: 200,000 entries)
+    blob, desc = _crafted(tmp_path, "wide", 3_000)
+    with caplog.at_level("INFO", logger="lazypull.fs.spec"):
+        _, fd = client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=60)
+    os.close(fd)
+    assert any("built by a process of its own" in r.getMessage() for r in caplog.records)
+    assert [r["index"] for r in client.stats()["layers"]] == ["compact"]  # served from the file at once
+    names = os.listdir(tmp_path / "m" / "d")
+    assert len(names) == 2_999 and os.stat(tmp_path / "m" / "d" / names[0]).st_size == 0
+    assert client.stats()["index_memory"]["in_use"] == 0
+
+
+def test_a_bad_toc_built_apart_fails_its_mount_with_the_reason(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _srv, client = server
+    monkeypatch.setattr(spec_mod, "PARSED_SERVES_UP_TO", 10)
+    c = CraftedLayer()
+    for n in range(20):
+        c.add(name=f"f{n}", type="reg", size=0)
+    c.add(name="../escape", type="reg", size=0)  # checked in the child as anywhere
+    raw, toc = c.blob()
+    path = tmp_path / "bad.blob"
+    path.write_bytes(raw)
+    desc = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+        "size": len(raw),
+        "annotations": {mt.ANNOTATION_TOC_DIGEST: toc},
+    }
+    with pytest.raises(Exception, match=r"\.\./escape|outside|escape"):
+        client.mount(spec(tmp_path, path, desc), tmp_path / "m", timeout=60)
+    assert client.list() == [] and client.stats()["index_memory"]["in_use"] == 0
