@@ -12,7 +12,7 @@ keep their name, later ones count as ``other``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -45,7 +45,8 @@ class LayerStatsCollector(Collector):
         return host if host in self._hosts else OTHER_HOST
 
     def collect(self) -> Iterator[object]:
-        stats = self.sn.layers.stats()
+        server = self.sn.layers.server_stats()
+        stats = list(server.get("layers") or [])
         FIRST_READS.update(self.sn.book, stats)  # lazypull_*_first_read_seconds, observed once each
         hist = HistogramMetricFamily(
             "stargz_fs_operation_duration_seconds", "Latency of filesystem operations", labels=["operation"]
@@ -129,6 +130,7 @@ class LayerStatsCollector(Collector):
         merr.add_metric([], self.sn.mount_errors)
         yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, compact, ferr, verr, merr)
         yield from (health, up, restarts, unhealthy, aborted, fetch_hist)
+        yield from _index_memory(server.get("index_memory") or {})
 
 
 def _zeros() -> list[float]:
@@ -150,3 +152,22 @@ def _buckets(counts: list[int], scale: float) -> list[tuple[str, float]]:
         acc += n
         out.append(("+Inf" if bound == float("inf") else repr(bound * scale), float(acc)))
     return out
+
+
+def _index_memory(im: dict[str, Any]) -> Iterator[object]:
+    """The layer server's index memory budget (lazypull.fs.indexmemory)."""
+    g = GaugeMetricFamily(
+        "lazypull_index_memory_bytes",
+        "Memory claimed by layers whose indexes are parsed and built, and its limits",
+        labels=["kind"],
+    )
+    for kind in ("in_use", "peak", "budget", "per_image"):
+        if kind in im:
+            g.add_metric([kind], float(im[kind]))
+    waiting = GaugeMetricFamily("lazypull_index_memory_waiting", "Layer opens waiting for index memory")
+    waiting.add_metric([], float(im.get("waiting", 0)))
+    refused = CounterMetricFamily(
+        "lazypull_index_memory_refused", "Layer mounts refused for index memory (pulled in full instead)"
+    )
+    refused.add_metric([], float(im.get("refused", 0)))
+    yield from (g, waiting, refused)

@@ -31,7 +31,8 @@ STARTED = time.time()
 
 
 def node_status(sn: Snapshotter) -> dict[str, Any]:
-    rows = sn.layers.stats()
+    server = sn.layers.server_stats()
+    rows = list(server.get("layers") or [])
     FIRST_READS.update(sn.book, rows)
     by_digest = {str(r.get("layer", "")): r for r in rows}
     health = dict(sn.layers.health())
@@ -72,6 +73,7 @@ def node_status(sn: Snapshotter) -> dict[str, Any]:
             "up": sn.layers.server_up,
             "pid": sn.layers.server_pid,
             "restarts": sn.layers.server_restarts,
+            "index_memory": server.get("index_memory") or {},  # budget, in_use, peak, waiting, refused
         },
         "images": out_images,
         "pods": out_pods,

@@ -424,10 +424,14 @@ class RemoteLayers:
             m.probe_started = 0.0
 
     def stats(self) -> list[dict[str, Any]]:
+        return list(self.server_stats().get("layers") or [])
+
+    def server_stats(self) -> dict[str, Any]:
+        """The server's ``stats`` answer (its layers, caches, index memory); {} if it is down."""
         try:
-            return list(self.client.stats()["layers"])
+            return dict(self.client.stats())
         except FsdError:
-            return []
+            return {}
 
 
 FUSECTL = Path("/sys/fs/fuse/connections")

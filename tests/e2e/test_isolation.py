@@ -8,6 +8,7 @@ import os
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lazypull.cli.main import main
 from tests.support.containerd import start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
+from tests.support.net import free_port
 from tests.support.proxy import start_proxy
 from tests.support.registry import Registry
 
@@ -143,3 +145,42 @@ def _stop(daemon: Daemon, root: Path) -> None:
         mounts = [line.split()[4] for line in f if str(root) in line.split()[4]]
     for m in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", m], capture_output=True)
+
+
+def test_a_layer_over_its_images_index_memory_is_pulled_in_full_and_says_why(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """One image's share of the layer server's index memory: its layer whose TOC would take
+    more is refused at once, the daemon pulls that layer in full, the container runs, and
+    the operator sees why (status, metrics)."""
+    wide = [Entry("w", "dir", mode=0o755), *(Entry(f"w/{i}", data=b"") for i in range(30_000))]
+    ref = _push(
+        registry, tmp_path, "wide",
+        [busybox_layer(), wide, [Entry("data", "dir", mode=0o755), Entry("data/hello.txt", data=b"hello\n")]],
+        [],
+    )
+    port = free_port()
+    cfg = (
+        f'plain_http_hosts = ["{registry.host}"]\nno_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\n'
+        "[cache]\nindex_memory_bytes = 268435456\nimage_index_memory_bytes = 20971520\n"  # 256 MB, 20 MB
+    )
+    daemon = start_daemon(tmp_path / "daemon", cfg)
+    cd = None
+    try:
+        cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
+        cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", ref, tool="ctr-remote")
+        out = cd.ctr("run", "--rm", "--snapshotter", "lazypull", ref, "wide1", "/bin/sh", "-c",
+                     "cat /data/hello.txt; ls /w | wc -l")
+        assert out.stdout.split() == ["hello", "30000"]
+        im = daemon.fsd().stats()["index_memory"]
+        assert im["refused"] == 1 and im["in_use"] == 0 and im["per_image"] == 20 << 20
+        assert len(daemon.layers()) == 2  # busybox and data lazily; the wide layer pulled in full
+        log = daemon.log()
+        assert "over the per-image index memory of 20 MB (cache.image_index_memory_bytes)" in log
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'lazypull_fallback_total{reason="mount_failed"} 1.0' in metrics
+        assert "lazypull_index_memory_refused_total 1.0" in metrics
+    finally:
+        if cd is not None:
+            cd.stop()
+        _stop(daemon, tmp_path)

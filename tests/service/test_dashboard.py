@@ -76,7 +76,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """What a daemon's /metrics holds: the process-wide registry and the layer collector's families."""
     root = tmp_path_factory.mktemp("dash")
     sn = Snapshotter(root / "root", None, RemoteSettings(cache_dir=root / "cache", registry={}))
-    sn.layers.stats = lambda: []  # type: ignore[method-assign]  # no layer server: the families are there anyway
+    sn.layers.server_stats = lambda: {}  # type: ignore[method-assign]  # no layer server: the families are there anyway
     try:
         return _sample_names(REGISTRY.collect()) | _sample_names(LayerStatsCollector(sn).collect())
     finally:

@@ -377,3 +377,28 @@ def test_a_bad_toc_built_apart_fails_its_mount_with_the_reason(
     with pytest.raises(Exception, match=r"\.\./escape|outside|escape"):
         client.mount(spec(tmp_path, path, desc), tmp_path / "m", timeout=60)
     assert client.list() == [] and client.stats()["index_memory"]["in_use"] == 0
+
+
+def test_nothing_keeps_an_unmounted_layers_index_alive(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path
+) -> None:
+    """Neither finished builds nor idle reader and worker threads hold a layer (its parsed or
+    compact index) once it is unmounted: its memory goes."""
+    import gc
+
+    from lazypull.format.index import LayerIndex
+    from lazypull.fs.layer import LayerFS
+
+    _, client = server
+    for i in range(3):
+        mp = _mount(client, tmp_path, f"l{i}", {f"f{n}.txt": b"x" * n for n in range(50)})
+        assert sorted(os.listdir(mp))[:2] == ["f0.txt", "f1.txt"] and (mp / "f7.txt").read_bytes() == b"x" * 7
+        deadline = time.monotonic() + 20  # its compact index built (deferred while the parsed one serves)
+        while {r["index"] for r in client.stats()["layers"]} != {"compact"} and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for r in client.list():
+        client.unmount(Path(r["mountpoint"]), free_cache=True)
+    time.sleep(1.5)  # the reader threads' poll() times out once: their locals are dropped
+    gc.collect()
+    left = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (LayerFS, LayerIndex))]
+    assert left == []

@@ -98,7 +98,7 @@ def _node_with_two_images(sn: Snapshotter, monkeypatch: pytest.MonkeyPatch) -> N
         _row(L1, LAZY_IMG, fetched=12345, first=(prepared + 0.25, 0.004)),
         _row(L3, "other.example/old:2", fetched=0, first=None),
     ]
-    monkeypatch.setattr(sn.layers, "stats", lambda: rows)
+    monkeypatch.setattr(sn.layers, "server_stats", lambda: {"layers": rows})
 
 
 def test_report_per_image_and_pod_without_secrets(sn: Snapshotter, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +197,7 @@ def _samples(collector: LayerStatsCollector) -> dict[tuple[str, tuple[tuple[str,
 def test_fetch_latency_by_registry_host_is_bounded(sn: Snapshotter, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [_row("sha256:" + f"{i:064x}", f"host{i}.example/a:1", fetched=1, first=None) for i in range(MAX_HOSTS + 3)]
     rows.append(_row("sha256:" + "f" * 64, "host0.example/b:1", fetched=1, first=(time.time(), 0.5), fetch_s=0.3))
-    monkeypatch.setattr(sn.layers, "stats", lambda: rows)
+    monkeypatch.setattr(sn.layers, "server_stats", lambda: {"layers": rows})
     before = REGISTRY.get_sample_value("lazypull_layer_first_read_seconds_count") or 0.0
     samples = _samples(LayerStatsCollector(sn))
     counts = {dict(k[1])["host"]: v for k, v in samples.items() if k[0] == "lazypull_fetch_duration_seconds_count"}
