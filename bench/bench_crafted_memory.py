@@ -7,7 +7,8 @@ entries each (under 1 MB of blob per layer), mounted together, then unmounted, i
 A real ``lazypull-fsd`` process (this checkout's) serves the layers from local blob files;
 every layer of a round is mounted at once (one thread each, as containerd prepares an
 image's layers). Reported per round: the server's RSS after mounting and after unmounting,
-its peak (VmHWM), and how many mounts were refused by the memory budget. ``--budget-mb``
+its peak (VmHWM), how many mounts were refused by the memory budget, and the slowest of the
+reads that another image's layer (mounted first) answered meanwhile, and how many failed. ``--budget-mb``
 and ``--image-mb`` pass the server's node-wide index budget and per-image limit (0: the
 server's defaults).
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from lazypull.fs.spec import LayerSpec  # noqa: E402
 from lazypull.oci import mediatypes as mt  # noqa: E402
 from lazypull.service.fsdclient import FsdClient, socket_path  # noqa: E402
+from tests.service.test_fsd import make_layer  # noqa: E402
 from tests.support.hostile import CraftedLayer  # noqa: E402
 
 
@@ -94,7 +96,42 @@ def main() -> int:
                     raise SystemExit("the layer server did not start")
                 time.sleep(0.05)
             print(f"start: RSS {rss(srv.pid)[0] / 1e6:.0f} MB")
+            # An unrelated running container's layer (another image), read all the time.
+            other_dir = tmp / "other"
+            other_dir.mkdir()
+            files = {f"f{i}.bin": os.urandom(64 << 10) for i in range(400)}
+            oblob, odesc = make_layer(other_dir, "other", files)
+            ospec = LayerSpec(layer=odesc, cache_dir=str(tmp / "cache"), blob_path=str(oblob), ref="other/image",
+                              prefetch=False, background_fetch=False)
+            _, fd = client.mount(ospec.to_json(), tmp / "other-m", timeout=60)
+            os.close(fd)
+            stalls: list[float] = []
+            failures: list[str] = []
+            stop = threading.Event()
+
+            def reader() -> None:
+                names = list(files)
+                i = 0
+                while not stop.is_set():
+                    n = names[i % len(names)]  # the first pass is uncached, later ones cached
+                    i += 1
+                    t = time.monotonic()
+                    try:
+                        os.stat(tmp / "other-m" / n)
+                        ok = (tmp / "other-m" / n).read_bytes() == files[n]
+                    except OSError as e:
+                        ok = False
+                        failures.append(str(e))
+                    stalls.append(time.monotonic() - t)
+                    if not ok and not failures:
+                        failures.append(f"{n}: wrong bytes")
+                    time.sleep(0.01)
+
+            rt = threading.Thread(target=reader, daemon=True)
+            rt.start()
+            print(f"with the other layer mounted and read: RSS {rss(srv.pid)[0] / 1e6:.0f} MB")
             for r in range(a.rounds):
+                stalls.clear()
                 refused: list[str] = []
                 mps = []
 
@@ -133,6 +170,13 @@ def main() -> int:
                     f"{im['peak'] / 1e6:.0f} of {im['budget'] / 1e6:.0f} MB; {len(refused)} refused"
                     + (f" ({refused[0]})" if refused else "")
                 )
+                print(
+                    f"  the unrelated layer meanwhile: {len(stalls)} reads, slowest {max(stalls, default=0):.3f} s, "
+                    f"{len(failures)} failed"
+                )
+            stop.set()
+            rt.join(10)
+            client.unmount(tmp / "other-m", free_cache=True)
         finally:
             os.killpg(srv.pid, signal.SIGTERM)
             srv.wait(30)
