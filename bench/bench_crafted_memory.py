@@ -29,30 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lazypull.fs.spec import LayerSpec  # noqa: E402
-from lazypull.oci import mediatypes as mt  # noqa: E402
 from lazypull.service.fsdclient import FsdClient, socket_path  # noqa: E402
 from tests.service.test_fsd import make_layer  # noqa: E402
-from tests.support.hostile import CraftedLayer  # noqa: E402
+from tests.support.hostile import wide_layer, write_blob  # noqa: E402
 
 
 def crafted_blob(where: Path, i: int, entries: int) -> tuple[Path, dict[str, object]]:
     """A layer whose TOC lists *entries* empty files (distinct per layer, so no index is shared)."""
-    import hashlib
-
-    c = CraftedLayer()
-    c.add(name="d/", type="dir", mode=0o755)
-    for n in range(entries - 1):
-        c.add(name=f"d/{i}-{n}", type="reg", size=0, mode=0o644)
-    blob, toc = c.blob()
-    path = where / f"layer{i}.blob"
-    path.write_bytes(blob)
-    desc = {
-        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
-        "size": len(blob),
-        "annotations": {mt.ANNOTATION_TOC_DIGEST: toc},
-    }
-    return path, desc
+    return write_blob(where, f"layer{i}", wide_layer(entries, str(i)))
 
 
 def rss(pid: int) -> tuple[int, int, int]:

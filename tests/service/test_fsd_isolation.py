@@ -4,7 +4,6 @@ their share, and unmounting gives back what a layer held."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -17,12 +16,11 @@ import pytest
 
 from lazypull.fs import spec as spec_mod
 from lazypull.fs.indexmemory import IndexMemory, estimate
-from lazypull.oci import mediatypes as mt
 from lazypull.service.fsd import LayerServer
 from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 from tests.service.test_fsd import Slow, make_layer, server, spec
-from tests.support.hostile import CraftedLayer
+from tests.support.hostile import CraftedLayer, wide_layer, write_blob
 
 __all__ = ["server"]  # the fixture
 
@@ -269,20 +267,7 @@ def test_the_cache_directory_is_made_again_if_it_goes(server: tuple[LayerServer,
 
 
 def _crafted(where: Path, name: str, entries: int) -> tuple[Path, dict[str, object]]:
-    """A layer whose TOC lists *entries* empty files (a crafted image's: little blob, big index)."""
-    c = CraftedLayer()
-    c.add(name="d/", type="dir", mode=0o755)
-    for n in range(entries - 1):
-        c.add(name=f"d/{name}-{n}", type="reg", size=0, mode=0o644)
-    blob, toc = c.blob()
-    path = where / f"{name}.blob"
-    path.write_bytes(blob)
-    return path, {
-        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
-        "size": len(blob),
-        "annotations": {mt.ANNOTATION_TOC_DIGEST: toc},
-    }
+    return write_blob(where, name, wide_layer(entries, name))
 
 
 def test_a_crafted_image_is_held_to_the_index_memory_budget(
@@ -365,15 +350,7 @@ def test_a_bad_toc_built_apart_fails_its_mount_with_the_reason(
     for n in range(20):
         c.add(name=f"f{n}", type="reg", size=0)
     c.add(name="../escape", type="reg", size=0)  # checked in the child as anywhere
-    raw, toc = c.blob()
-    path = tmp_path / "bad.blob"
-    path.write_bytes(raw)
-    desc = {
-        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-        "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
-        "size": len(raw),
-        "annotations": {mt.ANNOTATION_TOC_DIGEST: toc},
-    }
+    path, desc = write_blob(tmp_path, "bad", c)
     with pytest.raises(Exception, match=r"\.\./escape|outside|escape"):
         client.mount(spec(tmp_path, path, desc), tmp_path / "m", timeout=60)
     assert client.list() == [] and client.stats()["index_memory"]["in_use"] == 0

@@ -98,6 +98,29 @@ def tar_layer(entries: list[Entry]) -> tuple[bytes, dict[str, str]]:
     return gzip.compress(make_tar(entries), mtime=0), {}
 
 
+def wide_layer(entries: int, name: str = "f") -> CraftedLayer:
+    """A layer whose TOC lists *entries* empty files in one directory (little blob, big index);
+    *name* keeps the files of layers apart (no two layers share an index)."""
+    c = CraftedLayer()
+    c.add(name="d/", type="dir", mode=0o755)
+    for n in range(entries - 1):
+        c.add(name=f"d/{name}-{n}", type="reg", size=0, mode=0o644)
+    return c
+
+
+def write_blob(where: Path, name: str, layer: CraftedLayer) -> tuple[Path, dict[str, Any]]:
+    """*layer*'s blob as the file WHERE/NAME.blob, and its descriptor."""
+    blob, toc = layer.blob()
+    path = where / f"{name}.blob"
+    path.write_bytes(blob)
+    return path, {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": sha(blob),
+        "size": len(blob),
+        "annotations": {mt.ANNOTATION_TOC_DIGEST: toc},
+    }
+
+
 def write_crafted_image(root: Path, layers: list[tuple[bytes, dict[str, str]]], tag: str = "latest") -> str:
     """An OCI layout holding *layers* (blob, annotations) as given; returns ``oci:ROOT:TAG``.
 
