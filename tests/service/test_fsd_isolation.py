@@ -362,20 +362,24 @@ def test_nothing_keeps_an_unmounted_layers_index_alive(
     """Neither finished builds nor idle reader and worker threads hold a layer (its parsed or
     compact index) once it is unmounted: its memory goes."""
     import gc
+    import weakref
 
-    from lazypull.format.index import LayerIndex
-    from lazypull.fs.layer import LayerFS
-
-    _, client = server
+    srv, client = server
+    held: list[weakref.ref[object]] = []
     for i in range(3):
-        mp = _mount(client, tmp_path, f"l{i}", {f"f{n}.txt": b"x" * n for n in range(50)})
-        assert sorted(os.listdir(mp))[:2] == ["f0.txt", "f1.txt"] and (mp / "f7.txt").read_bytes() == b"x" * 7
-        deadline = time.monotonic() + 20  # its compact index built (deferred while the parsed one serves)
-        while {r["index"] for r in client.stats()["layers"]} != {"compact"} and time.monotonic() < deadline:
-            time.sleep(0.05)
+        mp = _mount(client, tmp_path, f"l{i}", {f"f{n}-{i}.txt": b"x" * n for n in range(50)})
+        fs = srv.layers[str(mp)].fs
+        assert fs is not None
+        held += [weakref.ref(fs), weakref.ref(fs.index)]  # the parsed index while its build waits
+        assert (mp / f"f7-{i}.txt").read_bytes() == b"x" * 7 and len(os.listdir(mp)) == 50
+        assert fs.wait_built(60)  # its compact index built (deferred while the parsed one serves)
+        assert (mp / f"f9-{i}.txt").read_bytes() == b"x" * 9
+        del fs
     for r in client.list():
         client.unmount(Path(r["mountpoint"]), free_cache=True)
-    time.sleep(1.5)  # the reader threads' poll() times out once: their locals are dropped
-    gc.collect()
-    left = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (LayerFS, LayerIndex))]
-    assert left == []
+    deadline = time.monotonic() + 10  # the reader threads' poll() times out: their locals go
+    while any(r() is not None for r in held) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        gc.collect()
+    alive = [r() for r in held if r() is not None]
+    assert alive == [], [(type(o).__name__, [type(x).__name__ for x in gc.get_referrers(o)]) for o in alive]
