@@ -142,7 +142,7 @@ def main() -> int:
                     os.listdir(mp / "d")[:1]  # served (waits for its index)
                 took = time.monotonic() - t0
                 mounted, peak, mapped = rss(srv.pid)
-                im = client.stats()["index_memory"]
+                im = client.stats().get("index_memory") or {"peak": 0, "budget": 0}
                 for mp in mps:
                     client.unmount(mp, free_cache=True)
                 time.sleep(1)
