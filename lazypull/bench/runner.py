@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from lazypull.bench.delayproxy import DelayProxy
 from lazypull.bench.images import IMAGES, BenchImage, build_image
@@ -220,7 +221,7 @@ class Node:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _logfile(path: Path) -> object:
+def _logfile(path: Path) -> BinaryIO:
     """A log file handed to a child process (the child owns it from then on)."""
     return open(path, "wb")
 

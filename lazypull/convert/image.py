@@ -213,7 +213,7 @@ class Converter:
             with os.fdopen(fd, "w+b") as out, open_source() as raw:
                 reader = _ProgressReader(raw, desc, progress) if progress else raw
                 res = self._builder()(
-                    reader,  # type: ignore[arg-type]
+                    reader,
                     out,
                     chunk_size=self.opts.chunk_size,
                     compression_level=self.opts.compression_level,

@@ -54,7 +54,7 @@ def find_lower_files(
                 fileobj=open_decompressed(raw),
                 mode="r|",
                 encoding="utf-8",
-                errors="surrogateescape",  # type: ignore[arg-type]
+                errors="surrogateescape",
             ) as tf,
         ):
             for m in tf:
@@ -101,7 +101,7 @@ def with_lower_files(src: BinaryIO, found: dict[str, tuple[tarfile.TarInfo, Path
             fileobj=open_decompressed(src),
             mode="r|",
             encoding="utf-8",
-            errors="surrogateescape",  # type: ignore[arg-type]
+            errors="surrogateescape",
         ) as tf,
         tarfile.open(
             fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"

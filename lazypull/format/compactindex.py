@@ -195,8 +195,8 @@ class CompactIndex(LayerIndex):
         self._n = (n_chunks, n_digests, n_devs, n_atoms, n_kids, n_strings)
         self._buf = buf
         self._decoder = decoder or decoder_for(self.format)
-        self._entries = _LRU(ENTRY_CACHE)
-        self._paths = _LRU(PATH_CACHE)
+        self._entries: _LRU[Entry] = _LRU(ENTRY_CACHE)
+        self._paths: _LRU[str] = _LRU(PATH_CACHE)
 
     @classmethod
     def from_index(cls, index: LayerIndex) -> CompactIndex:
@@ -274,7 +274,7 @@ class CompactIndex(LayerIndex):
             return 0, 0
         if nd.dev >= self._n[2]:
             raise FormatError("compact index: device number out of range")
-        return DEV.unpack_from(self._buf, self._devs + nd.dev * DEV.size)  # type: ignore[return-value]
+        return DEV.unpack_from(self._buf, self._devs + nd.dev * DEV.size)
 
     def xattrs(self, nd: Node) -> dict[str, bytes]:
         if nd.xattr == NONE:

@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from isal import igzip
 
@@ -28,7 +28,13 @@ _SKIP = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME})
 Member = tuple[tarfile.TarInfo, "BinaryIO | None"]
 
 
-def open_decompressed(src: BinaryIO) -> BinaryIO:
+class Readable(Protocol):
+    """A binary stream read front to back: a file, a registry response, a VerifyingReader."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def open_decompressed(src: Readable) -> BinaryIO:
     """*src* as a plain tar stream, transparently decompressing gzip."""
     buffered = src if isinstance(src, io.BufferedReader) else io.BufferedReader(_Raw(src), 1 << 20)
     head = buffered.peek(2)[:2]
@@ -37,12 +43,12 @@ def open_decompressed(src: BinaryIO) -> BinaryIO:
     if head[:1] == b"\x28" and buffered.peek(4)[:4] == b"\x28\xb5\x2f\xfd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
     return buffered
 
 
 class _Raw(io.RawIOBase):
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Readable) -> None:
         self._f = f
 
     def readable(self) -> bool:

@@ -19,7 +19,7 @@ import json
 import os
 import stat as statmod
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import ImageIsADirectoryError, ImageNotADirectoryError, ImageNotAFileError, OCIError
 from lazypull.format.counting import CountingSource
-from lazypull.format.index import EntryType
+from lazypull.format.index import EntryType, LayerIndex
 from lazypull.format.soci.dispatch import is_lazy, open_layer_index, ztoc_of
 from lazypull.fs.fetcher import Fetcher
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
@@ -144,9 +144,10 @@ class ImageFS:
         self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
 
-    def _opener(self, desc: Descriptor) -> Any:
+    def _opener(self, desc: Descriptor) -> Callable[[], LayerView]:
         def open_layer() -> LayerView:
             source = CountingSource(self.store.blob_source(desc))
+            index: LayerIndex | None
             if ztoc_of(desc) is not None:  # a gzip layer its SOCI index makes lazy, as for mount
                 index = open_layer_index(desc, source, self.store.blob_source)
             else:

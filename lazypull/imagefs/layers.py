@@ -156,7 +156,7 @@ class StreamedLayer(LayerView):
     def _stream_into(self, spool: BinaryIO) -> None:
         with self._store.open_blob(self.desc) as raw:
             verified = _CountingReader(VerifyingReader(raw, self.desc))
-            plain = open_decompressed(verified)  # type: ignore[arg-type]
+            plain = open_decompressed(verified)
             tee = _Tee(plain, spool)
             try:
                 tf = tarfile.open(fileobj=tee, mode="r|", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115

@@ -198,14 +198,14 @@ class DockerArchive(ImageStore):
         m = self._files.get(desc.digest)
         if m is None:
             raise OCIError(f"{self.name}: blob {desc.digest} is not in the archive")
-        return io.BufferedReader(_Section(self._fd, m), 1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(_Section(self._fd, m), 1 << 20)
 
     def has_blob(self, desc: Descriptor) -> bool:
         if self._stage is not None:
             return self._stage.has_blob(desc)
         return desc.digest in self._files or desc.digest in self._docs
 
-    def blob_source(self, desc: Descriptor) -> _SectionSource:  # type: ignore[override]
+    def blob_source(self, desc: Descriptor) -> _SectionSource:
         m = self._files.get(desc.digest)
         if m is None:
             raise OCIError(f"{self.name}: blob {desc.digest} is not in the archive")

@@ -82,7 +82,7 @@ class MetaStore:
     def close(self) -> None:
         self._db.close()
 
-    def _row(self, r: tuple) -> Snapshot:  # type: ignore[type-arg]
+    def _row(self, r: tuple) -> Snapshot:
         return Snapshot(r[0], r[1], r[2], Kind(r[3]), r[4], r[5], json.loads(r[6]), json.loads(r[7]) if r[7] else None)
 
     def get(self, key: str) -> Snapshot:

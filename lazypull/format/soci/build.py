@@ -14,11 +14,10 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import BinaryIO
 
 from lazypull.errors import FormatError
 from lazypull.format.soci.zinfo import Zinfo
-from lazypull.format.soci.zlibc import inflate_with_checkpoints
+from lazypull.format.soci.zlibc import RawStream, inflate_with_checkpoints
 from lazypull.format.soci.ztoc import FileMetadata, Ztoc
 
 DEFAULT_SPAN_SIZE = 4 << 20  # soci-snapshotter's default
@@ -101,7 +100,7 @@ def _metadata(ti: tarfile.TarInfo) -> FileMetadata:
 
 
 def build_ztoc(
-    src: BinaryIO, span_size: int = DEFAULT_SPAN_SIZE, build_tool: str = BUILD_TOOL
+    src: RawStream, span_size: int = DEFAULT_SPAN_SIZE, build_tool: str = BUILD_TOOL
 ) -> tuple[Ztoc, Zinfo, int]:
     """(zTOC without span digests, its checkpoints, compressed size) from a gzip stream.
 
@@ -159,7 +158,7 @@ def _finish(ztoc: Ztoc, zinfo: Zinfo, read_at: Callable[[int, int], bytes], size
 def build_ztoc_file(path: str | os.PathLike[str], span_size: int = DEFAULT_SPAN_SIZE) -> Ztoc:
     """The complete zTOC of the gzip layer blob at *path*."""
     with open(path, "rb", buffering=0) as f:
-        ztoc, zinfo, _ = build_ztoc(f, span_size)  # type: ignore[arg-type]
+        ztoc, zinfo, _ = build_ztoc(f, span_size)
         fd = f.fileno()
         return _finish(ztoc, zinfo, lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size)
 
