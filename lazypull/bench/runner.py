@@ -78,7 +78,9 @@ class BenchConfig:
 
 
 def _sh(*cmd: str, timeout: float = 3600, **kw: object) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    res: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+        list(cmd), capture_output=True, text=True, timeout=timeout, **kw
+    )
     if res.returncode != 0:
         raise LazypullError(f"{' '.join(cmd[:6])} ... failed ({res.returncode}): {(res.stderr or res.stdout)[-800:]}")
     return res

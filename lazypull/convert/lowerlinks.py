@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from lazypull.errors import FormatError
 from lazypull.format.index import normalize
-from lazypull.format.tarstream import open_decompressed
+from lazypull.format.tarstream import Readable, open_decompressed
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import Descriptor
 
@@ -93,7 +93,7 @@ def _kind(m: tarfile.TarInfo) -> str:
     return "directory" if m.isdir() else "symlink" if m.issym() else "special file"
 
 
-def with_lower_files(src: BinaryIO, found: dict[str, tuple[tarfile.TarInfo, Path]], out: BinaryIO) -> None:
+def with_lower_files(src: Readable, found: dict[str, tuple[tarfile.TarInfo, Path]], out: BinaryIO) -> None:
     """Copy the layer tar *src* to *out*, writing each lower file before the first hardlink to it."""
     written: set[str] = set()
     with (

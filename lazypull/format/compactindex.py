@@ -161,6 +161,14 @@ class _LRU(Generic[T]):
 class CompactIndex(LayerIndex):
     """A :class:`LayerIndex` read from a compact buffer (bytes or a read-only mmap)."""
 
+    # from the header
+    key_hash: bytes
+    body_hash: bytes
+    n_nodes: int
+    n_dirents: int
+    fs_inodes: int
+    shown_inodes: int
+
     def __init__(self, buf: bytes | mmap.mmap, *, decoder: Decoder | None = None) -> None:
         if len(buf) < HEADER.size:
             raise FormatError(f"compact index is {len(buf)} bytes: truncated")
@@ -293,7 +301,8 @@ class CompactIndex(LayerIndex):
     def _u32(self, base: int, i: int, n: int) -> int:
         if i >= n:
             raise FormatError("compact index: table index out of range")
-        return U32.unpack_from(self._buf, base + 4 * i)[0]
+        v: int = U32.unpack_from(self._buf, base + 4 * i)[0]
+        return v
 
     def _path(self, i: int) -> str:
         parts: list[bytes] = []
@@ -446,6 +455,9 @@ class CompactIndex(LayerIndex):
         unpack, size = DIRENT.unpack_from, DIRENT.size
         while lo < hi:
             mid = (lo + hi) >> 1
+            off: int
+            n: int
+            ino: int
             off, n, ino = unpack(buf, base + mid * size)
             if off + n > pool_len:
                 raise FormatError("compact index: a name lies outside the pool")
@@ -462,7 +474,7 @@ class CompactIndex(LayerIndex):
         """The node inode *ino* of the overlay view shows (None: no such inode)."""
         if not 0 < ino <= self.fs_inodes:
             return None
-        i = U32.unpack_from(self._buf, self._inodes + 4 * (ino - 1))[0]
+        i: int = U32.unpack_from(self._buf, self._inodes + 4 * (ino - 1))[0]
         if i == NONE:
             return None  # a hidden node's number: never shown
         if i >= self.n_nodes:

@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from isal import igzip
 
@@ -39,7 +39,8 @@ def open_decompressed(src: Readable) -> BinaryIO:
     buffered = src if isinstance(src, io.BufferedReader) else io.BufferedReader(_Raw(src), 1 << 20)
     head = buffered.peek(2)[:2]
     if head == b"\x1f\x8b":
-        return igzip.IGzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        # isal leaves IGzipFile unannotated; a GzipFile reads like a BinaryIO
+        return igzip.IGzipFile(fileobj=buffered, mode="rb")  # type: ignore[no-untyped-call,return-value]
     if head[:1] == b"\x28" and buffered.peek(4)[:4] == b"\x28\xb5\x2f\xfd":
         import zstandard
 
@@ -140,9 +141,9 @@ def is_landmark_mark(m: Member) -> bool:
     return m is _LANDMARK_MARK
 
 
-def _open_tar(f: BinaryIO, mode: str) -> tarfile.TarFile:
+def _open_tar(f: BinaryIO, mode: Literal["r:", "r|"]) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=f, mode=mode, encoding="utf-8", errors="surrogateescape")  # type: ignore[call-overload]
+        return tarfile.open(fileobj=f, mode=mode, encoding="utf-8", errors="surrogateescape")
     except tarfile.TarError as e:
         raise FormatError(f"source layer is not a valid tar: {e}") from None
 

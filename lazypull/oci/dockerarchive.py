@@ -163,12 +163,13 @@ class DockerArchive(ImageStore):
     def _choose(self, entries: Any) -> dict[str, Any]:
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise OCIError(f"{self.name}: manifest.json lists no images")
+        images: list[dict[str, Any]] = entries
         if self.tag is None:
-            if len(entries) == 1:
-                return entries[0]
-            tags = ", ".join(t for e in entries for t in e.get("RepoTags") or []) or "untagged"
-            raise OCIError(f"{self.name}: archive holds {len(entries)} images ({tags}); name one with :REF")
-        for e in entries:
+            if len(images) == 1:
+                return images[0]
+            tags = ", ".join(t for e in images for t in e.get("RepoTags") or []) or "untagged"
+            raise OCIError(f"{self.name}: archive holds {len(images)} images ({tags}); name one with :REF")
+        for e in images:
             for t in e.get("RepoTags") or []:
                 if self.tag in (t, t.rsplit("/", 1)[-1]) or t == f"docker.io/library/{self.tag}":
                     return e

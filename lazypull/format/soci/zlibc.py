@@ -79,7 +79,7 @@ class _Inflate:
         _lib.inflateEnd(ctypes.byref(self.s))
 
     def step(self, flush: int) -> int:
-        ret = _lib.inflate(ctypes.byref(self.s), flush)
+        ret: int = _lib.inflate(ctypes.byref(self.s), flush)
         if ret == Z_NEED_DICT or (ret < 0 and ret != Z_BUF_ERROR):
             msg = self.s.msg.decode(errors="replace") if self.s.msg else f"error {ret}"
             raise FormatError(f"corrupt deflate data: {msg}")

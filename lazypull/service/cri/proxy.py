@@ -78,7 +78,7 @@ class ImageServiceProxy(grpc.GenericRpcHandler):
                 self._channel = None
 
     # -- grpc.GenericRpcHandler ----------------------------------------------------------
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         method: str = handler_call_details.method
         service, _, name = method.lstrip("/").partition("/")
         if service not in SERVICES:
