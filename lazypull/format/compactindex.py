@@ -416,12 +416,13 @@ class CompactIndex(LayerIndex):
 
     def find(self, path: str) -> int | None:
         """The node at *path*, or None."""
-        i: int | None = 0
+        i = 0
         norm = normalize(path)
         for part in norm.split("/") if norm else ():
-            i = self.child(i, _enc(part))  # type: ignore[arg-type]
-            if i is None:
+            k = self.child(i, _enc(part))
+            if k is None:
                 return None
+            i = k
         return i
 
     def child_nodes(self, i: int) -> list[int]:

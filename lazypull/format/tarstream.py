@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 from isal import igzip
 
@@ -22,6 +22,9 @@ from lazypull.format.lastwins import LastWins
 from lazypull.format.limits import check_path
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazypull.format.whiteout import whiteout_target
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 _SKIP = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME})
 
@@ -55,10 +58,11 @@ class _Raw(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._f.read(len(b))
+    def readinto(self, b: WriteableBuffer) -> int:
+        view = memoryview(b)
+        data = self._f.read(len(view))
         n = len(data)
-        memoryview(b)[:n] = data
+        view[:n] = data
         return n
 
 

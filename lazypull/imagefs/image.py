@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import ImageIsADirectoryError, ImageNotADirectoryError, ImageNotAFileError, OCIError
@@ -38,6 +38,9 @@ from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, ImageConfig, Index, Manifest, Platform, host_platform, is_index
 from lazypull.registry.options import RegistryOptions
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 BUFFER_SIZE = 1 << 20  # what ImageFS.open's buffered reader asks the layer for at once
 
@@ -326,14 +329,15 @@ class ImageFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        n = min(len(b), self._size - self._pos)
+        view = memoryview(b)
+        n = min(len(view), self._size - self._pos)
         if n <= 0:
             return 0
         data = self._fs.read_range(self._node, self._pos, n)
-        memoryview(b)[: len(data)] = data
+        view[: len(data)] = data
         self._pos += len(data)
         return len(data)
 

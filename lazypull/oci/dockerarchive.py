@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lazypull.errors import OCIError
 from lazypull.oci import digest as digestlib
@@ -29,6 +29,9 @@ from lazypull.oci import mediatypes as mt
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, ImageConfig, Manifest, dump_json
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 PREFIX = "docker-archive:"
 MAX_MANIFEST_JSON = 4 << 20
@@ -62,12 +65,13 @@ class _Section(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = min(len(b), self._m.size - self._pos)
+    def readinto(self, b: WriteableBuffer) -> int:
+        view = memoryview(b)
+        n = min(len(view), self._m.size - self._pos)
         if n <= 0:
             return 0
         data = os.pread(self._fd, n, self._m.offset + self._pos)
-        memoryview(b)[: len(data)] = data
+        view[: len(data)] = data
         self._pos += len(data)
         return len(data)
 

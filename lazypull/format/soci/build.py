@@ -14,11 +14,15 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from lazypull.errors import FormatError
 from lazypull.format.soci.zinfo import Zinfo
 from lazypull.format.soci.zlibc import RawStream, inflate_with_checkpoints
 from lazypull.format.soci.ztoc import FileMetadata, Ztoc
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 DEFAULT_SPAN_SIZE = 4 << 20  # soci-snapshotter's default
 BUILD_TOOL = "lazypull"
@@ -47,14 +51,15 @@ class _Pieces(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         while not self._buf:
             piece = next(self._it, None)
             if piece is None:
                 return 0
             self._buf = memoryview(piece)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
+        view = memoryview(b)
+        n = min(len(view), len(self._buf))
+        view[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         self.pos += n
         return n
