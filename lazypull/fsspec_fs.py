@@ -44,7 +44,7 @@ def split_path(path: str) -> tuple[str, str]:
     )
 
 
-class LazypullFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class LazypullFileSystem(AbstractFileSystem):
     """Read-only fsspec filesystem over container images (see the module docstring)."""
 
     protocol = ("lazypull",)
@@ -185,7 +185,7 @@ class LazypullFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
         raise ImageReadOnlyError("images are read-only")
 
-    mkdir = makedirs = rmdir = rm_file = _rm = cp_file = pipe_file = touch = mv = _read_only  # type: ignore[assignment]
+    mkdir = makedirs = rmdir = rm_file = _rm = cp_file = pipe_file = touch = mv = _read_only
 
     def close(self) -> None:
         with self._lock:

@@ -24,5 +24,5 @@ def give_back() -> None:
                 _libc = None
         except OSError:
             _libc = None
-    if _libc:
+    if isinstance(_libc, ctypes.CDLL):
         _libc.malloc_trim(0)

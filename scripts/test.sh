@@ -10,4 +10,5 @@ as_root "$self" "$@"  # containerd, FUSE, network namespaces
 ./scripts/setup.sh
 PY=.venv/bin/python
 $PY -m ruff check lazypull tests bench
+$PY -m mypy  # the package, configured in pyproject.toml ([tool.mypy])
 exec $PY -m pytest -q -p no:cacheprovider "$@"

@@ -6,6 +6,7 @@ import csv
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypedDict
 
 from lazypull.bench.runner import RunResult
 
@@ -47,12 +48,27 @@ def read_csv(path: Path) -> list[RunResult]:
         ]
 
 
-def summarize(results: list[RunResult]) -> list[dict[str, object]]:
+class Summary(TypedDict):
+    """One image and mode's row: medians of its runs (seconds; MB fetched)."""
+
+    image: str
+    mode: str
+    runs: int
+    pull_s: float
+    create_s: float
+    run_s: float
+    total_s: float
+    min_s: float
+    max_s: float
+    mb: float
+
+
+def summarize(results: list[RunResult]) -> list[Summary]:
     """Medians (and min/max of total) per image and mode, in first-seen order."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.image, r.mode), []).append(r)
-    rows = []
+    rows: list[Summary] = []
     for (image, mode), rs in groups.items():
         totals = [r.total_s for r in rs]
         rows.append(
@@ -93,9 +109,9 @@ def chart(results: list[RunResult], path: Path, title: str = "") -> None:
 
     rows = summarize(results)
     labels = [f"{r['image']}\n{r['mode']}" for r in rows]
-    pull = [float(r["pull_s"]) for r in rows]  # type: ignore[arg-type]
-    create = [float(r["create_s"]) for r in rows]  # type: ignore[arg-type]
-    run = [float(r["run_s"]) for r in rows]  # type: ignore[arg-type]
+    pull = [float(r["pull_s"]) for r in rows]
+    create = [float(r["create_s"]) for r in rows]
+    run = [float(r["run_s"]) for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4.5))
     x = range(len(rows))
     ax.bar(x, pull, label="pull", color="#4e79a7")
@@ -105,7 +121,7 @@ def chart(results: list[RunResult], path: Path, title: str = "") -> None:
         ax.text(
             i,
             float(r["total_s"]) * 1.01,
-            f"{float(r['total_s']):.1f}s\n{float(r['mb']):.{1 if float(r['mb']) < 10 else 0}f} MB",  # type: ignore[arg-type]
+            f"{float(r['total_s']):.1f}s\n{float(r['mb']):.{1 if float(r['mb']) < 10 else 0}f} MB",
             ha="center",
             va="bottom",
             fontsize=8,

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from lazypull.bench.delayproxy import DelayProxy
 from lazypull.bench.images import IMAGES, BenchImage, build_image
@@ -77,7 +78,9 @@ class BenchConfig:
 
 
 def _sh(*cmd: str, timeout: float = 3600, **kw: object) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    res: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+        list(cmd), capture_output=True, text=True, timeout=timeout, **kw
+    )
     if res.returncode != 0:
         raise LazypullError(f"{' '.join(cmd[:6])} ... failed ({res.returncode}): {(res.stderr or res.stdout)[-800:]}")
     return res
@@ -220,7 +223,7 @@ class Node:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _logfile(path: Path) -> object:
+def _logfile(path: Path) -> BinaryIO:
     """A log file handed to a child process (the child owns it from then on)."""
     return open(path, "wb")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from lazypull.bench.images import IMAGES
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmark lazy vs full pull",

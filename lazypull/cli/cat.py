@@ -9,7 +9,7 @@ import sys
 from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats, stdout_may_close
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cat", help="print files inside an image", description=__doc__)
     add_image_args(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files in the image")

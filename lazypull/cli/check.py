@@ -14,7 +14,7 @@ from lazypull.registry.options import add_registry_args, options_from_args
 from lazypull.registry.stores import open_store
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("check", help="verify an eStargz image", description=__doc__)
     p.add_argument("--full", action="store_true", help="also fetch and verify every chunk")
     p.add_argument("--platform", help="os/arch[/variant] (default: this machine's)")

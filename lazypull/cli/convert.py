@@ -39,7 +39,7 @@ def conversion_options(args: argparse.Namespace, prioritized: Prioritized | None
     )
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("convert", help="convert an image to eStargz", description=__doc__)
     add_conversion_args(p)
     p.add_argument("--all-platforms", action="store_true", help="every platform of an index (not with --platform)")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     src, dst = open_src_dst(args)
     with layer_progress(False if args.no_progress else None) as progress:
         opts = conversion_options(args, prioritized)
-        opts.progress = progress  # type: ignore[assignment]
+        opts.progress = progress
         desc = convert_image(src, dst, opts, tag=dst.tag)
     dst.close()  # a docker-archive destination is written here
     print(desc.digest)

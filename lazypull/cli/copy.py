@@ -10,7 +10,7 @@ from lazypull.oci.types import Platform
 from lazypull.registry.stores import add_src_dst_args, open_src_dst
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("copy", help="copy an image between layouts and registries", description=__doc__)
     plat = p.add_mutually_exclusive_group()
     plat.add_argument("--platform", help="copy only this platform (os/arch[/variant])")
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
             platform=Platform.parse(args.platform) if args.platform else None,
             all_platforms=not args.platform,
             progress=progress,
-        )  # type: ignore[arg-type]
+        )
     dst.close()  # a docker-archive destination is written here
     print(desc.digest)
     return 0

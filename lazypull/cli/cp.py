@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("cp", help="copy files out of an image", description=__doc__)
     p.add_argument("-r", "--recursive", action="store_true", help="copy a directory and everything below it")
     add_image_args(p)

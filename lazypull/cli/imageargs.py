@@ -30,7 +30,7 @@ def _one_line(message: Warning | str, category: type[Warning], *args: object, **
 
 def warnings_in_one_line() -> None:
     """A streamed layer is said in one line, like the commands' errors (no source line)."""
-    warnings.formatwarning = _one_line  # type: ignore[assignment]
+    warnings.formatwarning = _one_line
 
 
 def open_from_args(args: argparse.Namespace) -> ImageFS:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from lazypull.imagefs import FileInfo
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ls", help="list a directory inside an image", description=__doc__)
     p.add_argument("-l", "--long", action="store_true", help="mode, owner, size, mtime, symlink targets")
     p.add_argument("-R", "--recursive", action="store_true", help="every path below PATH")

@@ -30,7 +30,7 @@ from lazypull.registry.options import add_registry_args, options_from_args
 from lazypull.registry.stores import open_store
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("mount", help="mount an image's rootfs lazily", description=__doc__)
     p.add_argument("--no-prefetch", action="store_true", help="do not prefetch prioritized files")
     p.add_argument("--no-background-fetch", action="store_true", help="fetch only what is read")

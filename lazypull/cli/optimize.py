@@ -18,7 +18,7 @@ from lazypull.optimize.workload import json_list
 from lazypull.registry.stores import add_src_dst_args, open_src_dst
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "optimize",
         help="convert an image with the files its workload reads prioritized",
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     with layer_progress(False if args.no_progress else None) as progress:
         convert = conversion_options(args)
-        convert.progress = progress  # type: ignore[assignment]
+        convert.progress = progress
         opts = OptimizeOptions(
             convert=convert,
             period=args.period,

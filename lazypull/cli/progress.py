@@ -6,12 +6,17 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazypull.oci.types import Descriptor
 
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
 #: ``unpack``'s callback: (layers done, layers, files written, bytes written).
 UnpackProgressFn = Callable[[int, int, int, int], None]
+#: a layer copy's callback: (event, layer, bytes done, bytes).
+LayerProgressFn = Callable[[str, Descriptor, int, int], None]
 
 
 def _speed_column() -> Any:
@@ -34,7 +39,7 @@ def _speed_column() -> Any:
 
 
 @contextmanager
-def layer_progress(enabled: bool | None = None) -> Iterator[object]:
+def layer_progress(enabled: bool | None = None) -> Iterator[LayerProgressFn | None]:
     """Yields a callback ``(event, desc, done, total)`` or None when not on a TTY."""
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -44,7 +49,7 @@ def layer_progress(enabled: bool | None = None) -> Iterator[object]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     lock = threading.Lock()
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), _speed_column(), transient=False
     ) as prog:

@@ -12,7 +12,7 @@ import os
 from lazypull.service.args import add_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("snapshotter", help="run the containerd snapshotter daemon (proxy plugin)", description=__doc__)
     add_args(p)
     p.add_argument(

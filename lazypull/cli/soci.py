@@ -13,7 +13,7 @@ from lazypull.registry.repository import RegistryStore
 from lazypull.soci.create import DEFAULT_MIN_LAYER_SIZE, LayerResult, create_index, list_indexes, remove_indexes
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("soci", help="SOCI indexes: lazy pulling without converting", description=__doc__)
     s = p.add_subparsers(dest="soci_command", metavar="ACTION", required=True)
 

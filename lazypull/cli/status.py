@@ -15,7 +15,7 @@ from typing import Any
 from lazypull.service.args import DEFAULT_ADDRESS, status_socket
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="what the node's daemon did, per image and pod", description=__doc__)
     p.add_argument(
         "--address", default=DEFAULT_ADDRESS, help=f"the daemon's containerd socket (default {DEFAULT_ADDRESS})"

@@ -12,7 +12,7 @@ from lazypull.registry.options import add_registry_args, options_from_args
 from lazypull.registry.stores import open_store
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("unpack", help="unpack an image's rootfs into a directory", description=__doc__)
     p.add_argument("--platform", help="os/arch[/variant] (default: this machine's)")
     add_registry_args(p)

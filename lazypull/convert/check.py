@@ -111,24 +111,24 @@ def check_layer(store: ImageStore, desc: Descriptor, full: bool, ztoc: bool = Fa
             hashed: dict[str, int] = {}  # bytes hashed so far, while chunks come in file order
             unordered: list[Entry] = []  # files whose chunks lie out of order in the blob
             whole = digestlib.Digester(digestlib.algorithm(desc.digest))
-            for e, c, data in iter_chunk_data(idx, src, whole):
+            for ent, c, data in iter_chunk_data(idx, src, whole):
                 rep.chunks_checked += 1
-                if hashed.setdefault(e.name, 0) != c.file_offset:
-                    if hashed[e.name] >= 0:
-                        unordered.append(e)
-                    hashed[e.name] = -1
+                if hashed.setdefault(ent.name, 0) != c.file_offset:
+                    if hashed[ent.name] >= 0:
+                        unordered.append(ent)
+                    hashed[ent.name] = -1
                     continue
-                hashes.setdefault(e.name, hashlib.sha256()).update(data)
-                hashed[e.name] += c.size
-            for e in unordered:  # re-read in file order: rare, only for odd or crafted layouts
-                h = hashes[e.name] = hashlib.sha256()
-                for off in range(0, e.size, WINDOW):
-                    h.update(idx.read(src, e.name, off, WINDOW))
-            for e in idx.entries():
-                if e.type == EntryType.REG and e.digest and e.size:
-                    actual = "sha256:" + hashes[e.name].hexdigest()
-                    if actual != e.digest:
-                        raise FormatError(f"{e.name}: file digest mismatch (TOC {e.digest}, content {actual})")
+                hashes.setdefault(ent.name, hashlib.sha256()).update(data)
+                hashed[ent.name] += c.size
+            for ent in unordered:  # re-read in file order: rare, only for odd or crafted layouts
+                h = hashes[ent.name] = hashlib.sha256()
+                for off in range(0, ent.size, WINDOW):
+                    h.update(idx.read(src, ent.name, off, WINDOW))
+            for ent in idx.entries():
+                if ent.type == EntryType.REG and ent.digest and ent.size:
+                    actual = "sha256:" + hashes[ent.name].hexdigest()
+                    if actual != ent.digest:
+                        raise FormatError(f"{ent.name}: file digest mismatch (TOC {ent.digest}, content {actual})")
             # Every byte was read: the blob itself must be the one the manifest names
             # (bytes outside the chunks, e.g. tar headers, are covered by nothing else).
             if whole.size != desc.size:

@@ -20,7 +20,7 @@ from lazypull.convert.lowerlinks import find_lower_files, with_lower_files
 from lazypull.errors import FormatError, LazypullError, OCIError
 from lazypull.format import BuildResult, build_estargz, open_layer
 from lazypull.format.estargz_writer import HardlinkOutsideLayerError
-from lazypull.format.tarstream import NameNotUTF8Error, Prioritized
+from lazypull.format.tarstream import NameNotUTF8Error, Prioritized, Readable
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.resolve import select_manifest
@@ -195,7 +195,7 @@ class Converter:
                 found = find_lower_files(self.src, lowers, e.targets, tmpd)
                 spooled = Path(tmpd) / "layer.tar"
                 with VerifyingReader(self.src.open_blob(desc), desc) as raw, open(spooled, "wb") as f:
-                    with_lower_files(raw, found, f)  # type: ignore[arg-type]
+                    with_lower_files(raw, found, f)
                 nd, new_diff_id = self._build(desc, lambda: open(spooled, "rb"))  # noqa: SIM115
         except NameNotUTF8Error as e:
             log.warning("layer %s: %s; kept as a plain layer (pulled whole, not lazily)", desc.digest, e)
@@ -213,7 +213,7 @@ class Converter:
             with os.fdopen(fd, "w+b") as out, open_source() as raw:
                 reader = _ProgressReader(raw, desc, progress) if progress else raw
                 res = self._builder()(
-                    reader,  # type: ignore[arg-type]
+                    reader,
                     out,
                     chunk_size=self.opts.chunk_size,
                     compression_level=self.opts.compression_level,
@@ -285,11 +285,11 @@ class Converter:
 
 
 class _ProgressReader:
-    def __init__(self, raw: object, desc: Descriptor, fn: ProgressFn) -> None:
+    def __init__(self, raw: Readable, desc: Descriptor, fn: ProgressFn) -> None:
         self._raw, self._desc, self._fn, self._n = raw, desc, fn, 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)  # type: ignore[attr-defined]
+        data = self._raw.read(n)
         self._n += len(data)
         self._fn("convert", self._desc, self._n, self._desc.size)
         return data

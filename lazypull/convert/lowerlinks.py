@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from lazypull.errors import FormatError
 from lazypull.format.index import normalize
-from lazypull.format.tarstream import open_decompressed
+from lazypull.format.tarstream import Readable, open_decompressed
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import Descriptor
 
@@ -54,7 +54,7 @@ def find_lower_files(
                 fileobj=open_decompressed(raw),
                 mode="r|",
                 encoding="utf-8",
-                errors="surrogateescape",  # type: ignore[arg-type]
+                errors="surrogateescape",
             ) as tf,
         ):
             for m in tf:
@@ -93,7 +93,7 @@ def _kind(m: tarfile.TarInfo) -> str:
     return "directory" if m.isdir() else "symlink" if m.issym() else "special file"
 
 
-def with_lower_files(src: BinaryIO, found: dict[str, tuple[tarfile.TarInfo, Path]], out: BinaryIO) -> None:
+def with_lower_files(src: Readable, found: dict[str, tuple[tarfile.TarInfo, Path]], out: BinaryIO) -> None:
     """Copy the layer tar *src* to *out*, writing each lower file before the first hardlink to it."""
     written: set[str] = set()
     with (
@@ -101,7 +101,7 @@ def with_lower_files(src: BinaryIO, found: dict[str, tuple[tarfile.TarInfo, Path
             fileobj=open_decompressed(src),
             mode="r|",
             encoding="utf-8",
-            errors="surrogateescape",  # type: ignore[arg-type]
+            errors="surrogateescape",
         ) as tf,
         tarfile.open(
             fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"

@@ -366,7 +366,7 @@ def apply_tar_layer(
     Memory stays flat however many entries a (possibly crafted) layer has."""
     with tempfile.TemporaryFile(dir=tmpdir) as spool:
         with VerifyingReader(store.open_blob(desc), desc) as raw:
-            shutil.copyfileobj(open_decompressed(raw), spool, 1 << 20)  # type: ignore[arg-type]
+            shutil.copyfileobj(open_decompressed(raw), spool, 1 << 20)
         names = (safe_name(m.name, limits) for _, m in _iter_tar(spool, desc, limits))
         removed, opaque = _whiteouts([n for n in names if is_whiteout(n)])
         if overlay_lower:
@@ -430,7 +430,7 @@ def _iter_tar(spool: BinaryIO, desc: Descriptor, limits: Limits) -> Iterator[tup
                 raise FormatError(f"layer {desc.digest} is not a valid tar: {e}") from None
             if m is None:
                 return
-            tf.members.clear()
+            tf.members.clear()  # type: ignore[attr-defined]  # a TarFile attribute typeshed leaves out
             if n > limits.max_entries:
                 raise FormatError(f"layer {desc.digest} has more than {limits.max_entries} entries (max_entries)")
             yield tf, m

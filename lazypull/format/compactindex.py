@@ -161,6 +161,14 @@ class _LRU(Generic[T]):
 class CompactIndex(LayerIndex):
     """A :class:`LayerIndex` read from a compact buffer (bytes or a read-only mmap)."""
 
+    # from the header
+    key_hash: bytes
+    body_hash: bytes
+    n_nodes: int
+    n_dirents: int
+    fs_inodes: int
+    shown_inodes: int
+
     def __init__(self, buf: bytes | mmap.mmap, *, decoder: Decoder | None = None) -> None:
         if len(buf) < HEADER.size:
             raise FormatError(f"compact index is {len(buf)} bytes: truncated")
@@ -195,8 +203,8 @@ class CompactIndex(LayerIndex):
         self._n = (n_chunks, n_digests, n_devs, n_atoms, n_kids, n_strings)
         self._buf = buf
         self._decoder = decoder or decoder_for(self.format)
-        self._entries = _LRU(ENTRY_CACHE)
-        self._paths = _LRU(PATH_CACHE)
+        self._entries: _LRU[Entry] = _LRU(ENTRY_CACHE)
+        self._paths: _LRU[str] = _LRU(PATH_CACHE)
 
     @classmethod
     def from_index(cls, index: LayerIndex) -> CompactIndex:
@@ -274,7 +282,7 @@ class CompactIndex(LayerIndex):
             return 0, 0
         if nd.dev >= self._n[2]:
             raise FormatError("compact index: device number out of range")
-        return DEV.unpack_from(self._buf, self._devs + nd.dev * DEV.size)  # type: ignore[return-value]
+        return DEV.unpack_from(self._buf, self._devs + nd.dev * DEV.size)
 
     def xattrs(self, nd: Node) -> dict[str, bytes]:
         if nd.xattr == NONE:
@@ -293,7 +301,8 @@ class CompactIndex(LayerIndex):
     def _u32(self, base: int, i: int, n: int) -> int:
         if i >= n:
             raise FormatError("compact index: table index out of range")
-        return U32.unpack_from(self._buf, base + 4 * i)[0]
+        v: int = U32.unpack_from(self._buf, base + 4 * i)[0]
+        return v
 
     def _path(self, i: int) -> str:
         parts: list[bytes] = []
@@ -407,12 +416,13 @@ class CompactIndex(LayerIndex):
 
     def find(self, path: str) -> int | None:
         """The node at *path*, or None."""
-        i: int | None = 0
+        i = 0
         norm = normalize(path)
         for part in norm.split("/") if norm else ():
-            i = self.child(i, _enc(part))  # type: ignore[arg-type]
-            if i is None:
+            k = self.child(i, _enc(part))
+            if k is None:
                 return None
+            i = k
         return i
 
     def child_nodes(self, i: int) -> list[int]:
@@ -446,6 +456,9 @@ class CompactIndex(LayerIndex):
         unpack, size = DIRENT.unpack_from, DIRENT.size
         while lo < hi:
             mid = (lo + hi) >> 1
+            off: int
+            n: int
+            ino: int
             off, n, ino = unpack(buf, base + mid * size)
             if off + n > pool_len:
                 raise FormatError("compact index: a name lies outside the pool")
@@ -462,7 +475,7 @@ class CompactIndex(LayerIndex):
         """The node inode *ino* of the overlay view shows (None: no such inode)."""
         if not 0 < ino <= self.fs_inodes:
             return None
-        i = U32.unpack_from(self._buf, self._inodes + 4 * (ino - 1))[0]
+        i: int = U32.unpack_from(self._buf, self._inodes + 4 * (ino - 1))[0]
         if i == NONE:
             return None  # a hidden node's number: never shown
         if i >= self.n_nodes:

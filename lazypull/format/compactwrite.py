@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 from lazypull.errors import FormatError
 from lazypull.format.compactindex import (
@@ -62,6 +63,9 @@ _PACE_EVERY = 127  # entries between calls of a pace function (about half a mill
 _SHA256S = re.compile(r"(?:sha256:[0-9a-f]{64})*")
 
 
+Part: TypeAlias = "bytes | bytearray | array.array[int]"  # a piece of the file, written as is
+
+
 def _raw_digests(digests: dict[str, int]) -> bytes:
     """The digests (in id order) as 32 raw bytes each; FormatError unless all are sha256."""
     text = "".join(digests)
@@ -84,7 +88,7 @@ def _no_pause() -> None:
     pass
 
 
-def _serialized_parts(index: LayerIndex, key: bytes, pace: Pace | None = None) -> list[bytes | bytearray]:
+def _serialized_parts(index: LayerIndex, key: bytes, pace: Pace | None = None) -> list[Part]:
     """The compact form of *index* in pieces (header first), so a file is written without
     joining them: the build's peak memory on top of the Python index stays small. *pace* is
     called every few hundred entries (a background build gives way to requests there)."""
@@ -105,7 +109,7 @@ def _le(a: array.array[int]) -> bytes | array.array[int]:
     return b
 
 
-def _serialize(index: LayerIndex, key: bytes, pace: Pace) -> list[bytes | bytearray]:
+def _serialize(index: LayerIndex, key: bytes, pace: Pace) -> list[Part]:
     entries = list(index.entries())
     n_nodes = len(entries)
     ids = {e.name: i for i, e in enumerate(entries)}
@@ -180,8 +184,8 @@ def _serialize(index: LayerIndex, key: bytes, pace: Pace) -> list[bytes | bytear
     for i, e in enumerate(entries):
         if e.type is DIR:
             first, n = slots[5 * i], slots[5 * i + 1]
-            mine = kids[first : first + n]
-            kids_sorted.extend(sorted(mine, key=bases.__getitem__) if n > 1 else mine)
+            dir_kids = kids[first : first + n]
+            kids_sorted.extend(sorted(dir_kids, key=bases.__getitem__) if n > 1 else dir_kids)
     if n_nodes > _PACE_EVERY:
         pace()
     flags, dirents, readdir_order, inodes = _presentation(entries, ids, bases, name_offs, slots, kids, pace)
@@ -227,7 +231,7 @@ def _serialize(index: LayerIndex, key: bytes, pace: Pace) -> list[bytes | bytear
         raise FormatError("names and xattrs too large for the compact index")
     chunk_order = array.array("I", sorted(range(len(chunk_keys)), key=chunk_keys.__getitem__))
     del chunk_keys
-    body: list[bytes | bytearray] = [
+    body: list[Part] = [
         nodes, chunks, _le(chunk_order), _raw_digests(digests), b"".join(DEV.pack(*d) for d in devs), atom_recs,
         _le(kids), _le(kids_sorted), dirents, _le(readdir_order), _le(inodes), pool.data,
     ]  # fmt: skip

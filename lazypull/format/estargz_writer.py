@@ -31,6 +31,7 @@ from lazypull.format.toc import (
     PREFETCH_LANDMARK,
     TOC,
     TOC_TAR_NAME,
+    EntryTypeName,
     TOCEntry,
     format_modtime,
 )
@@ -42,7 +43,7 @@ DEFAULT_COMPRESSION_LEVEL = 9
 BLOCK = 512
 _EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 
-_TYPES = {
+_TYPES: dict[bytes, EntryTypeName] = {
     tarfile.REGTYPE: "reg",
     tarfile.AREGTYPE: "reg",
     tarfile.CONTTYPE: "reg",
@@ -96,6 +97,11 @@ def toc_entry_for(ti: tarfile.TarInfo) -> TOCEntry:
         gid=ti.gid,
         uname=ti.uname,
         gname=ti.gname,
+        xattrs={
+            k[len("SCHILY.xattr.") :]: v.encode("utf-8", "surrogateescape")
+            for k, v in ti.pax_headers.items()
+            if k.startswith("SCHILY.xattr.")
+        },
     )
     if typ == "reg":
         e.size = ti.size
@@ -103,9 +109,6 @@ def toc_entry_for(ti: tarfile.TarInfo) -> TOCEntry:
         e.link_name = ti.linkname
     if typ in ("char", "block"):
         e.dev_major, e.dev_minor = ti.devmajor, ti.devminor
-    for k, v in ti.pax_headers.items():
-        if k.startswith("SCHILY.xattr."):
-            e.xattrs[k[len("SCHILY.xattr.") :]] = v.encode("utf-8", "surrogateescape")
     return e
 
 

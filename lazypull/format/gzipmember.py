@@ -64,7 +64,7 @@ def decompress_prefix(raw: bytes | memoryview, need: int, what: str) -> bytes:
                 pos += len(piece) - len(d.unused_data if d.eof else d.unconsumed_tail)
             if not d.eof:
                 break
-    except (isal_zlib.error, zlib.error) as e:
+    except (isal_zlib.error, zlib.error) as e:  # type: ignore[misc]  # isal's stub: `error: Exception`, a class
         raise FormatError(f"{what}: corrupt gzip data ({e})") from None
     if len(out) < need:
         raise FormatError(f"{what}: compressed data ends after {len(out)} of {need} bytes")

@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 from isal import igzip
 
@@ -23,35 +23,46 @@ from lazypull.format.limits import check_path
 from lazypull.format.toc import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from lazypull.format.whiteout import whiteout_target
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 _SKIP = frozenset({PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_TAR_NAME})
 
 Member = tuple[tarfile.TarInfo, "BinaryIO | None"]
 
 
-def open_decompressed(src: BinaryIO) -> BinaryIO:
+class Readable(Protocol):
+    """A binary stream read front to back: a file, a registry response, a VerifyingReader."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def open_decompressed(src: Readable) -> BinaryIO:
     """*src* as a plain tar stream, transparently decompressing gzip."""
     buffered = src if isinstance(src, io.BufferedReader) else io.BufferedReader(_Raw(src), 1 << 20)
     head = buffered.peek(2)[:2]
     if head == b"\x1f\x8b":
-        return igzip.IGzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        # isal leaves IGzipFile unannotated; a GzipFile reads like a BinaryIO
+        return igzip.IGzipFile(fileobj=buffered, mode="rb")  # type: ignore[no-untyped-call,return-value]
     if head[:1] == b"\x28" and buffered.peek(4)[:4] == b"\x28\xb5\x2f\xfd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
     return buffered
 
 
 class _Raw(io.RawIOBase):
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Readable) -> None:
         self._f = f
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._f.read(len(b))
+    def readinto(self, b: WriteableBuffer) -> int:
+        view = memoryview(b)
+        data = self._f.read(len(view))
         n = len(data)
-        memoryview(b)[:n] = data
+        view[:n] = data
         return n
 
 
@@ -134,9 +145,9 @@ def is_landmark_mark(m: Member) -> bool:
     return m is _LANDMARK_MARK
 
 
-def _open_tar(f: BinaryIO, mode: str) -> tarfile.TarFile:
+def _open_tar(f: BinaryIO, mode: Literal["r:", "r|"]) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=f, mode=mode, encoding="utf-8", errors="surrogateescape")  # type: ignore[call-overload]
+        return tarfile.open(fileobj=f, mode=mode, encoding="utf-8", errors="surrogateescape")
     except tarfile.TarError as e:
         raise FormatError(f"source layer is not a valid tar: {e}") from None
 

@@ -10,7 +10,7 @@ import base64
 import functools
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -69,7 +69,7 @@ class TOCEntry(msgspec.Struct, rename=dict(_FIELDS), gc=False):
     gname: str = ""
     dev_major: TOCInt = 0
     dev_minor: TOCInt = 0
-    xattrs: dict[str, bytes] = msgspec.field(default_factory=dict)  # values are base64 in JSON
+    xattrs: Mapping[str, bytes] = msgspec.field(default_factory=dict)  # values are base64 in JSON
     digest: str = ""
     offset: TOCInt = 0
     inner_offset: TOCInt = 0
@@ -162,9 +162,9 @@ def iter_entries(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Iterator[TOCEn
     entries = doc.entries or []
     del doc
     for i in range(len(entries)):
-        e = entries[i]
+        ent = entries[i]
         entries[i] = None  # type: ignore[call-overload]
-        yield e
+        yield ent
 
 
 def format_modtime(epoch_seconds: float) -> str:

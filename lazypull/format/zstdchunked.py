@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+from typing import BinaryIO
 
 import zstandard
 
@@ -59,8 +60,8 @@ def _finish(mw: _MemberWriter, toc: TOC, level: int) -> BuildResult:
 
 
 def build_zstdchunked(
-    src: io.BufferedIOBase | io.RawIOBase | object,
-    out: object,
+    src: BinaryIO,
+    out: BinaryIO,
     *,
     chunk_size: int = 4 << 20,
     compression_level: int = DEFAULT_LEVEL,
@@ -75,7 +76,7 @@ def build_zstdchunked(
         out,
         compress_frame,
         _finish,
-        chunk_size=chunk_size,  # type: ignore[arg-type]
+        chunk_size=chunk_size,
         compression_level=compression_level,
         prioritized_files=prioritized_files,
         workers=workers,

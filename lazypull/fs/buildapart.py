@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from lazypull.errors import FormatError, LazypullError
 from lazypull.fs.opened import ReplaySource
@@ -74,7 +75,7 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
-def _no_blob(d: Descriptor) -> object:
+def _no_blob(d: Descriptor) -> NoReturn:
     raise FormatError(f"a separate index build reads no other blob ({d.digest})")
 
 

@@ -178,6 +178,7 @@ class Fetcher:
                         self._inflight[chunk_key(m)] = Future()
                     fut = self._inflight[key]
             break
+        assert fut is not None  # the second attempt, at the latest, plans the fetch
         if mine:
             self._fetch(mine, "fetched_bytes", deadline=deadline)
         try:
@@ -403,15 +404,15 @@ class Fetcher:
             log.error("%s: fetching [%d, %d) (%s) failed: %s", self.name, start, end, group[0][0].name, e)
             self._fail([c for _, c in group], failure(f"{self.name}: fetch failed: {e}"), remember=not speculative)
             return
-        for e, c in group:
+        for ent, c in group:
             try:
                 data = self.index.decode_chunk(c, raw[c.blob_offset - start : c.blob_end - start])
             except LazypullError as err:
                 self.stats.add(verify_errors=1)
                 log.error(
-                    "%s: %s: chunk at file offset %d failed verification: %s", self.name, e.name, c.file_offset, err
+                    "%s: %s: chunk at file offset %d failed verification: %s", self.name, ent.name, c.file_offset, err
                 )
-                self._fail([c], failure(f"{self.name}: {e.name}: {err}"), remember=not speculative)
+                self._fail([c], failure(f"{self.name}: {ent.name}: {err}"), remember=not speculative)
                 continue
             self.cache.put(c.digest, data)
             self._resolve(c, data)

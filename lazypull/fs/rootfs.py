@@ -117,14 +117,15 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
     manifest = next(iter(manifests_of(store, None, False)))
     lowers: list[str] = []
     lazy: list[tuple[LayerSpec, Path]] = []
-    record: dict[str, object] = {"mountpoint": str(mountpoint), "layers": []}
+    record_layers: list[dict[str, object]] = []
+    record: dict[str, object] = {"mountpoint": str(mountpoint), "layers": record_layers}
     try:
         for i, layer in enumerate(soci_layers(store, manifest)):
             ldir = state / f"layer{i}"
             ldir.mkdir(mode=0o700)
             if is_lazy(layer):
                 lazy.append((layer_spec(store, layer, opts, ropts), ldir / "fs"))
-                record["layers"].append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})  # type: ignore[attr-defined]
+                record_layers.append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})
             else:
                 warn_streamed(layer, "downloading and unpacking all of it")
                 root = RootDir(ldir / "fs")
@@ -132,7 +133,7 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
                     apply_tar_layer(root, store, layer, overlay_lower=True)
                 finally:
                     root.close()
-                record["layers"].append({"digest": layer.digest, "lazy": False, "dir": str(ldir)})  # type: ignore[attr-defined]
+                record_layers.append({"digest": layer.digest, "lazy": False, "dir": str(ldir)})
             lowers.append(str(ldir / "fs"))
             (state / "mount.json").write_text(json.dumps(record))
         if lazy:

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
@@ -33,6 +33,9 @@ from lazypull.giveway import Pacer
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import SECRET_KEYS, RegistryOptions, credential_from_json
+
+if TYPE_CHECKING:
+    from lazypull.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +85,10 @@ class RegistryClients:
     connection and token handshake."""
 
     def __init__(self) -> None:
-        self._clients: dict[str, object] = {}
+        self._clients: dict[str, RegistryClient] = {}
         self._lock = threading.Lock()
 
-    def get(self, spec: LayerSpec) -> object:
+    def get(self, spec: LayerSpec) -> RegistryClient:
         from lazypull.registry.client import RegistryClient
         from lazypull.registry.transport import Transport
 
@@ -116,7 +119,7 @@ class RegistryClients:
             if c is None:
                 return False
             self._clients.setdefault(new_key, c)
-        c.renew_credential(cred)  # type: ignore[attr-defined]
+        c.renew_credential(cred)
         return True
 
 
@@ -131,7 +134,7 @@ def open_source(spec: LayerSpec, clients: RegistryClients | None = None, desc: D
     from lazypull.registry.reference import Reference
 
     client = (clients or RegistryClients()).get(spec)
-    return RegistryBlobSource(client, Reference.parse(spec.ref), desc or spec.descriptor)  # type: ignore[arg-type]
+    return RegistryBlobSource(client, Reference.parse(spec.ref), desc or spec.descriptor)
 
 
 def index_path(saved: Path) -> Path:

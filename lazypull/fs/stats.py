@@ -5,9 +5,17 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from typing import Any
+from typing import TypedDict
 
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+class Histogram(TypedDict):
+    """One operation's latency histogram as the layer server reports it (JSON)."""
+
+    count: int
+    sum: float
+    buckets: list[int]  # per bound of BUCKETS, then +Inf
 
 
 class OpStats:
@@ -30,7 +38,7 @@ class OpStats:
             row[1] += seconds
             row[2 + bisect.bisect_left(BUCKETS, seconds)] += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Histogram]:
         with self._lock:
             return {
                 name: {"count": int(r[0]), "sum": r[1], "buckets": [int(x) for x in r[2:]]}

@@ -19,15 +19,15 @@ import json
 import os
 import stat as statmod
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import ImageIsADirectoryError, ImageNotADirectoryError, ImageNotAFileError, OCIError
 from lazypull.format.counting import CountingSource
-from lazypull.format.index import EntryType
+from lazypull.format.index import EntryType, LayerIndex
 from lazypull.format.soci.dispatch import is_lazy, open_layer_index, ztoc_of
 from lazypull.fs.fetcher import Fetcher
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
@@ -38,6 +38,9 @@ from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, ImageConfig, Index, Manifest, Platform, host_platform, is_index
 from lazypull.registry.options import RegistryOptions
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 BUFFER_SIZE = 1 << 20  # what ImageFS.open's buffered reader asks the layer for at once
 
@@ -144,9 +147,10 @@ class ImageFS:
         self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
 
-    def _opener(self, desc: Descriptor) -> Any:
+    def _opener(self, desc: Descriptor) -> Callable[[], LayerView]:
         def open_layer() -> LayerView:
             source = CountingSource(self.store.blob_source(desc))
+            index: LayerIndex | None
             if ztoc_of(desc) is not None:  # a gzip layer its SOCI index makes lazy, as for mount
                 index = open_layer_index(desc, source, self.store.blob_source)
             else:
@@ -325,14 +329,15 @@ class ImageFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        n = min(len(b), self._size - self._pos)
+        view = memoryview(b)
+        n = min(len(view), self._size - self._pos)
         if n <= 0:
             return 0
         data = self._fs.read_range(self._node, self._pos, n)
-        memoryview(b)[: len(data)] = data
+        view[: len(data)] = data
         self._pos += len(data)
         return len(data)
 

@@ -18,7 +18,7 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lazypull.errors import FormatError
 from lazypull.format import open_layer
@@ -31,6 +31,9 @@ from lazypull.fs.fetcher import Fetcher
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import Descriptor
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 
 class StreamedLayerWarning(UserWarning):
@@ -156,7 +159,7 @@ class StreamedLayer(LayerView):
     def _stream_into(self, spool: BinaryIO) -> None:
         with self._store.open_blob(self.desc) as raw:
             verified = _CountingReader(VerifyingReader(raw, self.desc))
-            plain = open_decompressed(verified)  # type: ignore[arg-type]
+            plain = open_decompressed(verified)
             tee = _Tee(plain, spool)
             try:
                 tf = tarfile.open(fileobj=tee, mode="r|", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
@@ -291,7 +294,7 @@ class _CountingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         n = self._inner.readinto(b) or 0
         self.count += n
         return n
@@ -307,10 +310,11 @@ class _Tee(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._src.read(len(b))
+    def readinto(self, b: WriteableBuffer) -> int:
+        view = memoryview(b)
+        data = self._src.read(len(view))
         n = len(data)
-        memoryview(b)[:n] = data
+        view[:n] = data
         self._sink.write(data)
         return n
 

@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lazypull.errors import OCIError
 from lazypull.oci import digest as digestlib
@@ -29,6 +29,9 @@ from lazypull.oci import mediatypes as mt
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, ImageConfig, Manifest, dump_json
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 PREFIX = "docker-archive:"
 MAX_MANIFEST_JSON = 4 << 20
@@ -62,12 +65,13 @@ class _Section(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = min(len(b), self._m.size - self._pos)
+    def readinto(self, b: WriteableBuffer) -> int:
+        view = memoryview(b)
+        n = min(len(view), self._m.size - self._pos)
         if n <= 0:
             return 0
         data = os.pread(self._fd, n, self._m.offset + self._pos)
-        memoryview(b)[: len(data)] = data
+        view[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
@@ -163,12 +167,13 @@ class DockerArchive(ImageStore):
     def _choose(self, entries: Any) -> dict[str, Any]:
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise OCIError(f"{self.name}: manifest.json lists no images")
+        images: list[dict[str, Any]] = entries
         if self.tag is None:
-            if len(entries) == 1:
-                return entries[0]
-            tags = ", ".join(t for e in entries for t in e.get("RepoTags") or []) or "untagged"
-            raise OCIError(f"{self.name}: archive holds {len(entries)} images ({tags}); name one with :REF")
-        for e in entries:
+            if len(images) == 1:
+                return images[0]
+            tags = ", ".join(t for e in images for t in e.get("RepoTags") or []) or "untagged"
+            raise OCIError(f"{self.name}: archive holds {len(images)} images ({tags}); name one with :REF")
+        for e in images:
             for t in e.get("RepoTags") or []:
                 if self.tag in (t, t.rsplit("/", 1)[-1]) or t == f"docker.io/library/{self.tag}":
                     return e
@@ -198,14 +203,14 @@ class DockerArchive(ImageStore):
         m = self._files.get(desc.digest)
         if m is None:
             raise OCIError(f"{self.name}: blob {desc.digest} is not in the archive")
-        return io.BufferedReader(_Section(self._fd, m), 1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(_Section(self._fd, m), 1 << 20)
 
     def has_blob(self, desc: Descriptor) -> bool:
         if self._stage is not None:
             return self._stage.has_blob(desc)
         return desc.digest in self._files or desc.digest in self._docs
 
-    def blob_source(self, desc: Descriptor) -> _SectionSource:  # type: ignore[override]
+    def blob_source(self, desc: Descriptor) -> _SectionSource:
         m = self._files.get(desc.digest)
         if m is None:
             raise OCIError(f"{self.name}: blob {desc.digest} is not in the archive")

@@ -42,8 +42,10 @@ def _select(store: ImageStore, desc: Descriptor, want: Platform, depth: int) -> 
     if not is_index(desc.media_type):
         if desc.media_type not in mt.MANIFEST_TYPES:
             return None
-        if desc.platform is not None or depth == 0:
-            return desc if depth == 0 or want.matches(desc.platform) else None  # type: ignore[arg-type]
+        if depth == 0:
+            return desc
+        if desc.platform is not None:
+            return desc if want.matches(desc.platform) else None
         return desc if _config_matches(store, desc, want) else None
     if depth >= MAX_DEPTH:
         raise OCIError(f"{desc.digest}: indexes nested more than {MAX_DEPTH} deep")

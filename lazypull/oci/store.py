@@ -16,6 +16,8 @@ from lazypull.oci import digest as digestlib
 from lazypull.oci.types import MAX_MANIFEST_BYTES, Descriptor
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
     from lazypull.format.source import ReadAt
 
 
@@ -83,7 +85,7 @@ class VerifyingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         n = self._raw.readinto(b) if hasattr(self._raw, "readinto") else self._readinto_fallback(b)
         if n:
             self._d.update(memoryview(b)[:n])
@@ -101,9 +103,10 @@ class VerifyingReader(io.RawIOBase):
                 raise DigestMismatchError(self._what, self._desc.digest, actual)
         return n
 
-    def _readinto_fallback(self, b: bytearray | memoryview) -> int:
-        data = self._raw.read(len(b))
-        memoryview(b)[: len(data)] = data
+    def _readinto_fallback(self, b: WriteableBuffer) -> int:
+        view = memoryview(b)
+        data = self._raw.read(len(view))
+        view[: len(data)] = data
         return len(data)
 
     def close(self) -> None:

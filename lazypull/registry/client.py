@@ -137,8 +137,8 @@ class RegistryClient:
                     raise
                 last = e
             except (TransportError, RegistryError) as e:
-                scope = current_deadline()
-                if i == len(endpoints) - 1 or (scope is not None and scope.expired):
+                dl = current_deadline()
+                if i == len(endpoints) - 1 or (dl is not None and dl.expired):
                     raise  # the last endpoint, or no time left for the next one
                 last = e
             log.info("mirror %s failed for %s (%s); trying the next endpoint", ep.host, ref, last)
@@ -169,18 +169,19 @@ class RegistryClient:
         pm = self.transport.pool(ep.ca, ep.skip_verify)
         for attempt in range(2):  # second try after a 401 refreshed the credentials
             hdrs = {"User-Agent": "lazypull/0.1", **dict(ep.headers), **(headers or {}), **auth.header(scope)}
+            data: bytes | BinaryIO | None
             if isinstance(body, bytes) or body is None:
                 data = body
             else:
                 data = body  # streamed upload: not retried, so one pass is fine
 
-            def once(hdrs: dict[str, str] = hdrs, data: object = data) -> urllib3.BaseHTTPResponse:
+            def once(hdrs: dict[str, str] = hdrs, data: bytes | BinaryIO | None = data) -> urllib3.BaseHTTPResponse:
                 return pm.request(
                     method,
                     url,
                     headers=hdrs,
                     body=data,
-                    preload_content=preload,  # type: ignore[arg-type]
+                    preload_content=preload,
                     redirect=redirect,
                     timeout=attempt_timeout(min(CONNECT_TIMEOUT, ep.timeout), ep.timeout),
                     retries=_NO_RETRY_FOLLOW if redirect else False,
@@ -280,7 +281,8 @@ class RegistryClient:
     def open_blob(self, ref: Reference, desc: Descriptor) -> BinaryIO:
         """A stream of the blob (verify it with VerifyingReader)."""
         resp = self.request(ref, "GET", f"blobs/{desc.digest}", preload=False)
-        resp.auto_close = True
+        if isinstance(resp, urllib3.HTTPResponse):  # what the pools return; closed at EOF like a file
+            resp.auto_close = True
         return resp  # type: ignore[return-value]
 
     def read_range(self, ref: Reference, digest: str, offset: int, length: int) -> bytes:

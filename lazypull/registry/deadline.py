@@ -33,7 +33,7 @@ class Deadline:
     __slots__ = ("at", "conns", "enforce", "fired", "parent")
 
     def __init__(self, at: float, enforce: bool, parent: Deadline | None) -> None:
-        self.at = min(at, parent.at) if parent is not None else at
+        self.at: float = min(at, parent.at) if parent is not None else at
         self.enforce = enforce
         self.parent = parent
         self.conns: set[Any] = set()

@@ -192,7 +192,7 @@ class Transport:
                     fields=fields,
                     headers=hdrs,
                     encode_multipart=False,
-                    timeout=attempt_timeout(),
+                    timeout=attempt_timeout(),  # type: ignore[arg-type]  # urllib3 types **urlopen_kw as str
                 )
             return pm.request(method, url, fields=fields, headers=hdrs, timeout=attempt_timeout())
 

@@ -148,8 +148,12 @@ class Holder:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        def quit_on(sig: int, _frame: object) -> None:
+            self.quitting = True
+            self.forward(sig)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda s, _f: (setattr(self, "quitting", True), self.forward(s)))
+            signal.signal(sig, quit_on)
         signal.signal(signal.SIGHUP, lambda s, _f: self.forward(s))  # an upgrade: the server's own
         self.start()
         poll = select.poll()

@@ -590,9 +590,9 @@ class LayerServer:
             cache = self._cache(str(req["cache_dir"]), int(req["max_bytes"]))
             return {"adopted": cache.adopt(str(d) for d in req.get("digests") or [])}, []
         if op == "fds":
-            want = list(req.get("mountpoints") or [])[:MAX_FDS]
+            asked = list(req.get("mountpoints") or [])[:MAX_FDS]
             with self._lock:
-                got = [(m, self.layers[m]) for m in want if m in self.layers]
+                got = [(m, self.layers[m]) for m in asked if m in self.layers]
             pairs = [(m, ly.session.fd) for m, ly in got if ly.session is not None and ly.session.fd >= 0]
             return {"mountpoints": [m for m, _ in pairs]}, [fd for _, fd in pairs]
         if op == "shutdown":
@@ -872,7 +872,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=_spawn_successor, daemon=True).start())
-    threading.Thread(target=lambda: (server.idle.wait(), stop.set()), daemon=True).start()
+    def stop_when_idle() -> None:
+        server.idle.wait()
+        stop.set()
+
+    threading.Thread(target=stop_when_idle, daemon=True).start()
     sd_notify(f"READY=1\nMAINPID={os.getpid()}")
     log.info("layer server %s serving on %s (root %s)", server.instance, address, root)
     idle_since = time.monotonic()

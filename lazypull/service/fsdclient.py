@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import shlex
@@ -119,14 +120,14 @@ class FsdClient:
     def list(self) -> list[dict[str, Any]]:
         return list(self.call("list")[0]["layers"])
 
-    def stats(self, mountpoints: list[str] | None = None, accessed: bool = False) -> dict[str, Any]:
+    def stats(self, mountpoints: builtins.list[str] | None = None, accessed: bool = False) -> dict[str, Any]:
         return self.call("stats", mountpoints=mountpoints or [], accessed=accessed, timeout=5)[0]
 
-    def adopt(self, cache_dir: Path, max_bytes: int, digests: list[str]) -> int:
+    def adopt(self, cache_dir: Path, max_bytes: int, digests: builtins.list[str]) -> int:
         """Have the server account for (and evict within its bound) chunks written by others."""
         return int(self.call("adopt", cache_dir=str(cache_dir), max_bytes=max_bytes, digests=digests)[0]["adopted"])
 
-    def fds(self, mountpoints: list[str]) -> dict[str, int]:
+    def fds(self, mountpoints: builtins.list[str]) -> dict[str, int]:
         """Copies of the layers' FUSE fds (in batches: one message carries at most MAX_FDS)."""
         out: dict[str, int] = {}
         for i in range(0, len(mountpoints), MAX_FDS):
@@ -134,7 +135,9 @@ class FsdClient:
             out.update(zip(reply["mountpoints"], fds, strict=True))
         return out
 
-    def attach(self, layers: list[dict[str, Any]], fds: list[int], timeout: float = 120) -> list[dict[str, Any]]:
+    def attach(
+        self, layers: builtins.list[dict[str, Any]], fds: builtins.list[int], timeout: float = 120
+    ) -> builtins.list[dict[str, Any]]:
         """Hand held connections back to a (re)started server; *fds* stay the caller's."""
         out: list[dict[str, Any]] = []
         for i in range(0, len(layers), MAX_FDS):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import grpc
 
-from lazypull.errors import LazypullError, log_level
+from lazypull.errors import ConfigError, LazypullError, log_level
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.service.args import DEFAULT_CONFIG, add_args, status_socket
-from lazypull.service.config import ConfigError, DaemonConfig
+from lazypull.service.config import DaemonConfig
 from lazypull.service.cri.credchain import CredentialChain, Source
 from lazypull.service.cri.credprovider import CredentialProviders
 from lazypull.service.cri.keychain import Keychain

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lazypull.errors import LazypullError
-from lazypull.fs.stats import BUCKETS
+from lazypull.fs.stats import BUCKETS, Histogram
 from lazypull.registry.reference import Reference
 from lazypull.service.firstread import FIRST_READS
 
@@ -44,7 +44,7 @@ class LayerStatsCollector(Collector):
             self._hosts[host] = None
         return host if host in self._hosts else OTHER_HOST
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         server = self.sn.layers.server_stats()
         stats = list(server.get("layers") or [])
         FIRST_READS.update(self.sn.book, stats)  # lazypull_*_first_read_seconds, observed once each
@@ -137,11 +137,11 @@ def _zeros() -> list[float]:
     return [0.0] * (2 + len(BUCKETS) + 1)
 
 
-def _add(acc: list[float], row: dict[str, object]) -> None:
+def _add(acc: list[float], row: Histogram) -> None:
     """Add one layer's {count, sum, buckets} to *acc* ([count, sum, b0..bn, +inf])."""
-    acc[0] += float(row["count"])  # type: ignore[arg-type]
-    acc[1] += float(row["sum"])  # type: ignore[arg-type]
-    for i, b in enumerate(row["buckets"]):  # type: ignore[arg-type]
+    acc[0] += float(row["count"])
+    acc[1] += float(row["sum"])
+    for i, b in enumerate(row["buckets"]):
         acc[2 + i] += b
 
 
@@ -154,7 +154,7 @@ def _buckets(counts: list[int], scale: float) -> list[tuple[str, float]]:
     return out
 
 
-def _index_memory(im: dict[str, Any]) -> Iterator[object]:
+def _index_memory(im: dict[str, Any]) -> Iterator[Metric]:
     """The layer server's index memory budget (lazypull.fs.indexmemory)."""
     g = GaugeMetricFamily(
         "lazypull_index_memory_bytes",

@@ -297,16 +297,16 @@ class RemoteLayers:
         if released:
             log.info("released %d layers that no snapshot uses (a pull interrupted by the restart)", released)
         leases = []
-        for digest, (mp, spec_fn) in wanted.items():
-            e = self.lifecycle.get(digest)
-            if e is not None and e.state == State.SERVING:
+        for digest, (path, spec_fn) in wanted.items():
+            live = self.lifecycle.get(digest)
+            if live is not None and live.state == State.SERVING:
                 continue
-            state = table.get(str(mp), {}).get("state", "missing")
+            state = table.get(str(path), {}).get("state", "missing")
             if spec_fn() is None:
-                log.error("layer mount at %s is %s and cannot be remounted (no saved spec)", mp, state)
+                log.error("layer mount at %s is %s and cannot be remounted (no saved spec)", path, state)
                 continue
             log.warning("layer mount for %s is %s; mounting it again", digest[7:19], state)
-            leases.append(self.lease(digest, mp, spec_fn))
+            leases.append(self.lease(digest, path, spec_fn))
         for lease in leases:
             try:
                 lease.wait(self.mount_timeout)

@@ -224,7 +224,8 @@ class Lifecycle(Generic[M]):
                 return m
             self.repair(e.digest, m, "its mount is not what the path shows, or its connection is dead")
             with e.cond:
-                attempt = max(attempt, e.attempt + (1 if e.state == State.RELEASING else 0))
+                # mypy keeps e.state narrowed to SERVING from above, but another thread changes it
+                attempt = max(attempt, e.attempt + (1 if e.state == State.RELEASING else 0))  # type: ignore[comparison-overlap]
             if self._clock() >= end:
                 raise LayerMountError(f"layer at {e.mountpoint} is not served and was not mounted again in time")
 

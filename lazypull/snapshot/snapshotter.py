@@ -8,6 +8,7 @@ and reporting AlreadyExists — containerd then skips downloading the layer.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -364,7 +365,7 @@ class Snapshotter:
         spec = self._spec(ref, desc, credential).to_json()
         self.layers.lease(desc.digest, self._layer_mountpoint(desc.digest), spec, ahead=True)
 
-    def _wait_prefetch(self, chain: list[Snapshot]) -> None:
+    def _wait_prefetch(self, chain: builtins.list[Snapshot]) -> None:
         """Give the chain's prefetches up to ``prefetch_timeout_sec`` to finish. A layer whose
         prefetch did not finish in that time (a hung registry) is not waited for again, by this
         image or any other: a container create pays that timeout once, not at every call."""

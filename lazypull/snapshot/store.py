@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
 """
+# A row of the table: id, key, parent, kind, created, updated, labels (JSON), remote (JSON or NULL).
+_Row = tuple[int, str, str, int, float, float, str, str | None]
 
 
 class MetaStore:
@@ -82,7 +84,7 @@ class MetaStore:
     def close(self) -> None:
         self._db.close()
 
-    def _row(self, r: tuple) -> Snapshot:  # type: ignore[type-arg]
+    def _row(self, r: _Row) -> Snapshot:
         return Snapshot(r[0], r[1], r[2], Kind(r[3]), r[4], r[5], json.loads(r[6]), json.loads(r[7]) if r[7] else None)
 
     def get(self, key: str) -> Snapshot:

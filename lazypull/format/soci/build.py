@@ -14,12 +14,15 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 from lazypull.errors import FormatError
 from lazypull.format.soci.zinfo import Zinfo
-from lazypull.format.soci.zlibc import inflate_with_checkpoints
+from lazypull.format.soci.zlibc import RawStream, inflate_with_checkpoints
 from lazypull.format.soci.ztoc import FileMetadata, Ztoc
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 DEFAULT_SPAN_SIZE = 4 << 20  # soci-snapshotter's default
 BUILD_TOOL = "lazypull"
@@ -48,14 +51,15 @@ class _Pieces(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, b: WriteableBuffer) -> int:
         while not self._buf:
             piece = next(self._it, None)
             if piece is None:
                 return 0
             self._buf = memoryview(piece)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
+        view = memoryview(b)
+        n = min(len(view), len(self._buf))
+        view[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         self.pos += n
         return n
@@ -101,7 +105,7 @@ def _metadata(ti: tarfile.TarInfo) -> FileMetadata:
 
 
 def build_ztoc(
-    src: BinaryIO, span_size: int = DEFAULT_SPAN_SIZE, build_tool: str = BUILD_TOOL
+    src: RawStream, span_size: int = DEFAULT_SPAN_SIZE, build_tool: str = BUILD_TOOL
 ) -> tuple[Ztoc, Zinfo, int]:
     """(zTOC without span digests, its checkpoints, compressed size) from a gzip stream.
 
@@ -159,7 +163,7 @@ def _finish(ztoc: Ztoc, zinfo: Zinfo, read_at: Callable[[int, int], bytes], size
 def build_ztoc_file(path: str | os.PathLike[str], span_size: int = DEFAULT_SPAN_SIZE) -> Ztoc:
     """The complete zTOC of the gzip layer blob at *path*."""
     with open(path, "rb", buffering=0) as f:
-        ztoc, zinfo, _ = build_ztoc(f, span_size)  # type: ignore[arg-type]
+        ztoc, zinfo, _ = build_ztoc(f, span_size)
         fd = f.fileno()
         return _finish(ztoc, zinfo, lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size)
 

@@ -29,9 +29,12 @@ from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, normalize
 from lazypull.format.soci.zinfo import Span, Zinfo
 from lazypull.format.soci.zlibc import inflate_from
 from lazypull.format.soci.ztoc import GZIP, FileMetadata, Ztoc
-from lazypull.format.toc import TOCEntry
+from lazypull.format.toc import EntryTypeName, TOCEntry
 
-_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo"})
+_TYPES: dict[str, EntryTypeName] = {
+    "dir": "dir", "reg": "reg", "symlink": "symlink", "hardlink": "hardlink", "char": "char", "block": "block",
+    "fifo": "fifo",
+}  # fmt: skip
 XATTR_PREFIX = "SCHILY.xattr."
 _XLEN = len(XATTR_PREFIX)
 MAX_FILES = 10_000_000
@@ -159,9 +162,9 @@ class SociIndex(TOCIndex):
         """The zTOC as eStargz TOC entries: one chunk per span a file's data touches."""
         spans, outs = self.spans, self._outs
         for f in sorted(files, key=lambda f: f.uncompressed_offset):
-            typ = f.type
-            if typ not in _TYPES:
-                raise FormatError(f"zTOC entry {f.name[:200]!r} has unknown type {typ[:20]!r}")
+            typ = _TYPES.get(f.type)
+            if typ is None:
+                raise FormatError(f"zTOC entry {f.name[:200]!r} has unknown type {f.type[:20]!r}")
             size = f.uncompressed_size if typ == "reg" else 0
             off = f.uncompressed_offset
             if off < 0 or off % 512 or size < 0 or off + size > usize or f.mode < 0 or f.devmajor < 0 or f.devminor < 0:
@@ -173,7 +176,7 @@ class SociIndex(TOCIndex):
             mtime = f.mod_time if not f.mod_time.startswith("0001-") else ""
             if typ != "reg" or size == 0:
                 yield TOCEntry(
-                    name, typ, size, mtime, f.linkname, f.mode, f.uid, f.gid, f.uname, f.gname,  # type: ignore[arg-type]
+                    name, typ, size, mtime, f.linkname, f.mode, f.uid, f.gid, f.uname, f.gname,
                     f.devmajor, f.devminor, xattrs,
                 )  # fmt: skip
                 continue

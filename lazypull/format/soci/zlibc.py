@@ -12,9 +12,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 from lazypull.errors import FormatError
+
+
+class RawStream(Protocol):
+    """What the inflater reads a gzip stream from: a raw or in-memory binary file."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 WINDOW = 32768  # deflate's maximum back-reference distance: a checkpoint's dictionary
 
@@ -71,7 +79,7 @@ class _Inflate:
         _lib.inflateEnd(ctypes.byref(self.s))
 
     def step(self, flush: int) -> int:
-        ret = _lib.inflate(ctypes.byref(self.s), flush)
+        ret: int = _lib.inflate(ctypes.byref(self.s), flush)
         if ret == Z_NEED_DICT or (ret < 0 and ret != Z_BUF_ERROR):
             msg = self.s.msg.decode(errors="replace") if self.s.msg else f"error {ret}"
             raise FormatError(f"corrupt deflate data: {msg}")
@@ -83,7 +91,7 @@ CheckpointTuple = tuple[int, int, int, bytes]
 
 
 def inflate_with_checkpoints(
-    src: BinaryIO, span: int, add: Callable[[int, int, int, bytes], None], *, out_size: int = 1 << 20
+    src: RawStream, span: int, add: Callable[[int, int, int, bytes], None], *, out_size: int = 1 << 20
 ) -> Iterator[bytes]:
     """Inflate one gzip member from *src*, yielding its output in pieces; call *add* for
     each checkpoint: after the header, then at the first block boundary more than *span*

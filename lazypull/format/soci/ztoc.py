@@ -123,7 +123,8 @@ def _offset_vector(b: flatbuffers.Builder, offsets: list[int]) -> int:
     b.StartVector(4, len(offsets), 4)
     for o in reversed(offsets):
         b.PrependUOffsetTRelative(o)
-    return b.EndVector()
+    end: int = b.EndVector()
+    return end
 
 
 def _encode_file(b: flatbuffers.Builder, f: FileMetadata) -> int:
@@ -152,7 +153,8 @@ def _encode_file(b: flatbuffers.Builder, f: FileMetadata) -> int:
     b.PrependInt64Slot(11, f.devmajor, 0)
     b.PrependInt64Slot(12, f.devminor, 0)
     b.PrependUOffsetTRelativeSlot(13, xattrs, 0)
-    return b.EndObject()
+    obj: int = b.EndObject()
+    return obj
 
 
 class _Reader:
@@ -188,7 +190,8 @@ class _Reader:
         return struct.unpack_from(fmt, self.buf, p)[0] if p else default
 
     def deref(self, p: int) -> int:
-        return p + struct.unpack_from("<I", self.buf, p)[0]
+        rel: int = struct.unpack_from("<I", self.buf, p)[0]
+        return p + rel
 
     def bytes_(self, t: tuple[int, int, int], slot: int) -> bytes:
         p = self.field(t, slot)

@@ -137,10 +137,10 @@ def _provider(p: Any, i: int, bin_dir: Path, where: str) -> ProviderConfig:
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise ConfigError(f"{at}: args must be a list of strings")
     env: list[tuple[str, str]] = []
-    for e in p.get("env") or []:
-        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"]:
+    for item in p.get("env") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
             raise ConfigError(f"{at}: env entries need a name and a value")
-        env.append((e["name"], str(e.get("value", ""))))
+        env.append((item["name"], str(item.get("value", ""))))
     tokens = p.get("tokenAttributes")
     if tokens is not None and (not isinstance(tokens, dict) or tokens.get("requireServiceAccount", True)):
         # The pod's service account token reaches only the kubelet; no mount here could send it.

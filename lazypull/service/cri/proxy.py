@@ -78,8 +78,8 @@ class ImageServiceProxy(grpc.GenericRpcHandler):
                 self._channel = None
 
     # -- grpc.GenericRpcHandler ----------------------------------------------------------
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        method: str = handler_call_details.method
         service, _, name = method.lstrip("/").partition("/")
         if service not in SERVICES:
             return None
@@ -94,12 +94,12 @@ class ImageServiceProxy(grpc.GenericRpcHandler):
         return handle
 
     def _forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
-        call = self.channel().unary_unary(method)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel().unary_unary(method)
         try:
-            return call(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+            return call(request, timeout=context.time_remaining())
         except grpc.RpcError as e:
-            code: Any = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
-            details = e.details() if hasattr(e, "details") else str(e)  # type: ignore[attr-defined]
+            code: Any = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+            details = e.details() if hasattr(e, "details") else str(e)
             context.abort(code, details or "")
             raise  # abort raises; for type checkers
 
