@@ -16,7 +16,7 @@ from lazypull.oci import digest as digestlib
 from lazypull.oci.types import MAX_MANIFEST_BYTES, Descriptor
 
 if TYPE_CHECKING:
-    from lazypull.format.source import ReadAt
+    from lazypull.source import ReadAt
 
 
 class ImageStore(ABC):
