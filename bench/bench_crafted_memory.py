@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lazypull.fs.fsdclient import FsdClient, socket_path  # noqa: E402
 from lazypull.fs.spec import LayerSpec  # noqa: E402
-from lazypull.service.fsdclient import FsdClient, socket_path  # noqa: E402
 from tests.service.test_fsd import make_layer  # noqa: E402
 from tests.support.hostile import wide_layer, write_blob  # noqa: E402
 

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lazypull.fs.fsdclient import FsdClient, socket_path, start_server
 from lazypull.fs.spec import LayerSpec
-from lazypull.service.fsdclient import FsdClient, socket_path, start_server
 from tests.service.test_fsd import make_layer
 
 

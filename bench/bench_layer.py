@@ -16,7 +16,6 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,8 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lazypull.cache.chunks import ChunkCache
 from lazypull.format import FileSource, build_estargz, open_layer
 from lazypull.fs.fetcher import Fetcher
-from lazypull.fs.fuse.server import FuseServer, unmount
+from lazypull.fs.fuse.loop import ServeLoop
+from lazypull.fs.fuse.server import FuseSession, unmount
 from lazypull.fs.layer import LayerFS
+
+LOOP = ServeLoop()  # serves every mount of this run, as the layer server's does its layers
 
 
 def make_layer(work: Path, files: dict[str, bytes], name: str) -> Path:
@@ -50,21 +52,27 @@ def make_layer(work: Path, files: dict[str, bytes], name: str) -> Path:
     return out
 
 
-def mount(
-    blob: Path, mnt: Path, cache: Path, passthrough: bool = False
-) -> tuple[FuseServer, threading.Thread, float, float]:
+def mount(blob: Path, mnt: Path, cache: Path, passthrough: bool = False) -> tuple[FuseSession, float, float]:
+    """Serve *blob* at *mnt* as the layer server does: its session on the shared serve loop."""
     t0 = time.perf_counter()
     src = FileSource(blob)
     idx = open_layer(src)
     fs = LayerFS(idx, Fetcher(idx, src, ChunkCache(cache)))
     t_tree = time.perf_counter() - t0
     mnt.mkdir(exist_ok=True)
-    srv = FuseServer(fs, str(mnt), passthrough=passthrough)
-    srv.mount()
-    th = threading.Thread(target=srv.serve, daemon=True)
-    th.start()
+    session = FuseSession(fs, str(mnt), passthrough=passthrough)
+    session.mount()
+    LOOP.add(session)
     os.listdir(mnt)
-    return srv, th, t_tree, time.perf_counter() - t0
+    return session, t_tree, time.perf_counter() - t0
+
+
+def umount(session: FuseSession) -> None:
+    LOOP.remove(session)
+    unmount(session.mountpoint)
+    session.close()
+    if session.root is not None:
+        session.root.close()
 
 
 def rss_mb() -> float:
@@ -106,11 +114,10 @@ def main() -> None:
         for n in [int(x) for x in args.entries.split(",")]:
             blob = make_layer(work, {f"d{i // 1000}/f{i}": b"x" * 10 for i in range(n)}, f"n{n}")
             rss0 = rss_mb()
-            _srv, th, t_tree, t_mount = mount(blob, work / f"m{n}", work / f"c{n}")
+            session, t_tree, t_mount = mount(blob, work / f"m{n}", work / f"c{n}")
             rss = rss_mb() - rss0
             print(f"{n:8d} {t_tree:8.3f} {t_mount:16.3f} {rss:8.0f}")
-            unmount(str(work / f"m{n}"))
-            th.join(5)
+            umount(session)
 
         big = os.urandom(args.big_mb << 20)  # unique chunks: no dedup in the chunk cache
         small = {f"s/{i // 100}/f{i}.txt": os.urandom(2048) for i in range(args.small)}
@@ -119,8 +126,8 @@ def main() -> None:
         for p, data in {"big.bin": big, **small}.items():
             (native / p).parent.mkdir(parents=True, exist_ok=True)
             (native / p).write_bytes(data)
-        _srv, th, _, _ = mount(blob, work / "mnt", work / "cache")
-        pt_srv, pt_th, _, _ = mount(blob, work / "mnt-pt", work / "cache-pt", passthrough=True)
+        session, _, _ = mount(blob, work / "mnt", work / "cache")
+        pt_session, _, _ = mount(blob, work / "mnt-pt", work / "cache-pt", passthrough=True)
         mnt = work / "mnt"
         rows = []
         for label, root in (("ext4", native), ("lazypull", mnt), ("+passthru", work / "mnt-pt")):
@@ -159,14 +166,13 @@ def main() -> None:
             "(cold = chunk cache empty, page cache dropped: fetch from the local blob + inflate + sha256 verify;"
             " warm = third read)"
         )
+        pt = pt_session.passthrough_active
         print(
-            f"(+passthru: FUSE passthrough {'active' if pt_srv.passthrough_active else 'NOT offered by this kernel'}; "
+            f"(+passthru: FUSE passthrough {'active' if pt else 'NOT offered by this kernel'}; "
             "cached files are read by the kernel from the cache file, but every open is a round trip)"
         )
-        unmount(str(mnt))
-        unmount(str(work / "mnt-pt"))
-        th.join(5)
-        pt_th.join(5)
+        umount(session)
+        umount(pt_session)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -67,8 +67,8 @@ def main() -> None:
     ap.add_argument("--code", default=str(ROOT), help="checkout whose layer server is measured")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    from lazypull.fs.fsdclient import FsdClient, socket_path
     from lazypull.fs.spec import LayerSpec
-    from lazypull.service.fsdclient import FsdClient, socket_path
 
     with tempfile.TemporaryDirectory(prefix="bench-mount-") as d:
         work = Path(d)

@@ -134,6 +134,7 @@ class Builds:
                     delay = start_at - time.monotonic()
                     if delay <= 0:
                         break
+                    del b  # not held while it waits: a build cancelled meanwhile lets its layer go
                     self._cond.wait(delay)
                 self._queue.remove(b)
                 self._waiting_entries -= b.entries

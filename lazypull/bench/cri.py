@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from lazypull.bench.cleanup import kill_layer_servers
 from lazypull.bench.images import BenchImage, _gzip_layer, _tar_dir
 from lazypull.bench.netns import ShapedNet
 from lazypull.convert.copy import copy_image
@@ -178,8 +179,6 @@ class CriNode:
         time.sleep(0.5)  # the CRI plugin registers after the socket appears
 
     def stop(self) -> None:
-        from lazypull.bench.runner import _kill_mount_processes
-
         for p in (self.containerd, self.daemon):
             if p.poll() is None:
                 p.terminate()
@@ -189,7 +188,7 @@ class CriNode:
                     p.kill()
         for pid in _shim_pids(self.root):
             subprocess.run(["kill", "-9", str(pid)], capture_output=True)
-        _kill_mount_processes(self.root)
+        kill_layer_servers(self.root)
         with open("/proc/self/mountinfo") as f:
             mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
         for m in sorted(mounts, key=len, reverse=True):

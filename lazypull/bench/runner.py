@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from lazypull.bench.cleanup import kill_layer_servers
 from lazypull.bench.delayproxy import DelayProxy
 from lazypull.bench.images import IMAGES, BenchImage, build_image
 from lazypull.bench.netns import ShapedNet
@@ -75,15 +75,6 @@ class BenchConfig:
     soci_span_size: int = 4 << 20  # lazypull-soci: uncompressed bytes between checkpoints
     rtt_ms: float = 0.0
     progress: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
-
-
-def _sh(*cmd: str, timeout: float = 3600, **kw: object) -> subprocess.CompletedProcess[str]:
-    res: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
-        list(cmd), capture_output=True, text=True, timeout=timeout, **kw
-    )
-    if res.returncode != 0:
-        raise LazypullError(f"{' '.join(cmd[:6])} ... failed ({res.returncode}): {(res.stderr or res.stdout)[-800:]}")
-    return res
 
 
 class Registry:
@@ -215,7 +206,7 @@ class Node:
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        _kill_mount_processes(self.root)
+        kill_layer_servers(self.root)
         with open("/proc/self/mountinfo") as f:
             mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
         for m in sorted(mounts, key=len, reverse=True):
@@ -226,20 +217,6 @@ class Node:
 def _logfile(path: Path) -> BinaryIO:
     """A log file handed to a child process (the child owns it from then on)."""
     return open(path, "wb")
-
-
-def _kill_mount_processes(root: Path) -> None:
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"lazypull.service.fsd" in cmd and str(root).encode() in cmd:
-                try:
-                    os.kill(int(pid), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
 
 
 def one_run(node: Node, net: ShapedNet, img: BenchImage, ref: str, mode: str, run: int) -> RunResult:

@@ -17,7 +17,7 @@ from pathlib import Path
 from lazypull.cli.imageargs import warnings_in_one_line
 from lazypull.errors import LazypullError
 from lazypull.fs.fuse.server import is_mounted
-from lazypull.fs.rootfs import (
+from lazypull.imagefs.rootfs import (
     DEFAULT_CACHE_DIR,
     DEFAULT_STATE_ROOT,
     MountOptions,

@@ -10,12 +10,12 @@ from lazypull.errors import DigestMismatchError, FormatError, LazypullError
 from lazypull.format import open_layer
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
-from lazypull.format.source import ReadAt
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.resolve import image_manifests
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, Manifest, Platform, is_foreign_layer
+from lazypull.source import ReadAt
 
 WINDOW = 8 << 20  # read chunks in ranges of about this size
 

@@ -4,7 +4,7 @@ from lazypull.format.estargz_reader import open_estargz
 from lazypull.format.estargz_writer import BuildResult, build_estargz
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
 from lazypull.format.limits import DEFAULT_LIMITS, Limits
-from lazypull.format.source import BytesSource, FileSource, ReadAt
+from lazypull.source import BytesSource, FileSource, ReadAt
 
 __all__ = [
     "DEFAULT_LIMITS",

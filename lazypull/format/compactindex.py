@@ -207,13 +207,6 @@ class CompactIndex(LayerIndex):
         self._paths: _LRU[str] = _LRU(PATH_CACHE)
 
     @classmethod
-    def from_index(cls, index: LayerIndex) -> CompactIndex:
-        """An in-memory compact copy of *index* (a SOCI index keeps decoding its chunks)."""
-        from lazypull.format.compactwrite import decoder_of, serialize
-
-        return cls(serialize(index), decoder=decoder_of(index))
-
-    @classmethod
     def open(cls, path: Path, key: bytes = b"", *, decoder: Decoder | None = None, verify: bool = True) -> CompactIndex:
         """Map the file at *path*; FormatError unless it is intact and made for *key*."""
         with open(path, "rb") as f:

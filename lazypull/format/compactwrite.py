@@ -330,6 +330,11 @@ def write_file(index: LayerIndex, path: Path, key: bytes = b"", pace: Pace | Non
     return CompactIndex.open(path, key, decoder=decoder_of(index), verify=False)
 
 
+def compact_copy(index: LayerIndex) -> CompactIndex:
+    """An in-memory compact copy of *index* (a SOCI index keeps decoding its chunks)."""
+    return CompactIndex(serialize(index), decoder=decoder_of(index))
+
+
 def decoder_of(index: LayerIndex) -> Decoder:
     """A decoder that does not keep *index* (and its Python objects) alive."""
     return decoder_for(index.format) if index.format in COMPACT_FORMATS else index.decode_chunk

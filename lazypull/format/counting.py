@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from lazypull.format.source import ReadAt
-from lazypull.fs.stats import OpStats
+from lazypull.opstats import OpStats
+from lazypull.source import ReadAt
 
 
 class CountingSource:

@@ -18,11 +18,11 @@ from lazypull.format.footer import ESTARGZ_FOOTER_SIZE, parse_footer
 from lazypull.format.gzipmember import decompress_prefix
 from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, LayerIndex, normalize
 from lazypull.format.limits import DEFAULT_LIMITS, GZIP_MAX_RATIO, RATIO_SLACK, Limits, check_path
-from lazypull.format.source import ReadAt
 from lazypull.format.toc import PREFETCH_LANDMARK, TOC_TAR_NAME, TOCEntry, iter_entries, parse_modtime_ns
 from lazypull.format.whiteout import whiteout_target
 from lazypull.gcpause import collector_paused
 from lazypull.oci import digest as digestlib
+from lazypull.source import ReadAt
 
 DEFAULT_MAX_TOC_BYTES = DEFAULT_LIMITS.max_toc_bytes
 # Shared by every entry that is not a regular file (never appended to): 56 bytes less each.

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import msgspec
 
-from lazypull.format.source import ReadAt
+from lazypull.source import ReadAt
 
 # Shared by every entry without xattrs (most of them): read-only, so sharing is safe.
 NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})

@@ -20,10 +20,10 @@ from lazypull.errors import DigestMismatchError, FormatError
 from lazypull.format.estargz_reader import ChunkDecoder, TOCIndex, checked_toc_digest
 from lazypull.format.estargz_writer import BuildResult, _MemberWriter, build_layer
 from lazypull.format.limits import DEFAULT_LIMITS, ZSTD_MAX_RATIO, Limits
-from lazypull.format.source import ReadAt
 from lazypull.format.tarstream import Prioritized
 from lazypull.format.toc import TOC, iter_entries
 from lazypull.oci import mediatypes as mt
+from lazypull.source import ReadAt
 
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
-from lazypull.format.source import ReadAt
 from lazypull.registry.deadline import deadline_scope
+from lazypull.source import ReadAt
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sized
 
 from lazypull.errors import FormatError
 from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
+from lazypull.format.compactwrite import compact_copy
 from lazypull.format.index import Entry, EntryType, LayerIndex
 from lazypull.fs.fetcher import Fetcher, FetchError
 from lazypull.fs.fuse.ops import Attr
@@ -87,7 +88,7 @@ class LayerFS:
 
     def _serve_from(self, index: LayerIndex) -> None:
         # Other indexes (SOCI) get an in-memory compact tree; reads still go through *index*.
-        tree = index if isinstance(index, CompactIndex) else CompactIndex.from_index(index)
+        tree = index if isinstance(index, CompactIndex) else compact_copy(index)
         self.index = index  # the one built replaces the parsed one (its memory goes)
         if self.fetcher is not None:  # (None: measuring the tree alone)
             self.fetcher.index = index

@@ -12,8 +12,8 @@ import struct
 import threading
 from pathlib import Path
 
-from lazypull.format.source import ReadAt
 from lazypull.fsutil import atomic_write
+from lazypull.source import ReadAt
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.format.compactindex import COMPACT_FORMATS, CompactIndex
-from lazypull.format.compactwrite import write_file
+from lazypull.format.compactwrite import compact_copy, write_file
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.format.limits import DEFAULT_LIMITS
 from lazypull.format.soci.dispatch import open_layer_index, ztoc_of
-from lazypull.format.source import ReadAt
 from lazypull.fs.buildapart import BuildApart, build_in_child
 from lazypull.fs.fetcher import MIN_FETCH, Fetcher
 from lazypull.fs.indexmemory import Claim
@@ -33,6 +32,7 @@ from lazypull.giveway import Pacer
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.options import SECRET_KEYS, RegistryOptions, credential_from_json
+from lazypull.source import ReadAt
 
 if TYPE_CHECKING:
     from lazypull.registry.client import RegistryClient
@@ -162,7 +162,7 @@ def _compact(index: LayerIndex, path: Path | None, key: bytes, pace: Pacer | Non
             return write_file(index, path, key, pace)
         except OSError as e:
             log.warning("cannot write the index file %s (%s); keeping it in memory", path, e)
-    return CompactIndex.from_index(index)
+    return compact_copy(index)
 
 
 def _build_apart(spec: LayerSpec, saved: Path, key: bytes) -> CompactIndex:

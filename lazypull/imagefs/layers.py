@@ -25,12 +25,12 @@ from lazypull.format import open_layer
 from lazypull.format.counting import CountingSource
 from lazypull.format.estargz_reader import safe_name
 from lazypull.format.index import Entry, EntryType, LayerIndex
-from lazypull.format.source import ReadAt
 from lazypull.format.tarstream import open_decompressed
 from lazypull.fs.fetcher import Fetcher
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import Descriptor
+from lazypull.source import ReadAt
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

@@ -43,13 +43,6 @@ def algorithm(digest: str) -> str:
     return validate(digest).partition(":")[0]
 
 
-def new_hasher(digest_or_algo: str = "sha256") -> hashlib._Hash:
-    algo = digest_or_algo.partition(":")[0]
-    if algo not in _ALGORITHMS:
-        raise InvalidDigestError(f"unsupported digest algorithm {algo!r}")
-    return hashlib.new(algo)
-
-
 def of_bytes(data: bytes | bytearray | memoryview, algo: str = "sha256") -> str:
     h = hashlib.new(algo)
     h.update(data)

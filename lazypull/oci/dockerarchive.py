@@ -87,7 +87,7 @@ class _SectionSource:
         return self._m.size
 
     def read_at(self, offset: int, length: int) -> bytes:
-        from lazypull.format.source import check_range
+        from lazypull.source import check_range
 
         check_range(self._m.size, offset, length)
         return os.pread(self._fd, length, self._m.offset + offset)

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lazypull.errors import FormatError, OCIError
-from lazypull.format.source import FileSource
 from lazypull.fsutil import atomic_write
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, Index, dump_json
+from lazypull.source import FileSource
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 

@@ -18,7 +18,7 @@ from lazypull.oci.types import MAX_MANIFEST_BYTES, Descriptor
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-    from lazypull.format.source import ReadAt
+    from lazypull.source import ReadAt
 
 
 class ImageStore(ABC):

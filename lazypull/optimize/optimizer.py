@@ -26,7 +26,7 @@ from lazypull.convert.image import ConvertOptions, convert_image
 from lazypull.errors import LazypullError
 from lazypull.format.index import normalize
 from lazypull.fs.fuse.server import is_mounted, unmount
-from lazypull.fs.rootfs import MountOptions, mount_image, umount_image
+from lazypull.imagefs.rootfs import MountOptions, mount_image, umount_image
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.oci.types import Descriptor, ImageConfig

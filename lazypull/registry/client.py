@@ -243,18 +243,6 @@ class RegistryClient:
             media_type = sniff_media_type(data)
         return data, media_type, dg
 
-    def head_manifest(self, ref: Reference) -> Descriptor | None:
-        try:
-            resp = self.request(ref, "HEAD", f"manifests/{ref.object}", headers={"Accept": MANIFEST_ACCEPT})
-        except NotFoundError:
-            return None
-        dg = resp.headers.get("Docker-Content-Digest")
-        size = int(resp.headers.get("Content-Length") or 0)
-        mtype = (resp.headers.get("Content-Type") or "").split(";")[0]
-        if not dg:
-            return None
-        return Descriptor(mtype, digestlib.validate(dg), size)
-
     def put_manifest(self, ref: Reference, data: bytes, media_type: str, tag: str | None = None) -> str:
         dg = digestlib.of_bytes(data)
         target = tag or dg

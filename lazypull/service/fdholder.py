@@ -32,11 +32,11 @@ import sys
 import time
 from pathlib import Path
 
+from lazypull.fs.fsdclient import HOLDER_LOCK_FILE as LOCK_FILE
 from lazypull.service.notify import raise_fd_limit
 
 log = logging.getLogger("lazypull.fdholder")
 
-LOCK_FILE = "fdholder.lock"
 RESTART_SEC = 0.1  # as the unit's RestartSec
 MAX_RESTART_SEC = 5.0  # a server that keeps failing is started at most this often
 PR_SET_CHILD_SUBREAPER = 36
@@ -249,21 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     set_subreaper()
     return Holder(root, [sys.executable, "-m", "lazypull.service.fsd", *args]).run()
-
-
-def holder_running(root: Path) -> bool:
-    """Whether an fd holder runs for *root* (it restarts the server itself: start none beside it)."""
-    try:
-        fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
 
 
 if __name__ == "__main__":

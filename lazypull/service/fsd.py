@@ -4,7 +4,7 @@ A layer mount is a FUSE session registered here: the server fetches and verifies
 footer and TOC, mounts, answers INIT and serves the connection from a shared request
 loop (:mod:`lazypull.fs.fuse.loop`), with one chunk cache per cache directory and one
 memory tier for the whole process. Clients (the snapshotter daemon, ``lazypull mount``)
-talk to it on a 0600 unix socket (:mod:`lazypull.service.fsdwire`).
+talk to it on a 0600 unix socket (:mod:`lazypull.fs.fsdwire`).
 
 Surviving its own restart: every layer's primary /dev/fuse fd is also held elsewhere —
 in the fd store (``FDSTORE=1``) of systemd or, without it, of the server's fd holder
@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,18 +43,18 @@ from lazypull.errors import ConfigError, LazypullError, log_level
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
 from lazypull.fs.fetcher import Fetcher
+from lazypull.fs.fsdclient import FsdClient, is_server_process, socket_path
+from lazypull.fs.fsdwire import MAX_FDS, recv_msg, send_msg
 from lazypull.fs.fuse.loop import ServeLoop
 from lazypull.fs.fuse.mounts import MountRef
 from lazypull.fs.fuse.server import FuseSession, InitParams, unmount
 from lazypull.fs.indexmemory import IndexMemory
 from lazypull.fs.layer import BUILD_WAIT, LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
-from lazypull.fs.stats import OpStats
 from lazypull.fsutil import atomic_write
 from lazypull.giveway import Shares, request_seen
 from lazypull.heap import give_back
-from lazypull.service.fsdclient import FsdClient, is_server_process, socket_path
-from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
+from lazypull.opstats import OpStats
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
 
 log = logging.getLogger("lazypull.fsd")
@@ -116,6 +117,16 @@ class Layer:
         """The index the layer serves from (the compact one, once built)."""
         return self.fs.index if self.fs is not None else None
 
+    @property
+    def entries(self) -> int:
+        """Inodes the layer shows, its root not counted: the compact index's count once built,
+        until then the parsed index's (an upper bound: whiteouts are counted too). What the
+        daemon reports as the snapshot's inodes (containerd's Usage)."""
+        if self.fs is None:
+            return 0
+        index = self.fs.index
+        return self.fs.inode_count or (len(index) if isinstance(index, Sized) else 0)
+
     def summary(self) -> dict[str, Any]:
         return {
             "mountpoint": self.mountpoint,
@@ -124,6 +135,7 @@ class Layer:
             "error": self.error,
             "mount_id": self.mount_id,
             "dev": self.dev,
+            "files": self.entries,
         }
 
     def stats(self) -> dict[str, Any]:

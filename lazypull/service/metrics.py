@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from lazypull.errors import LazypullError
-from lazypull.fs.stats import BUCKETS, Histogram
+from lazypull.opstats import BUCKETS, Histogram
 from lazypull.registry.reference import Reference
 from lazypull.service.firstread import FIRST_READS
 

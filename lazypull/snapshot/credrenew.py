@@ -17,9 +17,9 @@ import weakref
 from typing import Any
 
 from lazypull.errors import LazypullError
+from lazypull.fs.fsdclient import FsdError
 from lazypull.registry.options import credential_to_json
 from lazypull.registry.reference import Reference
-from lazypull.service.fsdclient import FsdError
 from lazypull.snapshot.layers import RemoteLayers
 from lazypull.snapshot.remote import CredentialSource
 

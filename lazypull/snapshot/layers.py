@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lazypull.fs.fsdclient import FsdClient, FsdError, FsdUnavailable, is_server_process, start_server
 from lazypull.fs.fuse.mounts import MountRef
 from lazypull.fs.fuse.server import is_mounted
-from lazypull.service.fsdclient import FsdClient, FsdError, FsdUnavailable, is_server_process, start_server
 from lazypull.snapshot.lifecycle import LayerMountError, Lease, Lifecycle, State
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class MountedLayer:
     root: MountRef  # our hold on its root
     healthy: bool = True
     probe_started: float = 0.0  # monotonic time of a statfs probe still running (0: none)
+    files: int = 0  # inodes the layer shows (the server's count at mount): the snapshot's Usage
 
     @property
     def dev(self) -> str:
@@ -92,7 +93,7 @@ class FsdMounter:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise LayerMountError(f"the layer server mounted {mountpoint}, yet the path shows another: {e}") from None
-        return MountedLayer(str(summary.get("mount_id", "")), fd, root)
+        return MountedLayer(str(summary.get("mount_id", "")), fd, root, files=int(summary.get("files") or 0))
 
     def unmount(self, digest: str, mountpoint: Path, mounted: MountedLayer, free_cache: bool) -> None:
         try:
@@ -285,7 +286,7 @@ class RemoteLayers:
                 log.warning("layer %s at %s: %s; mounting it again", digest[7:19], mp, e)
                 os.close(fd)
                 continue
-            m = MountedLayer(str(r.get("mount_id", "")), fd, root)
+            m = MountedLayer(str(r.get("mount_id", "")), fd, root, files=int(r.get("files") or 0))
             want = wanted.get(digest)
             spec = (want[1]() if want else None) or {}
             if not self.lifecycle.adopt(digest, Path(mp), spec, m):

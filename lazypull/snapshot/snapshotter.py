@@ -22,13 +22,13 @@ from typing import Any
 from lazypull.errors import LazypullError
 from lazypull.format.soci.dispatch import is_lazy
 from lazypull.fs.fetcher import MIN_FETCH
+from lazypull.fs.fsdclient import FsdError, socket_path
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
 from lazypull.registry.credentials import Credential
 from lazypull.registry.options import credential_to_json
 from lazypull.registry.reference import Reference
-from lazypull.service.fsdclient import FsdError, socket_path
 from lazypull.snapshot import fallback
 from lazypull.snapshot.filters import index_hints
 from lazypull.snapshot.filters import parse as parse_filters
@@ -235,6 +235,9 @@ class Snapshotter:
         return [s for s in candidates if match(s)]
 
     def usage(self, key: str) -> tuple[int, int]:
+        """(bytes, inodes) of the snapshot alone. A lazy layer reports what it stands for (its
+        uncompressed size and the entries the layer server counted at its mount), not the
+        little it holds on disk: containerd and the kubelet then see what a normal pull would."""
         s = self.store.get(key)
         if s.remote:
             return int(s.remote.get("size", 0)), int(s.remote.get("files", 0))
@@ -293,7 +296,7 @@ class Snapshotter:
                 for other in layer.image_layers:
                     if other.digest != layer.layer.digest and is_lazy(other) and not self.layers.active(other.digest):
                         self._mount_ahead(layer.ref, other, layer.credential)
-                lease.wait_live(max(end - time.monotonic(), 0.01))
+                mounted = lease.wait_live(max(end - time.monotonic(), 0.01))
             except Exception as e:
                 self.mount_errors += 1
                 why = f"its TOC did not arrive within {wait:g}s" if "not ready after" in str(e) else str(e)
@@ -311,6 +314,7 @@ class Snapshotter:
                     "digest": layer.layer.digest,
                     "mountpoint": str(lease.mountpoint),
                     "size": size,
+                    "files": str(mounted.files),  # Usage's inodes: the server counts them, nothing on disk here
                     # no credentials on disk: the daemon's come from docker_config, the kubelet's from the keychain
                     "spec": json.dumps(LayerSpec.from_json(spec).public()),
                 },

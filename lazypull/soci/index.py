@@ -56,12 +56,6 @@ class SociIndex:
             extra={"artifactType": mt.SOCI_INDEX_ARTIFACT_TYPE},
         )
 
-    def ztoc_for(self, layer_digest: str) -> Descriptor | None:
-        for z in self.ztocs:
-            if z.annotations.get(mt.ANNOTATION_SOCI_LAYER_DIGEST) == layer_digest:
-                return z
-        return None
-
     @classmethod
     def parse(cls, data: bytes) -> SociIndex:
         if len(data) > MAX_INDEX_BYTES:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
+from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from tests.support.net import wait_for
 from tests.support.processes import kill_layer_servers, layer_servers
 

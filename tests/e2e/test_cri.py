@@ -22,12 +22,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lazypull.cli.main import main
+from lazypull.fs.fsdclient import FsdClient, socket_path
 from lazypull.oci.types import Manifest
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from lazypull.service.cri.kubelet import Kubelet, Pod
 from lazypull.service.cri.proto import api_pb2
-from lazypull.service.fsdclient import FsdClient, socket_path
 from tests.support.containerd import Containerd, start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image

@@ -15,7 +15,7 @@ import pytest
 
 from lazypull.cli.main import main
 from lazypull.format import open_layer
-from lazypull.fs.rootfs import mount_stats
+from lazypull.imagefs.rootfs import mount_stats
 from lazypull.oci import mediatypes as mt
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore

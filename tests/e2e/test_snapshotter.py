@@ -203,6 +203,12 @@ def test_cri_labels_over_grpc(node: Node, world: World) -> None:
         assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS
         info = stub.Stat(snapshots_pb2.StatSnapshotRequest(key="chain-cri-1")).info
         assert info.kind == snapshots_pb2.COMMITTED and mt.LABEL_REMOTE in info.labels
+        # Usage of a lazy layer: what it stands for, though nothing of it is on disk here. Its
+        # inodes as the layer server counted them at the mount: data and its three files, or
+        # while its compact index is being built the parsed index's count (root, landmark too).
+        usage = stub.Usage(snapshots_pb2.UsageRequest(key="chain-cri-1"))
+        assert 4 <= usage.inodes <= 6
+        assert usage.size == int(layer.annotations.get(mt.ANNOTATION_UNCOMPRESSED_SIZE, layer.size))
         with pytest.raises(grpc.RpcError) as nf:
             stub.Stat(snapshots_pb2.StatSnapshotRequest(key="extract-cri-1"))
         assert nf.value.code() == grpc.StatusCode.NOT_FOUND

@@ -14,6 +14,7 @@ import pytest
 from lazypull.cache.chunks import ChunkCache
 from lazypull.format import BytesSource, open_layer
 from lazypull.format.compactindex import CompactIndex
+from lazypull.format.compactwrite import compact_copy
 from lazypull.format.counting import CountingSource
 from lazypull.format.gzipmember import compress_member
 from lazypull.fs import layer as layer_module
@@ -52,7 +53,7 @@ def make_fs(tmp_path: Path, compact: bool = True) -> tuple[LayerFS, bytes]:
     src = BytesSource(blob)
     idx = open_layer(src)
     if compact:
-        idx = CompactIndex.from_index(idx)
+        idx = compact_copy(idx)
     return LayerFS(idx, Fetcher(idx, src, ChunkCache(tmp_path / "cache"))), blob
 
 
@@ -119,7 +120,7 @@ def test_reads_go_through_the_fetcher(tmp_path: Path) -> None:
 def test_prefetch_and_background_fetch_walk_the_index_in_blob_order(tmp_path: Path) -> None:
     blob, _ = build(ENTRIES, chunk_size=64 << 10, prioritized_files=["etc/big"])
     src = CountingSource(BytesSource(blob))
-    idx = CompactIndex.from_index(open_layer(src))
+    idx = compact_copy(open_layer(src))
     fetcher = Fetcher(idx, src, ChunkCache(tmp_path / "cache"))
     before = src.reads
     assert fetcher.prefetch() > 0 and src.reads == before + 1  # one request for the prioritized range
@@ -215,7 +216,7 @@ def held_build(entries: list[Entry], tmp_path: Path, build_fails: bool = False) 
         go.wait(10)
         if build_fails:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return CompactIndex.from_index(parsed)
+        return compact_copy(parsed)
 
     return LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "cache")), build=build_when_told), go
 
@@ -378,7 +379,7 @@ def test_the_root_hides_landmarks_of_any_type_while_the_index_is_built(tmp_path:
 
     def build_slowly() -> CompactIndex:
         go.wait(10)
-        return CompactIndex.from_index(parsed)
+        return compact_copy(parsed)
 
     fs = LayerFS(parsed, Fetcher(parsed, src, ChunkCache(tmp_path / "c")), build=build_slowly)
     early = fs.getattr(ROOT_INO)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lazypull.service.fdholder import holder_running
-from lazypull.service.fsdclient import FsdClient, socket_path, start_server
+from lazypull.fs.fsdclient import FsdClient, holder_running, socket_path, start_server
 from tests.service.test_fsd import make_layer, spec
 from tests.service.test_fsd_systemd import _wait_instance
 from tests.support.processes import kill_layer_servers, layer_servers

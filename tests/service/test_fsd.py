@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from lazypull.format import build_estargz
+from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.service.fsd import LayerServer, serve_control
-from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
 from tests.support.images import Entry, make_tar
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from lazypull.fs import spec as spec_mod
+from lazypull.fs.fsdclient import FsdClient, socket_path
 from lazypull.fs.indexmemory import IndexMemory, estimate
 from lazypull.service.fsd import LayerServer
-from lazypull.service.fsdclient import FsdClient, socket_path
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 from tests.service.test_fsd import Slow, make_layer, server, spec
 from tests.support.hostile import CraftedLayer, wide_layer, write_blob

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lazypull.service.fsdclient import FsdClient, socket_path
+from lazypull.fs.fsdclient import FsdClient, socket_path
 from tests.service.test_fsd import make_layer, spec
 from tests.support.systemd import Systemd, private_systemd
 

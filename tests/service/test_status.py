@@ -15,7 +15,7 @@ from rich.console import Console
 
 from lazypull.cli.main import main
 from lazypull.cli.status import human_bytes, render, seconds
-from lazypull.fs.stats import BUCKETS
+from lazypull.opstats import BUCKETS
 from lazypull.registry.credentials import Credential
 from lazypull.registry.reference import Reference
 from lazypull.service.args import status_socket

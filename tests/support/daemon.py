@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazypull.service.fsdclient import FsdClient, FsdError, socket_path
+from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from tests.support.net import wait_for
 from tests.support.processes import kill_layer_servers, layer_servers
 

@@ -18,10 +18,10 @@ from lazypull.format.index import LayerIndex
 from lazypull.format.limits import DEFAULT_LIMITS, Limits
 from lazypull.format.soci.layer import open_soci
 from lazypull.format.soci.ztoc import Ztoc
-from lazypull.format.source import ReadAt
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.source import ReadAt
 
 MAX_ZTOC_BYTES = 512 << 20
 

@@ -155,9 +155,6 @@ class SociIndex(TOCIndex):
     def chunks_sharing(self, chunk: Chunk) -> list[tuple[Entry, Chunk]]:
         return [(e, c) for e, c in self._by_span.get(chunk.blob_offset, ()) if c is not chunk]
 
-    def _span_at(self, out: int) -> int:
-        return bisect.bisect_right(self._outs, out) - 1
-
     def _toc_entries(self, files: list[FileMetadata], usize: int) -> Iterator[TOCEntry]:
         """The zTOC as eStargz TOC entries: one chunk per span a file's data touches."""
         spans, outs = self.spans, self._outs

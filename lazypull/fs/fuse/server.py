@@ -20,7 +20,6 @@ import threading
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from lazypull.fs.fuse import protocol as p
 from lazypull.fs.fuse.mounts import MountRef
@@ -58,15 +57,6 @@ def unmount(mountpoint: str, lazy: bool = True) -> None:
         e = ctypes.get_errno()
         if e not in (errno.EINVAL, errno.ENOENT):
             raise OSError(e, f"unmounting {mountpoint} failed: {os.strerror(e)}")
-
-
-def set_readahead(mountpoint: str, kb: int = 1024) -> None:
-    """Ask for 1 MiB READ requests instead of 128 KiB (fewer round trips)."""
-    try:
-        dev = os.stat(mountpoint).st_dev
-        Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").write_text(str(kb))
-    except OSError as e:
-        log.debug("cannot set read_ahead_kb for %s: %s", mountpoint, e)
 
 
 @dataclass

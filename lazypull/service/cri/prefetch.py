@@ -22,12 +22,12 @@ from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.format import open_layer
 from lazypull.format.index import Chunk, Entry, EntryType, LayerIndex
-from lazypull.format.source import ReadAt
 from lazypull.oci import mediatypes as mt
 from lazypull.registry.blobsource import RegistryBlobSource
 from lazypull.registry.reference import Reference
 from lazypull.service.cri.hints import Pattern
 from lazypull.snapshot.remote import LayerResolver
+from lazypull.source import ReadAt
 
 log = logging.getLogger(__name__)
 

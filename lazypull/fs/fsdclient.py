@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import fcntl
 import hashlib
 import os
 import shlex
@@ -15,12 +16,27 @@ from pathlib import Path
 from typing import Any
 
 from lazypull.errors import LazypullError
-from lazypull.service.fdholder import holder_running
-from lazypull.service.fsdwire import MAX_FDS, recv_msg, send_msg
+from lazypull.fs.fsdwire import MAX_FDS, recv_msg, send_msg
 
 START_TIMEOUT = 30.0
 LAUNCHER_ENV = "LAZYPULL_FSD_LAUNCHER"
 _SUN_PATH_MAX = 107
+HOLDER_LOCK_FILE = "fdholder.lock"  # held by a running fd holder (lazypull.service.fdholder)
+
+
+def holder_running(root: Path) -> bool:
+    """Whether an fd holder runs for *root* (it restarts the server itself: start none beside it)."""
+    try:
+        fd = os.open(Path(root) / HOLDER_LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def is_server_process(pid: int) -> bool:
@@ -228,7 +244,7 @@ def _tail(path: Path, n: int = 1500) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m lazypull.service.fsdclient --root ROOT list|status|stats|accessed``: ask a
+    """``python3 -m lazypull.fs.fsdclient --root ROOT list|status|stats|accessed``: ask a
     running layer server (the snapshotter's: ``--root /var/lib/containerd-lazypull-grpc``)."""
     import argparse
     import json

@@ -29,6 +29,7 @@ from lazypull.convert.check import manifests_of
 from lazypull.convert.unpack import RootDir, apply_tar_layer
 from lazypull.errors import LazypullError
 from lazypull.format.soci.dispatch import is_lazy
+from lazypull.fs.fsdclient import FsdClient, FsdError, holder_running, is_server_process, socket_path, start_server
 from lazypull.fs.fuse.server import is_mounted, unmount
 from lazypull.fs.spec import LayerSpec
 from lazypull.imagefs.layers import warn_streamed
@@ -36,8 +37,6 @@ from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
-from lazypull.service.fdholder import holder_running
-from lazypull.service.fsdclient import FsdClient, FsdError, is_server_process, socket_path, start_server
 from lazypull.soci.find import soci_layers
 
 log = logging.getLogger(__name__)
