@@ -142,6 +142,13 @@ def serve(args: argparse.Namespace) -> int:
     sock = Path(args.address)
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock.unlink(missing_ok=True)
+    # The status socket first: once containerd's socket shows, the daemon answers on both.
+    status_path = status_socket(sock)
+    try:
+        status = serve_status(status_path, lambda: node_status(sn))  # `lazypull status`
+    except OSError as e:  # the node runs without it; containerd's socket is what matters
+        log.error("cannot serve the status on %s: %s", status_path, e.strerror or e)
+        status = None
     server = grpc.server(ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"))
     snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(sn), server)
     if cfg.enable_keychain:  # the kubelet's --image-service-endpoint (CRI), beside the snapshots API
@@ -153,12 +160,6 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         os.umask(old)
     os.chmod(sock, 0o600)
-    status_path = status_socket(sock)
-    try:
-        status = serve_status(status_path, lambda: node_status(sn))  # `lazypull status`
-    except OSError as e:  # the node runs without it; containerd's socket is what matters
-        log.error("cannot serve the status on %s: %s", status_path, e.strerror or e)
-        status = None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
