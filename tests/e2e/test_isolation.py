@@ -174,14 +174,16 @@ def test_a_layer_over_its_images_index_memory_is_pulled_in_full_and_says_why(
                      "cat /data/hello.txt; ls /w | wc -l")
         assert out.stdout.split() == ["hello", "30000"]
         im = daemon.fsd().stats()["index_memory"]
-        assert im["refused"] == 1 and im["in_use"] == 0 and im["per_image"] == 20 << 20
+        # refused once per try: a mount ahead of containerd's Prepare may have tried it first
+        assert im["refused"] >= 1 and im["in_use"] == 0 and im["per_image"] == 20 << 20
         assert len(daemon.layers()) == 2  # busybox and data lazily; the wide layer pulled in full
         log = daemon.log()
         assert "over the per-image index memory of 20 MB (cache.image_index_memory_bytes)" in log
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         fell = re.search(r'^lazypull_fallback_total\{reason="mount_failed"\} (\S+)$', metrics, re.M)
         assert fell is not None and float(fell.group(1)) >= 1, metrics
-        assert "lazypull_index_memory_refused_total 1.0" in metrics
+        refused = re.search(r"^lazypull_index_memory_refused_total (\S+)$", metrics, re.M)
+        assert refused is not None and float(refused.group(1)) >= 1
     finally:
         if cd is not None:
             cd.stop()
