@@ -2,9 +2,9 @@
 buildah, run with podman (privileged, host paths, /dev/fuse) against a containerd on the
 host, and an image pulled lazily through it.
 
-No registry but PyPI and Debian is reachable, so the base image is a debootstrap'd
-bookworm imported with podman (cached; LAZYPULL_BASE_ROOTFS names a ready rootfs tar) and
-given to buildah with --from. Building takes minutes the first time (apt + pip inside),
+No registry but PyPI and Debian is reachable, so the base image is the corpus's cached
+debootstrap'd bookworm (tests/support/corpus.py; LAZYPULL_BASE_ROOTFS names a ready rootfs
+tar) imported with podman and given to buildah with --from. Building takes minutes the first time (apt + pip inside),
 so the test runs in CI (CI=true) or with LAZYPULL_TEST_CONTAINER=1 and buildah and podman exist.
 """
 
@@ -23,6 +23,7 @@ import pytest
 
 from lazypull.cli.main import main
 from tests.support.containerd import start_containerd
+from tests.support.corpus import debootstrap_tar
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.net import wait_for
 from tests.support.proxy import start_proxy
@@ -39,7 +40,6 @@ pytestmark = [
 
 REPO = Path(__file__).parents[2]
 BASE_IMAGE = "localhost/lazypull-base:bookworm"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lazypull"
 DATA = os.urandom(4 << 20)
 
 
@@ -50,20 +50,9 @@ def run(*cmd: str, timeout: float = 1800) -> str:
 
 
 def base_rootfs() -> Path:
-    """A debootstrap'd bookworm (minbase) as a tar, built once and cached."""
+    """A bookworm minbase tar: the one the corpus tests build and cache."""
     given = os.environ.get("LAZYPULL_BASE_ROOTFS")
-    if given:
-        return Path(given)
-    tar = CACHE / "bookworm-minbase.tar"
-    if not tar.exists():
-        root = CACHE / "bookworm-minbase"
-        shutil.rmtree(root, ignore_errors=True)
-        run("debootstrap", "--variant=minbase", "bookworm", str(root), "http://deb.debian.org/debian")
-        shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
-        run("tar", "--numeric-owner", "-C", str(root), "-cf", f"{tar}.tmp", ".")
-        os.rename(f"{tar}.tmp", tar)
-        shutil.rmtree(root)
-    return tar
+    return Path(given) if given else debootstrap_tar()
 
 
 @pytest.fixture(scope="module")

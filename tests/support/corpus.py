@@ -44,6 +44,21 @@ def busybox_rootfs(dest: Path) -> Path:
     return dest
 
 
+def debootstrap(root: Path, tries: int = 2) -> None:
+    """Debian's minbase into *root*; a mirror's bad moment is tried again, and a failure
+    shows debootstrap's own log (its output stops at the step that failed, without the why)."""
+    for attempt in range(1, tries + 1):
+        try:
+            run("debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR, timeout=1800)
+            return
+        except RuntimeError as e:
+            log = root / "debootstrap" / "debootstrap.log"
+            why = log.read_text(errors="replace")[-3000:] if log.exists() else "(no debootstrap.log)"
+            shutil.rmtree(root, ignore_errors=True)
+            if attempt == tries:
+                raise RuntimeError(f"{e}\ndebootstrap.log:\n{why}") from None
+
+
 def debootstrap_tar() -> Path:
     """Debian's minbase tree as a tar, built once per machine and cached."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -54,7 +69,7 @@ def debootstrap_tar() -> Path:
             return out
         with tempfile.TemporaryDirectory(prefix="lazypull-debootstrap-") as tmp:
             root = Path(tmp) / "root"
-            run("debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR, timeout=1800)
+            debootstrap(root)
             shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
             (root / "var/cache/apt/archives/partial").mkdir(parents=True)
             part = out.with_suffix(".tmp")
