@@ -12,12 +12,38 @@ from tests.support.registry import Registry, start_registry
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The stock-Debian checks run beside the others from the start (pytest_collection_finish);
+    # their tests, which wait for them, come last.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/e2e/test_stock_debian.py"))
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="e2e tests need root (CI runs as root)")
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The stock-Debian checks, when selected, start now and run beside the other tests."""
+    if session.config.option.collectonly:
+        return
+    wanted = [
+        item
+        for item in session.items
+        if item.nodeid.startswith("tests/e2e/test_stock_debian.py") and not item.get_closest_marker("skip")
+    ]
+    if wanted:
+        from tests.e2e.test_stock_debian import checks
+        from tests.support import early
+
+        names = {item.name for item in wanted}
+        early.start({name: check for name, check in checks().items() if name in names})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.support import early
+
+    early.stop_all()
 
 
 def _clear_keyring(name: str) -> None:

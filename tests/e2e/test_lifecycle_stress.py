@@ -107,6 +107,7 @@ def test_with_the_layer_server_killed_and_the_daemon_restarted_no_container_sees
     # The node recovers: every image pulls and runs with its whole tree.
     node.daemon.stop(signal.SIGTERM)
     node.daemon.start()
+    node.cd.wait_for_snapshotter()
     calm = Stress(node.cd, node.daemon, s.images, seed=1, faults=False, outdir=tmp_path / "seen")
     for im in calm.images:
         if not im.present:

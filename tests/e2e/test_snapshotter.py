@@ -299,11 +299,7 @@ def test_daemon_kill9_keeps_containers_serving(node: Node, world: World) -> None
     node.cd.ctr("tasks", "delete", "long1", check=False)
     node.cd.ctr("containers", "delete", "long1", check=False)
     # new pulls work after the restart (once containerd's gRPC client has reconnected)
-    wait_for(
-        lambda: node.cd.ctr("snapshots", "--snapshotter", "lazypull", "ls", check=False).returncode == 0,
-        30,
-        "containerd to reconnect to the restarted daemon",
-    )
+    node.cd.wait_for_snapshotter()
     node.cd.ctr("images", "pull", "--plain-http", "--snapshotter", "lazypull", world.plain)
     assert (
         md5(BIG)

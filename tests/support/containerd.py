@@ -40,6 +40,15 @@ class Containerd:
             )
         return res
 
+    def wait_for_snapshotter(self, name: str = "lazypull", timeout: float = 30) -> None:
+        """Until containerd talks to a (re)started proxy snapshotter again: its gRPC client
+        redials with a growing backoff, and calls before that fail as `unavailable`."""
+        wait_for(
+            lambda: self.ctr("snapshots", "--snapshotter", name, "ls", check=False, timeout=20).returncode == 0,
+            timeout,
+            f"containerd to reach the {name} snapshotter",
+        )
+
     def stop(self) -> None:
         # Kill leftover tasks' shims first so no runc process outlives the test.
         try:
