@@ -84,10 +84,7 @@ def test_cp_file_and_tree(layout: str, tmp_path: Path) -> None:
 
 @pytest.fixture
 def auth_registry(tmp_path: Path) -> Iterator[Registry]:
-    pw = tmp_path / "htpasswd"
-    res = subprocess.run(["htpasswd", "-Bbn", "bob", "pa55-word"], capture_output=True, text=True, check=True)
-    pw.write_text(res.stdout)
-    reg = start_registry(tmp_path / "reg", htpasswd=pw)
+    reg = start_registry(tmp_path / "reg", users={"bob": "pa55-word"})
     try:
         yield reg
     finally:

@@ -57,16 +57,10 @@ class World:
     src: Path  # the app image as an OCI layout
 
 
-def _htpasswd(path: Path) -> None:
-    out = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True)
-    path.write_text(out.stdout)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("cri-world")
-    _htpasswd(root / "htpasswd")
-    private = start_registry(root / "private", htpasswd=root / "htpasswd")
+    private = start_registry(root / "private", users={USER: PASSWORD})
     public = start_registry(root / "public")
     proxy = start_proxy(private.url)
     try:

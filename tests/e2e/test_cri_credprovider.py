@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from tests.e2e.test_cri import world as world
 from tests.support.credplugin import Plugin, auth_answer, provider_config
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.net import wait_for
-from tests.support.registry import start_registry
+from tests.support.registry import start_registry, write_htpasswd
 
 pytestmark = pytest.mark.e2e
 
@@ -31,17 +30,8 @@ USERS = {"robot-1": "plugin-s3cret-1-Xq", "robot-2": "plugin-s3cret-2-Vw", "cont
 NEW = os.urandom(1 << 20)  # in the second image only: mounted after the rotation
 
 
-def _htpasswd(path: Path, users: dict[str, str]) -> None:
-    lines = [
-        subprocess.run(["htpasswd", "-Bbn", u, p], capture_output=True, text=True, check=True).stdout.strip()
-        for u, p in users.items()
-    ]
-    path.write_text("\n".join(lines) + "\n")
-
-
 def test_lazy_mounts_with_plugin_credentials_and_rotation(tmp_path: Path, world: World) -> None:
-    _htpasswd(tmp_path / "htpasswd", USERS)
-    reg = start_registry(tmp_path / "reg", htpasswd=tmp_path / "htpasswd")
+    reg = start_registry(tmp_path / "reg", users=USERS)
     plugin = Plugin(tmp_path / "plugins", tmp_path / "plugin-state", "ecr-like-credential-provider")
     try:
         up = ["--plain-http", "--user", f"containerd:{USERS['containerd']}"]
@@ -91,7 +81,7 @@ def test_lazy_mounts_with_plugin_credentials_and_rotation(tmp_path: Path, world:
                 )
                 wait_for(lambda: node.daemon.log().count("reads with rotated credentials") >= 2, 30, "renewal")
                 assert plugin.runs >= 2  # run again once its first answer expired
-                _htpasswd(tmp_path / "htpasswd", {u: p for u, p in USERS.items() if u != "robot-1"})
+                write_htpasswd(reg.root / "htpasswd", {u: p for u, p in USERS.items() if u != "robot-1"})
                 # The layers mounted before the rotation read a file never read before.
                 t2 = kubelet.run(
                     t1.image_ref,

@@ -231,10 +231,7 @@ def test_interrupt_during_start_up_is_one_line_and_leaves_nothing_mounted(world:
 
 
 def test_password_from_stdin_or_environment_not_argv(world: World, tmp_path: Path) -> None:
-    pw = tmp_path / "htpasswd"
-    hashed = subprocess.run(["htpasswd", "-Bbn", "alice", "s3cret-pw"], capture_output=True, text=True, check=True)
-    pw.write_text(hashed.stdout)
-    reg = start_registry(tmp_path / "authreg", htpasswd=pw)
+    reg = start_registry(tmp_path / "authreg", users={"alice": "s3cret-pw"})
     try:
         ref = f"{reg.host}/auth/img:esgz"
         env = {**os.environ, "LAZYPULL_PASSWORD": "s3cret-pw"}

@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 import stat
-import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -275,10 +274,7 @@ def test_registry_image_and_options(registry: Registry, tmp_path: Path) -> None:
 
 @pytest.fixture
 def htpasswd_registry(tmp_path: Path) -> Iterator[Registry]:
-    pw = tmp_path / "htpasswd"
-    out = subprocess.run(["htpasswd", "-Bbn", "alice", "s3cret-pw"], capture_output=True, text=True, check=True)
-    pw.write_text(out.stdout)
-    reg = start_registry(tmp_path / "reg", htpasswd=pw)
+    reg = start_registry(tmp_path / "reg", users={"alice": "s3cret-pw"})
     try:
         yield reg
     finally:

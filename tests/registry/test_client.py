@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,10 +153,7 @@ def test_tls_with_custom_ca(tls_registry: tuple[Registry, Path], tmp_path: Path)
 
 @pytest.fixture
 def htpasswd_registry(tmp_path: Path) -> Iterator[Registry]:
-    pw = tmp_path / "htpasswd"
-    out = subprocess.run(["htpasswd", "-Bbn", "alice", "s3cret-pw"], capture_output=True, text=True, check=True)
-    pw.write_text(out.stdout)
-    reg = start_registry(tmp_path / "reg", htpasswd=pw)
+    reg = start_registry(tmp_path / "reg", users={"alice": "s3cret-pw"})
     try:
         yield reg
     finally:

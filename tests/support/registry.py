@@ -62,21 +62,36 @@ def _yaml(obj: Any, indent: int = 0) -> str:
     return json.dumps(obj, indent=2)
 
 
+def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
+    """A bcrypt htpasswd file for *users* (user: password); the registry rereads it when it
+    changes, so writing it again with fewer users revokes the others."""
+    lines = [
+        subprocess.run(["htpasswd", "-Bbn", u, p], capture_output=True, text=True, check=True).stdout.strip()
+        for u, p in users.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def start_registry(
     root: Path,
     *,
     tls: tuple[Path, Path] | None = None,
     htpasswd: Path | None = None,
+    users: dict[str, str] | None = None,
     token: dict[str, Any] | None = None,
     storage: Path | None = None,
     port: int | None = None,
 ) -> Registry:
     """Start a registry rooted at *root*.
 
-    tls: (cert, key) PEM paths. htpasswd: bcrypt htpasswd file. token: the registry's
-    ``auth.token`` mapping (realm, service, issuer, rootcertbundle).
+    tls: (cert, key) PEM paths. htpasswd: bcrypt htpasswd file, or users: user -> password
+    written to one under *root*. token: the registry's ``auth.token`` mapping (realm, service,
+    issuer, rootcertbundle).
     """
     root.mkdir(parents=True, exist_ok=True)
+    if users:
+        htpasswd = write_htpasswd(root / "htpasswd", users)
     storage = storage or root / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
