@@ -21,7 +21,7 @@ from lazypull.format import build_estargz
 from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
-from lazypull.service.fsd import LayerServer, serve_control
+from lazypull.service.layerserver import LayerServer, serve_control
 from tests.support.images import Entry, make_tar
 
 
@@ -288,8 +288,8 @@ from pathlib import Path
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.fs.spec import LayerSpec, open_layer_fs
-from lazypull.service import fsd
-fsd.preload()
+from lazypull.service import layerserver
+layerserver.preload()
 before = set(sys.modules)
 spec = LayerSpec(layer={desc!r}, cache_dir={str(tmp_path / "c")!r}, ref="127.0.0.1:9/x/y:z",
                  registry={{"plain_http": True}}, max_retries=0, fetch_timeout_sec=2)
@@ -408,7 +408,7 @@ def test_long_lived_processes_load_no_numpy() -> None:
     """numpy (present for the fsspec API and the tests) costs 15 MB per process: the daemon
     and the layer server never need it (flatbuffers would load it, were it imported)."""
     probe = (
-        "import sys; import lazypull.service.main; from lazypull.service import fsd; fsd.preload(); "
+        "import sys; import lazypull.service.main; from lazypull.service import layerserver; layerserver.preload(); "
         "print(sorted(m for m in ('numpy', 'flatbuffers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
@@ -433,3 +433,26 @@ def test_renew_hands_a_serving_layer_a_rotated_credential_and_never_mounts(
     assert not os.path.exists(tmp_path / "elsewhere") and len(client.list()) == 1
     assert not client.renew(s | {"registry": {"plain_http": True}}, tmp_path / "m")  # no credential: nothing to hand
     assert not any(b"s3cret" in f.read_bytes() for f in (tmp_path / "fsd").rglob("*") if f.is_file())
+
+
+def test_the_reload_command_imports_only_the_client(tmp_path: Path) -> None:
+    """``lazypull-fsd --reload`` (the unit's ExecReload) runs while containers read: it only
+    starts the successor and waits, so it imports the client and nothing of the server (the
+    server's imports cost the machine's CPU ~5 times more; docs/operations.md)."""
+    probe = (
+        "import sys; from lazypull.service import fsd; "
+        "fsd.reload = lambda address: print(sorted(m for m in sys.modules if m.startswith('lazypull'))) or 0; "
+        f"sys.exit(fsd.main(['--root', {str(tmp_path)!r}, '--reload']))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == str(
+        [
+            "lazypull",
+            "lazypull.errors",
+            "lazypull.fs",
+            "lazypull.fs.fsdclient",
+            "lazypull.fs.fsdwire",
+            "lazypull.service",
+            "lazypull.service.fsd",
+        ]
+    ), out.stdout + out.stderr
