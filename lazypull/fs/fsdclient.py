@@ -194,6 +194,7 @@ def reload(address: Path, timeout: float = HANDOVER_SEC + 30) -> int:
     old_pid = int(old["pid"])
     t0 = time.monotonic()
     proc = subprocess.Popen(successor_command(), stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    log.info("reload: pid %d takes the layers over from pid %d", proc.pid, old_pid)
     # Woken by the old server's exit (its pidfd), not by asking the servers every few ms.
     waiter = select.poll()
     try:

@@ -21,7 +21,7 @@ from lazypull.format import build_estargz
 from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
-from lazypull.service.layerserver import LayerServer, serve_control
+from lazypull.service.layerserver import LayerServer, serve_control, take_over
 from tests.support.images import Entry, make_tar
 
 
@@ -277,6 +277,58 @@ def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
         if os.path.ismount(mp):
             subprocess.run(["umount", "-l", str(mp)], check=False)
         notify.close()
+
+
+def test_a_successor_opens_the_layers_while_the_old_server_serves_and_takes_the_handed_table(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A successor opens every layer (cache, index) before asking for the handover, while the old
+    server still serves and takes changes; at the handover it keeps what it opened for the same
+    mount and spec, and follows what changed meanwhile: a layer mounted since (its saved row is
+    read then), one unmounted since (dropped), one whose credential was rotated (opened again)."""
+    old, client = server
+    layers = {n: make_layer(tmp_path, n, {f"{n}.txt": n.encode() * 100}) for n in "abcd"}
+
+    def mount(n: str) -> None:
+        _, fd = client.mount(spec(tmp_path, *layers[n]), tmp_path / n, timeout=30)
+        os.close(fd)
+
+    for n in "abc":
+        mount(n)
+    new = LayerServer(tmp_path / "fsd", memory_bytes=1 << 20)
+    new.load_saved()
+    ahead: dict[str, object] = {}
+    prepare = new.prepare
+
+    def prepare_then_change(specs: dict[str, tuple[str, LayerSpec]]) -> None:
+        prepare(specs)
+        ahead.update({mp: ly.fs for mp, ly in new.layers.items() if ly.fs is not None})
+        mount("d")
+        client.unmount(tmp_path / "b")
+        rotated = spec(tmp_path, *layers["c"])
+        rotated["registry"] = {"credential": {"username": "robot", "secret": "rotated"}}
+        assert client.renew(rotated, tmp_path / "c")
+
+    monkeypatch.setattr(new, "prepare", prepare_then_change)
+    got = take_over(new, socket_path(tmp_path / "fsd"))
+    assert got is not None
+    got[0].close()
+    try:
+        path = {n: str(tmp_path / n) for n in "abcd"}
+        assert sorted(ahead) == [path[n] for n in "abc"]  # opened before the handover
+        assert sorted(new.layers) == [path[n] for n in "acd"]
+        assert [ly.state for ly in new.layers.values()] == ["serving"] * 3
+        assert new.layers[path["a"]].fs is ahead[path["a"]]  # served as opened ahead
+        assert new.layers[path["c"]].fs is not ahead[path["c"]]  # opened again, with its new credential
+        assert new.layers[path["c"]].spec.registry["credential"]["secret"] == "rotated"
+        old.drain()  # the old server stops reading: the successor alone answers
+        for n in "acd":
+            assert (tmp_path / n / f"{n}.txt").read_bytes() == n.encode() * 100
+    finally:
+        for ly in new.layers.values():
+            if ly.session is not None:
+                new.loop.remove(ly.session)
+                ly.session.close()
 
 
 def test_a_fresh_servers_first_mount_imports_nothing(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 from lazypull.fs.fsdclient import FsdClient, socket_path
 from tests.service.test_fsd import make_layer, spec
 from tests.support.readers import Reads, collect
-from tests.support.systemd import Systemd, private_systemd
+from tests.support.systemd import Systemd, private_systemd, shipped_unit
 
 pytestmark = pytest.mark.e2e
 
@@ -64,21 +64,17 @@ def install_binaries(bin_dir: Path, pythonpath: Path, build: str) -> None:
 
 def unit(name: str, bin_dir: Path, root: Path, log: Path, config: Path) -> str:
     """A unit of deploy/ with the test's binaries, root and log: nothing else changed."""
-    text = (REPO / "deploy" / name).read_text()
-    for installed in (BIN_FSD, BIN_DAEMON):
-        text = text.replace(installed, str(bin_dir / Path(installed).name))
-    text = text.replace("/var/lib/containerd-lazypull-grpc", str(root))
-    text = text.replace("/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock", str(root / "daemon.sock"))
-    text = text.replace("/etc/containerd-lazypull-grpc/config.toml", str(config))
-    if name == DAEMON:
-        assert f"--root={root}" not in text
-        text = text.replace("--config=", f"--root={root} --config=")
-    out = []
-    for line in text.splitlines():
-        out.append(line)
-        if line == "[Service]":
-            out += [f"StandardOutput=append:{log}", f"StandardError=append:{log}"]
-    return "\n".join(out) + "\n"
+    if name == FSD:
+        return shipped_unit(
+            name, {BIN_FSD: str(bin_dir / "lazypull-fsd"), "/var/lib/containerd-lazypull-grpc": str(root)}, log
+        )
+    replace = {
+        BIN_DAEMON: str(bin_dir / "containerd-lazypull-grpc"),
+        "/run/containerd-lazypull-grpc/containerd-lazypull-grpc.sock": str(root / "daemon.sock"),
+        "/etc/containerd-lazypull-grpc/config.toml": str(config),
+        "--config=": f"--root={root} --config=",
+    }
+    return shipped_unit(name, replace, log)
 
 
 @pytest.fixture
@@ -96,18 +92,20 @@ class Upgrade:
     """What happened to the reads while the units were upgraded."""
 
     reads: Reads
-    started: float  # time.time() of the first command
+    started: float  # time.time() of the first command (daemon-reload)
+    layer_server_started: float  # ... of the layer server's command (its reload, or restart)
     layer_server_done: float  # ... when the layer server's command returned
     done: float  # ... when the daemon's did
     pids: dict[str, tuple[str, str]]  # unit -> main pid before, after
     devs: tuple[list[str], list[str]]  # the mounts' devices before, after
 
     def summary(self) -> str:
-        r, t0, t1, t2 = self.reads, self.started, self.layer_server_done, self.done
+        r, t0, ts, t1, t2 = self.reads, self.started, self.layer_server_started, self.layer_server_done, self.done
         return (
             f"{len(r.rows)} reads by 5 processes, {len(r.failures)} failed; slowest: "
             f"{r.slowest(end=t0) * 1000:.0f} ms before the upgrade, "
-            f"{r.slowest(t0, t1) * 1000:.0f} ms during the layer server's ({t1 - t0:.2f} s), "
+            f"{r.slowest(t0, ts) * 1000:.0f} ms during daemon-reload ({ts - t0:.2f} s), "
+            f"{r.slowest(ts, t1) * 1000:.0f} ms during the layer server's ({t1 - ts:.2f} s), "
             f"{r.slowest(t1, t2) * 1000:.0f} ms during the daemon's ({t2 - t1:.2f} s), "
             f"{r.slowest(t2) * 1000:.0f} ms after"
         )
@@ -163,8 +161,9 @@ def upgrade_while_reading(systemd: Systemd, tmp_path: Path, commands: tuple[list
         shutil.copytree(REPO / "lazypull", new_code / "lazypull", ignore=shutil.ignore_patterns("__pycache__"))
         install_binaries(bin_dir, new_code, "new")
         t0 = time.time()
-        for cmd in commands[:2]:
-            systemd.systemctl(*cmd)
+        systemd.systemctl(*commands[0])
+        ts = time.time()
+        systemd.systemctl(*commands[1])
         t1 = time.time()
         systemd.systemctl(*commands[2])
         t2 = time.time()
@@ -175,7 +174,7 @@ def upgrade_while_reading(systemd: Systemd, tmp_path: Path, commands: tuple[list
             p.wait(60)
     pids = {u: (before[u], systemd.show(u, "MainPID")) for u in (FSD, DAEMON)}
     after = [systemd.run("stat", "-c", "%d", str(m)).stdout for m in mounts]
-    return Upgrade(collect(outs), t0, t1, t2, pids, (devs, after))
+    return Upgrade(collect(outs), t0, ts, t1, t2, pids, (devs, after))
 
 
 def test_package_upgrade_fails_no_read(systemd: Systemd, tmp_path: Path) -> None:
@@ -200,3 +199,5 @@ def test_package_upgrade_fails_no_read(systemd: Systemd, tmp_path: Path) -> None
     client.shutdown(unmount_all=True)
     text = log.read_text()
     assert "took over 2 of 2 layers" in text and "Traceback" not in text + systemd.log.read_text()
+    assert "opened them in" in text  # before the handover, while the old server served
+    assert "answered every request read" in text  # the old server exited with nothing unanswered
