@@ -1,6 +1,6 @@
 """Reads during a package upgrade of both units under a real (private) systemd, by hand:
 
-    PYTHONPATH=$PWD .venv/bin/python -m bench.bench_upgrade [--way reload|restart] [--runs 5]
+    PYTHONPATH=$PWD .venv/bin/python -m bench.bench_upgrade [--way reload|restart] [--runs 5] [--cache-files N]
 
 ``reload`` is what scripts/install-node.sh does (``systemctl try-reload-or-restart``: the new
 layer server takes every FUSE session over from the old one); ``restart`` stops the old
@@ -10,9 +10,10 @@ two lazily mounted layers throughout (tests/service/test_upgrade_systemd.py).
 Printed per run: the failed reads; how long the layer server's command took (``systemctl
 reload`` or ``restart`` returning: the whole reload, the new binary's start included); the
 reads begun during it (p50, p99, max) beside those begun in as long a time just before the
-upgrade (the machine's own noise); the handover (reload: from the old server refusing
+upgrade (up to 1 s: the machine's own noise); the handover (reload: from the old server refusing
 changes to its exit; restart: from the old server's last read to the new one serving every
-layer) and the slowest read begun in it. Then the same over all runs, and the load average
+layer) and the slowest read begun in it. ``--cache-files N``: the node's cache holds N
+chunks of other layers beforehand (what a starting server scans). Then the same over all runs, and the load average
 (``/proc/loadavg``) before and after: the numbers mean little without it.
 """
 
@@ -77,15 +78,15 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def one(way: str) -> Run:
+def one(way: str, cache_files: int) -> Run:
     with tempfile.TemporaryDirectory(prefix="upg-") as d, private_systemd(Path(d)) as sd:
-        up = upgrade_while_reading(sd, Path(d), WAYS[way])
+        up = upgrade_while_reading(sd, Path(d), WAYS[way], cache_files)
         r, ts, t1 = up.reads, up.layer_server_started, up.layer_server_done
         h0, h1 = handover(Path(d) / "units.log", way, ts)
         return Run(
             command=t1 - ts,
             during=r.durations(ts, t1),
-            before=r.durations(up.started - 1.0 - (t1 - ts), up.started - 1.0),
+            before=r.durations(up.started - min(t1 - ts, 1.0), up.started),
             window=h1 - h0,
             in_window=r.slowest(h0 - 0.01, h1),
             failed=len(r.failures),
@@ -97,11 +98,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--way", choices=sorted(WAYS), default="reload")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--cache-files", type=int, default=0, help="chunks of other layers in the cache beforehand")
     args = p.parse_args()
-    print(f"{args.way}: load average {loadavg()} ({os.cpu_count()} cores)")
+    print(f"{args.way}, {args.cache_files} other chunks cached: load average {loadavg()} ({os.cpu_count()} cores)")
     runs = []
     for i in range(args.runs):
-        run = one(args.way)
+        run = one(args.way, args.cache_files)
         runs.append(run)
         print(
             f"{args.way} run {i + 1}: {run.reads} reads, {run.failed} failed; the layer server's command "

@@ -4,6 +4,7 @@ and the new daemon starts, with no read failing (docs/operations.md, *Restarts a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -111,11 +112,20 @@ class Upgrade:
         )
 
 
-def upgrade_while_reading(systemd: Systemd, tmp_path: Path, commands: tuple[list[str], ...] = UPGRADE) -> Upgrade:
+def upgrade_while_reading(
+    systemd: Systemd, tmp_path: Path, commands: tuple[list[str], ...] = UPGRADE, cache_files: int = 0
+) -> Upgrade:
     """Both units of deploy/ started, two layers mounted, five processes reading them; then the
-    package replaced and *commands* run (daemon-reload, the layer server's, the daemon's)."""
+    package replaced and *commands* run (daemon-reload, the layer server's, the daemon's).
+    *cache_files*: chunks of other layers in the cache beforehand (empty files), as on a node
+    that has run a while: what a starting server scans."""
     root, bin_dir, log = tmp_path / "lp", tmp_path / "bin", tmp_path / "units.log"
     root.mkdir()
+    for i in range(cache_files):
+        name = hashlib.sha256(b"other chunk %d" % i).hexdigest()
+        chunk = tmp_path / "cache" / name[:2] / name
+        chunk.parent.mkdir(parents=True, exist_ok=True)
+        chunk.touch()
     config = tmp_path / "config.toml"
     config.write_text("")
     install_binaries(bin_dir, REPO, "old")
