@@ -821,7 +821,7 @@ def take_over(server: LayerServer, address: Path) -> tuple[socket.socket, int] |
         except LazypullError as e:
             log.error("%s", e)
     log.info(
-        "took over %d of %d layers from the layer server pid %s: opened them in %.0f ms while it served, "
+        "took over %d of %d layers from the layer server pid %s: prepared in %.0f ms while it served, "
         "then serving them all %.0f ms after its handover began",
         taken,
         len(handed),

@@ -331,6 +331,36 @@ def test_a_successor_opens_the_layers_while_the_old_server_serves_and_takes_the_
                 ly.session.close()
 
 
+def test_a_drain_waits_for_the_requests_reader_threads_hold(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retiring (or stopping) server exits once it answered every request it read: one being
+    answered on a reader thread (metadata: here a slow STATFS) too, not only reads queued for
+    data threads; an exit before would abort it (the reader would get an error)."""
+    srv, client = server
+    blob, desc = make_layer(tmp_path, "d", {"d.txt": b"d"})
+    _, fd = client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=30)
+    os.close(fd)
+    fs = srv.layers[str(tmp_path / "m")].fs
+    assert fs is not None
+    statfs = fs.statfs
+
+    def slow_statfs() -> tuple[int, int]:
+        time.sleep(0.5)
+        return statfs()
+
+    monkeypatch.setattr(fs, "statfs", slow_statfs)
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(os.statvfs(tmp_path / "m")), daemon=True)
+    t.start()
+    time.sleep(0.2)  # read, and being answered on a reader thread
+    t0 = time.monotonic()
+    srv.drain()
+    assert time.monotonic() - t0 > 0.2  # it waited for that answer
+    t.join(5)
+    assert len(got) == 1
+
+
 def test_a_fresh_servers_first_mount_imports_nothing(tmp_path: Path) -> None:
     """The server imports the registry stack at its start: the first layer's Prepare does not wait for it."""
     _blob, desc = make_layer(tmp_path, "a", {"a.txt": b"a"})

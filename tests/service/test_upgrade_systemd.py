@@ -209,5 +209,5 @@ def test_package_upgrade_fails_no_read(systemd: Systemd, tmp_path: Path) -> None
     client.shutdown(unmount_all=True)
     text = log.read_text()
     assert "took over 2 of 2 layers" in text and "Traceback" not in text + systemd.log.read_text()
-    assert "opened them in" in text  # before the handover, while the old server served
+    assert "prepared in" in text  # the layers opened before the handover, while the old server served
     assert "answered every request read" in text  # the old server exited with nothing unanswered
