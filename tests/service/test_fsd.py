@@ -538,3 +538,16 @@ def test_the_reload_command_imports_only_the_client(tmp_path: Path) -> None:
             "lazypull.service.fsd",
         ]
     ), out.stdout + out.stderr
+
+
+def test_the_layer_server_imports_nothing_of_the_daemon() -> None:
+    """A successor (``--takeover``) starts while containers read: it imports the server and the
+    registry stack it serves from, never the daemon's gRPC, containerd or CRI code."""
+    probe = (
+        "import sys; from lazypull.service import layerserver; layerserver.preload(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google') "
+        "or m.startswith(('lazypull.snapshot', 'lazypull.service.main', 'lazypull.service.cri', "
+        "'lazypull.service.grpc_service', 'lazypull.service.proto'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
