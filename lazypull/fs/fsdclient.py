@@ -5,7 +5,9 @@ from __future__ import annotations
 import builtins
 import fcntl
 import hashlib
+import logging
 import os
+import select
 import shlex
 import socket
 import subprocess
@@ -18,7 +20,11 @@ from typing import Any
 from lazypull.errors import LazypullError
 from lazypull.fs.fsdwire import MAX_FDS, recv_msg, send_msg
 
+log = logging.getLogger("lazypull.fsd")
+
 START_TIMEOUT = 30.0
+DEFAULT_MEMORY = 64 << 20  # the layer server's memory tier, for all its layers
+HANDOVER_SEC = 60.0  # a successor that took no layers by then is given up on
 LAUNCHER_ENV = "LAZYPULL_FSD_LAUNCHER"
 _SUN_PATH_MAX = 107
 HOLDER_LOCK_FILE = "fdholder.lock"  # held by a running fd holder (lazypull.service.fdholder)
@@ -163,6 +169,64 @@ class FsdClient:
 
     def shutdown(self, unmount_all: bool = False) -> None:
         self.call("shutdown", unmount_all=unmount_all, timeout=60)
+
+
+def successor_command(flag: str = "--reload") -> list[str]:
+    """This process's own command line with *flag* replaced by ``--takeover``: run by the
+    reload command, that is the binary installed now, not the one the old server runs."""
+    argv = [a for a in sys.orig_argv[1:] if a not in (flag, "--takeover")]
+    return [sys.executable, *argv, "--takeover"]
+
+
+def reload(address: Path, timeout: float = HANDOVER_SEC + 30) -> int:
+    """``lazypull-fsd --reload`` (the unit's ExecReload, an upgrade): start this binary with
+    --takeover beside the running server and return once it serves every layer and the old
+    one has exited, so that ``systemctl reload`` (and ``try-reload-or-restart``) returns with
+    the upgrade done. Imports nothing of the server: this process only starts and waits.
+
+    The successor is in the unit's cgroup and tells systemd ``MAINPID=`` itself. Nonzero if
+    no server runs or the successor fails (the old server then keeps serving)."""
+    client = FsdClient(address)
+    old = client.alive()
+    if old is None:
+        log.error("no layer server answers at %s: nothing to reload", address)
+        return 1
+    old_pid = int(old["pid"])
+    t0 = time.monotonic()
+    proc = subprocess.Popen(successor_command(), stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    log.info("reload: pid %d takes the layers over from pid %d", proc.pid, old_pid)
+    # Woken by the old server's exit (its pidfd), not by asking the servers every few ms.
+    waiter = select.poll()
+    try:
+        pidfd = os.pidfd_open(old_pid)
+        waiter.register(pidfd, select.POLLIN)
+    except OSError:  # gone already, or no pidfds (Linux < 5.3): asked every 20 ms
+        pidfd = -1
+    try:
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            if pidfd >= 0:
+                waiter.poll(200)
+            else:
+                time.sleep(0.02)
+            if proc.poll() is not None:
+                log.error("the successor exited (status %s); pid %s still serves", proc.returncode, old_pid)
+                return 1
+            if is_server_process(old_pid):
+                continue
+            if pidfd >= 0:
+                waiter.unregister(pidfd)
+                os.close(pidfd)
+                pidfd = -1
+            st = client.alive()
+            if st is not None and st["pid"] == proc.pid:
+                log.info("layer server pid %s replaced by pid %s in %.2fs", old_pid, proc.pid, time.monotonic() - t0)
+                return 0
+        log.error("the successor (pid %d) did not take over within %.0fs", proc.pid, timeout)
+        return 1
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 _start_lock = threading.Lock()

@@ -21,7 +21,7 @@ from lazypull.format import build_estargz
 from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
-from lazypull.service.fsd import LayerServer, serve_control
+from lazypull.service.layerserver import LayerServer, serve_control, take_over
 from tests.support.images import Entry, make_tar
 
 
@@ -279,6 +279,88 @@ def test_restart_through_systemds_fd_store(tmp_path: Path) -> None:
         notify.close()
 
 
+def test_a_successor_opens_the_layers_while_the_old_server_serves_and_takes_the_handed_table(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A successor opens every layer (cache, index) before asking for the handover, while the old
+    server still serves and takes changes; at the handover it keeps what it opened for the same
+    mount and spec, and follows what changed meanwhile: a layer mounted since (its saved row is
+    read then), one unmounted since (dropped), one whose credential was rotated (opened again)."""
+    old, client = server
+    layers = {n: make_layer(tmp_path, n, {f"{n}.txt": n.encode() * 100}) for n in "abcd"}
+
+    def mount(n: str) -> None:
+        _, fd = client.mount(spec(tmp_path, *layers[n]), tmp_path / n, timeout=30)
+        os.close(fd)
+
+    for n in "abc":
+        mount(n)
+    new = LayerServer(tmp_path / "fsd", memory_bytes=1 << 20)
+    new.load_saved()
+    ahead: dict[str, object] = {}
+    prepare = new.prepare
+
+    def prepare_then_change(specs: dict[str, tuple[str, LayerSpec]]) -> None:
+        prepare(specs)
+        ahead.update({mp: ly.fs for mp, ly in new.layers.items() if ly.fs is not None})
+        mount("d")
+        client.unmount(tmp_path / "b")
+        rotated = spec(tmp_path, *layers["c"])
+        rotated["registry"] = {"credential": {"username": "robot", "secret": "rotated"}}
+        assert client.renew(rotated, tmp_path / "c")
+
+    monkeypatch.setattr(new, "prepare", prepare_then_change)
+    got = take_over(new, socket_path(tmp_path / "fsd"))
+    assert got is not None
+    got[0].close()
+    try:
+        path = {n: str(tmp_path / n) for n in "abcd"}
+        assert sorted(ahead) == [path[n] for n in "abc"]  # opened before the handover
+        assert sorted(new.layers) == [path[n] for n in "acd"]
+        assert [ly.state for ly in new.layers.values()] == ["serving"] * 3
+        assert new.layers[path["a"]].fs is ahead[path["a"]]  # served as opened ahead
+        assert new.layers[path["c"]].fs is not ahead[path["c"]]  # opened again, with its new credential
+        assert new.layers[path["c"]].spec.registry["credential"]["secret"] == "rotated"
+        old.drain()  # the old server stops reading: the successor alone answers
+        for n in "acd":
+            assert (tmp_path / n / f"{n}.txt").read_bytes() == n.encode() * 100
+    finally:
+        for ly in new.layers.values():
+            if ly.session is not None:
+                new.loop.remove(ly.session)
+                ly.session.close()
+
+
+def test_a_drain_waits_for_the_requests_reader_threads_hold(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retiring (or stopping) server exits once it answered every request it read: one being
+    answered on a reader thread (metadata: here a slow STATFS) too, not only reads queued for
+    data threads; an exit before would abort it (the reader would get an error)."""
+    srv, client = server
+    blob, desc = make_layer(tmp_path, "d", {"d.txt": b"d"})
+    _, fd = client.mount(spec(tmp_path, blob, desc), tmp_path / "m", timeout=30)
+    os.close(fd)
+    fs = srv.layers[str(tmp_path / "m")].fs
+    assert fs is not None
+    statfs = fs.statfs
+
+    def slow_statfs() -> tuple[int, int]:
+        time.sleep(0.5)
+        return statfs()
+
+    monkeypatch.setattr(fs, "statfs", slow_statfs)
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(os.statvfs(tmp_path / "m")), daemon=True)
+    t.start()
+    time.sleep(0.2)  # read, and being answered on a reader thread
+    t0 = time.monotonic()
+    srv.drain()
+    assert time.monotonic() - t0 > 0.2  # it waited for that answer
+    t.join(5)
+    assert len(got) == 1
+
+
 def test_a_fresh_servers_first_mount_imports_nothing(tmp_path: Path) -> None:
     """The server imports the registry stack at its start: the first layer's Prepare does not wait for it."""
     _blob, desc = make_layer(tmp_path, "a", {"a.txt": b"a"})
@@ -288,8 +370,8 @@ from pathlib import Path
 from lazypull.cache.chunks import ChunkCache
 from lazypull.errors import LazypullError
 from lazypull.fs.spec import LayerSpec, open_layer_fs
-from lazypull.service import fsd
-fsd.preload()
+from lazypull.service import layerserver
+layerserver.preload()
 before = set(sys.modules)
 spec = LayerSpec(layer={desc!r}, cache_dir={str(tmp_path / "c")!r}, ref="127.0.0.1:9/x/y:z",
                  registry={{"plain_http": True}}, max_retries=0, fetch_timeout_sec=2)
@@ -408,7 +490,7 @@ def test_long_lived_processes_load_no_numpy() -> None:
     """numpy (present for the fsspec API and the tests) costs 15 MB per process: the daemon
     and the layer server never need it (flatbuffers would load it, were it imported)."""
     probe = (
-        "import sys; import lazypull.service.main; from lazypull.service import fsd; fsd.preload(); "
+        "import sys; import lazypull.service.main; from lazypull.service import layerserver; layerserver.preload(); "
         "print(sorted(m for m in ('numpy', 'flatbuffers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
@@ -433,3 +515,39 @@ def test_renew_hands_a_serving_layer_a_rotated_credential_and_never_mounts(
     assert not os.path.exists(tmp_path / "elsewhere") and len(client.list()) == 1
     assert not client.renew(s | {"registry": {"plain_http": True}}, tmp_path / "m")  # no credential: nothing to hand
     assert not any(b"s3cret" in f.read_bytes() for f in (tmp_path / "fsd").rglob("*") if f.is_file())
+
+
+def test_the_reload_command_imports_only_the_client(tmp_path: Path) -> None:
+    """``lazypull-fsd --reload`` (the unit's ExecReload) runs while containers read: it only
+    starts the successor and waits, so it imports the client and nothing of the server (the
+    server's imports cost the machine's CPU ~5 times more; docs/operations.md)."""
+    probe = (
+        "import sys; from lazypull.service import fsd; "
+        "fsd.reload = lambda address: print(sorted(m for m in sys.modules if m.startswith('lazypull'))) or 0; "
+        f"sys.exit(fsd.main(['--root', {str(tmp_path)!r}, '--reload']))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == str(
+        [
+            "lazypull",
+            "lazypull.errors",
+            "lazypull.fs",
+            "lazypull.fs.fsdclient",
+            "lazypull.fs.fsdwire",
+            "lazypull.service",
+            "lazypull.service.fsd",
+        ]
+    ), out.stdout + out.stderr
+
+
+def test_the_layer_server_imports_nothing_of_the_daemon() -> None:
+    """A successor (``--takeover``) starts while containers read: it imports the server and the
+    registry stack it serves from, never the daemon's gRPC, containerd or CRI code."""
+    probe = (
+        "import sys; from lazypull.service import layerserver; layerserver.preload(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google') "
+        "or m.startswith(('lazypull.snapshot', 'lazypull.service.main', 'lazypull.service.cri', "
+        "'lazypull.service.grpc_service', 'lazypull.service.proto'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

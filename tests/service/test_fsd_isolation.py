@@ -17,7 +17,7 @@ import pytest
 from lazypull.fs import spec as spec_mod
 from lazypull.fs.fsdclient import FsdClient, socket_path
 from lazypull.fs.indexmemory import IndexMemory, estimate
-from lazypull.service.fsd import LayerServer
+from lazypull.service.layerserver import LayerServer
 from lazypull.snapshot.snapshotter import RemoteSettings, Snapshotter
 from tests.service.test_fsd import Slow, make_layer, server, spec
 from tests.support.hostile import CraftedLayer, wide_layer, write_blob
@@ -356,9 +356,7 @@ def test_a_bad_toc_built_apart_fails_its_mount_with_the_reason(
     assert client.list() == [] and client.stats()["index_memory"]["in_use"] == 0
 
 
-def test_nothing_keeps_an_unmounted_layers_index_alive(
-    server: tuple[LayerServer, FsdClient], tmp_path: Path
-) -> None:
+def test_nothing_keeps_an_unmounted_layers_index_alive(server: tuple[LayerServer, FsdClient], tmp_path: Path) -> None:
     """Neither finished builds nor idle reader and worker threads hold a layer (its parsed or
     compact index) once it is unmounted: its memory goes."""
     import gc

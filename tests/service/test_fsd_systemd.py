@@ -14,7 +14,7 @@ import pytest
 
 from lazypull.fs.fsdclient import FsdClient, socket_path
 from tests.service.test_fsd import make_layer, spec
-from tests.support.systemd import Systemd, private_systemd
+from tests.support.systemd import Systemd, private_systemd, shipped_unit
 
 pytestmark = pytest.mark.e2e
 
@@ -24,20 +24,16 @@ UNIT = "lazypull-fsd.service"
 
 def _unit(root: Path, address: Path, log: Path) -> str:
     """deploy/lazypull-fsd.service with this checkout's interpreter, a test root and log."""
-    text = (REPO / "deploy" / UNIT).read_text()
-    lines = []
-    for line in text.splitlines():
-        if line.startswith(("ExecStart=", "ExecReload=")):
-            key, _, cmd = line.partition("=")
-            flags = " --reload" if cmd.endswith(" --reload") else ""
-            line = f"{key}={sys.executable} -m lazypull.service.fsd --root {root} --address {address} --log-level=info"
-            line += flags
-        elif line.startswith("Environment="):
-            line += f" PYTHONPATH={REPO}"
-        lines.append(line)
-        if line == "[Service]":
-            lines += [f"StandardOutput=append:{log}", f"StandardError=append:{log}"]
-    return "\n".join(lines) + "\n"
+    return shipped_unit(
+        UNIT,
+        {
+            "/usr/local/bin/lazypull-fsd": f"{sys.executable} -m lazypull.service.fsd",
+            "/var/lib/containerd-lazypull-grpc/fsd.sock": str(address),
+            "/var/lib/containerd-lazypull-grpc/fsd": str(root),
+            "Environment=HOME=/root": f"Environment=HOME=/root PYTHONPATH={REPO}",
+        },
+        log,
+    )
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ class _Resolver:
 
 
 def _row(digest: str, ref: str, *, fetched: int, first: tuple[float, float] | None, fetch_s: float = 0.02) -> dict:
-    """A layer server's stats row, as ``lazypull.service.fsd.Layer.stats`` makes it."""
+    """A layer server's stats row, as ``lazypull.service.layerserver.Layer.stats`` makes it."""
     buckets = [0] * (len(BUCKETS) + 1)
     buckets[next(i for i, b in enumerate(BUCKETS) if fetch_s <= b)] = 1
     return {

@@ -11,7 +11,7 @@ from pathlib import Path
 from lazypull.fs.fsdclient import FsdClient
 from lazypull.fs.fuse import protocol
 from lazypull.fs.fuse.server import FuseSession, unmount
-from lazypull.service.fsd import LayerServer
+from lazypull.service.layerserver import LayerServer
 from lazypull.snapshot.layers import RemoteLayers
 from lazypull.snapshot.lifecycle import State
 from tests.service.test_fsd import make_layer, server, spec

@@ -10,6 +10,7 @@ server) and ``statfs`` its layer (never cached by FUSE); append one JSON line pe
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -29,7 +30,18 @@ class Reads:
 
     def slowest(self, start: float = 0.0, end: float = float("inf")) -> float:
         """The longest read (seconds) of those begun between *start* and *end* (time.time())."""
-        return max((float(r["s"]) for r in self.rows if start <= float(r["t"]) < end), default=0.0)  # type: ignore[arg-type]
+        return max(self.durations(start, end), default=0.0)
+
+    def durations(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
+        """How long each read begun between *start* and *end* took (seconds), shortest first."""
+        return sorted(float(r["s"]) for r in self.rows if start <= float(r["t"]) < end)  # type: ignore[arg-type]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The *q*-th percentile (nearest rank) of *values*, sorted; 0 for none."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, max(0, math.ceil(len(values) * q / 100) - 1))]
 
 
 def read_once(path: str) -> None:

@@ -18,12 +18,13 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 SYSTEMD = "/lib/systemd/systemd"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # Units that act on the machine at boot; masked so that nothing pulls them in.
 MASKED = (
     "sysinit.target",
@@ -60,6 +61,22 @@ printf '[Unit]\\nDescription=lazypull test target\\nDefaultDependencies=no\\n' >
 mount -t proc proc /proc
 exec env container=lazypull-test {systemd} --system --unit=lazypull-test.target --log-target=console
 """
+
+
+def shipped_unit(name: str, replace: Mapping[str, str], log: Path) -> str:
+    """The unit *name* of deploy/ as a test runs it: each string of *replace* replaced, in
+    order (the installed paths by the test's), and its output appended to *log*; nothing
+    else changed. A string the unit no longer has fails the test: it would test another unit."""
+    text = (DEPLOY / name).read_text()
+    for old, new in replace.items():
+        assert old in text, f"deploy/{name} no longer has {old!r}"
+        text = text.replace(old, new)
+    out = []
+    for line in text.splitlines():
+        out.append(line)
+        if line == "[Service]":
+            out += [f"StandardOutput=append:{log}", f"StandardError=append:{log}"]
+    return "\n".join(out) + "\n"
 
 
 @dataclass

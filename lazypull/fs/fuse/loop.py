@@ -72,8 +72,11 @@ class ServeLoop:
         self._scan_at = 0.0  # when parked requests are next looked through for their deadline
         self._told: dict[str, float] = {}  # mountpoint -> when its reads' EIO was last logged
         self.on_dead = on_dead
+        # Per reader thread: between taking an event and handing its request on (what a
+        # drain waits for: a request read and not yet answered or queued is lost at exit).
+        self._busy = [False] * readers
         for i in range(readers):
-            threading.Thread(target=self._reader, name=f"fuse-{i}", daemon=True).start()
+            threading.Thread(target=self._reader, args=(i,), name=f"fuse-{i}", daemon=True).start()
 
     def add(self, s: FuseSession) -> None:
         with self._lock:
@@ -92,8 +95,9 @@ class ServeLoop:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def _reader(self) -> None:
+    def _reader(self, i: int) -> None:
         buf = bytearray(BUFSIZE)
+        busy = self._busy
         while True:
             try:
                 events = self._ep.poll(1.0, 1)
@@ -101,34 +105,42 @@ class ServeLoop:
                 continue
             if self._parked and time.monotonic() >= self._scan_at:
                 self._expire_parked()
-            for fd, _ev in events:
-                s = self._sessions.get(fd)
-                if s is None:
+            if not events:
+                continue
+            busy[i] = True  # before the session is looked up: a drain after remove() waits for us
+            try:
+                self._serve_events(events, buf)
+            finally:
+                busy[i] = False
+
+    def _serve_events(self, events: list[tuple[int, int]], buf: bytearray) -> None:
+        """Read and answer (or hand on) the requests *events* announce. Its own frame: a thread
+        waiting in poll() keeps no session (and no layer's index) alive after an unmount."""
+        for fd, _ev in events:
+            s = self._sessions.get(fd)
+            if s is None:
+                continue
+            try:
+                n = os.readv(fd, [buf])
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EINTR, errno.ENOENT):
+                    self._rearm(fd)  # ENOENT: interrupted before we read it
                     continue
-                try:
-                    n = os.readv(fd, [buf])
-                except OSError as e:
-                    if e.errno in (errno.EAGAIN, errno.EINTR, errno.ENOENT):
-                        self._rearm(fd)  # ENOENT: interrupted before we read it
-                        continue
-                    self._died(s, e)  # ENODEV: unmounted or aborted
-                    continue
-                if n == 0:
-                    self._died(s, None)
-                    continue
-                self._rearm(fd)
-                request_seen()
-                req = memoryview(buf)[:n]
-                opcode = p.IN_HEADER.unpack_from(req)[1]
-                if opcode in _NEEDS_INDEX and not getattr(s.fs, "ready", True) and self._park(s, fd, bytes(req)):
-                    continue
-                if opcode in DATA_OPS:
-                    self.submit_data(s, fd, bytes(req))
-                else:
-                    s.dispatch(fd, req)
-            # A thread waiting in poll() must not keep the last session (and its layer's
-            # index) alive after an unmount.
-            s = req = None  # type: ignore[assignment]
+                self._died(s, e)  # ENODEV: unmounted or aborted
+                continue
+            if n == 0:
+                self._died(s, None)
+                continue
+            self._rearm(fd)
+            request_seen()
+            req = memoryview(buf)[:n]
+            opcode = p.IN_HEADER.unpack_from(req)[1]
+            if opcode in _NEEDS_INDEX and not getattr(s.fs, "ready", True) and self._park(s, fd, bytes(req)):
+                continue
+            if opcode in DATA_OPS:
+                self.submit_data(s, fd, bytes(req))
+            else:
+                s.dispatch(fd, req)
 
     def submit_data(self, s: FuseSession, fd: int, req: bytes) -> None:
         """Queue a request that may wait for a registry, in its layer's and host's shares."""
@@ -212,9 +224,16 @@ class ServeLoop:
         if self.on_dead is not None:
             self.on_dead(s)
 
-    def drain(self) -> None:
-        """Wait for the reads being served to be answered (call after removing every session)."""
-        self._data.drain()
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Wait for every request read to be answered (call after removing every session): those
+        a reader thread holds, those queued or running on a data thread, and those parked for
+        an index build. False if some were still unanswered after *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        while any(self._busy) or self._parked:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return self._data.drain(max(0.0, deadline - time.monotonic()))
 
 
 def _eio(s: FuseSession, fd: int, req: bytes) -> None:
