@@ -375,7 +375,7 @@ def _soci_layers(store: ImageStore, subject: Descriptor, manifest: Manifest) -> 
     if not isinstance(store, RegistryStore):
         return list(manifest.layers)
 
-    return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest))
+    return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest, manifest.annotations))
 
 
 def _resolve_manifest(store: ImageStore, platform: Platform | None) -> tuple[Descriptor, Manifest]:
