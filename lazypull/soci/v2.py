@@ -27,7 +27,10 @@ and soci-snapshotter v0.10+ reads only v2 by default (v1 behind its
   fetched by digest.
 
 Reading needs only the annotation: the image manifest, verified by the digest the runtime
-chose, names the index by digest (:mod:`lazypull.soci.find`).
+chose, names the index by digest (:mod:`lazypull.soci.find`). soci-snapshotter's
+``fs/fs.go`` looks, in order, for an index digest the user gave, the manifest's
+annotation (v2) and the referrers (v1); lazypull has no first step, and when the v2 index
+cannot be used it tries v1 before pulling in full.
 """
 
 from __future__ import annotations

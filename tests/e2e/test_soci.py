@@ -279,6 +279,17 @@ def test_containerd_pulls_a_converted_v2_image_lazily(world: World, tmp_path: Pa
     assert mt.ANNOTATION_SOCI_INDEX_DIGEST in dst_manifest.annotations
     assert image_manifest_and_indexes(dst)[1] == []
     lazy_ref = f"{world.proxy.host}/soci/v2:soci"
+    mnt, state = tmp_path / "mnt", tmp_path / "state"
+    args = ["mount", "--daemon", "--plain-http", "--no-background-fetch", "--no-prefetch"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--state-dir", str(state), lazy_ref, str(mnt)]
+    world.proxy.reset_counters()
+    assert main(args) == 0
+    try:
+        assert (mnt / "data/hello.txt").read_bytes() == b"hello from a SOCI layer\n"
+        small_layers = src_layers[0].size + src_layers[2].size
+        assert world.proxy.blob_bytes() < small_layers + SPAN * 1.2 + 400_000  # not the 8 MB layer
+    finally:
+        assert main(["umount", "--state-dir", str(state), str(mnt)]) == 0
     cfg = f'plain_http_hosts = ["{world.proxy.host}", "{world.registry.host}"]\nno_background_fetch = true\n'
     daemon = start_daemon(tmp_path / "daemon", cfg)
     try:

@@ -190,3 +190,9 @@ def test_convert_writes_the_documented_layout(
     assert main(["soci", "list", "--plain-http", dst]) == 0
     assert capsys.readouterr().out == ""  # no v1 referrer: the index travels inside the image
     read_lazily(dst, tmp_path / "cache")
+    again = f"{reg.host}/v2/converted:again"  # converting a SOCI-enabled image replaces its index
+    assert main(["soci", "convert", "--plain-http", "--min-layer-size", "0", dst, again]) == 0
+    image2, soci2 = json.loads(store(again).fetch(store(again).resolve()))["manifests"]
+    assert soci2["artifactType"] == SOCI_V2 and soci2["digest"] != soci["digest"]
+    assert image2["annotations"] == {"com.amazon.soci.index-digest": soci2["digest"]}
+    assert json.loads(store(again).fetch(Descriptor.from_json(image2)))["layers"] == original["layers"]
