@@ -1,4 +1,8 @@
-"""``lazypull soci create / list / rm``: SOCI indexes for images that stay unconverted."""
+"""``lazypull soci create / list / rm / convert``: SOCI indexes for unconverted gzip layers.
+
+``create`` writes a v1 index beside the image (a referrer: the image keeps its digest);
+``convert`` writes a v2 "SOCI-enabled" image (the index packaged with it, what
+soci-snapshotter v0.10+ reads by default)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from lazypull.oci.types import Platform
 from lazypull.registry.options import add_registry_args, options_from_args
 from lazypull.registry.repository import RegistryStore
 from lazypull.soci.create import DEFAULT_MIN_LAYER_SIZE, LayerResult, create_index, list_indexes, remove_indexes
+from lazypull.soci.v2 import convert_image
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,6 +33,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls = s.add_parser("list", help="the SOCI indexes of an image")
     _common(ls)
     ls.set_defaults(func=run_list)
+
+    cv = s.add_parser(
+        "convert", help="write SRC as a SOCI-enabled image DST (SOCI index manifest v2; layers unchanged)"
+    )
+    cv.add_argument("--span-size", type=int, default=DEFAULT_SPAN_SIZE, help="uncompressed bytes between checkpoints")
+    cv.add_argument(
+        "--min-layer-size", type=int, default=DEFAULT_MIN_LAYER_SIZE, help="smaller layers get no zTOC (fetched whole)"
+    )
+    cv.add_argument("--platform", help="os/arch[/variant] to index (default: this machine's)")
+    add_registry_args(cv)
+    cv.add_argument("src", help="the image, a registry reference")
+    cv.add_argument("dst", help="where to push the SOCI-enabled image (a registry reference)")
+    cv.set_defaults(func=run_convert)
 
     rm = s.add_parser("rm", help="delete an image's SOCI indexes (all, or --digest)")
     rm.add_argument("--digest", help="the SOCI index to delete (default: every one of the image)")
@@ -68,6 +86,25 @@ def run_create(args: argparse.Namespace) -> int:
     how = "referrers API" if res.pushed_via == "api" else "referrers tag schema"
     print(res.index.digest)
     print(f"SOCI index of {res.image.digest} pushed ({how}); the image is unchanged", file=sys.stderr)
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    if args.src.startswith("oci:") or args.dst.startswith("oci:"):
+        raise LazypullError("soci convert reads and writes registries; give registry references")
+    opts = options_from_args(args)
+    src = RegistryStore.open(args.src, opts)
+    dst = RegistryStore.open(args.dst, opts, for_push=True)
+    platform = Platform.parse(args.platform) if args.platform else None
+    res = convert_image(
+        src, dst, span_size=args.span_size, min_layer_size=args.min_layer_size, platform=platform, progress=_report
+    )
+    print(res.root.digest)
+    print(
+        f"SOCI-enabled image pushed: image {res.image.digest} (was {res.source.digest}, same layers), "
+        f"SOCI index {res.index.digest}",
+        file=sys.stderr,
+    )
     return 0
 
 

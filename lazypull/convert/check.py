@@ -162,7 +162,7 @@ def check_image(
     for d in image_manifests(store, store.resolve(), platform, all_platforms):
         m = Manifest.parse(store.fetch(d), d.media_type)
         unindexed = any(mt.ANNOTATION_TOC_DIGEST not in x.annotations for x in m.layers)
-        ztocs = _soci_layers(store, d.digest) if unindexed else set()
+        ztocs = _soci_layers(store, d.digest, m.annotations) if unindexed else set()
         for layer in m.layers:
             if layer.digest not in seen:
                 seen.add(layer.digest)
@@ -170,7 +170,7 @@ def check_image(
     return reports
 
 
-def _soci_layers(store: ImageStore, manifest_digest: str) -> set[str]:
+def _soci_layers(store: ImageStore, manifest_digest: str, annotations: dict[str, str]) -> set[str]:
     """Layers a SOCI index in the registry gives a zTOC (mounted lazily unconverted)."""
     from lazypull.registry.repository import RegistryStore
 
@@ -178,4 +178,4 @@ def _soci_layers(store: ImageStore, manifest_digest: str) -> set[str]:
         return set()
     from lazypull.soci.find import soci_ztocs
 
-    return set(soci_ztocs(store.client, store.ref, manifest_digest))
+    return set(soci_ztocs(store.client, store.ref, manifest_digest, annotations))

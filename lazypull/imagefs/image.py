@@ -375,7 +375,7 @@ def _soci_layers(store: ImageStore, subject: Descriptor, manifest: Manifest) -> 
     if not isinstance(store, RegistryStore):
         return list(manifest.layers)
 
-    return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest))
+    return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest, manifest.annotations))
 
 
 def _resolve_manifest(store: ImageStore, platform: Platform | None) -> tuple[Descriptor, Manifest]:
@@ -407,7 +407,9 @@ def open_image(
     ``LAZYPULL_USER`` environment variable, as for the CLI), *docker_config*
     (credentials), *registry_config* (hosts and mirrors). *platform* (``os/arch[/variant]``)
     picks from a multi-platform index (default: this machine's). *cache_dir* holds verified
-    chunks (default ``~/.cache/lazypull``).
+    chunks (default ``~/.cache/lazypull``). eStargz and zstd:chunked layers are read
+    lazily, and so are gzip layers a SOCI index gives a zTOC (a SOCI-enabled image's v2
+    index first, else a v1 index beside the image in its registry).
     """
     from lazypull.registry.stores import open_store
 

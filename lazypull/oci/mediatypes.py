@@ -61,5 +61,10 @@ SOCI_ZTOC = "application/octet-stream"
 ANNOTATION_SOCI_LAYER_DIGEST = "com.amazon.soci.image-layer-digest"
 ANNOTATION_SOCI_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
 ANNOTATION_SOCI_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
+# SOCI index manifest v2 (packaged with the image: lazypull/soci/v2.py says where each comes from)
+SOCI_INDEX_V2_ARTIFACT_TYPE = "application/vnd.amazon.soci.index.v2+json"
+SOCI_INDEX_ARTIFACT_TYPES = frozenset({SOCI_INDEX_ARTIFACT_TYPE, SOCI_INDEX_V2_ARTIFACT_TYPE})
+ANNOTATION_SOCI_INDEX_DIGEST = "com.amazon.soci.index-digest"  # on the image manifest
+ANNOTATION_SOCI_IMAGE_MANIFEST_DIGEST = "com.amazon.soci.image-manifest-digest"  # on the index's descriptor
 # Set by lazypull's resolvers (never taken from an image): the layer's zTOC descriptor as JSON
 ANNOTATION_LAZYPULL_ZTOC = "io.lazypull.soci.ztoc"

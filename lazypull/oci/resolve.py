@@ -53,7 +53,8 @@ def _select(store: ImageStore, desc: Descriptor, want: Platform, depth: int) -> 
     # Entries that say their platform first, then the ones that do not (nested indexes,
     # single images exported without one).
     for d in index.manifests:
-        if d.platform is not None and d.media_type in mt.MANIFEST_TYPES and want.matches(d.platform):
+        image = d.media_type in mt.MANIFEST_TYPES and not d.is_soci_index
+        if image and d.platform is not None and want.matches(d.platform):
             return d
     for d in index.manifests:
         if d.platform is None or is_index(d.media_type):
@@ -88,7 +89,7 @@ def _platforms(store: ImageStore, desc: Descriptor, depth: int) -> list[str]:
 
 def _collect(store: ImageStore, desc: Descriptor, out: list[Descriptor], depth: int) -> None:
     if not is_index(desc.media_type):
-        if desc.media_type in mt.MANIFEST_TYPES and desc not in out:
+        if desc.media_type in mt.MANIFEST_TYPES and desc not in out and not desc.is_soci_index:
             out.append(desc)
         return
     if depth >= MAX_DEPTH:

@@ -110,6 +110,12 @@ class Descriptor:
             extra={k: v for k, v in d.items() if k not in known},
         )
 
+    @property
+    def is_soci_index(self) -> bool:
+        """A SOCI index listed in an image index (v2 packages it there, typed like an image
+        manifest for the image's platform): never the image to run."""
+        return self.extra.get("artifactType") in mt.SOCI_INDEX_ARTIFACT_TYPES
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.urls:
@@ -222,7 +228,7 @@ class Index:
     def select(self, platform: Platform) -> Descriptor:
         """The first manifest for *platform*, or a clear error listing what exists."""
         for d in self.manifests:
-            if d.platform is not None and platform.matches(d.platform):
+            if d.platform is not None and platform.matches(d.platform) and not d.is_soci_index:
                 return d
         have = ", ".join(str(d.platform) for d in self.manifests if d.platform) or "none"
         raise OCIError(f"no manifest for platform {platform} (index has: {have})")

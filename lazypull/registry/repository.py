@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from lazypull.oci.store import ImageStore
-from lazypull.oci.types import Descriptor, is_index, is_manifest
+from lazypull.oci.store import ImageStore, VerifyingReader
+from lazypull.oci.types import Descriptor, Index, Manifest, is_foreign_layer, is_index, is_manifest
 from lazypull.registry.blobsource import RegistryBlobSource
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
@@ -67,6 +67,29 @@ class RegistryStore(ImageStore):
     def mount_blob(self, desc: Descriptor, from_repo: str, stream: BinaryIO) -> None:
         """Cross-repository mount from *from_repo* (same registry); uploads *stream* if refused."""
         self.client.push_blob(self.ref, desc, stream, mount_from=from_repo)
+
+    def copy_blob_from(self, src: RegistryStore, desc: Descriptor) -> None:
+        """*src*'s blob *desc* here (verified), mounted across repositories of one registry."""
+        if self.has_blob(desc):
+            return
+        with VerifyingReader(src.open_blob(desc), desc) as stream:
+            if src.ref.registry == self.ref.registry and src.ref.repository != self.ref.repository:
+                self.mount_blob(desc, src.ref.repository, stream)  # type: ignore[arg-type]
+            else:
+                self.push_blob(desc, stream)  # type: ignore[arg-type]
+
+    def copy_manifest_from(self, src: RegistryStore, desc: Descriptor) -> None:
+        """*src*'s manifest or index *desc* here with everything under it, blobs first."""
+        data = src.fetch(desc)
+        if is_index(desc.media_type):
+            for d in Index.parse(data, desc.media_type).manifests:
+                self.copy_manifest_from(src, d)
+        else:
+            m = Manifest.parse(data, desc.media_type)
+            for blob in [m.config, *m.layers]:
+                if not is_foreign_layer(blob.media_type):
+                    self.copy_blob_from(src, blob)
+        self.push_manifest(desc, data)
 
     def push_manifest(self, desc: Descriptor, data: bytes, tag: str | None = None) -> None:
         self.client.put_manifest(self.ref, data, desc.media_type, tag=tag)

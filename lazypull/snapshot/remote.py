@@ -133,9 +133,10 @@ class LayerResolver:
         if not all(mt.ANNOTATION_TOC_DIGEST in x.annotations for x in layers):  # SOCI for the others
             with self._lock:
                 subject = self._digests.get(f"{ref}@{manifest_digest or ''}")
-            if subject:
+            if subject or mt.ANNOTATION_SOCI_INDEX_DIGEST in manifest.annotations:
                 with deadline_scope(self.timeout):
-                    layers = with_soci(layers, soci_ztocs(self.client_for(ref), ref, subject))
+                    ztocs = soci_ztocs(self.client_for(ref), ref, subject or "", manifest.annotations)
+                    layers = with_soci(layers, ztocs)
         for layer in layers:
             if layer.digest == digest:
                 if not is_lazy(layer):

@@ -64,18 +64,19 @@ def _download(store: RegistryStore, desc: Descriptor, path: Path) -> None:
         shutil.copyfileobj(src, out, 1 << 20)
 
 
-def create_index(
-    store: RegistryStore,
+def build_ztocs(
+    src: RegistryStore,
+    dst: RegistryStore,
+    manifest: Manifest,
     *,
     span_size: int = DEFAULT_SPAN_SIZE,
     min_layer_size: int = DEFAULT_MIN_LAYER_SIZE,
-    platform: Platform | None = None,
     progress: Callable[[LayerResult], None] | None = None,
-) -> CreateResult:
-    """Build a zTOC for every gzip layer of at least *min_layer_size* bytes, push them and
-    the SOCI index, and list the index among the image's referrers."""
-    subject, manifest = image_manifest(store, platform)
-    result = CreateResult(subject)
+) -> tuple[list[LayerResult], list[Descriptor]]:
+    """A zTOC for every gzip layer of *manifest* (read from *src*) of at least
+    *min_layer_size* bytes, pushed to *dst*; (per-layer results, zTOC descriptors in
+    layer order). Raises when no layer gets one: an empty SOCI index helps nobody."""
+    results: list[LayerResult] = []
     ztocs: list[Descriptor] = []
     with tempfile.TemporaryDirectory(prefix="lazypull-soci-") as tmp:
         for layer in manifest.layers:
@@ -87,7 +88,7 @@ def create_index(
             else:
                 t0 = time.monotonic()
                 path = Path(tmp) / "layer"
-                _download(store, layer, path)
+                _download(src, layer, path)
                 ztoc = build_ztoc_file(path, span_size)
                 path.unlink()
                 data = ztoc.to_bytes()
@@ -100,8 +101,8 @@ def create_index(
                         mt.ANNOTATION_SOCI_LAYER_MEDIA_TYPE: layer.media_type,
                     },
                 )
-                if not store.has_blob(zdesc):
-                    store.push_bytes(zdesc, data)
+                if not dst.has_blob(zdesc):
+                    dst.push_bytes(zdesc, data)
                 ztocs.append(zdesc)
                 r.ztoc, r.seconds, r.spans, r.files = (
                     zdesc,
@@ -109,17 +110,40 @@ def create_index(
                     ztoc.max_span_id + 1,
                     len(ztoc.files),
                 )
-            result.layers.append(r)
+            results.append(r)
             if progress:
                 progress(r)
     if not ztocs:
         raise LazypullError(
-            f"no layer of {store.name} needs a zTOC (none is gzip and at least {min_layer_size} bytes); "
+            f"no layer of {src.name} needs a zTOC (none is gzip and at least {min_layer_size} bytes); "
             "lower --min-layer-size to index smaller layers"
         )
-    cfg = config_descriptor()
+    return results, ztocs
+
+
+def push_empty_config(store: RegistryStore, artifact_type: str) -> None:
+    """The ``{}`` blob a SOCI index names as its config (registries check it exists)."""
+    cfg = config_descriptor(artifact_type)
     if not store.has_blob(cfg):
         store.push_bytes(cfg, EMPTY_CONFIG)
+
+
+def create_index(
+    store: RegistryStore,
+    *,
+    span_size: int = DEFAULT_SPAN_SIZE,
+    min_layer_size: int = DEFAULT_MIN_LAYER_SIZE,
+    platform: Platform | None = None,
+    progress: Callable[[LayerResult], None] | None = None,
+) -> CreateResult:
+    """Build a zTOC for every gzip layer of at least *min_layer_size* bytes, push them and
+    the SOCI index, and list the index among the image's referrers."""
+    subject, manifest = image_manifest(store, platform)
+    result = CreateResult(subject)
+    result.layers, ztocs = build_ztocs(
+        store, store, manifest, span_size=span_size, min_layer_size=min_layer_size, progress=progress
+    )
+    push_empty_config(store, mt.SOCI_INDEX_ARTIFACT_TYPE)
     index = SociIndex(subject, ztocs)
     data = index.to_bytes()
     result.index = index.descriptor(data)

@@ -265,3 +265,50 @@ def test_containerd_rpull_mounts_the_gzip_layers_lazily(world: World, tmp_path: 
         assert all(not p.endswith(x.digest) for p, _ in whole for x in layers), whole
     finally:
         stop_node(daemon, cd, tmp_path)
+
+
+def test_containerd_pulls_a_converted_v2_image_lazily(world: World, tmp_path: Path) -> None:
+    """``soci convert``: a SOCI-enabled image (index manifest v2) with the source's layers,
+    which the snapshotter finds through the manifest's annotation alone (no v1 referrer)."""
+    dst = f"{world.registry.host}/soci/v2:soci"
+    args = ["soci", "convert", "--plain-http", "--span-size", str(SPAN), "--min-layer-size", "0", world.plain, dst]
+    assert main(args) == 0
+    src_layers = image_manifest(RegistryStore.open(world.plain, opts()))[1].layers
+    _dst, dst_manifest = image_manifest(RegistryStore.open(dst, opts()))
+    assert [x.digest for x in dst_manifest.layers] == [x.digest for x in src_layers]
+    assert mt.ANNOTATION_SOCI_INDEX_DIGEST in dst_manifest.annotations
+    assert image_manifest_and_indexes(dst)[1] == []
+    lazy_ref = f"{world.proxy.host}/soci/v2:soci"
+    mnt, state = tmp_path / "mnt", tmp_path / "state"
+    args = ["mount", "--daemon", "--plain-http", "--no-background-fetch", "--no-prefetch"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--state-dir", str(state), lazy_ref, str(mnt)]
+    world.proxy.reset_counters()
+    assert main(args) == 0
+    try:
+        assert (mnt / "data/hello.txt").read_bytes() == b"hello from a SOCI layer\n"
+        small_layers = src_layers[0].size + src_layers[2].size
+        assert world.proxy.blob_bytes() < small_layers + SPAN * 1.2 + 400_000  # not the 8 MB layer
+    finally:
+        assert main(["umount", "--state-dir", str(state), str(mnt)]) == 0
+    cfg = f'plain_http_hosts = ["{world.proxy.host}", "{world.registry.host}"]\nno_background_fetch = true\n'
+    daemon = start_daemon(tmp_path / "daemon", cfg)
+    try:
+        cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
+    except BaseException:
+        daemon.stop()
+        raise
+    try:
+        world.proxy.reset_counters()
+        cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", lazy_ref, tool="ctr-remote")
+        assert len(daemon.layers()) == 3  # every layer served lazily
+        out = cd.ctr(
+            "run", "--rm", "--snapshotter", "lazypull", lazy_ref, "sociv2",
+            "/bin/sh", "-c", "cat /data/hello.txt; md5sum /data/tail.bin",
+        ).stdout  # fmt: skip
+        assert "hello from a SOCI layer" in out and md5(TAIL) in out
+        whole = [p for m, p, st, _n in world.proxy.log if "/blobs/" in p and m == "GET" and st == 200]
+        assert all(not p.endswith(x.digest) for p in whole for x in src_layers), whole
+        fetched = world.proxy.blob_bytes()
+        assert fetched < sum(x.size for x in src_layers) - len(BIG) // 2, fetched
+    finally:
+        stop_node(daemon, cd, tmp_path)
