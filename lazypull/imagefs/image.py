@@ -25,14 +25,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lazypull.cache.chunks import ChunkCache
+from lazypull.chunkindex.find import find_chunk_index
+from lazypull.chunkindex.index import BlobChunks
 from lazypull.errors import ImageIsADirectoryError, ImageNotADirectoryError, ImageNotAFileError, OCIError
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import EntryType, LayerIndex
 from lazypull.format.soci.dispatch import is_lazy, open_layer_index, ztoc_of
 from lazypull.fs.fetcher import Fetcher
+from lazypull.imagefs.filelayer import RawBlobIndex, StreamedFileLayer
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
 from lazypull.imagefs.merged import MergedView, Node, join
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.artifacts import Kind, file_path, is_tar_layer, kind_of
 from lazypull.oci.dockerarchive import DockerArchive
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
@@ -137,17 +141,44 @@ class ImageFS:
         self.store = store
         self.ref = store.name
         self.manifest_descriptor, self.manifest = _resolve_manifest(store, platform)
+        #: An image, or an artifact whose layers are files (a ModelPack model, an ORAS push).
+        self.kind = kind_of(self.manifest)
         config = store.fetch(self.manifest.config)
-        ImageConfig.parse(config)  # checks it is an image config
-        #: The image config as JSON (``config["config"]["Env"]``, ``["rootfs"]["diff_ids"]``, ...).
-        self.config: dict[str, Any] = json.loads(config)
+        if self.kind == Kind.IMAGE:
+            ImageConfig.parse(config)  # checks it is an image config
+        #: The config as JSON (an image's ``config["config"]["Env"]``, a model's ``["descriptor"]``, ...).
+        self.config: dict[str, Any] = _json_object(config)
         self._cache = _shared_cache(cache_dir or default_cache_dir())
         self._spool_dir = spool_dir
-        layers = _soci_layers(store, self.manifest_descriptor, self.manifest)
+        self._chunks: dict[str, BlobChunks] | None = None
+        self._chunks_lock = threading.Lock()
+        if self.kind == Kind.IMAGE:
+            layers = _soci_layers(store, self.manifest_descriptor, self.manifest)
+        else:
+            layers = list(self.manifest.layers)
         self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
 
+    def _chunk_index(self) -> dict[str, BlobChunks]:
+        """The artifact's chunk index (found once, on the first raw layer opened)."""
+        with self._chunks_lock:
+            if self._chunks is None:
+                self._chunks = find_chunk_index(self.store, self.manifest_descriptor.digest)
+            return self._chunks
+
     def _opener(self, desc: Descriptor) -> Callable[[], LayerView]:
+        def open_file_layer() -> LayerView:
+            path = file_path(desc)
+            blob = self._chunk_index().get(desc.digest)
+            if blob is None:
+                return StreamedFileLayer(self.store, desc, path, self._spool_dir)
+            source = CountingSource(self.store.blob_source(desc))
+            index = RawBlobIndex(path, desc, blob)
+            # No read-ahead: a tensor read fetches the chunks it covers and no more; whole
+            # files go through fetch(), in parallel ranges.
+            fetcher = Fetcher(index, source, self._cache, name=desc.digest[7:19], readahead=0, min_fetch=0)
+            return IndexedLayer(desc, index, fetcher, source)
+
         def open_layer() -> LayerView:
             source = CountingSource(self.store.blob_source(desc))
             index: LayerIndex | None
@@ -160,7 +191,7 @@ class ImageFS:
             fetcher = Fetcher(index, source, self._cache, name=desc.digest[7:19])
             return IndexedLayer(desc, index, fetcher, source)
 
-        return open_layer
+        return open_layer if is_tar_layer(desc, self.kind) else open_file_layer
 
     # -- the image ---------------------------------------------------------------------------
     @property
@@ -279,6 +310,11 @@ class ImageFS:
         """Verified bytes [offset, offset+size) of a regular file's node."""
         return self._view.layer(node.layer).read(node.entry, offset, size)
 
+    def pread(self, path: str | os.PathLike[str], offset: int, size: int) -> bytes:
+        """Verified bytes [offset, offset+size) of a regular file (fewer at its end): only
+        the chunks the range covers are fetched."""
+        return self.read_range(self._file(path), offset, size)
+
     def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
         node = self._file(path)
         return self.read_range(node, 0, node.entry.size)
@@ -376,6 +412,15 @@ def _soci_layers(store: ImageStore, subject: Descriptor, manifest: Manifest) -> 
         return list(manifest.layers)
 
     return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest))
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A config as JSON; {} when an artifact's config is not a JSON object (it may be anything)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _resolve_manifest(store: ImageStore, platform: Platform | None) -> tuple[Descriptor, Manifest]:

@@ -63,3 +63,15 @@ ANNOTATION_SOCI_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
 ANNOTATION_SOCI_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
 # Set by lazypull's resolvers (never taken from an image): the layer's zTOC descriptor as JSON
 ANNOTATION_LAZYPULL_ZTOC = "io.lazypull.soci.ztoc"
+
+# OCI artifacts: files in a registry that are not an image (models, ORAS pushes)
+ANNOTATION_TITLE = "org.opencontainers.image.title"  # an ORAS file's name
+ANNOTATION_ORAS_UNPACK = "io.deis.oras.content.unpack"  # an ORAS directory: a tar(.gz) to unpack
+# CNCF ModelPack (modelpack/model-spec): artifactType, config, and file paths of its layers
+MODELPACK_MANIFEST = "application/vnd.cncf.model.manifest.v1+json"
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+MODELPACK_LAYER_PREFIX = "application/vnd.cncf.model."  # weight, weight.config, doc, code, dataset
+ANNOTATION_MODELPACK_FILEPATH = "org.cncf.model.filepath"
+# lazypull's chunk index of an artifact's raw blobs: a referrer of the artifact manifest
+CHUNK_INDEX_ARTIFACT_TYPE = "application/vnd.lazypull.chunk-index.v1+json"
+CHUNK_INDEX_LAYER = "application/vnd.lazypull.chunk-index.layer.v1+json"
