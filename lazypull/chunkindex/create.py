@@ -59,6 +59,11 @@ def create_chunk_index(
             progress(b)
     if not blobs:
         raise LazypullError(f"{store.name} has no raw file layers to index (tar layers convert to eStargz instead)")
+    return push_chunk_index(store, subject, blobs)
+
+
+def push_chunk_index(store: RegistryStore, subject: Descriptor, blobs: list[BlobChunks]) -> tuple[Descriptor, str]:
+    """Push the index of *blobs* as a referrer of *subject*; returns (its manifest, "api" or "tag")."""
     data = index_bytes(blobs)
     layer = Descriptor(mt.CHUNK_INDEX_LAYER, digestlib.of_bytes(data), len(data))
     store.push_bytes(layer, data)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lazypull.chunkindex.create import push_chunk_index
 from lazypull.chunkindex.find import find_chunk_index
-from lazypull.chunkindex.index import parse_index
+from lazypull.chunkindex.index import BlobChunks, parse_index
 from lazypull.cli.main import main
 from lazypull.errors import LazypullError
 from lazypull.imagefs import StreamedLayerWarning, open_image
@@ -83,6 +84,20 @@ def test_tampered_chunk_is_an_error_never_data(registry: Registry, tmp_path: Pat
             img.pread("model.bin", 20 * CHUNK, 10)
         with pytest.raises(LazypullError):
             img.read_bytes("model.bin")
+
+
+def test_forged_index_is_caught_by_whole_file_fetch(registry: Registry, tmp_path: Path) -> None:
+    """An index made from other bytes (pushed by someone who may push) passes chunk checks
+    against a blob altered to match it; fetch() checks the whole file against its digest too."""
+    ref = push_artifact(registry.host, "models/forged", [modelpack_file("model.bin", WEIGHTS)])
+    bad = bytearray(WEIGHTS)
+    bad[7] ^= 1
+    chunks = tuple(digestlib.of_bytes(bytes(bad[i : i + CHUNK])) for i in range(0, len(bad), CHUNK))
+    store = RegistryStore.open(ref, RegistryOptions(plain_http=True))
+    push_chunk_index(store, store.resolve(), [BlobChunks(digestlib.of_bytes(WEIGHTS), len(WEIGHTS), CHUNK, chunks)])
+    registry.blob_data_path(digestlib.of_bytes(WEIGHTS)).write_bytes(bytes(bad))
+    with open_image(ref, plain_http=True, cache_dir=tmp_path) as img, pytest.raises(LazypullError, match="mismatch"):
+        img.fetch("model.bin")
 
 
 def test_malformed_index_is_refused() -> None:
