@@ -50,8 +50,8 @@ def is_tar_layer(desc: Descriptor, kind: Kind) -> bool:
         return True
     if kind == Kind.MODELPACK and desc.media_type.startswith(mt.MODELPACK_LAYER_PREFIX):
         return ".tar" in desc.media_type.rpartition(".v1")[2]
-    if desc.annotations.get(mt.ANNOTATION_ORAS_UNPACK, "").lower() == "true":
-        return True  # an ORAS directory (a tar+gzip of it)
+    if desc.annotations.get(mt.ANNOTATION_ORAS_UNPACK, "").lower() == "true" or desc.media_type == mt.OCI_LAYER_GZIP:
+        return True  # an ORAS directory: flagged (oras-go), or by its media type (the oras Python SDK)
     if kind == Kind.MODELPACK and mt.ANNOTATION_MODELPACK_FILEPATH not in desc.annotations:
         return desc.media_type in mt.LAYER_TYPES  # a ModelPack tool's plain image layer
     return False
