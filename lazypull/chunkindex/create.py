@@ -9,16 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lazypull.chunkindex.index import (
-    DEFAULT_CHUNK_SIZE,
-    EMPTY_CONFIG,
-    BlobChunks,
-    config_descriptor,
-    digest_chunks,
-    index_bytes,
-    index_manifest,
-)
+from lazypull.chunkindex.index import EMPTY_CONFIG, config_descriptor, index_manifest
 from lazypull.errors import LazypullError
+from lazypull.format.chunklist import DEFAULT_CHUNK_SIZE, BlobChunks, digest_chunks, index_bytes
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.artifacts import Kind, is_tar_layer, kind_of

@@ -1,116 +1,20 @@
-"""Per-chunk digests of an artifact's raw blobs: what makes a ranged read of one verifiable.
-
-A raw blob's digest covers the whole blob, so no part read by HTTP range can be checked
-against it. The chunk index lists, per raw blob, the sha256 of every ``chunk_size`` bytes;
-a range read fetches the chunks it covers and checks each before any byte is returned.
-
-The index is a JSON blob (``CHUNK_INDEX_LAYER``) in an OCI manifest whose ``subject`` is the
-artifact manifest and whose ``artifactType`` is ``CHUNK_INDEX_ARTIFACT_TYPE``: found through
-the referrers API (or the referrers tag schema) as SOCI indexes are, and pushed by the same
-code. Trust is the SOCI index's: whoever may push to the repository.
-
-Chunk size 1 MiB: adjacent missing chunks are fetched in one Range request, so the chunk
-size does not set the number of requests; it sets what a small read over-fetches (at most
-one chunk at each end of a range) and the index size (32 bytes a MiB: 64 KiB of digests for
-2 GB). 4 MiB chunks would cost up to 8 MiB extra per tensor read (0.45 s at 150 Mbit/s)
-for an index four times smaller, which nothing needs.
+"""The chunk index's referrer manifest: an OCI manifest whose one layer is the index blob
+(:mod:`lazypull.format.chunklist`), whose ``subject`` is the artifact manifest and whose
+``artifactType`` is ``CHUNK_INDEX_ARTIFACT_TYPE``. Found through the referrers API (or the
+referrers tag schema) as SOCI indexes are, and pushed by the same code.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from lazypull.errors import OCIError
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor, dump_json
 
-DEFAULT_CHUNK_SIZE = 1 << 20
-MIN_CHUNK_SIZE = 4 << 10
-MAX_CHUNK_SIZE = 64 << 20
-MAX_INDEX_BYTES = 64 << 20  # 2 TB of blobs at 1 MiB chunks
 EMPTY_CONFIG = b"{}"
-
-
-@dataclass(frozen=True)
-class BlobChunks:
-    """The chunk digests of one raw blob (every chunk ``chunk_size`` bytes, the last one less)."""
-
-    digest: str
-    size: int
-    chunk_size: int
-    chunks: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        want = -(-self.size // self.chunk_size)
-        if len(self.chunks) != want:
-            raise OCIError(f"chunk index of {self.digest}: {len(self.chunks)} chunks for {self.size} bytes, not {want}")
-
-    def span(self, i: int) -> tuple[int, int]:
-        """Blob bytes [start, end) of chunk *i*."""
-        start = i * self.chunk_size
-        return start, min(start + self.chunk_size, self.size)
-
-
-def digest_chunks(stream: BinaryIO, desc: Descriptor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobChunks:
-    """Chunk digests of the blob *stream* (checked whole against *desc* as it is read)."""
-    whole = hashlib.sha256()
-    chunks: list[str] = []
-    size = 0
-    while True:
-        data = stream.read(chunk_size)
-        while data and len(data) < chunk_size:  # a network stream returns what it has
-            more = stream.read(chunk_size - len(data))
-            if not more:
-                break
-            data += more
-        if not data:
-            break
-        whole.update(data)
-        chunks.append("sha256:" + hashlib.sha256(data).hexdigest())
-        size += len(data)
-    actual = "sha256:" + whole.hexdigest()
-    if actual != desc.digest or size != desc.size:
-        raise OCIError(f"blob {desc.digest}: read {size} bytes hashing to {actual}: not the blob")
-    return BlobChunks(desc.digest, size, chunk_size, tuple(chunks))
-
-
-def index_bytes(blobs: Iterable[BlobChunks]) -> bytes:
-    """The index blob: ``{"chunkSize": N, "blobs": [{"digest", "size", "chunks": [...]}]}``."""
-    items = list(blobs)
-    sizes = {b.chunk_size for b in items}
-    if len(sizes) != 1:
-        raise OCIError("a chunk index has one chunk size")
-    obj = {
-        "chunkSize": sizes.pop(),
-        "blobs": [{"digest": b.digest, "size": b.size, "chunks": list(b.chunks)} for b in items],
-    }
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def parse_index(data: bytes) -> dict[str, BlobChunks]:
-    """{blob digest: its chunks}; raises OCIError on anything malformed."""
-    if len(data) > MAX_INDEX_BYTES:
-        raise OCIError(f"chunk index is {len(data)} bytes, over the {MAX_INDEX_BYTES} byte limit")
-    try:
-        obj = json.loads(data)
-        size = obj["chunkSize"]
-        if not isinstance(size, int) or not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
-            raise OCIError(f"chunk index: chunk size {size!r} out of range")
-        out = {}
-        for b in obj["blobs"]:
-            chunks = tuple(digestlib.validate(str(c), ("sha256",)) for c in b["chunks"])
-            blob = BlobChunks(digestlib.validate(str(b["digest"])), int(b["size"]), size, chunks)
-            out[blob.digest] = blob
-        return out
-    except OCIError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise OCIError(f"chunk index is malformed: {e}") from None
 
 
 def index_manifest(subject: Descriptor, layer: Descriptor) -> bytes:
@@ -144,8 +48,3 @@ def manifest_index_layer(data: bytes, subject_digest: str) -> Descriptor:
     if len(found) != 1:
         raise OCIError("chunk index manifest has no index layer")
     return found[0]
-
-
-def verify_chunk(blob: BlobChunks, i: int, data: bytes, what: Callable[[], str]) -> None:
-    """Raise DigestMismatchError unless *data* is chunk *i* of *blob*."""
-    digestlib.verify(data, blob.chunks[i], what())

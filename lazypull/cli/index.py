@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lazypull.chunkindex.index import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, BlobChunks
 from lazypull.errors import ConfigError, LazypullError
+from lazypull.format.chunklist import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, BlobChunks
 from lazypull.registry.options import add_registry_args, options_from_args
 
 

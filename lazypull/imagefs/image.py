@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lazypull.cache.chunks import ChunkCache
-from lazypull.chunkindex.find import find_chunk_index
-from lazypull.chunkindex.index import BlobChunks
+from lazypull.chunkindex.find import with_chunk_index
 from lazypull.errors import (
     DigestMismatchError,
     ImageIsADirectoryError,
@@ -39,9 +38,9 @@ from lazypull.errors import (
 )
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import EntryType, LayerIndex
-from lazypull.format.soci.dispatch import is_lazy, open_layer_index, ztoc_of
-from lazypull.fs.fetcher import Fetcher
-from lazypull.imagefs.filelayer import RawBlobIndex, StreamedFileLayer
+from lazypull.format.soci.dispatch import chunks_of, is_lazy, open_layer_index, ztoc_of
+from lazypull.fs.fetcher import MIN_FETCH, READAHEAD, Fetcher
+from lazypull.imagefs.filelayer import StreamedFileLayer
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
 from lazypull.imagefs.merged import MergedView, Node, join
 from lazypull.oci import digest as digestlib
@@ -162,48 +161,41 @@ class ImageFS:
         self.config: dict[str, Any] = _json_object(config)
         self._cache = _shared_cache(cache_dir or default_cache_dir())
         self._spool_dir = spool_dir
-        self._chunks: dict[str, BlobChunks] | None = None
-        self._chunks_lock = threading.Lock()
         if self.kind == Kind.IMAGE:
             layers = _soci_layers(store, self.manifest_descriptor, self.manifest)
-        else:
-            layers = list(self.manifest.layers)
+        else:  # raw layers a chunk index covers carry it: read lazily, like layers with a zTOC
+            layers = with_chunk_index(store, self.manifest_descriptor.digest, self.manifest.layers, self.kind)
         self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
 
-    def _chunk_index(self) -> dict[str, BlobChunks]:
-        """The artifact's chunk index (found once, on the first raw layer opened)."""
-        with self._chunks_lock:
-            if self._chunks is None:
-                self._chunks = find_chunk_index(self.store, self.manifest_descriptor.digest)
-            return self._chunks
-
     def _opener(self, desc: Descriptor) -> Callable[[], LayerView]:
         def open_file_layer() -> LayerView:
-            path = file_path(desc)
-            blob = self._chunk_index().get(desc.digest)
-            if blob is None:
-                return StreamedFileLayer(self.store, desc, path, self._spool_dir)
-            source = CountingSource(self.store.blob_source(desc))
-            index = RawBlobIndex(path, desc, blob)
-            # No read-ahead: a tensor read fetches the chunks it covers and no more; whole
-            # files go through fetch(), in parallel ranges.
-            fetcher = Fetcher(index, source, self._cache, name=desc.digest[7:19], readahead=0, min_fetch=0)
-            return IndexedLayer(desc, index, fetcher, source)
+            return StreamedFileLayer(self.store, desc, file_path(desc), self._spool_dir)
 
         def open_layer() -> LayerView:
             source = CountingSource(self.store.blob_source(desc))
             index: LayerIndex | None
-            if ztoc_of(desc) is not None:  # a gzip layer its SOCI index makes lazy, as for mount
-                index = open_layer_index(desc, source, self.store.blob_source)
+            if ztoc_of(desc) is not None or chunks_of(desc) is not None:  # a zTOC or chunk index, as for mount
+                index = open_layer_index(desc, source, self.store.blob_source, self._cache)
             else:
                 index = find_index(self.store, self.manifest_descriptor, desc, source)
             if index is None:
                 return StreamedLayer(self.store, desc, self._spool_dir)
-            fetcher = Fetcher(index, source, self._cache, name=desc.digest[7:19])
+            # A raw blob, no read-ahead: a tensor read fetches the chunks it covers and no more
+            # (whole files: fetch(), in parallel ranges).
+            readahead = 0 if index.format == "raw" else READAHEAD
+            fetcher = Fetcher(
+                index,
+                source,
+                self._cache,
+                name=desc.digest[7:19],
+                readahead=readahead,
+                min_fetch=0 if readahead == 0 else MIN_FETCH,
+            )
             return IndexedLayer(desc, index, fetcher, source)
 
-        return open_layer if is_tar_layer(desc, self.kind) else open_file_layer
+        raw = not is_tar_layer(desc, self.kind) and chunks_of(desc) is None
+        return open_file_layer if raw else open_layer
 
     # -- the image ---------------------------------------------------------------------------
     @property

@@ -145,6 +145,11 @@ class LazyTensors(Mapping[str, "np.ndarray[Any, Any]"]):
         if names is not None:
             self.load(self.infos)
 
+    @property
+    def image(self) -> ImageFS:
+        """The image (or artifact) the file is read from: ``.stats()`` says what was fetched."""
+        return self._img
+
     def load(self, names: Iterable[str]) -> None:
         """Fetch the tensors *names* now: adjacent ones in one read, reads in parallel."""
         todo = [self.infos[x] for x in names if x not in self._arrays]

@@ -63,6 +63,9 @@ ANNOTATION_SOCI_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
 ANNOTATION_SOCI_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
 # Set by lazypull's resolvers (never taken from an image): the layer's zTOC descriptor as JSON
 ANNOTATION_LAZYPULL_ZTOC = "io.lazypull.soci.ztoc"
+# Set by lazypull's resolvers (never taken from an artifact): a raw layer's chunk index blob
+# descriptor and its file path, as JSON
+ANNOTATION_LAZYPULL_CHUNKS = "io.lazypull.chunks"
 
 # OCI artifacts: files in a registry that are not an image (models, ORAS pushes)
 ANNOTATION_TITLE = "org.opencontainers.image.title"  # an ORAS file's name

@@ -12,9 +12,9 @@ import pytest
 
 from lazypull.chunkindex.create import push_chunk_index
 from lazypull.chunkindex.find import find_chunk_index
-from lazypull.chunkindex.index import BlobChunks, parse_index
 from lazypull.cli.main import main
 from lazypull.errors import LazypullError
+from lazypull.format.chunklist import BlobChunks, parse_index
 from lazypull.imagefs import StreamedLayerWarning, open_image
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
@@ -48,7 +48,9 @@ def test_index_is_a_referrer_covering_the_raw_blobs(registry: Registry, capsys: 
     subject = store.resolve()
     found = list_referrers(store.client, store.ref, subject.digest, mt.CHUNK_INDEX_ARTIFACT_TYPE)
     assert [d.digest for d in found] == [printed]
-    blobs = find_chunk_index(store, subject.digest)
+    found = find_chunk_index(store, subject.digest)
+    assert found is not None
+    blobs = parse_index(store.fetch(found[0]))
     assert list(blobs) == [digestlib.of_bytes(WEIGHTS)]  # the tar layer is not a raw blob
     b = blobs[digestlib.of_bytes(WEIGHTS)]
     assert b.chunk_size == CHUNK and len(b.chunks) == 41

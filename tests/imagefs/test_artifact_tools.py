@@ -74,3 +74,6 @@ def test_olot_modelpack_is_read(tmp_path: Path) -> None:
         assert img.read_text("models/README.md") == "# a model card\n"
         t = load_tensors(img, "models/model.safetensors", ["w"])
         np.testing.assert_array_equal(t["w"], tensors["w"])
+    # olot also lists it in the image's index, for platform unknown/unknown
+    with open_image(f"oci:{layout}:latest", platform="unknown/unknown", cache_dir=tmp_path / "cache") as img:
+        assert img.kind == "modelpack" and img.read_text("models/README.md") == "# a model card\n"
