@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from lazypull.chunkindex.index import EMPTY_CONFIG, config_descriptor, index_manifest
 from lazypull.errors import LazypullError
-from lazypull.format.chunklist import DEFAULT_CHUNK_SIZE, BlobChunks, digest_chunks, index_bytes
+from lazypull.format.chunklist import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, BlobChunks, digest_chunks, index_bytes
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.artifacts import Kind, is_tar_layer, kind_of
@@ -27,6 +27,16 @@ def raw_layers(manifest: Manifest) -> list[Descriptor]:
     if kind == Kind.IMAGE:
         return []
     return [d for d in manifest.layers if not is_tar_layer(d, kind)]
+
+
+def safetensors_head(prefix: bytes, size: int) -> int:
+    """The bytes before a safetensors file's first tensor (8-byte length + JSON header), as the
+    first chunk of its own: opening the file then fetches its header and nothing more, and a
+    tensor read costs at most one chunk at each end. 0 when *prefix* is not such a file's."""
+    if len(prefix) < 9 or prefix[8:9] != b"{":
+        return 0
+    head = 8 + int.from_bytes(prefix[:8], "little")
+    return head if head <= min(size, MAX_CHUNK_SIZE) else 0
 
 
 def create_chunk_index(
@@ -45,8 +55,9 @@ def create_chunk_index(
         if layer.digest in seen:
             continue
         seen.add(layer.digest)
+        head = safetensors_head(store.blob_source(layer).read_at(0, 9) if layer.size >= 9 else b"", layer.size)
         with store.open_blob(layer) as f:
-            b = digest_chunks(f, layer, chunk_size)
+            b = digest_chunks(f, layer, chunk_size, head)
         blobs.append(b)
         if progress:
             progress(b)

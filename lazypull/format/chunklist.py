@@ -34,56 +34,76 @@ MAX_INDEX_BYTES = 64 << 20  # 2 TB of blobs at 1 MiB chunks
 
 @dataclass(frozen=True)
 class BlobChunks:
-    """The chunk digests of one raw blob (every chunk ``chunk_size`` bytes, the last one less)."""
+    """The chunk digests of one raw blob: a first chunk of *head* bytes when *head* > 0 (a
+    file's header, e.g. safetensors', read alone), then chunks of ``chunk_size`` bytes, the
+    last one less."""
 
     digest: str
     size: int
     chunk_size: int
     chunks: tuple[str, ...]
+    head: int = 0
 
     def __post_init__(self) -> None:
-        want = -(-self.size // self.chunk_size)
+        if not 0 <= self.head <= min(self.size, MAX_CHUNK_SIZE):
+            raise OCIError(f"chunk index of {self.digest}: head of {self.head} bytes out of range")
+        want = (1 if self.head else 0) + -(-(self.size - self.head) // self.chunk_size)
         if len(self.chunks) != want:
             raise OCIError(f"chunk index of {self.digest}: {len(self.chunks)} chunks for {self.size} bytes, not {want}")
 
     def span(self, i: int) -> tuple[int, int]:
         """Blob bytes [start, end) of chunk *i*."""
-        start = i * self.chunk_size
+        if self.head:
+            if i == 0:
+                return 0, self.head
+            start = self.head + (i - 1) * self.chunk_size
+        else:
+            start = i * self.chunk_size
         return start, min(start + self.chunk_size, self.size)
 
 
-def digest_chunks(stream: BinaryIO, desc: Descriptor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobChunks:
-    """Chunk digests of the blob *stream* (checked whole against *desc* as it is read)."""
+def _read_full(stream: BinaryIO, n: int) -> bytes:
+    data = stream.read(n)
+    while data and len(data) < n:  # a network stream returns what it has
+        more = stream.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def digest_chunks(
+    stream: BinaryIO, desc: Descriptor, chunk_size: int = DEFAULT_CHUNK_SIZE, head: int = 0
+) -> BlobChunks:
+    """Chunk digests of the blob *stream* (checked whole against *desc* as it is read), with
+    a first chunk of *head* bytes when *head* > 0."""
     whole = hashlib.sha256()
     chunks: list[str] = []
     size = 0
-    while True:
-        data = stream.read(chunk_size)
-        while data and len(data) < chunk_size:  # a network stream returns what it has
-            more = stream.read(chunk_size - len(data))
-            if not more:
-                break
-            data += more
-        if not data:
-            break
+    n = head or chunk_size
+    while data := _read_full(stream, n):
         whole.update(data)
         chunks.append("sha256:" + hashlib.sha256(data).hexdigest())
         size += len(data)
+        n = chunk_size
     actual = "sha256:" + whole.hexdigest()
     if actual != desc.digest or size != desc.size:
         raise OCIError(f"blob {desc.digest}: read {size} bytes hashing to {actual}: not the blob")
-    return BlobChunks(desc.digest, size, chunk_size, tuple(chunks))
+    return BlobChunks(desc.digest, size, chunk_size, tuple(chunks), min(head, size))
 
 
 def index_bytes(blobs: Iterable[BlobChunks]) -> bytes:
-    """The index blob: ``{"chunkSize": N, "blobs": [{"digest", "size", "chunks": [...]}]}``."""
+    """The index blob: ``{"chunkSize": N, "blobs": [{"digest", "size", ["head",] "chunks": [...]}]}``."""
     items = list(blobs)
     sizes = {b.chunk_size for b in items}
     if len(sizes) != 1:
         raise OCIError("a chunk index has one chunk size")
     obj = {
         "chunkSize": sizes.pop(),
-        "blobs": [{"digest": b.digest, "size": b.size, "chunks": list(b.chunks)} for b in items],
+        "blobs": [
+            {"digest": b.digest, "size": b.size, **({"head": b.head} if b.head else {}), "chunks": list(b.chunks)}
+            for b in items
+        ],
     }
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -100,7 +120,10 @@ def parse_index(data: bytes) -> dict[str, BlobChunks]:
         out = {}
         for b in obj["blobs"]:
             chunks = tuple(digestlib.validate(str(c), ("sha256",)) for c in b["chunks"])
-            blob = BlobChunks(digestlib.validate(str(b["digest"])), int(b["size"]), size, chunks)
+            head = b.get("head", 0)
+            if not isinstance(head, int):
+                raise OCIError(f"chunk index: head {head!r} is not a number")
+            blob = BlobChunks(digestlib.validate(str(b["digest"])), int(b["size"]), size, chunks, head)
             out[blob.digest] = blob
         return out
     except OCIError:

@@ -339,12 +339,17 @@ class ImageFS:
         size = node.entry.size
         digester = digestlib.Digester(digestlib.algorithm(node.entry.digest)) if node.entry.digest else None
         offsets = iter(range(0, size, part_size))
+        carry, carry_offset = b"", 0  # bytes of a chunk that continues in the next part
         with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="lazypull-fetch") as pool:
             window: deque[Future[bytes]] = deque()
             for off in itertools.islice(offsets, workers + 2):
                 window.append(pool.submit(self.read_range, node, off, part_size))
             while window:  # in order, a bounded window ahead: the digest sees the bytes in order
                 data = window.popleft().result()
+                if node.entry.chunks:  # chunks on disk, those across two parts too
+                    block = carry + data if carry else data
+                    upto = self._persist(node, carry_offset, block)
+                    carry, carry_offset = block[upto - carry_offset :], upto
                 later = next(offsets, None)
                 if later is not None:
                     window.append(pool.submit(self.read_range, node, later, part_size))
@@ -355,6 +360,18 @@ class ImageFS:
         if digester is not None and digester.digest() != node.entry.digest:
             raise DigestMismatchError(f"{self.ref}: /{node.path}", node.entry.digest, digester.digest())
         return size
+
+    def _persist(self, node: Node, offset: int, data: bytes) -> int:
+        """Make sure the chunks wholly inside *data* (file bytes from *offset*) are on disk
+        (the cache drops chunks when its writer is behind; a fetched file must stay local).
+        Returns the file offset where the last of them ends (*offset* when none)."""
+        end = offset
+        for c in node.entry.chunks_for(offset, len(data)):
+            lo = c.file_offset - offset
+            if lo >= 0 and lo + c.size <= len(data):
+                self._cache.persist(c.digest, data[lo : lo + c.size])
+                end = c.file_offset + c.size
+        return end
 
     def read_text(self, path: str | os.PathLike[str], encoding: str = "utf-8", errors: str = "strict") -> str:
         return self.read_bytes(path).decode(encoding, errors)

@@ -44,16 +44,14 @@ def test_one_tensor_fetches_its_chunks_and_the_header_only(model_ref: str, tmp_p
     start, end = tensor_span(MODEL, name)
     with open_image(model_ref, plain_http=True, cache_dir=tmp_path / "cache") as img:
         t = load_tensors(img, "model.safetensors")
-        header_cost = img.stats().bytes_fetched  # the header's chunks
-        assert header_cost <= header_size(MODEL) + CHUNK
+        assert img.stats().bytes_fetched == header_size(MODEL)  # the header is a chunk of its own
         assert sorted(t) == sorted(TENSORS) and t.metadata == {"format": "np"}
         assert t.infos[name].shape == (96, 96) and t.infos[name].dtype == "F16"
         arr = t[name]
         np.testing.assert_array_equal(arr, TENSORS[name])
         assert arr.dtype == np.float16
         fetched = img.stats().bytes_fetched
-        assert fetched - header_cost <= (end - start) + 2 * CHUNK
-        assert fetched <= (end - start) + header_size(MODEL) + 3 * CHUNK  # the bound for any layout
+        assert fetched <= (end - start) + header_size(MODEL) + 2 * CHUNK
         assert fetched < len(MODEL) / 2
 
 
@@ -79,15 +77,16 @@ def test_adjacent_ranges_coalesce() -> None:
 
 
 def test_fetch_whole_file_in_parallel_ranges_then_reads_are_local(model_ref: str, tmp_path: Path) -> None:
-    with open_image(model_ref, plain_http=True, cache_dir=tmp_path) as img:
+    cache = tmp_path / "cache"
+    with open_image(model_ref, plain_http=True, cache_dir=cache) as img:
         done: list[int] = []
         assert img.fetch("model.safetensors", part_size=3 * CHUNK, workers=4, progress=done.append) == len(MODEL)
-        assert sum(done) == len(MODEL)
-        after = img.stats().bytes_fetched
-        assert after == len(MODEL)
+        assert sum(done) == len(MODEL) == img.stats().bytes_fetched
+    with open_image(model_ref, plain_http=True, cache_dir=cache) as img:  # the chunks from the cache
         t = load_tensors(img, "model.safetensors")
-        np.testing.assert_array_equal(t["lm_head.weight"], TENSORS["lm_head.weight"])
-        assert img.stats().bytes_fetched == after  # from the cache
+        for name, arr in TENSORS.items():
+            np.testing.assert_array_equal(t[name], arr)
+        assert img.stats().bytes_fetched == 0
 
 
 def test_tampered_tensor_is_an_error(model_ref: str, registry: Registry, tmp_path: Path) -> None:
