@@ -32,10 +32,10 @@ def artifact_type(manifest: Manifest) -> str:
 def kind_of(manifest: Manifest) -> Kind:
     """How to read *manifest*; raises OCIError (one line, naming the type) for anything else."""
     at = manifest.extra.get("artifactType")
-    if manifest.config.media_type in IMAGE_CONFIGS and not at:
-        return Kind.IMAGE
     if mt.MODELPACK_MANIFEST in (at, manifest.config.media_type) or manifest.config.media_type == mt.MODELPACK_CONFIG:
         return Kind.MODELPACK
+    if manifest.config.media_type in IMAGE_CONFIGS:  # an image, whatever artifactType it may carry
+        return Kind.IMAGE
     if manifest.layers and all(mt.ANNOTATION_TITLE in d.annotations for d in manifest.layers):
         return Kind.FILES
     raise OCIError(
