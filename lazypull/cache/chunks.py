@@ -178,6 +178,16 @@ class ChunkCache:
                 self._pending.discard(digest)
             log.debug("cache writer busy; not persisting chunk %s", digest)
 
+    def persist(self, digest: str, data: bytes) -> None:
+        """Like :meth:`put`, but wait for room in the writer's queue instead of dropping the
+        chunk: for a whole-file fetch, whose point is that later reads are local."""
+        self.memory.put(digest, data)
+        with self._lock:
+            if digest in self._pending or digest in self._sizes:
+                return
+            self._pending.add(digest)
+        self._queue.put((digest, data))
+
     def flush(self) -> None:
         """Wait until every queued chunk is on disk."""
         self._queue.join()

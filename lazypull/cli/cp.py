@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lazypull.cli.imageargs import add_image_args, open_from_args, print_stats
+from lazypull.cli.progress import file_progress
 from lazypull.errors import ImageIsADirectoryError, LazypullError
 
 if TYPE_CHECKING:
     from lazypull.imagefs import FileInfo, ImageFS
 
+PARALLEL_FROM = 64 << 20
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
                 raise LazypullError(f"{dest} already exists")
             copy_tree(img, args.path, dest)
         else:
+            if info.size >= PARALLEL_FROM:  # a big file (model weights): fetched in parallel ranges first
+                with file_progress(info.name, info.size) as progress:
+                    img.fetch(args.path, progress=progress)
             copy_file(img, args.path, dest, info)
         if args.stats:
             print_stats(img)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "unpack",
     "mount",
     "soci",
+    "index",
     "ls",
     "cat",
     "cp",

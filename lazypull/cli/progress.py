@@ -90,3 +90,30 @@ def unpack_progress(enabled: bool | None = None) -> Iterator[UnpackProgressFn | 
             prog.update(task, completed=layers_done, total=layers, files=files, size=decimal(nbytes))
 
         yield update
+
+
+#: a file fetch's callback: bytes of the part just done.
+FileProgressFn = Callable[[int], None]
+
+
+@contextmanager
+def file_progress(name: str, total: int, enabled: bool | None = None) -> Iterator[FileProgressFn | None]:
+    """Yields a callback adding bytes done to one bar for *name*, or None when not on a TTY."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    lock = threading.Lock()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), _speed_column(), transient=False
+    ) as prog:
+        task = prog.add_task(f"fetch {name}", total=total)
+
+        def update(n: int) -> None:
+            with lock:
+                prog.update(task, advance=n)
+
+        yield update

@@ -7,12 +7,14 @@ and uncompressed-size annotations. Nothing holds a whole layer in memory.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +25,7 @@ from lazypull.format.estargz_writer import HardlinkOutsideLayerError
 from lazypull.format.tarstream import NameNotUTF8Error, Prioritized, Readable
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.artifacts import Kind, artifact_type, is_tar_layer, kind_of
 from lazypull.oci.resolve import select_manifest
 from lazypull.oci.store import ImageStore, VerifyingReader
 from lazypull.oci.types import (
@@ -31,6 +34,7 @@ from lazypull.oci.types import (
     Index,
     Manifest,
     Platform,
+    dump_json,
     host_platform,
     is_foreign_layer,
     is_index,
@@ -135,6 +139,11 @@ class Converter:
 
     def _convert_manifest(self, desc: Descriptor, platform: Platform | None) -> Descriptor:
         manifest = Manifest.parse(self.src.fetch(desc), desc.media_type)
+        kind = kind_of(manifest)
+        if kind == Kind.MODELPACK:
+            return self._convert_model(desc, manifest, platform)
+        if kind != Kind.IMAGE:
+            raise OCIError(f"{desc.digest}: convert takes images and ModelPack models, not {artifact_type(manifest)!r}")
         config = ImageConfig.parse(self.src.fetch(manifest.config))
         if len(config.diff_ids) != len(manifest.layers):
             raise OCIError(
@@ -164,6 +173,41 @@ class Converter:
             extra=manifest.extra,
         )
         return self._doc(new_manifest.media_type, new_manifest.to_bytes(), platform, desc.annotations)
+
+    def _convert_model(self, desc: Descriptor, manifest: Manifest, platform: Platform | None) -> Descriptor:
+        """A ModelPack artifact: its tar layers rebuilt lazy under their own ModelPack media type
+        (the compression suffix the output's: eStargz is gzip, zstd:chunked zstd), raw layers
+        and everything else kept; the config's ``modelfs.diffIds`` follow the new layers."""
+        config = json.loads(self.src.fetch(manifest.config))
+        new_layers: list[Descriptor] = []
+        diff_ids: dict[str, str] = {}
+        for layer in manifest.layers:
+            if is_tar_layer(layer, Kind.MODELPACK) and layer.media_type.startswith(mt.MODELPACK_LAYER_PREFIX):
+                base = layer.media_type.rpartition(".tar")[0] + ".tar"
+                out_type = base + ("+zstd" if self.opts.layer_format == "zstdchunked" else "+gzip")
+                nd, new_diff_id = self._build(layer, partial(self._verified_blob, layer), out_type)
+                diff_ids[layer.digest] = new_diff_id
+                new_layers.append(nd)
+            else:
+                self._copy_blob(layer)
+                new_layers.append(layer)
+        modelfs = config.get("modelfs") if isinstance(config, dict) else None
+        if isinstance(modelfs, dict) and isinstance(modelfs.get("diffIds"), list):
+            old = modelfs["diffIds"]
+            if len(old) == len(manifest.layers):  # one per layer, in order: the spec's shape
+                modelfs["diffIds"] = [diff_ids.get(d.digest, o) for d, o in zip(manifest.layers, old, strict=True)]
+        cfg_desc = self._push_doc(manifest.config.media_type, dump_json(config))
+        new_manifest = Manifest(
+            config=cfg_desc,
+            layers=new_layers,
+            media_type=mt.OCI_MANIFEST,
+            annotations=manifest.annotations,
+            extra=manifest.extra,
+        )
+        return self._doc(new_manifest.media_type, new_manifest.to_bytes(), platform, desc.annotations)
+
+    def _verified_blob(self, desc: Descriptor) -> VerifyingReader:
+        return VerifyingReader(self.src.open_blob(desc), desc)
 
     # -- layers -----------------------------------------------------------------------
     def _convert_layer(
@@ -205,8 +249,11 @@ class Converter:
         self._converted[desc.digest], self._diff_ids[desc.digest] = nd, new_diff_id
         return nd, new_diff_id
 
-    def _build(self, desc: Descriptor, open_source: Callable[[], Any]) -> tuple[Descriptor, str]:
-        """Build the lazy layer from the source stream *open_source* gives; push it."""
+    def _build(
+        self, desc: Descriptor, open_source: Callable[[], Any], media_type: str | None = None
+    ) -> tuple[Descriptor, str]:
+        """Build the lazy layer from the source stream *open_source* gives; push it (typed
+        *media_type*, else an image layer type)."""
         progress = self.opts.progress
         fd, tmp = tempfile.mkstemp(prefix="lazypull-layer-", dir=self.opts.tmpdir)
         try:
@@ -232,7 +279,7 @@ class Converter:
                 if (self.opts.oci or desc.media_type.startswith("application/vnd.oci"))
                 else mt.DOCKER_LAYER_GZIP
             )
-            nd = Descriptor(layer_type, res.blob_digest, res.blob_size, ann)
+            nd = Descriptor(media_type or layer_type, res.blob_digest, res.blob_size, ann)
             if progress:
                 progress("push", nd, 0, nd.size)
             if not self.dst.has_blob(nd):

@@ -41,7 +41,7 @@ from lazypull.errors import FormatError
 from lazypull.format.index import NO_XATTRS, Chunk, Entry, EntryType, LayerIndex, normalize
 
 #: Formats whose index is kept compact (a SOCI index keeps its span state in Python).
-COMPACT_FORMATS = frozenset({"estargz", "zstdchunked"})
+COMPACT_FORMATS = frozenset({"estargz", "zstdchunked", "raw"})
 T = TypeVar("T")
 MAGIC = b"LPINDEX\0"
 VERSION = 1
@@ -128,6 +128,10 @@ def decoder_for(fmt: str) -> Decoder:
         from lazypull.format.zstdchunked import ZstdChunkDecoder
 
         return ZstdChunkDecoder()
+    if fmt == "raw":
+        from lazypull.format.rawblob import decode_raw_chunk
+
+        return decode_raw_chunk
     raise FormatError(f"compact index of format {fmt!r}: no chunk decoder for it")
 
 

@@ -15,24 +15,37 @@ are ``lazypull.errors`` types; path errors are also the matching ``OSError`` sub
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import stat as statmod
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lazypull.cache.chunks import ChunkCache
-from lazypull.errors import ImageIsADirectoryError, ImageNotADirectoryError, ImageNotAFileError, OCIError
+from lazypull.chunkindex.find import with_chunk_index
+from lazypull.errors import (
+    DigestMismatchError,
+    ImageIsADirectoryError,
+    ImageNotADirectoryError,
+    ImageNotAFileError,
+    OCIError,
+)
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import EntryType, LayerIndex
-from lazypull.format.soci.dispatch import is_lazy, open_layer_index, ztoc_of
-from lazypull.fs.fetcher import Fetcher
+from lazypull.format.soci.dispatch import chunks_of, is_lazy, open_layer_index, ztoc_of
+from lazypull.fs.fetcher import MIN_FETCH, READAHEAD, Fetcher
+from lazypull.imagefs.filelayer import StreamedFileLayer
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
 from lazypull.imagefs.merged import MergedView, Node, join
+from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
+from lazypull.oci.artifacts import Kind, file_path, is_tar_layer, kind_of
 from lazypull.oci.dockerarchive import DockerArchive
 from lazypull.oci.layout import OCILayout
 from lazypull.oci.store import ImageStore
@@ -43,6 +56,8 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 BUFFER_SIZE = 1 << 20  # what ImageFS.open's buffered reader asks the layer for at once
+FETCH_WORKERS = 8  # ranges in flight in ImageFS.fetch
+FETCH_PART = 8 << 20  # bytes per range in ImageFS.fetch
 
 _TYPE_NAMES = {
     EntryType.DIR: "directory",
@@ -137,30 +152,50 @@ class ImageFS:
         self.store = store
         self.ref = store.name
         self.manifest_descriptor, self.manifest = _resolve_manifest(store, platform)
+        #: An image, or an artifact whose layers are files (a ModelPack model, an ORAS push).
+        self.kind = kind_of(self.manifest)
         config = store.fetch(self.manifest.config)
-        ImageConfig.parse(config)  # checks it is an image config
-        #: The image config as JSON (``config["config"]["Env"]``, ``["rootfs"]["diff_ids"]``, ...).
-        self.config: dict[str, Any] = json.loads(config)
+        if self.kind == Kind.IMAGE:
+            ImageConfig.parse(config)  # checks it is an image config
+        #: The config as JSON (an image's ``config["config"]["Env"]``, a model's ``["descriptor"]``, ...).
+        self.config: dict[str, Any] = _json_object(config)
         self._cache = _shared_cache(cache_dir or default_cache_dir())
         self._spool_dir = spool_dir
-        layers = _soci_layers(store, self.manifest_descriptor, self.manifest)
+        if self.kind == Kind.IMAGE:
+            layers = _soci_layers(store, self.manifest_descriptor, self.manifest)
+        else:  # raw layers a chunk index covers carry it: read lazily, like layers with a zTOC
+            layers = with_chunk_index(store, self.manifest_descriptor.digest, self.manifest.layers, self.kind)
         self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
 
     def _opener(self, desc: Descriptor) -> Callable[[], LayerView]:
+        def open_file_layer() -> LayerView:
+            return StreamedFileLayer(self.store, desc, file_path(desc), self._spool_dir)
+
         def open_layer() -> LayerView:
             source = CountingSource(self.store.blob_source(desc))
             index: LayerIndex | None
-            if ztoc_of(desc) is not None:  # a gzip layer its SOCI index makes lazy, as for mount
-                index = open_layer_index(desc, source, self.store.blob_source)
+            if ztoc_of(desc) is not None or chunks_of(desc) is not None:  # a zTOC or chunk index, as for mount
+                index = open_layer_index(desc, source, self.store.blob_source, self._cache)
             else:
                 index = find_index(self.store, self.manifest_descriptor, desc, source)
             if index is None:
                 return StreamedLayer(self.store, desc, self._spool_dir)
-            fetcher = Fetcher(index, source, self._cache, name=desc.digest[7:19])
+            # A raw blob, no read-ahead: a tensor read fetches the chunks it covers and no more
+            # (whole files: fetch(), in parallel ranges).
+            readahead = 0 if index.format == "raw" else READAHEAD
+            fetcher = Fetcher(
+                index,
+                source,
+                self._cache,
+                name=desc.digest[7:19],
+                readahead=readahead,
+                min_fetch=0 if readahead == 0 else MIN_FETCH,
+            )
             return IndexedLayer(desc, index, fetcher, source)
 
-        return open_layer
+        raw = not is_tar_layer(desc, self.kind) and chunks_of(desc) is None
+        return open_file_layer if raw else open_layer
 
     # -- the image ---------------------------------------------------------------------------
     @property
@@ -279,9 +314,64 @@ class ImageFS:
         """Verified bytes [offset, offset+size) of a regular file's node."""
         return self._view.layer(node.layer).read(node.entry, offset, size)
 
+    def pread(self, path: str | os.PathLike[str], offset: int, size: int) -> bytes:
+        """Verified bytes [offset, offset+size) of a regular file (fewer at its end): only
+        the chunks the range covers are fetched."""
+        return self.read_range(self._file(path), offset, size)
+
     def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
         node = self._file(path)
         return self.read_range(node, 0, node.entry.size)
+
+    def fetch(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        workers: int = FETCH_WORKERS,
+        part_size: int = FETCH_PART,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Fetch all of regular file *path* now, *workers* ranges at a time (one stream seldom
+        fills a fast link), so later reads are local; returns its size. Besides each chunk, the
+        whole file is checked against its content digest when the layer records one (a raw
+        blob's: its blob digest). *progress* is called with the bytes of each part done."""
+        node = self._file(path)
+        size = node.entry.size
+        digester = digestlib.Digester(digestlib.algorithm(node.entry.digest)) if node.entry.digest else None
+        offsets = iter(range(0, size, part_size))
+        carry, carry_offset = b"", 0  # bytes of a chunk that continues in the next part
+        with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="lazypull-fetch") as pool:
+            window: deque[Future[bytes]] = deque()
+            for off in itertools.islice(offsets, workers + 2):
+                window.append(pool.submit(self.read_range, node, off, part_size))
+            while window:  # in order, a bounded window ahead: the digest sees the bytes in order
+                data = window.popleft().result()
+                if node.entry.chunks:  # chunks on disk, those across two parts too
+                    block = carry + data if carry else data
+                    upto = self._persist(node, carry_offset, block)
+                    carry, carry_offset = block[upto - carry_offset :], upto
+                later = next(offsets, None)
+                if later is not None:
+                    window.append(pool.submit(self.read_range, node, later, part_size))
+                if digester is not None:
+                    digester.update(data)
+                if progress is not None:
+                    progress(len(data))
+        if digester is not None and digester.digest() != node.entry.digest:
+            raise DigestMismatchError(f"{self.ref}: /{node.path}", node.entry.digest, digester.digest())
+        return size
+
+    def _persist(self, node: Node, offset: int, data: bytes) -> int:
+        """Make sure the chunks wholly inside *data* (file bytes from *offset*) are on disk
+        (the cache drops chunks when its writer is behind; a fetched file must stay local).
+        Returns the file offset where the last of them ends (*offset* when none)."""
+        end = offset
+        for c in node.entry.chunks_for(offset, len(data)):
+            lo = c.file_offset - offset
+            if lo >= 0 and lo + c.size <= len(data):
+                self._cache.persist(c.digest, data[lo : lo + c.size])
+                end = c.file_offset + c.size
+        return end
 
     def read_text(self, path: str | os.PathLike[str], encoding: str = "utf-8", errors: str = "strict") -> str:
         return self.read_bytes(path).decode(encoding, errors)
@@ -376,6 +466,15 @@ def _soci_layers(store: ImageStore, subject: Descriptor, manifest: Manifest) -> 
         return list(manifest.layers)
 
     return with_soci(manifest.layers, soci_ztocs(store.client, store.ref, subject.digest, manifest.annotations))
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A config as JSON; {} when an artifact's config is not a JSON object (it may be anything)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _resolve_manifest(store: ImageStore, platform: Platform | None) -> tuple[Descriptor, Manifest]:

@@ -40,12 +40,16 @@ class StreamedLayerWarning(UserWarning):
     """A layer has no index for lazy reads and is downloaded whole."""
 
 
-def warn_streamed(desc: Descriptor, doing: str = "downloading all of it once") -> None:
+def warn_streamed(
+    desc: Descriptor,
+    doing: str = "downloading all of it once",
+    how: str = "convert the image to eStargz, or index it with lazypull soci create",
+) -> None:
     """Say (once per layer and call site) that *desc* is fetched whole, and how big it is:
     the one surprise in a lazy pull, so it is named where it happens."""
     warnings.warn(
         f"layer {desc.digest} ({size_text(desc.size)}, {desc.media_type}) has no index for lazy reads: {doing} "
-        "(convert the image to eStargz, or index it with lazypull soci create, to read it lazily)",
+        f"({how}, to read it lazily)",
         StreamedLayerWarning,
         stacklevel=_caller_level(),
     )

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazypull.convert.check import manifests_of
+from lazypull.chunkindex.find import with_chunk_index
 from lazypull.convert.unpack import RootDir, apply_tar_layer
 from lazypull.errors import LazypullError
 from lazypull.format.soci.dispatch import is_lazy
@@ -33,8 +33,11 @@ from lazypull.fs.fsdclient import FsdClient, FsdError, holder_running, is_server
 from lazypull.fs.fuse.server import is_mounted, unmount
 from lazypull.fs.spec import LayerSpec
 from lazypull.imagefs.layers import warn_streamed
+from lazypull.oci.artifacts import Kind, file_path, is_tar_layer, kind_of
 from lazypull.oci.layout import OCILayout
-from lazypull.oci.store import ImageStore
+from lazypull.oci.resolve import select_manifest
+from lazypull.oci.store import ImageStore, VerifyingReader
+from lazypull.oci.types import Descriptor, Manifest
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
 from lazypull.soci.find import soci_layers
@@ -113,18 +116,28 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
     if state.exists():
         umount_image(mountpoint, opts.state_root)
     state.mkdir(parents=True, mode=0o700)
-    manifest = next(iter(manifests_of(store, None, False)))
+    subject = select_manifest(store, store.resolve(), None)
+    manifest = Manifest.parse(store.fetch(subject), subject.media_type)
+    kind = kind_of(manifest)  # an artifact (ModelPack, ORAS) mounts as its files, like a volume
+    if kind == Kind.IMAGE:
+        layers = soci_layers(store, manifest)
+    else:
+        layers = with_chunk_index(store, subject.digest, manifest.layers, kind)
     lowers: list[str] = []
     lazy: list[tuple[LayerSpec, Path]] = []
     record_layers: list[dict[str, object]] = []
     record: dict[str, object] = {"mountpoint": str(mountpoint), "layers": record_layers}
     try:
-        for i, layer in enumerate(soci_layers(store, manifest)):
+        for i, layer in enumerate(layers):
             ldir = state / f"layer{i}"
             ldir.mkdir(mode=0o700)
             if is_lazy(layer):
                 lazy.append((layer_spec(store, layer, opts, ropts), ldir / "fs"))
                 record_layers.append({"digest": layer.digest, "lazy": True, "dir": str(ldir)})
+            elif not is_tar_layer(layer, kind):
+                warn_streamed(layer, "downloading all of it", how="index the artifact with lazypull index create")
+                write_file_layer(store, layer, ldir / "fs")
+                record_layers.append({"digest": layer.digest, "lazy": False, "dir": str(ldir)})
             else:
                 warn_streamed(layer, "downloading and unpacking all of it")
                 root = RootDir(ldir / "fs")
@@ -156,6 +169,19 @@ def mount_image(store: ImageStore, mountpoint: Path, opts: MountOptions, ropts: 
         umount_image(mountpoint, opts.state_root)
         raise
     return state
+
+
+def write_file_layer(store: ImageStore, layer: Descriptor, root: Path) -> None:
+    """A raw artifact layer as a directory holding its one file (streamed, checked against
+    the blob digest before the file gets its name)."""
+    path = root / file_path(layer)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    os.chmod(root, 0o755)
+    tmp = path.with_name(f".{path.name}.lazypull-tmp")
+    with VerifyingReader(store.open_blob(layer), layer) as src, open(tmp, "xb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, path)
 
 
 def _run_mount(args: list[str], what: str) -> None:

@@ -68,3 +68,18 @@ ANNOTATION_SOCI_INDEX_DIGEST = "com.amazon.soci.index-digest"  # on the image ma
 ANNOTATION_SOCI_IMAGE_MANIFEST_DIGEST = "com.amazon.soci.image-manifest-digest"  # on the index's descriptor
 # Set by lazypull's resolvers (never taken from an image): the layer's zTOC descriptor as JSON
 ANNOTATION_LAZYPULL_ZTOC = "io.lazypull.soci.ztoc"
+# Set by lazypull's resolvers (never taken from an artifact): a raw layer's chunk index blob
+# descriptor and its file path, as JSON
+ANNOTATION_LAZYPULL_CHUNKS = "io.lazypull.chunks"
+
+# OCI artifacts: files in a registry that are not an image (models, ORAS pushes)
+ANNOTATION_TITLE = "org.opencontainers.image.title"  # an ORAS file's name
+ANNOTATION_ORAS_UNPACK = "io.deis.oras.content.unpack"  # an ORAS directory: a tar(.gz) to unpack
+# CNCF ModelPack (modelpack/model-spec): artifactType, config, and file paths of its layers
+MODELPACK_MANIFEST = "application/vnd.cncf.model.manifest.v1+json"
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+MODELPACK_LAYER_PREFIX = "application/vnd.cncf.model."  # weight, weight.config, doc, code, dataset
+ANNOTATION_MODELPACK_FILEPATH = "org.cncf.model.filepath"
+# lazypull's chunk index of an artifact's raw blobs: a referrer of the artifact manifest
+CHUNK_INDEX_ARTIFACT_TYPE = "application/vnd.lazypull.chunk-index.v1+json"
+CHUNK_INDEX_LAYER = "application/vnd.lazypull.chunk-index.layer.v1+json"
