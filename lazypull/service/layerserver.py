@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,10 @@ class LayerServer:
         self._prefetch = Shares(12, {"image": 4, "host": 6}, name="prefetch")
         self._background = Shares(4, {"host": 2}, name="background")
         self.idle = threading.Event()
+        # Control requests being answered: an exit (idle after a failed mount, a retirement)
+        # waits for their replies, or the caller sees "connection closed" instead of why.
+        self._answering = 0
+        self._answered = threading.Condition()
         self.handover_until = 0.0  # monotonic time until which changes are refused (handover)
         self.retired = False  # a successor serves our layers: exit leaving the socket and state to it
 
@@ -631,10 +635,25 @@ class LayerServer:
             return {"ok": True}, []
         raise LazypullError(f"unknown request {op!r}")
 
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Around a control request, from reading it to sending its reply."""
+        with self._answered:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._answered:
+                self._answering -= 1
+                self._answered.notify_all()
+
     def drain(self, timeout: float = 5.0) -> None:
         """Stop reading requests and answer every one read (a planned exit, or retiring: the
-        successor reads the connections already, so the next requests go to it)."""
+        successor reads the connections already, so the next requests go to it), control
+        requests included."""
         t0 = time.monotonic()
+        with self._answered:
+            self._answered.wait_for(lambda: self._answering == 0, timeout)
         with self._lock:
             sessions = [ly.session for ly in self.layers.values() if ly.session is not None]
         for s in sessions:
@@ -763,16 +782,19 @@ def serve_control(server: LayerServer, sock: socket.socket) -> None:
                 log.debug("control connection: %s", e)
                 return
             request_seen()  # a caller waits on this one too: index builds give way
-            try:
-                reply, out_fds = server.handle(req, fds)
-            except (LazypullError, OSError, KeyError, ValueError, TypeError) as e:
-                (log.debug if isinstance(e, HandingOver) else log.warning)("%s request failed: %s", req.get("op"), e)
-                msg = str(e) if isinstance(e, LazypullError) else f"{type(e).__name__}: {e}"
-                reply, out_fds = {"error": msg}, []
-                if isinstance(e, HandingOver):
-                    reply["retry"] = True
-            with contextlib.suppress(OSError):
-                send_msg(conn, reply, out_fds)
+            with server.answering():
+                try:
+                    reply, out_fds = server.handle(req, fds)
+                except (LazypullError, OSError, KeyError, ValueError, TypeError) as e:
+                    (log.debug if isinstance(e, HandingOver) else log.warning)(
+                        "%s request failed: %s", req.get("op"), e
+                    )
+                    msg = str(e) if isinstance(e, LazypullError) else f"{type(e).__name__}: {e}"
+                    reply, out_fds = {"error": msg}, []
+                    if isinstance(e, HandingOver):
+                        reply["retry"] = True
+                with contextlib.suppress(OSError):
+                    send_msg(conn, reply, out_fds)
 
     while True:
         try:

@@ -182,6 +182,40 @@ def test_bad_requests_get_one_line_errors(server: tuple[LayerServer, FsdClient],
     assert not os.path.ismount(tmp_path / "bad") and client.list() == []
 
 
+def test_an_exit_when_idle_sends_the_failed_mounts_reply_first(
+    server: tuple[LayerServer, FsdClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server started for one mount goes idle as that mount fails: its exit (drain, then
+    # the process ends) must wait for the reply that says why, not close the connection.
+    from lazypull.service import layerserver
+
+    srv, client = server
+    srv.exit_when_idle = True
+    order: list[str] = []
+    real_send = layerserver.send_msg
+
+    def late_send(conn: socket.socket, reply: dict[str, object], fds: list[int]) -> None:
+        srv.idle.wait(10)
+        time.sleep(0.3)  # the reply leaves well after the server went idle
+        real_send(conn, reply, fds)
+        order.append("replied")
+
+    def exit_when_idle() -> None:
+        srv.idle.wait(30)
+        srv.drain()
+        order.append("exited")
+
+    monkeypatch.setattr(layerserver, "send_msg", late_send)
+    exiting = threading.Thread(target=exit_when_idle, daemon=True)
+    exiting.start()
+    blob, desc = make_layer(tmp_path, "x", {"x": b"x"})
+    desc["annotations"] = {mt.ANNOTATION_TOC_DIGEST: "sha256:" + "0" * 64}  # not this layer's TOC
+    with pytest.raises(FsdError, match="TOC"):
+        client.mount(spec(tmp_path, blob, desc), tmp_path / "bad", timeout=30)
+    exiting.join(10)
+    assert order == ["replied", "exited"]
+
+
 @pytest.mark.parametrize(
     "secret",
     [{"user": "alice:s3cret"}, {"credential": {"username": "alice", "secret": "s3cret", "identity_token": False}}],
