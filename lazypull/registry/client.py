@@ -66,6 +66,7 @@ UPLOAD_CHUNK = 16 << 20
 # A mirror answering a range with the whole blob: read through this much before the range
 # rather than go elsewhere (further in, the next host is asked).
 MIRROR_SKIP_LIMIT = 1 << 20
+MIRROR_CONNECT_TIMEOUT = 2.0
 T = TypeVar("T")
 
 
@@ -282,6 +283,9 @@ class RegistryClient:
             if ep.ns_query:  # containerd's: tells a shared mirror which registry is meant
                 url += ("&" if "?" in url else "?") + urlencode({"ns": ref.registry})
         pm = self.transport.pool(*ep.tls)
+        # A mirror is near (a zone cache, a node-local one): one that does not take the
+        # connection in a moment is down, and the next host should get the time.
+        connect = min(CONNECT_TIMEOUT, ep.timeout, MIRROR_CONNECT_TIMEOUT if ep.is_mirror else CONNECT_TIMEOUT)
         made: dict[urllib3.BaseHTTPResponse, T] = {}
         for attempt in range(2):  # second try after a 401 refreshed the credentials
             hdrs = {"User-Agent": "lazypull/0.1", **dict(ep.headers), **(headers or {}), **auth.header(scope)}
@@ -300,7 +304,7 @@ class RegistryClient:
                         body=data,
                         preload_content=preload,
                         redirect=redirect,
-                        timeout=attempt_timeout(min(CONNECT_TIMEOUT, ep.timeout), ep.timeout),
+                        timeout=attempt_timeout(connect, ep.timeout),
                         retries=_NO_RETRY_FOLLOW if redirect else False,
                     )
                     HOST_STATS.add(
@@ -317,8 +321,8 @@ class RegistryClient:
                     raise
                 return r
 
-            # A mirror gets one retry: the next host is a better bet than a third try.
-            retries = min(1, self.transport.max_retries) if ep.is_mirror else None
+            # A failing mirror is not asked again: the next host is the better bet.
+            retries = 0 if ep.is_mirror else None
             resp = self.transport.with_retries(once, method, url, deadline, retries=retries)
             if attempt == 0 and (body is None or isinstance(body, bytes)):
                 if resp.status == 401:

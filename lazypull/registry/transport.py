@@ -303,7 +303,8 @@ class Transport:
                         )
                     delay = max(delay, wait)
                 if attempt > max_retries or scope.remaining() - delay <= 0.05:
-                    raise TransportError(f"{method} {_safe(what)} failed after {attempt} attempts: {err}")
+                    msg = f"{method} {_safe(what)} failed after {attempt} attempts: {err}"
+                    raise Throttled(msg, wait) if wait is not None else TransportError(msg)
                 log.debug("retrying %s %s after %s (attempt %d)", method, _safe(what), err, attempt)
                 time.sleep(delay)
 
