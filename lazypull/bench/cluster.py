@@ -178,7 +178,7 @@ class _Node:
             )
         # The network namespace only: `ip netns exec` also remounts /sys (runc then finds no
         # cgroups) and gives a mount namespace of its own (containerd would not see FUSE mounts).
-        ns = ["nsenter", f"--net=/run/netns/{net.name}"]
+        ns = self.ns = ["nsenter", f"--net=/run/netns/{net.name}"]
         self.snap: subprocess.Popen[bytes] | None = None
         plugins = ""
         sock = root / "snap.sock"
@@ -214,7 +214,8 @@ class _Node:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.root / log, "wb"))
 
     def ctr(self, *args: str, tool: str = "ctr", check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [tool, "--address", str(self.address), "--namespace", "bench", *args]
+        # ctr fetches what it pulls itself: it runs in the node's network namespace too
+        cmd = [*self.ns, tool, "--address", str(self.address), "--namespace", "bench", *args]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if check and res.returncode != 0:
             raise LazypullError(f"{' '.join(args[:3])} failed: {(res.stderr or res.stdout)[-400:]}")
@@ -272,7 +273,9 @@ def _prepare(cfg: BenchConfig, origin: _Registry, work: Path, modes: list[str]) 
     return refs
 
 
-def run_cluster(cfg: BenchConfig, nodes: int, vias: list[str]) -> list[ClusterResult]:
+def run_cluster(cfg: BenchConfig, nodes: int, vias: list[str], kill_after: float = 1.0) -> list[ClusterResult]:
+    """*vias*: ``cache``, ``direct``, ``cache-killed`` (the cache is killed *kill_after*
+    seconds into the run: every node should still start)."""
     work = cfg.workdir.resolve() / "cluster"
     work.mkdir(parents=True, exist_ok=True)
     results = []
@@ -284,7 +287,7 @@ def run_cluster(cfg: BenchConfig, nodes: int, vias: list[str]) -> list[ClusterRe
             for mode in cfg.modes:
                 for via in vias:
                     for run in range(1, cfg.runs + 1):
-                        r = _one_run(cfg, net, origin, work, mode, via, refs[mode])
+                        r = _one_run(cfg, net, origin, work, mode, via, refs[mode], kill_after)
                         p50, p99 = r.quantile(0.5), r.quantile(0.99)
                         cfg.progress(
                             f"[cluster] {mode:9} {via:6} #{run}: p50 {p50:6.2f}s p99 {p99:6.2f}s"
@@ -300,10 +303,10 @@ def run_cluster(cfg: BenchConfig, nodes: int, vias: list[str]) -> list[ClusterRe
 
 
 def _one_run(
-    cfg: BenchConfig, net: _Net, origin: _Registry, work: Path, mode: str, via: str, ref: str
+    cfg: BenchConfig, net: _Net, origin: _Registry, work: Path, mode: str, via: str, ref: str, kill_after: float
 ) -> ClusterResult:
     res = ClusterResult(mode, via, len(net.nodes))
-    cache = _Registry(net.cache, work / "cache", remote=f"http://{origin.host}") if via == "cache" else None
+    cache = _Registry(net.cache, work / "cache", remote=f"http://{origin.host}") if via != "direct" else None
     started: list[_Node] = []
     try:
         for i, n in enumerate(net.nodes):
@@ -324,6 +327,8 @@ def _one_run(
                     res.errors.append(str(e)[-300:])
 
         threads = [threading.Thread(target=go, args=(n,)) for n in started]
+        if via == "cache-killed" and cache is not None:
+            threading.Timer(kill_after, cache.proc.kill).start()  # the cache dies mid-pull
         for t in threads:
             t.start()
         for t in threads:

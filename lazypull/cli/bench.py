@@ -34,7 +34,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"comma-separated: {', '.join(IMAGES)}, node-scale, cluster (or all: every image but those two)",
     )
     p.add_argument("--nodes", type=int, default=8, help="cluster: nodes starting the image at once (default 8)")
-    p.add_argument("--via", default="cache,direct", help="cluster: through the zone cache, direct to origin, or both")
+    p.add_argument(
+        "--via",
+        default="cache,direct",
+        help="cluster: comma-separated: cache (the zone cache), direct (to origin), cache-killed (dies mid-pull)",
+    )
+    p.add_argument("--kill-cache-after", type=float, default=1.0, help="cluster, cache-killed: seconds into the run")
     p.add_argument("--node-images", type=int, default=5, help="node-scale: number of images (default 5)")
     p.add_argument("--node-layers", type=int, default=20, help="node-scale: distinct layers per image (default 20)")
     p.add_argument(
@@ -134,7 +139,7 @@ def _cluster(args: argparse.Namespace, cfg: BenchConfig, out: Path) -> None:
     from lazypull.bench import cluster
 
     modes = [m for m in cfg.modes if m in ("overlayfs", "lazypull", "reference")]
-    res = cluster.run_cluster(replace(cfg, modes=modes), args.nodes, args.via.split(","))
+    res = cluster.run_cluster(replace(cfg, modes=modes), args.nodes, args.via.split(","), args.kill_cache_after)
     table = cluster.markdown(res)
     name = f"cluster-{args.nodes}.md"
     (out / name).write_text(table)
