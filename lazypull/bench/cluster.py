@@ -68,6 +68,7 @@ class ClusterResult:
     start_s: list[float] = field(default_factory=list)
     failures: int = 0
     origin_bytes: int = 0
+    origin_requests: int = 0
     cache_bytes: int = 0
     node_bytes: int = 0
     errors: list[str] = field(default_factory=list)
@@ -129,14 +130,15 @@ class _Registry:
         root.mkdir(parents=True, exist_ok=True)
         cfg: dict[str, object] = {
             "version": 0.1,
-            "log": {"level": "error", "accesslog": {"disabled": True}},
+            "log": {"level": "error", "accesslog": {"disabled": False}},  # requests are counted from it
             "storage": {"filesystem": {"rootdirectory": str(root / "storage")}},
             "http": {"addr": f"{net.registry_ip}:{PORT}"},
         }
         if remote:
             cfg["proxy"] = {"remoteurl": remote}
         (root / "config.yml").write_text(json.dumps(cfg))
-        log = open(root / "registry.log", "ab")  # noqa: SIM115 - the child's
+        self.log_path = root / "registry.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child's
         self.proc = subprocess.Popen(
             [*net.exec_prefix(), "docker-registry", "serve", str(root / "config.yml")],
             stdout=subprocess.DEVNULL,
@@ -151,6 +153,11 @@ class _Registry:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+    def requests(self) -> int:
+        """HTTP requests answered so far (access log lines)."""
+        with open(self.log_path, "rb") as f:
+            return sum(1 for line in f if b'" HTTP/1.1" ' in line)
 
 
 def _answers(urllib_request: object, host: str) -> bool:
@@ -312,6 +319,7 @@ def _one_run(
         for i, n in enumerate(net.nodes):
             started.append(_Node(n, work / f"node{i}", mode, origin.host, cache.host if cache else "", cfg))
         before = (_counter(net.origin, "rx"), _counter(net.cache, "rx"), sum(_counter(n, "tx") for n in net.nodes))
+        requests_before = origin.requests()
         gate = threading.Barrier(len(started))
         lock = threading.Lock()
 
@@ -334,6 +342,7 @@ def _one_run(
         for t in threads:
             t.join()
         res.origin_bytes = _counter(net.origin, "rx") - before[0]
+        res.origin_requests = origin.requests() - requests_before
         res.cache_bytes = _counter(net.cache, "rx") - before[1]
         res.node_bytes = sum(_counter(n, "tx") for n in net.nodes) - before[2]
     finally:
@@ -346,12 +355,14 @@ def _one_run(
 
 def markdown(results: list[ClusterResult]) -> str:
     lines = [
-        "| mode | via | nodes | p50 s | p99 s | max s | origin MB | cache MB | nodes' MB | failures |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | via | nodes | p50 s | p99 s | max s | origin MB | origin requests | cache MB | nodes' MB"
+        " | failures |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r.mode} | {r.via} | {r.nodes} | {r.quantile(0.5):.2f} | {r.quantile(0.99):.2f} | {r.quantile(1):.2f}"
-            f" | {r.origin_bytes / 1e6:.1f} | {r.cache_bytes / 1e6:.1f} | {r.node_bytes / 1e6:.1f} | {r.failures} |"
+            f" | {r.origin_bytes / 1e6:.1f} | {r.origin_requests} | {r.cache_bytes / 1e6:.1f}"
+            f" | {r.node_bytes / 1e6:.1f} | {r.failures} |"
         )
     return "\n".join(lines) + "\n"
