@@ -35,6 +35,7 @@ from lazypull.bench.runner import SNAPSHOTTER, BenchConfig
 from lazypull.convert.copy import copy_image
 from lazypull.convert.image import ConvertOptions, convert_image
 from lazypull.errors import LazypullError
+from lazypull.oci.types import Descriptor
 from lazypull.polling import wait_for
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
@@ -281,7 +282,8 @@ def _prepare(cfg: BenchConfig, origin: _Registry, work: Path, modes: list[str]) 
 
 
 def run_cluster(cfg: BenchConfig, nodes: int, vias: list[str], kill_after: float = 1.0) -> list[ClusterResult]:
-    """*vias*: ``cache``, ``direct``, ``cache-killed`` (the cache is killed *kill_after*
+    """*vias*: ``cache`` (cold), ``cache-warm`` (it holds the image's blobs already: the
+    second wave of a rollout), ``direct``, ``cache-killed`` (the cache is killed *kill_after*
     seconds into the run: every node should still start)."""
     work = cfg.workdir.resolve() / "cluster"
     work.mkdir(parents=True, exist_ok=True)
@@ -318,6 +320,8 @@ def _one_run(
     try:
         for i, n in enumerate(net.nodes):
             started.append(_Node(n, work / f"node{i}", mode, origin.host, cache.host if cache else "", cfg))
+        if via == "cache-warm" and cache is not None:
+            _warm(cache.host, ref)
         before = (_counter(net.origin, "rx"), _counter(net.cache, "rx"), sum(_counter(n, "tx") for n in net.nodes))
         requests_before = origin.requests()
         gate = threading.Barrier(len(started))
@@ -351,6 +355,25 @@ def _one_run(
         if cache is not None:
             cache.stop()
     return res
+
+
+def _warm(cache: str, ref: str) -> None:
+    """Read the image's manifest and every blob through the cache (it then holds them)."""
+    from lazypull.registry.client import RegistryClient
+    from lazypull.registry.reference import Reference
+
+    client = RegistryClient(RegistryOptions(plain_http=True))
+    via = Reference.parse(ref.replace(ref.split("/", 1)[0], cache, 1))
+    data, _mt, _dg = client.get_manifest(via)
+    m = json.loads(data)
+    for d in [m["config"], *m["layers"]]:
+        with client.open_blob(via, _descriptor(d)) as f:
+            while f.read(1 << 20):
+                pass
+
+
+def _descriptor(d: dict[str, object]) -> Descriptor:
+    return Descriptor(str(d["mediaType"]), str(d["digest"]), int(str(d["size"])))
 
 
 def markdown(results: list[ClusterResult]) -> str:
