@@ -142,7 +142,7 @@ class _Registry:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child's
         self.proc = subprocess.Popen(
             [*net.exec_prefix(), "docker-registry", "serve", str(root / "config.yml")],
-            stdout=subprocess.DEVNULL,
+            stdout=log,  # the access log
             stderr=log,
         )
         self.host = f"{net.registry_ip}:{PORT}"
@@ -158,7 +158,7 @@ class _Registry:
     def requests(self) -> int:
         """HTTP requests answered so far (access log lines)."""
         with open(self.log_path, "rb") as f:
-            return sum(1 for line in f if b'" HTTP/1.1" ' in line)
+            return sum(1 for line in f if b' HTTP/1.1" ' in line)
 
 
 def _answers(urllib_request: object, host: str) -> bool:
