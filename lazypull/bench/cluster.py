@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from pathlib import Path
 from lazypull.bench.cleanup import kill_layer_servers
 from lazypull.bench.images import BenchImage, base_tar, build_image
 from lazypull.bench.netns import ShapedNet
-from lazypull.bench.runner import SNAPSHOTTER, BenchConfig
+from lazypull.bench.runner import SNAPSHOTTER, BenchConfig, _interrupt
 from lazypull.convert.copy import copy_image
 from lazypull.convert.image import ConvertOptions, convert_image
 from lazypull.errors import LazypullError
@@ -285,6 +286,8 @@ def run_cluster(cfg: BenchConfig, nodes: int, vias: list[str], kill_after: float
     """*vias*: ``cache`` (cold), ``cache-warm`` (it holds the image's blobs already: the
     second wave of a rollout), ``direct``, ``cache-killed`` (the cache is killed *kill_after*
     seconds into the run: every node should still start)."""
+    if threading.current_thread() is threading.main_thread():  # SIGTERM tears down like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     work = cfg.workdir.resolve() / "cluster"
     work.mkdir(parents=True, exist_ok=True)
     results = []

@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             reference_snapshotter=args.reference_snapshotter,
             background_fetch=args.background_fetch,
             soci_span_size=args.soci_span_size,
+            rtt_ms=args.rtt_ms,
         )
         results = run_bench(cfg) if cfg.images else []
         out.mkdir(parents=True, exist_ok=True)
