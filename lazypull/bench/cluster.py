@@ -100,7 +100,9 @@ class _Net:
             for n in (self.origin, self.cache, *self.nodes):
                 n.create()
                 _sh(*n.exec_prefix(), "ip", "route", "add", "default", "via", n.host_ip)
-            if self.rtt_ms:
+            if self.rtt_ms:  # netem: delay and rate on the origin's link
+                if subprocess.run(["modprobe", "sch_netem"], capture_output=True).returncode != 0:
+                    raise LazypullError("--rtt-ms needs the kernel's netem qdisc (sch_netem), not available here")
                 rate = self.origin.rate if self.origin.rate not in ("", "0") else "10gbit"
                 _sh(*self.origin.exec_prefix(), "tc", "qdisc", "replace", "dev", self.origin.ns_if, "root", "netem",
                     "delay", f"{self.rtt_ms:g}ms", "rate", rate)  # fmt: skip
