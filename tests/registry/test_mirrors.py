@@ -165,7 +165,7 @@ def test_dead_and_hung_mirrors_fail_over_within_the_deadline_then_are_skipped(zo
     t0 = time.monotonic()
     with deadline_scope(4.0):
         assert src.read_at(50_000, 5000) == data[50_000:55_000]
-    assert time.monotonic() - t0 < 0.5  # both mirrors skipped by their breakers
+    assert time.monotonic() - t0 < 1.5  # both mirrors skipped by their breakers (the hung one's share: 2 s)
     zone.front.heal()
 
 

@@ -59,7 +59,7 @@ def test_429_waits_as_asked_or_fails_over_at_once(registry: Registry, tmp_path: 
         t0 = time.monotonic()
         with deadline_scope(3.0), pytest.raises(Throttled):
             client.read_range(ref, d.digest, 0, 100)
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 2  # not the 30 s, nor the 3 s deadline
         # a throttling mirror: the next host at once, and the mirror left alone as asked
         mirror = start_proxy(registry.url)
         try:
@@ -72,7 +72,7 @@ def test_429_waits_as_asked_or_fails_over_at_once(registry: Registry, tmp_path: 
             with deadline_scope(3.0):
                 assert via.read_range(ref, d.digest, 10, 100) == data[10:110]
                 assert via.read_range(ref, d.digest, 20, 100) == data[20:120]
-            assert time.monotonic() - t0 < 1
+            assert time.monotonic() - t0 < 2
             assert mirror.requests == 0 and len(mirror.log) == 1  # one 429, then skipped
         finally:
             mirror.stop()
