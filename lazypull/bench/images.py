@@ -98,10 +98,15 @@ IMAGES = {
 }
 
 
+def base_tar(work: Path, packages: tuple[str, ...]) -> Path:
+    """Where :func:`base_rootfs` caches the tree for *packages*."""
+    return work / f"base-{hashlib.sha256(','.join(sorted(packages)).encode()).hexdigest()[:12]}.tar"
+
+
 def base_rootfs(work: Path, packages: tuple[str, ...]) -> Path:
     """A debootstrap'd bookworm (minbase + packages) as a tar, cached."""
-    key = hashlib.sha256(",".join(sorted(packages)).encode()).hexdigest()[:12]
-    tar = work / f"base-{key}.tar"
+    tar = base_tar(work, packages)
+    key = tar.stem.removeprefix("base-")
     if tar.exists():
         return tar
     root = work / f"base-{key}"

@@ -13,8 +13,12 @@ import argparse
 import datetime
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazypull.bench.images import IMAGES
+
+if TYPE_CHECKING:
+    from lazypull.bench.runner import BenchConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,8 +31,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--images",
         default="seed-large",
-        help=f"comma-separated: {', '.join(IMAGES)}, node-scale (or all: every image but node-scale)",
+        help=f"comma-separated: {', '.join(IMAGES)}, node-scale, cluster (or all: every image but those two)",
     )
+    p.add_argument("--nodes", type=int, default=8, help="cluster: nodes starting the image at once (default 8)")
+    p.add_argument(
+        "--via",
+        default="cache,direct",
+        help="cluster: comma-separated: cache (the zone cache), direct (to origin), cache-killed (dies mid-pull)",
+    )
+    p.add_argument("--kill-cache-after", type=float, default=1.0, help="cluster, cache-killed: seconds into the run")
     p.add_argument("--node-images", type=int, default=5, help="node-scale: number of images (default 5)")
     p.add_argument("--node-layers", type=int, default=20, help="node-scale: distinct layers per image (default 20)")
     p.add_argument(
@@ -71,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if args.reference_snapshotter and "reference" not in modes:
             modes.append("reference")
         cfg = BenchConfig(
-            images=[i for i in images if i != "node-scale"],
+            images=[i for i in images if i not in ("node-scale", "cluster")],
             modes=modes,
             runs=args.runs,
             rate=args.rate,
@@ -80,11 +91,14 @@ def run(args: argparse.Namespace) -> int:
             reference_snapshotter=args.reference_snapshotter,
             background_fetch=args.background_fetch,
             soci_span_size=args.soci_span_size,
+            rtt_ms=args.rtt_ms,
         )
         results = run_bench(cfg) if cfg.images else []
         out.mkdir(parents=True, exist_ok=True)
         if "node-scale" in images:
             _node_scale(args, cfg, out)
+        if "cluster" in images:
+            _cluster(args, cfg, out)
         if not results:
             return 0
         write_csv(results, out / "results.csv")
@@ -118,3 +132,17 @@ def _node_scale(args: argparse.Namespace, cfg: object, out: Path) -> None:
     (out / "node-scale.md").write_text(table)
     print(table)
     print(f"node-scale results in {out}/ (node-scale.csv, node-scale.md)")
+
+
+def _cluster(args: argparse.Namespace, cfg: BenchConfig, out: Path) -> None:
+    from dataclasses import replace
+
+    from lazypull.bench import cluster
+
+    modes = [m for m in cfg.modes if m in ("overlayfs", "lazypull", "reference")]
+    res = cluster.run_cluster(replace(cfg, modes=modes), args.nodes, args.via.split(","), args.kill_cache_after)
+    table = cluster.markdown(res)
+    name = f"cluster-{args.nodes}.md"
+    (out / name).write_text(table)
+    print(table)
+    print(f"cluster results in {out}/{name}")

@@ -1,6 +1,8 @@
 """Registry authentication: WWW-Authenticate challenges, basic auth and bearer tokens.
 
-Tokens are cached per (realm, service, scope) until shortly before they expire; a 401
+Tokens are cached per (realm, service, scope) until shortly before they expire, and
+fetched once at a time per key: the many readers of a node starting an image at once
+wait for one token request instead of each sending their own. A 401
 (or a 403: some registries answer so for a token they no longer accept) on a cached token
 drops it and the request is retried once with a fresh one from the credentials, so
 short-lived or revoked tokens never fail a caller.
@@ -60,6 +62,7 @@ class Authenticator:
         self.challenge: Challenge | None = None
         self._tokens: dict[tuple[str, str, str], _Token] = {}
         self._lock = threading.Lock()
+        self._fetching: dict[tuple[str, str, str], threading.Lock] = {}  # one token request per key
 
     def header(self, scope: str) -> dict[str, str]:
         """Authorization for a request needing *scope* (empty before any challenge)."""
@@ -103,12 +106,23 @@ class Authenticator:
     def _key(ch: Challenge, scope: str) -> tuple[str, str, str]:
         return (ch.get("realm") or "", ch.get("service") or "", scope)
 
-    def _token(self, ch: Challenge, scope: str) -> str:
-        key = self._key(ch, scope)
+    def _cached(self, key: tuple[str, str, str]) -> str | None:
         with self._lock:
             tok = self._tokens.get(key)
-            if tok and tok.expires > time.monotonic():
-                return tok.value
+            return tok.value if tok and tok.expires > time.monotonic() else None
+
+    def _token(self, ch: Challenge, scope: str) -> str:
+        key = self._key(ch, scope)
+        if (value := self._cached(key)) is not None:
+            return value
+        with self._lock:
+            gate = self._fetching.setdefault(key, threading.Lock())
+        with gate:  # the others wait for the one request, then take its token
+            if (value := self._cached(key)) is not None:
+                return value
+            return self._fetch_token(ch, scope, key)
+
+    def _fetch_token(self, ch: Challenge, scope: str, key: tuple[str, str, str]) -> str:
         realm = ch.get("realm")
         if not realm:
             raise RegistryError("registry sent a bearer challenge without a realm")

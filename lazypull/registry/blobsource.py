@@ -10,16 +10,19 @@ deadline scope (the fetcher's), else the transport's ``total_timeout``.
 from __future__ import annotations
 
 import threading
+import time
 from urllib.parse import urljoin
 
 import urllib3
 
 from lazypull.errors import FormatError, RegistryError
 from lazypull.oci.types import Descriptor
-from lazypull.registry.client import RegistryClient, _range_body
+from lazypull.registry.client import RegistryClient, range_body
 from lazypull.registry.deadline import deadline_scope
 from lazypull.registry.reference import Reference
 from lazypull.registry.transport import TransportError, attempt_timeout
+
+NO_RANGE_HOLD = 10.0
 
 
 class RegistryBlobSource:
@@ -31,6 +34,7 @@ class RegistryBlobSource:
         self.requests = 0
         self._lock = threading.Lock()
         self._redirect: str | None = None
+        self._no_range: dict[str, float] = {}  # host -> until when it is not asked for this blob
 
     @property
     def size(self) -> int:
@@ -84,39 +88,44 @@ class RegistryBlobSource:
                 return self._fetch_redirect(redirect, offset, length, what)
             except (RegistryError, TransportError):
                 self._redirect = None  # expired or gone: ask the registry again
-        resp = self.client.request(
-            self.ref,
-            "GET",
-            f"blobs/{self.desc.digest}",
-            redirect=False,
-            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-            ok=(200, 206, 301, 302, 303, 307, 308),
-        )
-        if resp.status in (301, 302, 303, 307, 308):
-            loc = resp.headers.get("Location")
-            resp.release_conn()
-            if not loc:
-                raise RegistryError(f"{what}: redirect without a Location")
-            base = self.client._host(self.ref).endpoints[-1].base_url + "/"
-            self._redirect = urljoin(base, loc)
-            return self._fetch_redirect(self._redirect, offset, length, what)
-        return _range_body(resp, offset, length, what)
+        now = time.monotonic()
+        skip = frozenset(h for h, until in self._no_range.items() if until > now)
+        ep, got = self.client.read_range_from(self.ref, self.desc.digest, offset, length, skip, self.note_no_range)
+        if isinstance(got, bytes):
+            return got
+        loc = got.headers.get("Location")
+        if not loc:
+            raise RegistryError(f"{what}: redirect without a Location")
+        self._redirect = urljoin(ep.base_url + "/", loc)  # relative to the host that answered
+        return self._fetch_redirect(self._redirect, offset, length, what)
+
+    def note_no_range(self, host: str) -> None:
+        """*host* answered this blob's ranges with the whole blob (a pull-through cache still
+        filling it): send this blob's ranges elsewhere for ``NO_RANGE_HOLD`` seconds."""
+        with self._lock:
+            self._no_range[host] = time.monotonic() + NO_RANGE_HOLD
 
     def _fetch_redirect(self, url: str, offset: int, length: int, what: str) -> bytes:
         pm = self.client.transport.pool()
+        got: list[bytes] = []
 
         def once() -> urllib3.BaseHTTPResponse:
             # No Authorization header: the signed URL carries its own authority.
-            return pm.request(
+            resp = pm.request(
                 "GET",
                 url,
                 headers={"Range": f"bytes={offset}-{offset + length - 1}"},
                 timeout=attempt_timeout(),
                 redirect=True,
+                preload_content=False,
             )
+            if resp.status in (200, 206):
+                got.append(range_body(resp, offset, length, what))
+            return resp
 
         resp = self.client.transport.with_retries(once, "GET", url)
         if resp.status not in (200, 206):
+            resp.drain_conn()
             resp.release_conn()
             raise RegistryError(f"{what}: blob storage answered HTTP {resp.status}")
-        return _range_body(resp, offset, length, what)
+        return got[-1]

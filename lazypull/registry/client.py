@@ -7,13 +7,17 @@ streams by the caller through :class:`VerifyingReader`, ranges by the layer read
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlencode, urljoin
 
 import urllib3
+from urllib3.exceptions import ProtocolError
 
 from lazypull.errors import LazypullError, RegistryError
 from lazypull.oci import digest as digestlib
@@ -21,13 +25,20 @@ from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import MAX_MANIFEST_BYTES, Descriptor
 from lazypull.registry import credentials
 from lazypull.registry.auth import Authenticator
+from lazypull.registry.breaker import BREAKERS
 from lazypull.registry.deadline import current as current_deadline
+from lazypull.registry.deadline import deadline_scope
+from lazypull.registry.deadline import remaining as remaining_time
+from lazypull.registry.hostlimit import HOST_LIMITS, SlotTimeout
 from lazypull.registry.hosts import Endpoint, HostsConfig
+from lazypull.registry.hoststats import HOST_STATS
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.reference import Reference
 from lazypull.registry.transport import (
     CONNECT_TIMEOUT,
+    DeadlineExceeded,
     PlainHTTPRegistry,
+    Throttled,
     Transport,
     TransportError,
     _safe,
@@ -39,8 +50,24 @@ log = logging.getLogger(__name__)
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 CHUNKED_UPLOAD_THRESHOLD = 64 << 20
 # urllib3 follows redirects only; retrying is Transport.with_retries' job.
-_NO_RETRY_FOLLOW = urllib3.Retry(total=5, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=False)
+# Retry-After is the transport's to honour: urllib3 would turn a 429 into an exception.
+_NO_RETRY_FOLLOW = urllib3.Retry(
+    total=5,
+    connect=0,
+    read=0,
+    status=0,
+    other=0,
+    redirect=5,
+    raise_on_redirect=False,
+    raise_on_status=False,
+    respect_retry_after_header=False,
+)
 UPLOAD_CHUNK = 16 << 20
+# A mirror answering a range with the whole blob: read through this much before the range
+# rather than go elsewhere (further in, the next host is asked).
+MIRROR_SKIP_LIMIT = 1 << 20
+MIRROR_CONNECT_TIMEOUT = 2.0
+T = TypeVar("T")
 
 
 class NotFoundError(RegistryError):
@@ -96,7 +123,7 @@ class RegistryClient:
         ep = self._host(ref).endpoints[-1]  # pushes go to the registry itself, not a mirror
         quick = Transport(max_retries=1, total_timeout=timeout)
         try:
-            quick.raw_request("GET", f"{ep.base_url}/v2/", endpoint=ep).release_conn()
+            quick.raw_request("GET", f"{ep.api_url}/", endpoint=ep).release_conn()
         except PlainHTTPRegistry:
             raise
         except TransportError as e:
@@ -123,27 +150,109 @@ class RegistryClient:
         *path* is relative to ``/v2/<repository>/`` unless it starts with '/' or is a URL.
         Returns the first response whose status is in *ok*; raises otherwise.
         """
+        return self.send(
+            ref,
+            method,
+            path,
+            _answer,
+            scope=scope,
+            headers=headers,
+            body=body,
+            preload=preload,
+            redirect=redirect,
+            upstream_only=upstream_only,
+            ok=ok,
+            deadline=deadline,
+        )
+
+    def send(
+        self,
+        ref: Reference,
+        method: str,
+        path: str,
+        reader: Callable[[Endpoint, urllib3.BaseHTTPResponse], T],
+        *,
+        scope: str = "pull",
+        headers: dict[str, str] | None = None,
+        body: bytes | BinaryIO | None = None,
+        preload: bool = True,
+        redirect: bool = True,
+        upstream_only: bool = False,
+        ok: tuple[int, ...] = (200,),
+        deadline: float | None = None,
+        skip_hosts: frozenset[str] = frozenset(),
+    ) -> T:
+        """:meth:`request`, with *reader* making the result from the answer while the host's
+        request slot is held and its share of the deadline runs: a host whose body fails
+        (cut off, too slow, or the whole blob for a range) is failed over like one that
+        did not answer. Hosts in *skip_hosts* are left out (not the registry itself)."""
         host = self._host(ref)
-        endpoints = host.endpoints[-1:] if upstream_only or method not in ("GET", "HEAD") else host.endpoints
+        endpoints = self._endpoints(ref, host, method, path, upstream_only, skip_hosts)
         full_scope = f"repository:{ref.repository}:{scope}"
         last: Exception | None = None
         for i, ep in enumerate(endpoints):
+            final = i == len(endpoints) - 1
             try:
-                return self._request_endpoint(
-                    ep, host.auth, method, path, ref, full_scope, headers, body, preload, redirect, ok, deadline
-                )
+                limit = self.hosts.max_requests_per_host
+                with (
+                    _share(ep, len(endpoints) - i, final, self.transport.total_timeout),
+                    HOST_LIMITS.slot(ep.host, limit, self.transport.total_timeout),
+                ):
+                    result = self._request_endpoint(
+                        ep,
+                        host.auth,
+                        method,
+                        path,
+                        ref,
+                        full_scope,
+                        headers,
+                        body,
+                        preload,
+                        redirect,
+                        ok,
+                        deadline,
+                        functools.partial(reader, ep),
+                    )
+                if ep.is_mirror:
+                    BREAKERS.success(ep.host)
+                return result
+            except SlotTimeout as e:
+                if final:
+                    raise DeadlineExceeded(str(e)) from None
+                last = e
             except NotFoundError as e:
                 if not ep.is_mirror:
                     raise
                 last = e
+            except Throttled as e:
+                BREAKERS.throttled(ep.host, e.retry_after)
+                if final or _outer_expired():
+                    raise
+                last = e
             except (TransportError, RegistryError) as e:
-                dl = current_deadline()
-                if i == len(endpoints) - 1 or (dl is not None and dl.expired):
+                if ep.is_mirror and not isinstance(e, RangeIgnored):
+                    wait = BREAKERS.failure(ep.host)
+                    log.info("mirror %s skipped for %.0fs after: %s", ep.host, wait, e)
+                if final or _outer_expired():
                     raise  # the last endpoint, or no time left for the next one
                 last = e
-            log.info("mirror %s failed for %s (%s); trying the next endpoint", ep.host, ref, last)
+            log.info("host %s failed for %s (%s); trying the next one", ep.host, ref, last)
         assert last is not None
         raise last
+
+    def _endpoints(
+        self, ref: Reference, host: _Host, method: str, path: str, upstream_only: bool, skip: frozenset[str]
+    ) -> list[Endpoint]:
+        """The hosts to try, in order: for pushes the registry; for reads those with the
+        capability (``resolve`` for a tag lookup, ``pull`` else) whose breaker is closed."""
+        if upstream_only or method not in ("GET", "HEAD"):
+            return host.endpoints[-1:]
+        need = "resolve" if _is_tag_lookup(path) else "pull"
+        able = [e for e in host.endpoints if need in e.capabilities]
+        if not able:
+            raise RegistryError(f"{ref.registry}: no configured host has the {need!r} capability")
+        last = able[-1]
+        return [e for e in able if e is last or (e.host not in skip and BREAKERS.allow(e.host))]
 
     def _request_endpoint(
         self,
@@ -159,14 +268,25 @@ class RegistryClient:
         redirect: bool,
         ok: tuple[int, ...],
         deadline: float | None,
-    ) -> urllib3.BaseHTTPResponse:
+        reader: Callable[[urllib3.BaseHTTPResponse], T],
+    ) -> T:
+        """One host's answer, made into the result by *reader* within the retries (a body
+        cut off mid-read is asked again like a failed request)."""
         if path.startswith(("http://", "https://")):
             url = path
+        elif path.startswith("/v2/"):
+            url = ep.api_url + path[3:]
         elif path.startswith("/"):
             url = ep.base_url + path
         else:
-            url = f"{ep.base_url}/v2/{ref.repository}/{path}"
-        pm = self.transport.pool(ep.ca, ep.skip_verify)
+            url = f"{ep.api_url}/{ref.repository}/{path}"
+            if ep.ns_query:  # containerd's: tells a shared mirror which registry is meant
+                url += ("&" if "?" in url else "?") + urlencode({"ns": ref.registry})
+        pm = self.transport.pool(*ep.tls)
+        # A mirror is near (a zone cache, a node-local one): one that does not take the
+        # connection in a moment is down, and the next host should get the time.
+        connect = min(CONNECT_TIMEOUT, ep.timeout, MIRROR_CONNECT_TIMEOUT if ep.is_mirror else CONNECT_TIMEOUT)
+        made: dict[urllib3.BaseHTTPResponse, T] = {}
         for attempt in range(2):  # second try after a 401 refreshed the credentials
             hdrs = {"User-Agent": "lazypull/0.1", **dict(ep.headers), **(headers or {}), **auth.header(scope)}
             data: bytes | BinaryIO | None
@@ -176,32 +296,48 @@ class RegistryClient:
                 data = body  # streamed upload: not retried, so one pass is fine
 
             def once(hdrs: dict[str, str] = hdrs, data: bytes | BinaryIO | None = data) -> urllib3.BaseHTTPResponse:
-                return pm.request(
-                    method,
-                    url,
-                    headers=hdrs,
-                    body=data,
-                    preload_content=preload,
-                    redirect=redirect,
-                    timeout=attempt_timeout(min(CONNECT_TIMEOUT, ep.timeout), ep.timeout),
-                    retries=_NO_RETRY_FOLLOW if redirect else False,
-                )
+                try:
+                    r = pm.request(
+                        method,
+                        url,
+                        headers=hdrs,
+                        body=data,
+                        preload_content=preload,
+                        redirect=redirect,
+                        timeout=attempt_timeout(connect, ep.timeout),
+                        retries=_NO_RETRY_FOLLOW if redirect else False,
+                    )
+                    HOST_STATS.add(
+                        ep.host,
+                        requests=1,
+                        bytes=len(r.data) if preload else 0,
+                        errors=1 if r.status >= 500 else 0,
+                        throttles=1 if r.status == 429 or (r.status == 503 and "Retry-After" in r.headers) else 0,
+                    )
+                    if r.status in ok:
+                        made[r] = reader(r)
+                except (urllib3.exceptions.HTTPError, OSError):
+                    HOST_STATS.add(ep.host, errors=1)
+                    raise
+                return r
 
-            resp = self.transport.with_retries(once, method, url, deadline)
+            # A failing mirror is not asked again: the next host is the better bet.
+            retries = 0 if ep.is_mirror else None
+            resp = self.transport.with_retries(once, method, url, deadline, retries=retries)
             if attempt == 0 and (body is None or isinstance(body, bytes)):
                 if resp.status == 401:
                     auth.on_unauthorized(resp.headers.get("WWW-Authenticate"), scope)
-                    resp.release_conn()
+                    _discard(resp)
                     continue
                 if resp.status == 403 and auth.on_forbidden(scope):
                     # Some registries (and gateways in front of them) refuse an expired or
                     # revoked token with 403: a fresh token from the credentials may do.
                     log.debug("%s %s: HTTP 403 with a cached token; retrying with a new one", method, _safe(url))
-                    resp.release_conn()
+                    _discard(resp)
                     continue
             break
         if resp.status in ok:
-            return resp
+            return made[resp]
         msg = _error_text(resp)
         resp.release_conn()
         where = f"{method} {_safe(url)}"
@@ -277,10 +413,20 @@ class RegistryClient:
         """Exactly *length* bytes of the blob from *offset* (one Range request)."""
         if length == 0:
             return b""
-        resp = self.request(
-            ref, "GET", f"blobs/{digest}", headers={"Range": f"bytes={offset}-{offset + length - 1}"}, ok=(206, 200)
+
+        def read(ep: Endpoint, resp: urllib3.BaseHTTPResponse) -> bytes:
+            what = f"{ref.repository}@{digest}"
+            return range_body(resp, offset, length, what, skip_limit=MIRROR_SKIP_LIMIT if ep.is_mirror else 0)
+
+        return self.send(
+            ref,
+            "GET",
+            f"blobs/{digest}",
+            read,
+            preload=False,
+            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            ok=(206, 200),
         )
-        return _range_body(resp, offset, length, f"{ref.repository}@{digest}")
 
     def push_blob(self, ref: Reference, desc: Descriptor, stream: BinaryIO, mount_from: str | None = None) -> None:
         """Upload a blob unless present; tries a cross-repository mount from *mount_from* first."""
@@ -338,21 +484,123 @@ class RegistryClient:
         base = self._host(ref).endpoints[-1].base_url + "/"
         return urljoin(base, loc)
 
+    def read_range_from(
+        self,
+        ref: Reference,
+        digest: str,
+        offset: int,
+        length: int,
+        skip_hosts: frozenset[str] = frozenset(),
+        no_range: Callable[[str], None] | None = None,
+    ) -> tuple[Endpoint, urllib3.BaseHTTPResponse | bytes]:
+        """One range of a blob from the first host that serves it: (host, bytes), or (host,
+        redirect answer) when the host sends the read elsewhere (object storage).
+        *no_range* hears of a host that answered with the whole blob."""
+
+        def read(ep: Endpoint, resp: urllib3.BaseHTTPResponse) -> tuple[Endpoint, urllib3.BaseHTTPResponse | bytes]:
+            if resp.status in (301, 302, 303, 307, 308):
+                resp.drain_conn()
+                resp.release_conn()
+                return ep, resp
+            what = f"{ref.repository}@{digest} from {ep.host}"
+            try:
+                data = range_body(resp, offset, length, what, skip_limit=MIRROR_SKIP_LIMIT if ep.is_mirror else 0)
+            except RangeIgnored:
+                if no_range is not None:
+                    no_range(ep.host)
+                raise
+            HOST_STATS.add(ep.host, bytes=len(data))
+            return ep, data
+
+        return self.send(
+            ref,
+            "GET",
+            f"blobs/{digest}",
+            read,
+            redirect=False,
+            preload=False,
+            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            ok=(200, 206, 301, 302, 303, 307, 308),
+            skip_hosts=skip_hosts,
+        )
+
 
 def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + urlencode({"digest": digest})
 
 
-def _range_body(resp: urllib3.BaseHTTPResponse, offset: int, length: int, what: str) -> bytes:
-    data = resp.data
-    if resp.status == 200:
-        # The server ignored Range; accept only if it sent exactly what was asked.
-        if offset == 0 and len(data) >= length:
-            return data[:length]
-        raise RegistryError(f"{what}: the registry ignores HTTP Range requests; lazy pulling needs them")
-    if len(data) != length:
-        raise TransportError(f"{what}: range [{offset}, {offset + length}) returned {len(data)} bytes")
-    return data
+def _discard(resp: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back after a small error body (read, so the connection is clean)."""
+    try:
+        resp.read(1 << 16)
+    except (urllib3.exceptions.HTTPError, OSError):
+        pass
+    if getattr(resp, "length_remaining", None) != 0:
+        resp.close()
+    resp.release_conn()
+
+
+def _answer(ep: Endpoint, resp: urllib3.BaseHTTPResponse) -> urllib3.BaseHTTPResponse:
+    return resp
+
+
+def _is_tag_lookup(path: str) -> bool:
+    kind, _, obj = path.partition("/")
+    return kind == "manifests" and ":" not in obj
+
+
+def _outer_expired() -> bool:
+    d = current_deadline()
+    return d is not None and d.expired
+
+
+@contextmanager
+def _share(ep: Endpoint, left: int, final: bool, default: float) -> Iterator[None]:
+    """A host that is not the last gets an equal share of the time left (at most its
+    request timeout), so a hung or trickling mirror leaves the others time to answer."""
+    if final:
+        yield
+        return
+    share = min(ep.timeout, max(remaining_time(default), 0.0) / left)
+    with deadline_scope(share):
+        yield
+
+
+class RangeIgnored(RegistryError):
+    """The host answered a range request with the whole blob, and the range is too far in."""
+
+
+def range_body(resp: urllib3.BaseHTTPResponse, offset: int, length: int, what: str, skip_limit: int = 0) -> bytes:
+    """The *length* bytes at *offset* from an answer to a Range request, read without the
+    rest: a host that ignores Range (200 and the whole blob, as a pull-through cache does
+    for a blob it is still fetching) costs the bytes up to the range's end, then the
+    connection is dropped; up to *skip_limit* bytes before the range are read and thrown
+    away, a range further in raises :class:`RangeIgnored` (ask another host). A body cut
+    short raises urllib3's ``ProtocolError``: the transport retries it."""
+    try:
+        if resp.status == 206:
+            data = resp.read(length + 1)
+            if len(data) != length:
+                raise ProtocolError(f"{what}: range [{offset}, {offset + length}) returned {len(data)} bytes")
+            return data
+        if offset > skip_limit:
+            if skip_limit:
+                raise RangeIgnored(f"{what}: the host ignores HTTP Range (HTTP 200, the whole blob)")
+            raise RegistryError(f"{what}: the registry ignores HTTP Range requests; lazy pulling needs them")
+        left = offset
+        while left:
+            got = resp.read(min(left, 1 << 16))
+            if not got:
+                break
+            left -= len(got)
+        data = resp.read(length) if not left else b""
+        if len(data) != length:
+            raise ProtocolError(f"{what}: the whole-blob answer ended before [{offset}, {offset + length})")
+        return data
+    finally:
+        if getattr(resp, "length_remaining", None) != 0:
+            resp.close()  # bytes left unread: this connection cannot serve another request
+        resp.release_conn()
 
 
 def _error_text(resp: urllib3.BaseHTTPResponse) -> str:

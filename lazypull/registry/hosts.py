@@ -10,6 +10,11 @@ configs carry over::
 
 Additions: ``plain_http``, ``ca`` (PEM path), ``skip_verify``, ``request_timeout_sec``,
 and ``header`` (extra request headers) on a host or a mirror.
+
+containerd's host directory (``[registry] config_path``, see ``hostsdir.py``) gives the
+same list of endpoints for the registries it configures. A registry named in
+``[resolver.host]`` takes that table and not the directory: the explicit lazypull config
+wins, host by host.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from lazypull.errors import ConfigError, LazypullError
 
 log = logging.getLogger(__name__)
 
+ALL_CAPABILITIES = frozenset({"pull", "resolve", "push"})
+DEFAULT_MAX_REQUESTS_PER_HOST = 16
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -32,14 +40,28 @@ class Endpoint:
     host: str
     plain_http: bool = False
     skip_verify: bool = False
-    ca: str | None = None
+    ca: str | tuple[str, ...] | None = None  # PEM file(s), added to the system's roots
     headers: tuple[tuple[str, str], ...] = ()
     is_mirror: bool = False
     timeout: float = 30.0
+    path: str = "/v2"  # the API root (containerd's override_path sets it as written)
+    client_cert: tuple[str, str] | None = None  # (certificate, key; "" when the key is in the certificate file)
+    capabilities: frozenset[str] = ALL_CAPABILITIES  # pull, resolve, push (containerd's)
+    ns_query: bool = False  # add ?ns=REGISTRY, as containerd does for its hosts.toml mirrors
 
     @property
     def base_url(self) -> str:
         return f"{'http' if self.plain_http else 'https'}://{self.host}"
+
+    @property
+    def tls(self) -> tuple[str | tuple[str, ...] | None, bool, tuple[str, str] | None]:
+        """What picks the connection pool: CA, skip_verify, client certificate."""
+        return (self.ca, self.skip_verify, self.client_cert)
+
+    @property
+    def api_url(self) -> str:
+        """Where ``<repository>/manifests/...`` and ``/blobs/...`` paths go."""
+        return self.base_url + self.path
 
 
 @dataclass
@@ -58,6 +80,8 @@ class HostsConfig:
     plain_http_all: bool = False
     plain_http_hosts: set[str] = field(default_factory=set)
     skip_verify_all: bool = False
+    hosts_dir: Path | None = None  # containerd's config_path (hosts.toml per registry)
+    max_requests_per_host: int = DEFAULT_MAX_REQUESTS_PER_HOST  # in flight at once, per process
 
     @classmethod
     def load(cls, path: Path | None) -> HostsConfig:
@@ -69,7 +93,22 @@ class HostsConfig:
             raise ConfigError(f"cannot read registry config {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"registry config {path} is not valid TOML: {e}") from None
-        return cls.from_mapping(data.get("resolver", data))
+        out = cls.from_mapping(data.get("resolver", data))
+        out.apply_registry_table(data.get("registry", {}), str(path))
+        return out
+
+    def apply_registry_table(self, reg: Any, where: str) -> None:
+        """``[registry]``: ``config_path`` and ``max_requests_per_host``."""
+        if not isinstance(reg, dict):
+            raise ConfigError(f"{where}: [registry] must be a table")
+        cp = reg.get("config_path", "")
+        if not isinstance(cp, str):
+            raise ConfigError(f"{where}: registry.config_path must be a string")
+        self.hosts_dir = Path(cp) if cp else None
+        n = reg.get("max_requests_per_host", self.max_requests_per_host)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1024:
+            raise ConfigError(f"{where}: registry.max_requests_per_host must be an integer in 1..1024, not {n!r}")
+        self.max_requests_per_host = n
 
     @classmethod
     def from_mapping(cls, resolver: dict[str, Any]) -> HostsConfig:
@@ -118,8 +157,13 @@ class HostsConfig:
         return out
 
     def endpoints(self, registry: str, api_host: str) -> list[Endpoint]:
-        """Mirrors first (in order), then the registry itself."""
-        hc = self.hosts.get(registry) or self.hosts.get(api_host) or HostConfig()
+        """Mirrors first (in order), then the registry itself.
+
+        ``[resolver.host]`` for the registry wins; else containerd's host directory; else
+        the registry alone."""
+        hc = self.hosts.get(registry) or self.hosts.get(api_host)
+        from_dir = hc is None and self.hosts_dir is not None
+        hc = hc or HostConfig()
         plain = hc.plain_http
         if plain is None:
             plain = self.plain_http_all or registry in self.plain_http_hosts or api_host in self.plain_http_hosts
@@ -131,6 +175,13 @@ class HostsConfig:
             headers=tuple(hc.headers.items()),
             timeout=hc.timeout,
         )
+        if from_dir:
+            from lazypull.registry.hostsdir import load_endpoints
+
+            assert self.hosts_dir is not None
+            found = load_endpoints(self.hosts_dir, registry, upstream, skip_verify_all=self.skip_verify_all)
+            if found is not None:
+                return found
         return [*hc.mirrors, upstream]
 
 

@@ -77,7 +77,11 @@ def add_registry_args(parser: argparse.ArgumentParser) -> None:
         "NAME:PASSWORD also works but shows in ps); default env LAZYPULL_USER",
     )
     g.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
-    g.add_argument("--registry-config", type=Path, help='hosts/mirrors TOML ([resolver.host."HOST"] tables)')
+    g.add_argument(
+        "--registry-config",
+        type=Path,
+        help='hosts/mirrors TOML ([resolver.host."HOST"] tables; [registry] config_path: containerd\'s hosts.toml dir)',
+    )
     g.add_argument("--docker-config", type=Path, help="docker config.json for credentials")
 
 

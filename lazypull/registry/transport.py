@@ -14,9 +14,11 @@ dropped and the request is sent again at once on a fresh one.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +62,30 @@ class PlainHTTPRegistry(TransportError):
 
 class DeadlineExceeded(TransportError):
     """The request's deadline passed (a stalled or trickling registry)."""
+
+
+class Throttled(TransportError):
+    """The host answered 429/503 asking to wait longer than the deadline leaves."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` in seconds from now (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 class StaleConnectionError(OSError):
@@ -152,11 +178,16 @@ class Transport:
             "http": type("Pool", (_Pool,), {"ConnectionCls": conn}),
             "https": type("TLSPool", (_TLSPool,), {"ConnectionCls": tls_conn}),
         }
-        self._pools: dict[tuple[str | None, bool], urllib3.PoolManager] = {}
+        self._pools: dict[tuple[str | tuple[str, ...] | None, bool, tuple[str, str] | None], urllib3.PoolManager] = {}
         self._lock = threading.Lock()
 
-    def pool(self, ca: str | None = None, skip_verify: bool = False) -> urllib3.PoolManager:
-        key = (ca, skip_verify)
+    def pool(
+        self,
+        ca: str | tuple[str, ...] | None = None,
+        skip_verify: bool = False,
+        client_cert: tuple[str, str] | None = None,
+    ) -> urllib3.PoolManager:
+        key = (ca, skip_verify, client_cert)
         with self._lock:
             pm = self._pools.get(key)
             if pm is None:
@@ -164,8 +195,16 @@ class Transport:
                 if skip_verify:
                     kw["cert_reqs"] = "CERT_NONE"
                     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-                elif ca:
+                elif isinstance(ca, str):
                     kw["ca_certs"] = ca
+                elif ca:  # several CA files (containerd's ca list): added to the system's roots
+                    ctx = ssl.create_default_context()
+                    for f in ca:
+                        ctx.load_verify_locations(f)
+                    kw["ssl_context"] = ctx
+                if client_cert:
+                    kw["cert_file"] = client_cert[0]
+                    kw["key_file"] = client_cert[1] or None
                 pm = self._pools[key] = urllib3.PoolManager(**kw)
                 pm.pool_classes_by_scheme = self._pool_classes
             return pm
@@ -181,7 +220,7 @@ class Transport:
         endpoint: Endpoint | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """One request with retries but no registry auth (token services, redirects)."""
-        pm = self.pool(endpoint.ca if endpoint else None, endpoint.skip_verify if endpoint else False)
+        pm = self.pool(*(endpoint.tls if endpoint else (None, False, None)))
         hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
 
         def once() -> urllib3.BaseHTTPResponse:
@@ -199,13 +238,21 @@ class Transport:
         return self.with_retries(once, method, url)
 
     def with_retries(
-        self, fn: Callable[[], urllib3.BaseHTTPResponse], method: str, what: str, deadline: float | None = None
+        self,
+        fn: Callable[[], urllib3.BaseHTTPResponse],
+        method: str,
+        what: str,
+        deadline: float | None = None,
+        retries: int | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Run *fn*, retrying transient failures of idempotent requests with jittered backoff.
 
         Everything, retries included, ends by *deadline* (absolute, monotonic), the current
         deadline scope's, or ``total_timeout`` from now, whichever comes first. An explicit
-        *deadline* is enforced on the sockets too (a trickling body is cut off)."""
+        *deadline* is enforced on the sockets too (a trickling body is cut off). A 429 or 503
+        with ``Retry-After`` waits as long as asked, if the deadline leaves that long; else
+        :class:`Throttled` at once (the caller may go to another host)."""
+        max_retries = self.max_retries if retries is None else retries
         at = deadline if deadline is not None else time.monotonic() + self.total_timeout
         with dl.deadline_scope(at=at, enforce=deadline is not None) as scope:
             budget = max(scope.remaining(), 0.0)
@@ -248,10 +295,16 @@ class Transport:
                     err = cause(e)
                 attempt += 1
                 delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
-                if retry_after and retry_after.isdigit():
-                    delay = max(delay, min(float(retry_after), self.max_backoff))
-                if attempt > self.max_retries or scope.remaining() - delay <= 0.05:
-                    raise TransportError(f"{method} {_safe(what)} failed after {attempt} attempts: {err}")
+                wait = retry_after_seconds(retry_after)
+                if wait is not None:
+                    if wait >= scope.remaining() - 0.05:
+                        raise Throttled(
+                            f"{method} {_safe(what)}: {err}, Retry-After {wait:g}s is past the deadline", wait
+                        )
+                    delay = max(delay, wait)
+                if attempt > max_retries or scope.remaining() - delay <= 0.05:
+                    msg = f"{method} {_safe(what)} failed after {attempt} attempts: {err}"
+                    raise Throttled(msg, wait) if wait is not None else TransportError(msg)
                 log.debug("retrying %s %s after %s (attempt %d)", method, _safe(what), err, attempt)
                 time.sleep(delay)
 

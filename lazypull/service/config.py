@@ -21,7 +21,7 @@ from typing import Any
 
 from lazypull.errors import LOG_LEVELS, ConfigError, LazypullError
 from lazypull.fs.fetcher import MIN_FETCH
-from lazypull.registry.hosts import HostsConfig
+from lazypull.registry.hosts import DEFAULT_MAX_REQUESTS_PER_HOST, HostsConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ class DaemonConfig:
     credential_provider_timeout_sec: float = key("credential_providers.timeout_sec", 10.0, min=0.1, max=600)
     # how often served layers are checked for rotated credentials (0: never; they keep their mount's)
     credential_renew_interval_sec: float = key("credential_providers.renew_interval_sec", 60.0, min=0, max=86400)
+    # [registry]: containerd's host directory (hosts.toml per registry: mirrors, TLS, headers),
+    # as containerd's CRI config names it; a registry in [resolver.host] takes that table instead
+    registry_config_path: str = key("registry.config_path", "")
+    max_requests_per_host: int = key("registry.max_requests_per_host", DEFAULT_MAX_REQUESTS_PER_HOST, min=1, max=1024)
     hosts: HostsConfig = field(default_factory=HostsConfig)  # [resolver.host."NAME"] tables
     resolver_raw: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +114,9 @@ class DaemonConfig:
             raise ConfigError(f"{where}: {str(e).removeprefix('registry config: ')}") from None
         if values.get("credential_provider_config") and not values.get("credential_provider_bin_dir"):
             raise ConfigError(f"{where}: credential_providers.bin_dir is required with credential_providers.config")
+        if values.get("registry_config_path"):
+            hosts.hosts_dir = Path(values["registry_config_path"])
+        hosts.max_requests_per_host = values.get("max_requests_per_host", DEFAULT_MAX_REQUESTS_PER_HOST)
         return cls(**values, hosts=hosts, resolver_raw=resolver)
 
 

@@ -56,6 +56,7 @@ from lazypull.fsutil import atomic_write
 from lazypull.giveway import Shares, request_seen
 from lazypull.heap import give_back
 from lazypull.opstats import OpStats
+from lazypull.registry.hoststats import registry_host_stats
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
 
 log = logging.getLogger("lazypull.fsd")
@@ -617,6 +618,8 @@ class LayerServer:
                 "caches": caches,
                 "memory_bytes": self.memory.size,
                 "index_memory": self.index_memory.stats(),
+                "pid": os.getpid(),
+                "registry_hosts": registry_host_stats(),
             }, []
         if op == "adopt":  # chunks the daemon's hint prefetcher wrote: under this server's one bound
             cache = self._cache(str(req["cache_dir"]), int(req["max_bytes"]))

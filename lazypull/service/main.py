@@ -15,6 +15,7 @@ import grpc
 
 from lazypull.errors import ConfigError, LazypullError, log_level
 from lazypull.registry.client import RegistryClient
+from lazypull.registry.hosts import DEFAULT_MAX_REQUESTS_PER_HOST
 from lazypull.registry.options import RegistryOptions
 from lazypull.service.args import DEFAULT_CONFIG, add_args, status_socket
 from lazypull.service.config import DaemonConfig
@@ -56,10 +57,12 @@ def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
         index_memory_bytes=cfg.index_memory_bytes,
         image_index_memory_bytes=cfg.image_index_memory_bytes,
     )
-    if cfg.resolver_raw:
+    if cfg.resolver_raw or cfg.registry_config_path or cfg.max_requests_per_host != DEFAULT_MAX_REQUESTS_PER_HOST:
         # The layer server reads the same hosts config; hand it over as a file next to the state.
         hosts_file = root / "resolver.toml"
-        hosts_file.write_text(_toml_resolver(cfg.resolver_raw))
+        registry = f"[registry]\nconfig_path = {_tv(cfg.registry_config_path)}\n"
+        registry += f"max_requests_per_host = {cfg.max_requests_per_host}\n"
+        hosts_file.write_text(registry + _toml_resolver(cfg.resolver_raw))
         os.chmod(hosts_file, 0o600)
         remote.registry["registry_config"] = str(hosts_file)
     resolver = LayerResolver(
@@ -95,13 +98,11 @@ def _toml_resolver(resolver: dict[str, object]) -> str:
     hosts = resolver.get("host", {}) or {}
     assert isinstance(hosts, dict)
     for name, h in hosts.items():
-        lines.append(f'[resolver.host."{name}"]')
-        for k, v in h.items():
-            if k != "mirrors" and not isinstance(v, dict):
-                lines.append(f"{k} = {_tv(v)}")
+        lines.append(f"[resolver.host.{_tv(name)}]")
+        lines += [f"{k} = {_tv(v)}" for k, v in h.items() if k != "mirrors"]
         for m in h.get("mirrors", []) or []:
-            lines.append(f'[[resolver.host."{name}".mirrors]]')
-            lines += [f"{k} = {_tv(v)}" for k, v in m.items() if not isinstance(v, dict)]
+            lines.append(f"[[resolver.host.{_tv(name)}.mirrors]]")
+            lines += [f"{k} = {_tv(v)}" for k, v in m.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +111,10 @@ def _tv(v: object) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return str(v)
+    if isinstance(v, dict):  # header = { "X-Name" = "value" }
+        return "{ " + ", ".join(f"{_tv(str(k))} = {_tv(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(_tv(x) for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -7,10 +7,15 @@ dashboards expect (``stargz_fs_operation_duration_seconds``, ``stargz_cache_*``,
 Labels stay bounded: per layer (the node's mounted layers), per operation, and per
 registry host for ``lazypull_fetch_duration_seconds`` — the first ``MAX_HOSTS`` hosts seen
 keep their name, later ones count as ``other``.
+
+``lazypull_registry_*{host}`` count what each host a request really went to (a mirror, a
+cache or the registry) was asked and answered: the layer server's lazy reads and the
+daemon's manifest lookups together.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from lazypull.errors import LazypullError
 from lazypull.opstats import BUCKETS, Histogram
+from lazypull.registry.hoststats import registry_host_stats
 from lazypull.registry.reference import Reference
 from lazypull.service.firstread import FIRST_READS
 
@@ -131,6 +137,48 @@ class LayerStatsCollector(Collector):
         yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, compact, ferr, verr, merr)
         yield from (health, up, restarts, unhealthy, aborted, fetch_hist)
         yield from _index_memory(server.get("index_memory") or {})
+        hosts = dict(server.get("registry_hosts") or {})
+        if server.get("pid") != os.getpid():  # the daemon's own requests (a separate layer server)
+            for h, row in registry_host_stats().items():
+                acc = hosts.setdefault(h, {})
+                for k, v in row.items():
+                    acc[k] = acc.get(k, 0.0) + v
+        yield from self._registry_hosts(hosts)
+
+    def _registry_hosts(self, hosts: dict[str, dict[str, float]]) -> Iterator[Metric]:
+        help_ = {
+            "requests": "Requests sent to the registry host (mirrors and caches included), retries included",
+            "bytes": "Body bytes read from the registry host",
+            "errors": "Requests to the registry host that failed (no answer, cut off, or 5xx)",
+            "throttles": "429s (and 503s with Retry-After) from the registry host",
+        }
+        fams = {k: CounterMetricFamily(f"lazypull_registry_{k}", h, labels=["host"]) for k, h in help_.items()}
+        skipped = GaugeMetricFamily(
+            "lazypull_registry_host_skipped_seconds",
+            "Seconds the host is still skipped after failing (its breaker is open)",
+            labels=["host"],
+        )
+        waiting = GaugeMetricFamily(
+            "lazypull_registry_requests_waiting",
+            "Requests waiting for one of the host's request slots",
+            labels=["host"],
+        )
+        merged: dict[str, dict[str, float]] = {}
+        for h, row in hosts.items():
+            acc = merged.setdefault(self.raw_host_label(h), {})
+            for k, v in row.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+        for h, row in sorted(merged.items()):
+            for k, fam in fams.items():
+                fam.add_metric([h], row.get(k, 0.0))
+            skipped.add_metric([h], row.get("skipped", 0.0))
+            waiting.add_metric([h], row.get("waiting", 0.0))
+        yield from (*fams.values(), skipped, waiting)
+
+    def raw_host_label(self, host: str) -> str:
+        if host not in self._hosts and len(self._hosts) < MAX_HOSTS:
+            self._hosts[host] = None
+        return host if host in self._hosts else OTHER_HOST
 
 
 def _zeros() -> list[float]:

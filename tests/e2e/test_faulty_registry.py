@@ -131,7 +131,7 @@ def three_layers(world: World) -> str:
     return f"{world.proxy.host}/faulty/three:esgz"
 
 
-@pytest.mark.parametrize("fault", ["stall", "stall-blobs", "never-accepts"])
+@pytest.mark.parametrize("fault", ["stall", "stall-blobs", "never-accepts", "never-accepts-hosts-toml"])
 def test_prepare_against_unresponsive_registry_falls_back_within_the_bound(
     world: World, three_layers: str, tmp_path: Path, fault: str
 ) -> None:
@@ -141,6 +141,12 @@ def test_prepare_against_unresponsive_registry_falls_back_within_the_bound(
         if fault == "never-accepts":
             dead = stack.enter_context(unaccepting_port())
             cfg += f'[[resolver.host."{world.proxy.host}".mirrors]]\nhost = "{dead}"\ninsecure = true\n'
+        elif fault == "never-accepts-hosts-toml":  # the same dead mirror, from containerd's host directory
+            dead = stack.enter_context(unaccepting_port())
+            hosts = tmp_path / "certs.d" / world.proxy.host
+            hosts.mkdir(parents=True)
+            (hosts / "hosts.toml").write_text(f'server = "http://{world.proxy.host}"\n[host."http://{dead}"]\n')
+            cfg += f'[registry]\nconfig_path = "{tmp_path / "certs.d"}"\n'
         else:
             world.proxy.faults.agent = "lazypull"  # containerd's own requests still get answers
             world.proxy.faults.stall = "accept"
@@ -155,6 +161,9 @@ def test_prepare_against_unresponsive_registry_falls_back_within_the_bound(
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", three_layers, tool="ctr-remote")
         took = time.monotonic() - t0
         log = daemon.log()
+        if fault.startswith("never-accepts"):  # a dead mirror: the registry itself within the bound
+            assert "mounted lazily" in log and took < 3 * RESOLVE_TIMEOUT, (took, log)
+            return
         warnings = [line for line in log.splitlines() if "WARNING" in line and "normal" in line]
         assert len(warnings) == 1, log  # one lookup waited; the other layers used the remembered failure
         assert "faulty/three" in warnings[0]

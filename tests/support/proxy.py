@@ -29,6 +29,10 @@ class Faults:
     match: str = ""
     resets: int = 0  # close the connection without answering
     errors_500: int = 0
+    throttle: int = 0  # answer 429 with Retry-After: retry_after
+    retry_after: str = "1"
+    ignore_range: bool = False  # drop the Range header: the whole blob with 200, as some mirrors do
+    corrupt: bool = False  # flip a byte in the middle of every blob body (a bad mirror)
     truncate: int = 0  # send half the body, then close
     delay_s: float = 0.0  # added to every matching response
     redirect_blobs: bool = False  # answer blob GETs with 307 to "object storage" (/_storage/GEN/...)
@@ -142,6 +146,14 @@ def start_proxy(upstream_url: str) -> Proxy:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if self._take("throttle"):
+                self.send_response(429)
+                self.send_header("Retry-After", p.faults.retry_after)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                with p.lock:
+                    p.log.append((self.command, self.path, 429, 0))
+                return
             if p.faults.delay_s and p.faults.match in self.path:
                 time.sleep(p.faults.delay_s)
             path = self.path
@@ -162,7 +174,8 @@ def start_proxy(upstream_url: str) -> Proxy:
                     p.log.append((self.command, self.path, 307, 0))
                 return
             conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            dropped = ("host", "connection", "range") if p.faults.ignore_range else ("host", "connection")
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
             headers["Host"] = f"{up.hostname}:{up.port}"
             try:
                 conn.request(self.command, path, body=body, headers=headers)
@@ -198,6 +211,9 @@ def start_proxy(upstream_url: str) -> Proxy:
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             sent = data[: len(data) // 2] if truncate else data
+            if p.faults.corrupt and "/blobs/" in self.path and len(sent) > 1:
+                mid = len(sent) // 2
+                sent = sent[:mid] + bytes([sent[mid] ^ 0xFF]) + sent[mid + 1 :]
             with p.lock:  # counted before the client can see the answer
                 p.requests += 1
                 n = len(sent) if self.command != "HEAD" else 0

@@ -82,12 +82,14 @@ def start_registry(
     token: dict[str, Any] | None = None,
     storage: Path | None = None,
     port: int | None = None,
+    proxy_remote: str | None = None,
 ) -> Registry:
     """Start a registry rooted at *root*.
 
     tls: (cert, key) PEM paths. htpasswd: bcrypt htpasswd file, or users: user -> password
     written to one under *root*. token: the registry's ``auth.token`` mapping (realm, service,
-    issuer, rootcertbundle).
+    issuer, rootcertbundle). proxy_remote: the origin's URL: the registry is then a
+    pull-through cache (``proxy: remoteurl``).
     """
     root.mkdir(parents=True, exist_ok=True)
     if users:
@@ -104,6 +106,8 @@ def start_registry(
         "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
         "http": http,
     }
+    if proxy_remote:
+        cfg["proxy"] = {"remoteurl": proxy_remote}
     if htpasswd:
         cfg["auth"] = {"htpasswd": {"realm": "test-realm", "path": str(htpasswd)}}
     elif token:
