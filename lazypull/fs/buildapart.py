@@ -34,7 +34,8 @@ from lazypull.oci.types import Descriptor
 
 BUILD_TIMEOUT = 300.0
 NICE = 10  # a child's CPU weight is a tenth of a request thread's (of the server's, at nice 0)
-SLOTS = max(1, os.cpu_count() or 1)
+# The cores this process may run on (its CPU set, not the host's count).
+SLOTS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 _slots = threading.BoundedSemaphore(SLOTS)
 
 
