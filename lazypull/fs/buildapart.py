@@ -10,9 +10,9 @@ the index, see :mod:`lazypull.fs.opened`), checks it again, writes the index fil
 all of its memory goes back, and the server maps the file.
 
 Those children are background work beside the layers being served: each runs at a lower CPU
-priority (:data:`NICE`), and no more run at once than the machine has cores (:data:`SLOTS`;
+priority (:data:`NICE`), and no more run at once than the server may use cores (:data:`SLOTS`;
 more would only add their peaks, not speed). A crafted image of 24 such layers otherwise had
-four to five children taking both cores of a 2-core node from the server's request threads.
+four children at once taking both cores of a 2-core node from the server's request threads.
 
     python -m lazypull.fs.buildapart SAVED DESCRIPTOR_JSON INDEX_PATH KEY_HEX
 """
