@@ -8,7 +8,9 @@ A real ``lazypull-fsd`` process (this checkout's) serves the layers from local b
 every layer of a round is mounted at once (one thread each, as containerd prepares an
 image's layers). Reported per round: the server's RSS after mounting and after unmounting,
 its peak (VmHWM), how many mounts were refused by the memory budget, and the slowest of the
-reads that another image's layer (mounted first) answered meanwhile, and how many failed. ``--budget-mb``
+reads that another image's layer (mounted first) answered meanwhile, and how many failed. The
+baseline is the server's RSS once that layer's files were each read once (the memory tier
+holds them). ``--budget-mb``
 and ``--image-mb`` pass the server's node-wide index budget and per-image limit (0: the
 server's defaults).
 """
@@ -85,13 +87,20 @@ def main() -> int:
             other_dir.mkdir()
             files = {f"f{i}.bin": os.urandom(64 << 10) for i in range(400)}
             oblob, odesc = make_layer(other_dir, "other", files)
-            ospec = LayerSpec(layer=odesc, cache_dir=str(tmp / "cache"), blob_path=str(oblob), ref="other/image",
-                              prefetch=False, background_fetch=False)
+            ospec = LayerSpec(
+                layer=odesc,
+                cache_dir=str(tmp / "cache"),
+                blob_path=str(oblob),
+                ref="other/image",
+                prefetch=False,
+                background_fetch=False,
+            )
             _, fd = client.mount(ospec.to_json(), tmp / "other-m", timeout=60)
             os.close(fd)
             stalls: list[float] = []
             failures: list[str] = []
             stop = threading.Event()
+            read_once = threading.Event()
 
             def reader() -> None:
                 names = list(files)
@@ -99,6 +108,8 @@ def main() -> int:
                 while not stop.is_set():
                     n = names[i % len(names)]  # the first pass is uncached, later ones cached
                     i += 1
+                    if i == len(names):
+                        read_once.set()
                     t = time.monotonic()
                     try:
                         os.stat(tmp / "other-m" / n)
@@ -113,7 +124,13 @@ def main() -> int:
 
             rt = threading.Thread(target=reader, daemon=True)
             rt.start()
-            print(f"with the other layer mounted and read: RSS {rss(srv.pid)[0] / 1e6:.0f} MB")
+            read_once.wait(120)
+            time.sleep(1)
+            base = rss(srv.pid)[0]
+            print(
+                f"with the other layer mounted and each of its files read once (the baseline): RSS {base / 1e6:.0f} MB"
+            )
+            afters: list[int] = []
             for r in range(a.rounds):
                 stalls.clear()
                 refused: list[str] = []
@@ -123,8 +140,14 @@ def main() -> int:
                     i: int, blob: Path, desc: dict[str, object], refused: list[str] = refused, mps: list[Path] = mps
                 ) -> None:
                     mp = tmp / f"m{i}"
-                    s = LayerSpec(layer=desc, cache_dir=str(tmp / "cache"), blob_path=str(blob), ref="crafted/image",
-                                  prefetch=False, background_fetch=False)
+                    s = LayerSpec(
+                        layer=desc,
+                        cache_dir=str(tmp / "cache"),
+                        blob_path=str(blob),
+                        ref="crafted/image",
+                        prefetch=False,
+                        background_fetch=False,
+                    )
                     try:
                         _, fd = client.mount(s.to_json(), mp, timeout=600)
                         os.close(fd)
@@ -147,6 +170,7 @@ def main() -> int:
                     client.unmount(mp, free_cache=True)
                 time.sleep(1)
                 after, peak, _ = rss(srv.pid)
+                afters.append(after)
                 print(
                     f"round {r + 1}: {len(mps)} mounted in {took:.1f} s, RSS {mounted / 1e6:.0f} MB mounted "
                     f"({mapped / 1e6:.0f} MB of it mapped files), "
@@ -157,6 +181,12 @@ def main() -> int:
                 print(
                     f"  the unrelated layer meanwhile: {len(stalls)} reads, slowest {max(stalls, default=0):.3f} s, "
                     f"{len(failures)} failed"
+                )
+            if afters:
+                print(
+                    f"after {len(afters)} rounds: RSS {afters[-1] / 1e6:.0f} MB, "
+                    f"{100 * (afters[-1] - base) / base:+.0f}% of the baseline "
+                    f"(highest after a round: {max(afters) / 1e6:.0f} MB)"
                 )
             stop.set()
             rt.join(10)

@@ -443,6 +443,16 @@ class CompactIndex(LayerIndex):
         order = struct.unpack_from(f"<{nd.d}I", self._buf, self._readdir_order + 4 * nd.c)
         return [self.dirent(k) for k in order]
 
+    def iter_dirents(self, nd: Node) -> Iterator[tuple[bytes, int]]:
+        """:meth:`dirents` one at a time: listing a directory of hundreds of thousands of
+        entries makes no list of them (a transient peak of Python objects that the heap keeps)."""
+        if nd.c + nd.d > self.n_dirents:
+            raise FormatError("compact index: directory entries out of range")
+        start = self._readdir_order + 4 * nd.c
+        order = self._buf[start : start + 4 * nd.d]  # (a copy: a mapping is not held by a listing)
+        for (k,) in U32.iter_unpack(order):
+            yield self.dirent(k)
+
     def find_dirent(self, nd: Node, name: bytes) -> int | None:
         """The inode named *name* in the overlay view of directory *nd* (bisect over its
         name-sorted entries: a handful of reads from the mapping)."""

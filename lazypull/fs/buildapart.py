@@ -9,6 +9,11 @@ process reads the TOC from the bytes the server already fetched and verified (sa
 the index, see :mod:`lazypull.fs.opened`), checks it again, writes the index file and exits:
 all of its memory goes back, and the server maps the file.
 
+Those children are background work beside the layers being served: each runs at a lower CPU
+priority (:data:`NICE`), and no more run at once than the server may use cores (:data:`SLOTS`;
+more would only add their peaks, not speed). A crafted image of 24 such layers otherwise had
+four children at once taking both cores of a 2-core node from the server's request threads.
+
     python -m lazypull.fs.buildapart SAVED DESCRIPTOR_JSON INDEX_PATH KEY_HEX
 """
 
@@ -18,6 +23,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,6 +33,10 @@ from lazypull.fs.opened import ReplaySource
 from lazypull.oci.types import Descriptor
 
 BUILD_TIMEOUT = 300.0
+NICE = 10  # a child's CPU weight is a tenth of a request thread's (of the server's, at nice 0)
+# The cores this process may run on (its CPU set, not the host's count).
+SLOTS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+_slots = threading.BoundedSemaphore(SLOTS)
 
 
 class BuildApart(Exception):
@@ -49,11 +60,18 @@ def build_in_child(
     open is *saved*; FormatError with the child's last line if it could not."""
     desc = Descriptor.from_json(layer)
     cmd = [sys.executable, "-m", __name__, str(saved), json.dumps(layer), str(path), key.hex()]
+    deadline = time.monotonic() + timeout
+    if not _slots.acquire(timeout=timeout):
+        raise LazypullError(f"building the index of {desc.digest} waited {timeout:.0f}s for {SLOTS} others to end")
     try:
-        r = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            cmd, capture_output=True, timeout=max(deadline - time.monotonic(), 1.0), stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         path.unlink(missing_ok=True)
         raise LazypullError(f"building the index of {desc.digest} took over {timeout:.0f}s") from None
+    finally:
+        _slots.release()
     if r.returncode != 0:
         lines = r.stderr.decode(errors="replace").strip().splitlines()
         raise FormatError(lines[-1][:500] if lines else f"index build of {desc.digest} exited {r.returncode}")
@@ -81,4 +99,8 @@ def _no_blob(d: Descriptor) -> NoReturn:
 
 if __name__ == "__main__":
     os.umask(0o077)
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass  # (not allowed: the build runs at the server's priority)
     raise SystemExit(_main(sys.argv[1:]))

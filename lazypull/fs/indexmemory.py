@@ -6,8 +6,9 @@ layers with 250,000 entries each (19 MB of blobs) would take the layer server pa
 Each open therefore claims its estimate here before its entries are decoded (the format
 readers call :meth:`Claim.admit` with the TOC's size and a bound on its entries), and
 gives it back once the compact index serves. A claim that does not fit waits for others to
-end; one that can never fit (over the per-image limit) is refused at once with one line
-that names the layer, the estimate and the setting. A refused or timed-out mount fails and
+end; waiting claims are granted in the order they came (:meth:`IndexMemory._may_take`). One
+that can never fit (over the per-image limit) is refused at once with one line that names
+the layer, the estimate and the setting. A refused or timed-out mount fails and
 the daemon pulls that layer in full: nothing is lost, nothing else waits.
 
 The per-image limit keeps one image from holding the whole budget while other images'
@@ -62,6 +63,12 @@ class _Held:
     nbytes: int
 
 
+@dataclass(eq=False)  # (compared by identity: two claims of one size are two places in the queue)
+class _Waiting:
+    image: str
+    nbytes: int
+
+
 class IndexMemory:
     """The budget: *total* bytes for all layers being opened, *per_image* for one image's."""
 
@@ -72,6 +79,7 @@ class IndexMemory:
         self._cond = threading.Condition()
         self._held: dict[int, _Held] = {}
         self._by_image: dict[str, int] = {}
+        self._queue: list[_Waiting] = []  # claims waiting, in the order they came
         self.in_use = 0
         self.peak = 0
         self.waiting = 0
@@ -108,9 +116,11 @@ class IndexMemory:
             )
         deadline = time.monotonic() + self.wait_sec
         with self._cond:
+            ticket = _Waiting(c.image, nbytes)
+            self._queue.append(ticket)
             self.waiting += 1
             try:
-                while not self._fits(c.image, nbytes):
+                while not self._may_take(ticket):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         self.refused += 1
@@ -122,13 +132,38 @@ class IndexMemory:
                     self._cond.wait(left)
             finally:
                 self.waiting -= 1
+                self._queue.remove(ticket)
+                if self._queue:
+                    self._cond.notify_all()  # the next in line may go now (or no longer waits behind us)
             self._held[id(c)] = _Held(c.image, nbytes)
             self._by_image[c.image] = self._by_image.get(c.image, 0) + nbytes
             self.in_use += nbytes
             self.peak = max(self.peak, self.in_use)
 
+    def _may_take(self, ticket: _Waiting) -> bool:
+        """Whether *ticket* fits now and its turn has come (lock held). Claims are granted in
+        the order they came: one that fits waits behind every earlier claim of its image, and
+        behind earlier claims of other images that wait for the node's budget (a large claim
+        is not passed by smaller ones for ever). An earlier claim that waits for its own
+        image (its share, or an earlier claim of its image) holds up no other image's."""
+        if not self._fits(ticket.image, ticket.nbytes):
+            return False
+        images: set[str] = set()  # images with an earlier claim waiting
+        for w in self._queue:
+            if w is ticket:
+                return True
+            if w.image == ticket.image:
+                return False
+            if w.image not in images and self._image_fits(w.image, w.nbytes):
+                return False  # it waits for the node's budget: its turn is before ours
+            images.add(w.image)
+        return True
+
     def _fits(self, image: str, nbytes: int) -> bool:
-        return self.in_use + nbytes <= self.total and self._by_image.get(image, 0) + nbytes <= self.per_image
+        return self.in_use + nbytes <= self.total and self._image_fits(image, nbytes)
+
+    def _image_fits(self, image: str, nbytes: int) -> bool:
+        return self._by_image.get(image, 0) + nbytes <= self.per_image
 
     def _release(self, c: Claim) -> bool:
         with self._cond:

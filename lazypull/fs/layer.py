@@ -226,7 +226,14 @@ class LayerFS:
     def dirents(self, ino: int) -> Iterator[tuple[bytes, int]]:
         """(name, inode) of a directory's entries, without their attributes (a listing of
         hundreds of thousands need not hold them all)."""
-        return iter(self.tree.dirents(self._dir(ino)))
+        tree = self.tree  # (one tree for both steps: the build may replace it meanwhile)
+        i = tree.node_of_inode(ino)
+        if i is None:
+            raise FileNotFoundError(errno.ENOENT, "no such inode")
+        nd = tree.node(i)
+        if nd.entry_type != EntryType.DIR:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        return tree.iter_dirents(nd) if isinstance(tree, CompactIndex) else iter(tree.dirents(nd))
 
     def readlink(self, ino: int) -> bytes:
         nd = self._node(ino)

@@ -54,7 +54,7 @@ from lazypull.fs.layer import BUILD_WAIT, LayerFS
 from lazypull.fs.spec import LayerSpec, RegistryClients, index_path, open_layer_fs
 from lazypull.fsutil import atomic_write
 from lazypull.giveway import Shares, request_seen
-from lazypull.heap import give_back
+from lazypull.heap import give_back, tune
 from lazypull.opstats import OpStats
 from lazypull.registry.hoststats import registry_host_stats
 from lazypull.service.notify import listen_fds, raise_fd_limit, sd_notify, sd_notify_fds
@@ -891,6 +891,7 @@ def serve(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    tune()  # before any thread starts: few malloc arenas, fixed thresholds (lazypull.heap)
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     raise_fd_limit()
