@@ -13,8 +13,12 @@ import argparse
 import datetime
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazypull.bench.images import IMAGES
+
+if TYPE_CHECKING:
+    from lazypull.bench.runner import BenchConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lazypull.bench.report import chart, markdown, read_csv, write_csv
-    from lazypull.bench.runner import BenchConfig, run_bench
+    from lazypull.bench.runner import run_bench
 
     out = args.out or Path("bench/results") / datetime.date.today().isoformat()
     if args.report_only:
@@ -67,20 +71,7 @@ def run(args: argparse.Namespace) -> int:
         out = args.report_only.parent
     else:
         images = list(IMAGES) if args.images == "all" else args.images.split(",")
-        modes = args.modes.split(",")
-        if args.reference_snapshotter and "reference" not in modes:
-            modes.append("reference")
-        cfg = BenchConfig(
-            images=[i for i in images if i != "node-scale"],
-            modes=modes,
-            runs=args.runs,
-            rate=args.rate,
-            scale=args.scale,
-            workdir=args.workdir,
-            reference_snapshotter=args.reference_snapshotter,
-            background_fetch=args.background_fetch,
-            soci_span_size=args.soci_span_size,
-        )
+        cfg = bench_config(args)
         results = run_bench(cfg) if cfg.images else []
         out.mkdir(parents=True, exist_ok=True)
         if "node-scale" in images:
@@ -105,6 +96,28 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"results in {out}/ ({files})")
     return 0
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The run's settings from the command line: every option that shapes a run lands here."""
+    from lazypull.bench.runner import BenchConfig
+
+    images = list(IMAGES) if args.images == "all" else args.images.split(",")
+    modes = args.modes.split(",")
+    if args.reference_snapshotter and "reference" not in modes:
+        modes.append("reference")
+    return BenchConfig(
+        images=[i for i in images if i != "node-scale"],
+        modes=modes,
+        runs=args.runs,
+        rate=args.rate,
+        rtt_ms=args.rtt_ms,
+        scale=args.scale,
+        workdir=args.workdir,
+        reference_snapshotter=args.reference_snapshotter,
+        background_fetch=args.background_fetch,
+        soci_span_size=args.soci_span_size,
+    )
 
 
 def _node_scale(args: argparse.Namespace, cfg: object, out: Path) -> None:
