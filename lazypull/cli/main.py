@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "unpack",
     "mount",
     "soci",
+    "profile",
     "ls",
     "cat",
     "cp",

@@ -63,3 +63,6 @@ ANNOTATION_SOCI_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
 ANNOTATION_SOCI_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
 # Set by lazypull's resolvers (never taken from an image): the layer's zTOC descriptor as JSON
 ANNOTATION_LAZYPULL_ZTOC = "io.lazypull.soci.ztoc"
+
+# lazypull's prefetch profile: an OCI artifact whose subject is the image manifest
+PREFETCH_PROFILE_ARTIFACT_TYPE = "application/vnd.lazypull.prefetch.profile.v1+json"

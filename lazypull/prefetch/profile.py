@@ -25,8 +25,9 @@ from typing import Any
 
 from lazypull.errors import LazypullError
 from lazypull.oci import digest as digestlib
+from lazypull.oci import mediatypes as mt
 
-ARTIFACT_TYPE = "application/vnd.lazypull.prefetch.profile.v1+json"
+ARTIFACT_TYPE = mt.PREFETCH_PROFILE_ARTIFACT_TYPE
 VERSION = 1
 MAX_BYTES = 4 << 20  # the body; a registry's answer is refused beyond this before it is decoded
 MAX_LAYERS = 256
