@@ -43,6 +43,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     s = p.add_subparsers(dest="profile_command", metavar="ACTION", required=True)
 
+    rec = s.add_parser(
+        "record",
+        help="run the workload once on the image mounted lazily (runc) and write what it read as a profile",
+    )
+    rec.add_argument("--period", type=float, default=10.0, help="seconds the workload runs at most (default 10)")
+    rec.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment (repeatable)")
+    rec.add_argument("--cwd", help="working directory (default: the image's)")
+    rec.add_argument(
+        "--network", choices=["none", "host"], default="none", help="none: loopback only (default); host: the node's"
+    )
+    rec.add_argument("--workdir", type=Path, help="where the trial image and the container live (default: a temp dir)")
+    rec.add_argument("--out", type=Path, help="write the profile here (default: stdout)")
+    rec.add_argument("--push", action="store_true", help="also publish it, merged with the image's published profiles")
+    _common(rec, write=True)
+    rec.add_argument(
+        "workload", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command to run (default: the image's)"
+    )
+    rec.set_defaults(func=run_record)
+
     push = s.add_parser("push", help="publish profile files (merged) as a referrer of the image")
     push.add_argument(
         "--merge-published", action="store_true", help="merge the image's published profiles in, then remove them"
@@ -122,4 +141,41 @@ def run_rm(args: argparse.Namespace) -> int:
     store, platform = _store(args, write=True)
     for d in remove_profiles(store, args.digest, platform):
         print(d)
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from lazypull.optimize.optimizer import OptimizeOptions
+    from lazypull.optimize.profilerecord import record_profile
+    from lazypull.soci.create import image_manifest
+
+    workload = args.workload[1:] if args.workload[:1] == ["--"] else args.workload
+    store, platform = _store(args)
+    subject, manifest = image_manifest(store, platform)
+
+    def say(msg: str) -> None:
+        print(f"profile record: {msg}", file=sys.stderr, flush=True)
+
+    opts = OptimizeOptions(
+        period=args.period,
+        entrypoint=workload or None,
+        args=[] if workload else None,
+        env=args.env,
+        cwd=args.cwd,
+        network=args.network,
+        workdir=args.workdir,
+        progress=say,
+    )
+    if platform is not None:
+        opts.convert.platforms = [platform]
+    profile, _run = record_profile(store, subject, manifest, opts)
+    body = json.dumps(profile.to_json(), indent=1) + "\n"
+    if args.out:
+        args.out.write_text(body)
+    else:
+        sys.stdout.write(body)
+    if args.push:
+        wstore, _ = _store(args, write=True)
+        res = push_profile(wstore, profile, platform, merge_published=True)
+        say(f"pushed {res.profile.digest} beside {res.image.digest}")
     return 0

@@ -42,6 +42,7 @@ from lazypull.cache.chunks import ChunkCache, MemoryLRU
 from lazypull.errors import ConfigError, LazypullError, log_level
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
+from lazypull.fs.accesslog import AccessLog
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fsdclient import FsdClient, is_server_process, socket_path
 from lazypull.fs.fsdwire import MAX_FDS, recv_msg, send_msg
@@ -332,7 +333,7 @@ class LayerServer:
             claim=self.index_memory.claim(image, ly.digest),
         )
         if ly.spec.record_access:
-            fs.accessed = {}
+            fs.accessed = AccessLog()
         ly.fs, ly.fetcher, ly.source = fs, fetcher, source
 
     def _toc_path(self, ly: Layer) -> Path:
@@ -591,7 +592,9 @@ class LayerServer:
             rows = [ly.stats() for ly in layers]
             if req.get("accessed"):
                 for ly, row in zip(layers, rows, strict=True):
-                    row["accessed"] = ["/" + p for p in list((ly.fs.accessed if ly.fs else None) or {})]
+                    log_ = ly.fs.accessed if ly.fs else None
+                    row["accessed"] = ["/" + p for p in (log_ or ())]
+                    row["access_log"] = log_.rows() if log_ is not None else []
             return {
                 "layers": rows,
                 "caches": caches,
