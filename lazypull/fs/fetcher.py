@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 READAHEAD = 8 << 20  # fetch up to this much of the file's following chunks with a miss
 MAX_SPAN = 16 << 20  # never one request larger than this
+PROFILE_WINDOW = 4 << 20  # a prefetch profile is fetched in first-access order at this grain
 # On a miss, fetch at least this much of the blob: the next files of the same directory
 # come along (numpy + scipy import: 332 -> 198 requests for +7% bytes; see docs/design.md).
 MIN_FETCH = 64 << 10
@@ -61,6 +62,10 @@ class FetchStats:
     fetched_bytes: int = 0  # compressed bytes from the registry
     prefetched_bytes: int = 0
     background_bytes: int = 0
+    profile_bytes: int = 0  # fetched for the image's prefetch profile (compressed)
+    profile_chunk_bytes: int = 0  # the content of the chunks it fetched ...
+    profile_read_bytes: int = 0  # ... and how much of that a reader then asked for (the hit ratio)
+    profile_unknown_files: int = 0  # files it named that the layer does not have (ignored)
     requests: int = 0
     readaheads: int = 0  # next-window fetches started ahead of a sequential reader
     cache_hits: int = 0
@@ -115,6 +120,7 @@ class Fetcher:
         self._idle = threading.Condition(self._lock)
         # file name -> (where its sequential reading has got to, bytes read in that run)
         self._streams: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._profiled: dict[tuple[int, int], int] = {}  # chunks the profile fetched, not yet read -> size
 
     # -- on-demand reads ------------------------------------------------------------------
     def read(self, entry: Entry, offset: int, size: int) -> bytes:
@@ -157,6 +163,8 @@ class Fetcher:
             deadline = time.monotonic() + self.timeout
         self.stats.add(cache_requests=1)
         key = chunk_key(c)
+        if self._profiled and (n := self._profiled.pop(key, 0)):
+            self.stats.add(profile_read_bytes=n)
         for attempt in range(2):
             data = self.cache.get(c.digest)
             if data is not None:
@@ -332,6 +340,51 @@ class Fetcher:
             return 0
         items = itertools.takewhile(lambda ec: ec[1].blob_offset < end, self.index.chunks_by_blob())
         return self._fetch_items((ec for ec in items if ec[1].blob_end <= end), "prefetched_bytes", max_span=end + 1)
+
+    def profile_fetch(self, plan: list[tuple[str, list[tuple[int, int]]]], budget: int, stop: threading.Event) -> int:
+        """Fetch what the image's prefetch profile names in this layer: *plan* is (path,
+        [(offset, length), ...]) in first-access order (no ranges: the whole file). Up to
+        *budget* bytes of content, in that order: windows of ``PROFILE_WINDOW`` bytes, each
+        fetched in blob order (few requests, order kept at that grain). Files the layer does
+        not have are skipped (a profile is a hint). Returns bytes fetched."""
+        items: list[tuple[Entry, Chunk]] = []
+        seen: set[tuple[int, int]] = set()
+        used, full = 0, False
+        for path, ranges in plan:
+            if full:
+                break
+            e = self.index.lookup(path)
+            if e is not None and e.type == EntryType.HARDLINK and e.link_name:
+                e = self.index.lookup(e.link_name)
+            if e is None or e.type != EntryType.REG:
+                self.stats.add(profile_unknown_files=1)
+                continue
+            chunks = [c for off, n in (ranges or [(0, e.size)]) for c in e.chunks_for(off, n)]
+            for c in chunks:
+                if chunk_key(c) in seen:
+                    continue
+                if used + c.size > budget:  # the cut: what follows in the profile is not fetched
+                    full = True
+                    break
+                seen.add(chunk_key(c))
+                used += c.size
+                items.append((e, c))
+        total = 0
+        start = 0
+        while start < len(items) and not stop.is_set():
+            end, size = start, 0
+            while end < len(items) and (size < PROFILE_WINDOW or end == start):
+                size += items[end][1].size
+                end += 1
+            window = sorted(items[start:end], key=lambda ec: (ec[1].blob_offset, ec[1].inner_offset))
+            start = end
+            fresh = [c for _, c in window if not self.cache.contains(c.digest)]
+            with self._lock:
+                for c in fresh:
+                    self._profiled[chunk_key(c)] = c.size
+            self.stats.add(profile_chunk_bytes=sum(c.size for c in fresh))
+            total += self._fetch_items(iter(window), "profile_bytes", stop=stop)
+        return total
 
     def background_fetch(self, stop: threading.Event, pause_s: float = 0.05) -> int:
         """Fetch everything not yet cached, in large ranges, yielding to on-demand reads."""

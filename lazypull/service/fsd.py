@@ -158,6 +158,10 @@ class Layer:
             requests=self.source.reads,
             prefetched_bytes=st.prefetched_bytes,
             background_bytes=st.background_bytes,
+            profile_bytes=st.profile_bytes,
+            profile_chunk_bytes=st.profile_chunk_bytes,
+            profile_read_bytes=st.profile_read_bytes,
+            profile_unknown_files=st.profile_unknown_files,
             cache_hits=st.cache_hits,
             cache_requests=st.cache_requests,
             fetch_errors=st.fetch_errors,
@@ -406,6 +410,22 @@ class LayerServer:
                 log.warning("layer %s: prefetch failed: %s", ly.digest[7:19], e)
             finally:
                 ly.prefetch_done = True
+            plan = ly.spec.profile_plan()
+            if plan and ly.spec.profile_budget > 0 and not ly.stop.is_set():
+                # In parallel with the container start (it waits for the landmark prefetch only),
+                # ahead of the background fetch.
+                try:
+                    t0 = time.monotonic()
+                    n = fetcher.profile_fetch(plan, ly.spec.profile_budget, ly.stop)
+                    log.info(
+                        "layer %s: fetched %d bytes of %d profiled files in %.2fs",
+                        ly.digest[7:19],
+                        n,
+                        len(plan),
+                        time.monotonic() - t0,
+                    )
+                except Exception as e:
+                    log.warning("layer %s: profile prefetch failed: %s", ly.digest[7:19], e)
             if ly.spec.background_fetch and not ly.stop.is_set():
                 self._background.submit(background, {"host": host})
 
@@ -419,7 +439,7 @@ class LayerServer:
             except Exception as e:
                 log.warning("layer %s: background fetch failed: %s", ly.digest[7:19], e)
 
-        if not ly.spec.prefetch:
+        if not ly.spec.prefetch and not ly.spec.profile:
             ly.prefetch_done = True
             if ly.spec.background_fetch:
                 self._background.submit(background, {"host": host})
