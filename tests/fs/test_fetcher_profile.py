@@ -3,6 +3,7 @@ layer lacks, and how much of what it fetched was then read."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import threading
 from pathlib import Path
@@ -11,10 +12,11 @@ import pytest
 
 from lazypull.cache.chunks import ChunkCache
 from lazypull.format import BytesSource, open_layer
+from lazypull.format.soci import build_ztoc_bytes, open_soci
 from lazypull.fs import fetcher as fetcher_module
 from lazypull.fs.fetcher import Fetcher
 from tests.format.helpers import build
-from tests.support.images import Entry
+from tests.support.images import Entry, make_tar
 
 CHUNK = 64 << 10
 FILES = {n: os.urandom(200_000) for n in ("a", "b", "c", "d")}  # 4 chunks each (3 full + 1 of 3392 bytes)
@@ -65,3 +67,17 @@ def test_the_budget_cuts_in_profile_order(tmp_path: Path) -> None:
     assert [f.cache.contains(ch.digest) for ch in c.chunks] == [True, True, True, False]
     assert f.stats.profile_chunk_bytes == 3 * CHUNK  # the cut: a (after c) is not fetched either
     assert not any(f.cache.contains(ch.digest) for ch in f.index.lookup("a").chunks)  # type: ignore[union-attr]
+
+
+def test_soci_layers_are_prefetched_in_spans(tmp_path: Path) -> None:
+    """The profile's ranges are content offsets: on a SOCI layer they select the spans."""
+    blob = gzip.compress(make_tar([Entry(n, data=d) for n, d in FILES.items()]), 6, mtime=0)
+    ztoc = build_ztoc_bytes(blob, span_size=CHUNK)
+    src = Recording(blob)
+    f = Fetcher(open_soci(ztoc.to_bytes(), len(blob)), src, ChunkCache(tmp_path / "cache"), min_fetch=0)
+    f.profile_fetch([("c", [(100_000, 10)])], 10 << 20, threading.Event())
+    c = f.index.lookup("c")
+    assert c is not None
+    (span,) = c.chunks_for(100_000, 10)
+    assert src.reads and f.cache.contains(span.digest) and f.stats.profile_chunk_bytes == span.size
+    assert f.read(c, 100_000, 10) == FILES["c"][100_000:100_010] and len(src.reads) == 1
