@@ -29,6 +29,7 @@ EMPTY_CONFIG = b"{}"
 MAX_MANIFEST_BYTES = 64 << 10
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_RUNS = "io.lazypull.prefetch.runs"
+MAX_MERGED = 3  # a node applies the newest this many published profiles, merged
 
 
 def _empty() -> Descriptor:
@@ -93,6 +94,17 @@ def fetch_profile(client: RegistryClient, ref: Reference, subject_digest: str, d
     if profile.image != subject_digest:
         raise ProfileError(f"profile {desc.digest} was recorded for {profile.image}, not {subject_digest}")
     return profile
+
+
+def published_profile(
+    client: RegistryClient, ref: Reference, subject_digest: str, newest: int = MAX_MERGED
+) -> Profile | None:
+    """The image's *newest* published profiles, merged; None when it has none. Raises on a
+    registry that does not answer and on a bad profile (ProfileError, DigestMismatchError)."""
+    found = list_profiles(client, ref, subject_digest)[:newest]
+    if not found:
+        return None
+    return merge([fetch_profile(client, ref, subject_digest, d) for d in found])
 
 
 def push_profile(

@@ -2,11 +2,11 @@
 layer's plan: what to fetch, in first-access order, ahead of the background fetch.
 
 One lookup per image (its manifest digest): the referrers of the image, the newest few
-profiles among them, all within one short deadline; the answer, a profile or none, is
-kept. A profile comes from the registry and is only a hint: one that is malformed, too
-big, for another image or naming none of its layers is ignored and logged once; files a
-layer lacks are skipped by the layer server; what lies beyond the byte budget (content
-bytes, in first-access order across the image's layers) is cut.
+profiles among them, all within one short deadline; the answer, a plan or none, is kept.
+A profile comes from the registry and is only a hint: one that is malformed, too big, for
+another image or naming none of its layers is ignored and logged once; files a layer
+lacks are skipped by the layer server; what lies beyond the byte budget (content bytes,
+in first-access order across the image's layers) is cut.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import Counter
 
 from lazypull.errors import DigestMismatchError, LazypullError, OCIError
 from lazypull.format.soci.dispatch import is_lazy
-from lazypull.prefetch.profile import FileAccess, Profile, ProfileError, merge
-from lazypull.prefetch.publish import fetch_profile, list_profiles
+from lazypull.prefetch.plan import ProfilePlan, plan_for
+from lazypull.prefetch.profile import ProfileError
+from lazypull.prefetch.publish import published_profile
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.deadline import deadline_scope
 from lazypull.snapshot.remote import RemoteLayer
@@ -34,47 +33,7 @@ LOOKUPS = Counter(
 )  # result: absent, found (and applied), ignored (malformed, another image's, no layer of the image), failed
 for _r in ("absent", "found", "applied", "ignored", "failed"):
     LOOKUPS.labels(_r)
-MAX_PROFILES = 3  # the newest this many published profiles are merged
 MAX_IMAGES = 1024  # lookups remembered
-
-
-@dataclass
-class ProfilePlan:
-    """Per lazy layer of one image: its entries (``[path, [[offset, length], ...]]`` in
-    first-access order) and its share of the byte budget."""
-
-    layers: dict[str, list[list[Any]]] = field(default_factory=dict)
-    budgets: dict[str, int] = field(default_factory=dict)
-    files: int = 0
-    cut: int = 0  # files left out for the budget
-
-
-def plan_for(profile: Profile, layer_digests: list[str], budget: int) -> ProfilePlan:
-    """*profile*'s entries for the image's lazy layers *layer_digests*, in first-access order
-    across them, cut where the content named would pass *budget* bytes. A whole-file entry's
-    size is the layer server's to know: the budget left over is shared by the layers with one."""
-    wanted = set(layer_digests)
-    entries: list[tuple[float, str, FileAccess]] = sorted(
-        ((f.t, d, f) for d, files in profile.layers.items() if d in wanted for f in files), key=lambda x: x[0]
-    )
-    plan = ProfilePlan()
-    known: dict[str, int] = {}
-    whole: set[str] = set()
-    used = 0
-    for i, (_, digest, f) in enumerate(entries):
-        cost = sum(n for _, n in f.ranges)
-        if used + cost > budget:
-            plan.cut = len(entries) - i
-            break
-        used += cost
-        known[digest] = known.get(digest, 0) + cost
-        if not f.ranges:
-            whole.add(digest)
-        plan.layers.setdefault(digest, []).append([f.path, [list(r) for r in f.ranges]])
-        plan.files += 1
-    slack = (budget - used) // len(whole) if whole else 0
-    plan.budgets = {d: known.get(d, 0) + (slack if d in whole else 0) for d in plan.layers}
-    return plan
 
 
 class ProfileLookup:
@@ -116,11 +75,10 @@ class ProfileLookup:
         ref = layer.ref
         try:
             with deadline_scope(self.timeout):
-                found = list_profiles(client, ref, subject)[:MAX_PROFILES]
-                if not found:
-                    LOOKUPS.labels("absent").inc()
-                    return None
-                profiles = [fetch_profile(client, ref, subject, d) for d in found]
+                profile = published_profile(client, ref, subject)
+            if profile is None:
+                LOOKUPS.labels("absent").inc()
+                return None
         except LazypullError as e:  # a bad profile is ignored; a registry that did not answer, failed
             result = "ignored" if isinstance(e, (ProfileError, DigestMismatchError, OCIError)) else "failed"
             LOOKUPS.labels(result).inc()
@@ -128,7 +86,7 @@ class ProfileLookup:
             return None
         LOOKUPS.labels("found").inc()
         lazy = [d.digest for d in layer.image_layers if is_lazy(d)]
-        plan = plan_for(merge(profiles), lazy, self.budget)
+        plan = plan_for(profile, lazy, self.budget)
         if not plan.layers:
             LOOKUPS.labels("ignored").inc()
             log.warning("prefetch profile of %s (%s) ignored: it names none of its lazy layers", ref, subject)

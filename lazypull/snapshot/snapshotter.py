@@ -26,6 +26,7 @@ from lazypull.fs.fsdclient import FsdError, socket_path
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.prefetch.plan import ProfilePlan
 from lazypull.registry.credentials import Credential
 from lazypull.registry.options import credential_to_json
 from lazypull.registry.reference import Reference
@@ -35,7 +36,7 @@ from lazypull.snapshot.filters import parse as parse_filters
 from lazypull.snapshot.imagebook import FALLBACK, LAZY, ImageBook
 from lazypull.snapshot.layers import LayerMountError, MountedLayer, RemoteLayers, spec_of
 from lazypull.snapshot.lifecycle import Lease
-from lazypull.snapshot.profiles import ProfileLookup, ProfilePlan
+from lazypull.snapshot.profiles import ProfileLookup
 from lazypull.snapshot.remote import LayerResolver, NotRemote, target_of
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
 

@@ -12,13 +12,14 @@ from lazypull.cli.main import main
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.prefetch.plan import plan_for
 from lazypull.prefetch.profile import FileAccess, Profile
 from lazypull.prefetch.publish import EMPTY_CONFIG, _empty, artifact, push_profile
 from lazypull.registry.client import RegistryClient
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.referrers import push_referrer
 from lazypull.registry.repository import RegistryStore
-from lazypull.snapshot.profiles import LOOKUPS, ProfileLookup, plan_for
+from lazypull.snapshot.profiles import LOOKUPS, ProfileLookup
 from lazypull.snapshot.remote import RemoteLayer
 from tests.support.images import Entry, write_image
 from tests.support.registry import Registry
