@@ -32,6 +32,7 @@ from lazypull.format.soci.dispatch import is_lazy, open_layer_index, ztoc_of
 from lazypull.fs.fetcher import Fetcher
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
 from lazypull.imagefs.merged import MergedView, Node, join
+from lazypull.imagefs.profileprefetch import DEFAULT_BUDGET, ProfilePrefetch
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.dockerarchive import DockerArchive
 from lazypull.oci.layout import OCILayout
@@ -133,6 +134,8 @@ class ImageFS:
         platform: Platform | None = None,
         cache_dir: Path | None = None,
         spool_dir: str | None = None,
+        prefetch: bool = False,
+        prefetch_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self.store = store
         self.ref = store.name
@@ -146,6 +149,11 @@ class ImageFS:
         layers = _soci_layers(store, self.manifest_descriptor, self.manifest)
         self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
+        self._prefetch: ProfilePrefetch | None = None
+        if prefetch:
+            self._prefetch = ProfilePrefetch(
+                store, self.manifest_descriptor, layers, self._view.layer, prefetch_budget
+            ).start()
 
     def _opener(self, desc: Descriptor) -> Callable[[], LayerView]:
         def open_layer() -> LayerView:
@@ -176,6 +184,14 @@ class ImageFS:
     def size(self) -> int:
         """Bytes of all layer blobs: what a full pull downloads."""
         return sum(d.size for d in self.manifest.layers)
+
+    def wait_prefetch(self, timeout: float | None = None) -> int:
+        """With ``prefetch=True``: wait for the profile's prefetch (at most *timeout* seconds);
+        returns the bytes it fetched so far (0 without a profile)."""
+        if self._prefetch is None:
+            return 0
+        self._prefetch.wait(timeout)
+        return self._prefetch.bytes_fetched
 
     def stats(self) -> FetchStats:
         opened = self._view.opened()
@@ -296,6 +312,8 @@ class ImageFS:
         """Release layer files and spools; the chunks read are on disk in the cache when it returns."""
         if not self._closed:
             self._closed = True
+            if self._prefetch is not None:
+                self._prefetch.close()
             self._view.close()
             self._cache.flush()
 
@@ -398,6 +416,8 @@ def open_image(
     user: str | None = None,
     docker_config: str | os.PathLike[str] | None = None,
     registry_config: str | os.PathLike[str] | None = None,
+    prefetch: bool = False,
+    prefetch_budget: int = DEFAULT_BUDGET,
 ) -> ImageFS:
     """Open an image's rootfs for reading without pulling it.
 
@@ -407,7 +427,9 @@ def open_image(
     ``LAZYPULL_USER`` environment variable, as for the CLI), *docker_config*
     (credentials), *registry_config* (hosts and mirrors). *platform* (``os/arch[/variant]``)
     picks from a multi-platform index (default: this machine's). *cache_dir* holds verified
-    chunks (default ``~/.cache/lazypull``).
+    chunks (default ``~/.cache/lazypull``). *prefetch*: fetch what the image's published
+    prefetch profile (``lazypull profile``) names, up to *prefetch_budget* bytes of content,
+    in the background while you read (``wait_prefetch()`` waits for it).
     """
     from lazypull.registry.stores import open_store
 
@@ -420,7 +442,13 @@ def open_image(
     )
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
     store = open_store(ref, opts)
-    return ImageFS(store, platform=plat, cache_dir=Path(cache_dir) if cache_dir else None)
+    return ImageFS(
+        store,
+        platform=plat,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        prefetch=prefetch,
+        prefetch_budget=prefetch_budget,
+    )
 
 
 __all__ = ["FetchStats", "FileInfo", "ImageFS", "ImageFile", "open_image"]
