@@ -29,7 +29,9 @@ OTHER = os.urandom(1 << 20)
 BUDGET = 3 << 19  # 1.5 MiB: other.bin (1 MiB, first) fits, big.bin's 2 MiB after it does not
 
 
-def test_the_daemon_applies_the_published_profile(registry: Registry, tmp_path: Path) -> None:
+def test_the_daemon_applies_the_published_profile(
+    registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = [Entry("data", "dir", mode=0o755), Entry("data/big.bin", data=BIG), Entry("data/other.bin", data=OTHER)]
     write_image(tmp_path / "src", [busybox_layer(), data], cmd=["/bin/sh"])
     plain, ref = f"{registry.host}/prof/img:orig", f"{registry.host}/prof/img:esgz"
@@ -83,5 +85,9 @@ def test_the_daemon_applies_the_published_profile(registry: Registry, tmp_path: 
         assert 'lazypull_prefetch_profile_images_total{result="applied"} 1.0' in metrics
         assert "lazypull_profile_prefetched_read_bytes_total" in metrics
         assert "prefetch profile of" in daemon.log() and "beyond the" in daemon.log()
+        capsys.readouterr()
+        assert main(["status", "--json", "--address", str(daemon.address)]) == 0
+        (img,) = [i for i in json.loads(capsys.readouterr().out)["images"] if i["ref"].endswith("prof/img:esgz")]
+        assert img["profile_read_bytes"] >= len(OTHER) and img["profile_prefetched_bytes"] < BUDGET
     finally:
         stop_node(daemon, cd, tmp_path)
