@@ -129,9 +129,10 @@ def run_show(args: argparse.Namespace) -> int:
     store, platform = _store(args)
     subject, found = published(store, platform)
     chosen = [d for d in found if args.digest in (None, d.digest)]
+    if args.digest and not chosen:
+        raise LazypullError(f"{args.digest} is not a prefetch profile of {store.name}")
     if not chosen:
-        what = args.digest or "no prefetch profile"
-        raise LazypullError(f"{store.name} ({subject.digest}) has {what}" + (" among its profiles" * bool(args.digest)))
+        raise LazypullError(f"{store.name} ({subject.digest}) has no prefetch profile")
     profile = merge([fetch_profile(store.client, store.ref, subject.digest, d) for d in chosen])
     print(json.dumps(profile.to_json(), indent=1))
     return 0
