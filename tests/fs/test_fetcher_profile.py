@@ -81,3 +81,13 @@ def test_soci_layers_are_prefetched_in_spans(tmp_path: Path) -> None:
     (span,) = c.chunks_for(100_000, 10)
     assert src.reads and f.cache.contains(span.digest) and f.stats.profile_chunk_bytes == span.size
     assert f.read(c, 100_000, 10) == FILES["c"][100_000:100_010] and len(src.reads) == 1
+
+
+def test_a_small_gap_is_fetched_through_in_one_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetcher_module, "PROFILE_GAP", 2 * CHUNK)  # a chunk of random data is a bit over CHUNK
+    f, src = _fetcher(tmp_path)
+    a = f.index.lookup("a")
+    assert a is not None and a.chunks[2].blob_offset - a.chunks[0].blob_end <= fetcher_module.PROFILE_GAP
+    f.profile_fetch([("a", [(0, 10), (2 * CHUNK, 10)])], 10 << 20, threading.Event())
+    assert src.reads == [a.chunks[0].blob_offset]  # one request: chunks 0 and 2, and the gap between
+    assert f.cache.contains(a.chunks[2].digest) and not f.cache.contains(a.chunks[1].digest)
