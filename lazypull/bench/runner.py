@@ -89,7 +89,7 @@ class Registry:
         cfg = {
             "version": 0.1,
             "log": {"level": "error", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(root / "storage")}},
+            "storage": {"filesystem": {"rootdirectory": str(root / "storage")}, "delete": {"enabled": True}},
             "http": {"addr": f"{net.registry_ip}:5000"},
         }
         (root / "config.yml").write_text(json.dumps(cfg))
