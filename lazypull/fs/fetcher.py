@@ -43,9 +43,9 @@ MAX_SPAN = 16 << 20  # never one request larger than this
 # On a miss, fetch at least this much of the blob: the next files of the same directory
 # come along (numpy + scipy import: 332 -> 198 requests for +7% bytes; see docs/design.md).
 MIN_FETCH = 64 << 10
-PROFILE_WINDOW = 4 << 20  # a prefetch profile is fetched in first-access order at this grain ...
-PROFILE_PARALLEL = 4  # ... its requests this many at a time
-PROFILE_GAP = MIN_FETCH  # and a gap this small within one request
+PROFILE_WINDOW = 16 << 20  # a prefetch profile is fetched in first-access order at this grain ...
+PROFILE_PARALLEL = 8  # ... its requests this many at a time
+PROFILE_GAP = 256 << 10  # and a gap this small within one request
 STREAM_SLACK = 1 << 20  # a read this close to where a file's sequential reading got to continues it
 MAX_STREAMS = 256  # files per layer whose sequential reading is tracked
 FAILED_HOLD = 2.0  # seconds a failed chunk fails again at once instead of being fetched again
