@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lazypull.bench.cleanup import kill_layer_servers
 from lazypull.bench.images import BenchImage, _gzip_layer, _tar_dir
+from lazypull.bench.learned import NO_PROFILES
 from lazypull.bench.netns import ShapedNet
 from lazypull.convert.copy import copy_image
 from lazypull.errors import LazypullError
@@ -143,7 +144,8 @@ class CriNode:
             f"plain_http_hosts = {json.dumps(hosts)}\n"
             f'docker_config = "{root / "none.json"}"\n'  # credentials come from PullImage only
             f"no_background_fetch = {str(not background_fetch).lower()}\n"
-            f'[cri_keychain]\nenable_keychain = true\nimage_service_path = "{self.address}"\n'
+            + NO_PROFILES
+            + f'[cri_keychain]\nenable_keychain = true\nimage_service_path = "{self.address}"\n'
         )
         self.daemon = subprocess.Popen(
             [

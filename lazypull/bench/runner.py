@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from lazypull.bench import learned
 from lazypull.bench.cleanup import kill_layer_servers
 from lazypull.bench.delayproxy import DelayProxy
 from lazypull.bench.images import IMAGES, BenchImage, build_image
@@ -32,15 +33,17 @@ from lazypull.convert.image import ConvertOptions, convert_image
 from lazypull.errors import LazypullError
 from lazypull.optimize.optimizer import OptimizeOptions, optimize_image, write_record
 from lazypull.polling import wait_for
+from lazypull.prefetch.profile import Profile
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
 
 log = logging.getLogger(__name__)
-MODES = ("overlayfs", "lazypull", "lazypull-opt", "lazypull-soci", "reference", "cri")
+MODES = ("overlayfs", "lazypull", "lazypull-opt", "lazypull-learned", "lazypull-soci", "reference", "cri")
 SNAPSHOTTER = {
     "overlayfs": "overlayfs",
     "lazypull": "lazypull",
     "lazypull-opt": "lazypull",
+    "lazypull-learned": "lazypull",  # the lazypull image plus a published prefetch profile
     "lazypull-soci": "lazypull",  # the unconverted image plus a SOCI index
     "reference": "stargz",
 }
@@ -86,7 +89,7 @@ class Registry:
         cfg = {
             "version": 0.1,
             "log": {"level": "error", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(root / "storage")}},
+            "storage": {"filesystem": {"rootdirectory": str(root / "storage")}, "delete": {"enabled": True}},
             "http": {"addr": f"{net.registry_ip}:5000"},
         }
         (root / "config.yml").write_text(json.dumps(cfg))
@@ -132,6 +135,7 @@ class Node:
             (root / "lazypull.toml").write_text(
                 f'plain_http_hosts = ["{registry_host}"]\n'
                 f"no_background_fetch = {str(not cfg.background_fetch).lower()}\n"
+                + ("" if mode == learned.MODE else learned.NO_PROFILES)
             )
             self.snap_proc = subprocess.Popen(
                 [
@@ -239,8 +243,11 @@ def one_run(node: Node, net: ShapedNet, img: BenchImage, ref: str, mode: str, ru
     return RunResult(img.name, mode, run, t1 - t0, t2 - t1, t3 - t2, net.rx_bytes() - before)
 
 
-def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) -> dict[tuple[str, str], str]:
-    """Push each image in its forms; returns (image, mode) -> reference."""
+def prepare_images(
+    cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet, profiles: dict[str, Profile] | None = None
+) -> dict[tuple[str, str], str]:
+    """Push each image in its forms; returns (image, mode) -> reference. *profiles* gets each
+    image's recorded profile (mode lazypull-learned), published before that image's runs."""
     ropts = RegistryOptions(plain_http=True)
     refs: dict[tuple[str, str], str] = {}
     built: dict[str, tuple[str, str]] = {}  # build name -> (org ref, esgz ref)
@@ -267,6 +274,12 @@ def prepare_images(cfg: BenchConfig, reg: Registry, work: Path, net: ShapedNet) 
             refs.update(_soci_index(cfg, img, org))
         refs[(name, "overlayfs")] = org
         refs[(name, "lazypull")] = refs[(name, "reference")] = refs[(name, "cri")] = esgz
+        if learned.MODE in cfg.modes and profiles is not None:
+            cfg.progress(f"[images] recording a prefetch profile of {name} (lazypull profile record)")
+            t0 = time.monotonic()
+            profiles[name] = learned.record(img, esgz, work / "optimize")
+            cfg.progress(f"[images] recorded in {time.monotonic() - t0:.1f}s ({profiles[name].file_count} files)")
+            refs[(name, learned.MODE)] = esgz
         if "lazypull-opt" in cfg.modes:
             cfg.progress(f"[images] optimizing {name} for its workload (lazypull optimize)")
             opt = f"{reg.host}/bench/{name}:esgz-opt"  # per workload: the record differs
@@ -334,7 +347,8 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
     stack: list[Callable[[], None]] = []
     with bench_registry(cfg) as (net, reg):
         try:
-            refs = prepare_images(cfg, reg, work, net)
+            profiles: dict[str, Profile] = {}
+            refs = prepare_images(cfg, reg, work, net, profiles)
             if cfg.rtt_ms:
                 delay = DelayProxy(net.host_ip, (net.registry_ip, 5000), cfg.rtt_ms).start()
                 cfg.progress(f"[net] adding {cfg.rtt_ms:g} ms round-trip time via {delay.address}")
@@ -348,6 +362,8 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
                 auth, pause = cri.prepare(net, reg.host, work / "registry", work)
                 stack.append(auth.stop)
             for name in cfg.images:
+                if name in profiles:
+                    learned.publish(refs[(name, learned.MODE)], profiles[name])
                 # The modes take turns, so a machine whose speed drifts during the bench (a shared
                 # host) weighs on each mode alike instead of on whichever ran last.
                 for run, mode in itertools.product(range(1, cfg.runs + 1), cfg.modes):

@@ -48,8 +48,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--modes",
         default="overlayfs,lazypull,lazypull-opt",
-        help="comma-separated: overlayfs, lazypull, lazypull-opt, lazypull-soci, reference,"
-        " cri (a pod over CRI, private registry)",
+        help="comma-separated: overlayfs, lazypull, lazypull-opt, lazypull-learned (the lazypull image plus a"
+        " prefetch profile recorded by one earlier run), lazypull-soci, reference, cri (a pod over CRI, private"
+        " registry)",
     )
     p.add_argument("--runs", type=int, default=3, help="runs per image and mode (default 3)")
     p.add_argument("--rate", default="150mbit", help="registry bandwidth as tc understands it (default 150mbit)")
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lazypull.bench.report import chart, markdown, read_csv, write_csv
-    from lazypull.bench.runner import BenchConfig, run_bench
+    from lazypull.bench.runner import run_bench
 
     out = args.out or Path("bench/results") / datetime.date.today().isoformat()
     if args.report_only:
@@ -78,21 +79,7 @@ def run(args: argparse.Namespace) -> int:
         out = args.report_only.parent
     else:
         images = list(IMAGES) if args.images == "all" else args.images.split(",")
-        modes = args.modes.split(",")
-        if args.reference_snapshotter and "reference" not in modes:
-            modes.append("reference")
-        cfg = BenchConfig(
-            images=[i for i in images if i not in ("node-scale", "cluster")],
-            modes=modes,
-            runs=args.runs,
-            rate=args.rate,
-            scale=args.scale,
-            workdir=args.workdir,
-            reference_snapshotter=args.reference_snapshotter,
-            background_fetch=args.background_fetch,
-            soci_span_size=args.soci_span_size,
-            rtt_ms=args.rtt_ms,
-        )
+        cfg = bench_config(args)
         results = run_bench(cfg) if cfg.images else []
         out.mkdir(parents=True, exist_ok=True)
         if "node-scale" in images:
@@ -119,6 +106,28 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"results in {out}/ ({files})")
     return 0
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The run's settings from the command line: every option that shapes a run lands here."""
+    from lazypull.bench.runner import BenchConfig
+
+    images = list(IMAGES) if args.images == "all" else args.images.split(",")
+    modes = args.modes.split(",")
+    if args.reference_snapshotter and "reference" not in modes:
+        modes.append("reference")
+    return BenchConfig(
+        images=[i for i in images if i not in ("node-scale", "cluster")],
+        modes=modes,
+        runs=args.runs,
+        rate=args.rate,
+        rtt_ms=args.rtt_ms,
+        scale=args.scale,
+        workdir=args.workdir,
+        reference_snapshotter=args.reference_snapshotter,
+        background_fetch=args.background_fetch,
+        soci_span_size=args.soci_span_size,
+    )
 
 
 def _node_scale(args: argparse.Namespace, cfg: object, out: Path) -> None:

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "mount",
     "soci",
     "index",
+    "profile",
     "ls",
     "cat",
     "cp",

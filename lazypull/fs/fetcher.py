@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lazypull.cache.chunks import ChunkCache
@@ -43,6 +43,9 @@ MAX_SPAN = 16 << 20  # never one request larger than this
 # On a miss, fetch at least this much of the blob: the next files of the same directory
 # come along (numpy + scipy import: 332 -> 198 requests for +7% bytes; see docs/design.md).
 MIN_FETCH = 64 << 10
+PROFILE_WINDOW = 16 << 20  # a prefetch profile is fetched in first-access order at this grain ...
+PROFILE_PARALLEL = 8  # ... its requests this many at a time
+PROFILE_GAP = 256 << 10  # and a gap this small within one request
 STREAM_SLACK = 1 << 20  # a read this close to where a file's sequential reading got to continues it
 MAX_STREAMS = 256  # files per layer whose sequential reading is tracked
 FAILED_HOLD = 2.0  # seconds a failed chunk fails again at once instead of being fetched again
@@ -61,6 +64,10 @@ class FetchStats:
     fetched_bytes: int = 0  # compressed bytes from the registry
     prefetched_bytes: int = 0
     background_bytes: int = 0
+    profile_bytes: int = 0  # fetched for the image's prefetch profile (compressed)
+    profile_chunk_bytes: int = 0  # the content of the chunks it fetched ...
+    profile_read_bytes: int = 0  # ... and how much of that a reader then asked for (the hit ratio)
+    profile_unknown_files: int = 0  # files it named that the layer does not have (ignored)
     requests: int = 0
     readaheads: int = 0  # next-window fetches started ahead of a sequential reader
     cache_hits: int = 0
@@ -115,6 +122,7 @@ class Fetcher:
         self._idle = threading.Condition(self._lock)
         # file name -> (where its sequential reading has got to, bytes read in that run)
         self._streams: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._profiled: dict[tuple[int, int], int] = {}  # chunks the profile fetched, not yet read -> size
 
     # -- on-demand reads ------------------------------------------------------------------
     def read(self, entry: Entry, offset: int, size: int) -> bytes:
@@ -157,6 +165,8 @@ class Fetcher:
             deadline = time.monotonic() + self.timeout
         self.stats.add(cache_requests=1)
         key = chunk_key(c)
+        if self._profiled and (n := self._profiled.pop(key, 0)):
+            self.stats.add(profile_read_bytes=n)
         for attempt in range(2):
             data = self.cache.get(c.digest)
             if data is not None:
@@ -332,6 +342,72 @@ class Fetcher:
             return 0
         items = itertools.takewhile(lambda ec: ec[1].blob_offset < end, self.index.chunks_by_blob())
         return self._fetch_items((ec for ec in items if ec[1].blob_end <= end), "prefetched_bytes", max_span=end + 1)
+
+    def profile_fetch(self, plan: list[tuple[str, list[tuple[int, int]]]], budget: int, stop: threading.Event) -> int:
+        """Fetch what the image's prefetch profile names in this layer: *plan* is (path,
+        [(offset, length), ...]) in first-access order (no ranges: the whole file). Up to
+        *budget* bytes of content, in that order: windows of ``PROFILE_WINDOW`` bytes, each
+        fetched in blob order, ``PROFILE_PARALLEL`` requests at a time (few round trips, the
+        order kept at that grain). Files the layer does not have are skipped (a profile is a
+        hint). Returns bytes fetched."""
+        items: list[tuple[Entry, Chunk]] = []
+        seen: set[tuple[int, int]] = set()
+        used, full = 0, False
+        for path, ranges in plan:
+            if full:
+                break
+            e = self.index.lookup(path)
+            if e is not None and e.type == EntryType.HARDLINK and e.link_name:
+                e = self.index.lookup(e.link_name)
+            if e is None or e.type != EntryType.REG:
+                self.stats.add(profile_unknown_files=1)
+                continue
+            chunks = [c for off, n in (ranges or [(0, e.size)]) for c in e.chunks_for(off, n)]
+            for c in chunks:
+                if chunk_key(c) in seen:
+                    continue
+                if used + c.size > budget:  # the cut: what follows in the profile is not fetched
+                    full = True
+                    break
+                seen.add(chunk_key(c))
+                used += c.size
+                items.append((e, c))
+        before = self.stats.profile_bytes
+        start = 0
+        with ThreadPoolExecutor(PROFILE_PARALLEL, thread_name_prefix="profile") as pool:
+            while start < len(items) and not stop.is_set():
+                end, size = start, 0
+                while end < len(items) and (size < PROFILE_WINDOW or end == start):
+                    size += items[end][1].size
+                    end += 1
+                window = sorted(items[start:end], key=lambda ec: (ec[1].blob_offset, ec[1].inner_offset))
+                start = end
+                groups = self._claim_groups(window)
+                self.stats.add(profile_chunk_bytes=sum(c.size for g in groups for _, c in g))
+                list(pool.map(lambda g: self._fetch(g, "profile_bytes"), groups))
+        return self.stats.profile_bytes - before
+
+    def _claim_groups(self, window: list[tuple[Entry, Chunk]]) -> list[list[tuple[Entry, Chunk]]]:
+        """The chunks of *window* (in blob order) neither cached nor in flight, claimed (in
+        flight from now) in groups of one request each: a gap of up to ``PROFILE_GAP`` is
+        fetched through, as a round trip costs more."""
+        groups: list[list[tuple[Entry, Chunk]]] = []
+        end = 0
+        with self._lock:
+            for e, c in window:
+                key = chunk_key(c)
+                if key in self._inflight or self.cache.contains(c.digest):
+                    continue
+                g = groups[-1] if groups else None
+                if g and c.blob_offset - end <= PROFILE_GAP and c.blob_end - g[0][1].blob_offset <= MAX_SPAN:
+                    g.append((e, c))
+                    end = max(end, c.blob_end)
+                else:
+                    groups.append([(e, c)])
+                    end = c.blob_end
+                self._inflight[key] = Future()
+                self._profiled[key] = c.size
+        return groups
 
     def background_fetch(self, stop: threading.Event, pause_s: float = 0.05) -> int:
         """Fetch everything not yet cached, in large ranges, yielding to on-demand reads."""

@@ -21,6 +21,7 @@ from lazypull.errors import FormatError
 from lazypull.format.compactindex import FS_OPAQUE, FS_WHITEOUT, NONE, TYPE_CODE, CompactIndex, Node
 from lazypull.format.compactwrite import compact_copy
 from lazypull.format.index import Entry, EntryType, LayerIndex
+from lazypull.fs.accesslog import AccessLog
 from lazypull.fs.fetcher import Fetcher, FetchError
 from lazypull.fs.fuse.ops import Attr
 from lazypull.fs.parsedtree import ParsedTree
@@ -71,7 +72,7 @@ class LayerFS:
         self._built = threading.Event()
         self.build_error = ""
         self.bytes_served = 0
-        self.accessed: dict[str, None] | None = None  # ordered set of files read, when recording
+        self.accessed: AccessLog | None = None  # the files read and how, when recording
         self._parsed: ParsedTree | None = None  # answers while the compact index is built
         self._pending: Build | None = None
         self._lock = threading.Lock()
@@ -254,8 +255,8 @@ class LayerFS:
         try:
             data = self.fetcher.read(e, offset, size)
             self.bytes_served += len(data)
-            if self.accessed is not None and e.name not in self.accessed:
-                self.accessed[e.name] = None
+            if self.accessed is not None:
+                self.accessed.note(e.name, offset, len(data))
             return data
         except FetchError as err:
             raise OSError(errno.EIO, str(err)) from None

@@ -55,6 +55,10 @@ class LayerSpec:
     record_access: bool = False  # remember the files read, in order (Stats/Unmount return them; optimize)
     passthrough: bool = False  # FUSE passthrough for fully cached files (see FuseServer)
     min_fetch: int = MIN_FETCH  # a miss fetches at least this much of the blob (see Fetcher)
+    # The image's prefetch profile for this layer: [path, [[offset, length], ...]] in first-access
+    # order, fetched ahead of the background fetch up to profile_budget bytes of content.
+    profile: list[list[Any]] = field(default_factory=list)
+    profile_budget: int = 0
 
     @property
     def descriptor(self) -> Descriptor:
@@ -67,7 +71,24 @@ class LayerSpec:
         """The spec without credentials (what the server saves to re-attach after a restart)."""
         d = asdict(self)
         d["registry"] = {k: v for k, v in self.registry.items() if k not in SECRET_KEYS}
+        d["profile"] = []  # a first start's plan: not kept, nor applied again after a restart
         return d
+
+    def profile_plan(self) -> list[tuple[str, list[tuple[int, int]]]]:
+        """The profile's entries, type-checked (anything else is dropped: a hint, never trusted)."""
+        plan: list[tuple[str, list[tuple[int, int]]]] = []
+        for item in self.profile:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                continue
+            if not isinstance(item[1], list):
+                continue
+            ranges = [
+                (int(r[0]), int(r[1]))
+                for r in item[1]
+                if isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r)
+            ]
+            plan.append((item[0], ranges))
+        return plan
 
     @property
     def has_secrets(self) -> bool:

@@ -43,6 +43,7 @@ from lazypull.fs.fetcher import MIN_FETCH, READAHEAD, Fetcher
 from lazypull.imagefs.filelayer import StreamedFileLayer
 from lazypull.imagefs.layers import IndexedLayer, LayerView, StreamedLayer, find_index
 from lazypull.imagefs.merged import MergedView, Node, join
+from lazypull.imagefs.profileprefetch import DEFAULT_BUDGET, ProfilePrefetch
 from lazypull.oci import digest as digestlib
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.artifacts import Kind, file_path, is_tar_layer, kind_of
@@ -148,6 +149,8 @@ class ImageFS:
         platform: Platform | None = None,
         cache_dir: Path | None = None,
         spool_dir: str | None = None,
+        prefetch: bool = False,
+        prefetch_budget: int = DEFAULT_BUDGET,
     ) -> None:
         self.store = store
         self.ref = store.name
@@ -167,6 +170,11 @@ class ImageFS:
             layers = with_chunk_index(store, self.manifest_descriptor.digest, self.manifest.layers, self.kind)
         self._view = MergedView([self._opener(d) for d in layers], what=self.ref)
         self._closed = False
+        self._prefetch: ProfilePrefetch | None = None
+        if prefetch:
+            self._prefetch = ProfilePrefetch(
+                store, self.manifest_descriptor, layers, self._view.layer, prefetch_budget
+            ).start()
 
     def _opener(self, desc: Descriptor) -> Callable[[], LayerView]:
         def open_file_layer() -> LayerView:
@@ -211,6 +219,14 @@ class ImageFS:
     def size(self) -> int:
         """Bytes of all layer blobs: what a full pull downloads."""
         return sum(d.size for d in self.manifest.layers)
+
+    def wait_prefetch(self, timeout: float | None = None) -> int:
+        """With ``prefetch=True``: wait for the profile's prefetch (at most *timeout* seconds);
+        returns the bytes it fetched so far (0 without a profile)."""
+        if self._prefetch is None:
+            return 0
+        self._prefetch.wait(timeout)
+        return self._prefetch.bytes_fetched
 
     def stats(self) -> FetchStats:
         opened = self._view.opened()
@@ -386,6 +402,8 @@ class ImageFS:
         """Release layer files and spools; the chunks read are on disk in the cache when it returns."""
         if not self._closed:
             self._closed = True
+            if self._prefetch is not None:
+                self._prefetch.close()
             self._view.close()
             self._cache.flush()
 
@@ -497,6 +515,8 @@ def open_image(
     user: str | None = None,
     docker_config: str | os.PathLike[str] | None = None,
     registry_config: str | os.PathLike[str] | None = None,
+    prefetch: bool = False,
+    prefetch_budget: int = DEFAULT_BUDGET,
 ) -> ImageFS:
     """Open an image's rootfs for reading without pulling it.
 
@@ -508,7 +528,9 @@ def open_image(
     picks from a multi-platform index (default: this machine's). *cache_dir* holds verified
     chunks (default ``~/.cache/lazypull``). eStargz and zstd:chunked layers are read
     lazily, and so are gzip layers a SOCI index gives a zTOC (a SOCI-enabled image's v2
-    index first, else a v1 index beside the image in its registry).
+    index first, else a v1 index beside the image in its registry). *prefetch*: fetch what the image's published
+    prefetch profile (``lazypull profile``) names, up to *prefetch_budget* bytes of content,
+    in the background while you read (``wait_prefetch()`` waits for it).
     """
     from lazypull.registry.stores import open_store
 
@@ -521,7 +543,13 @@ def open_image(
     )
     plat = Platform.parse(platform) if isinstance(platform, str) else platform
     store = open_store(ref, opts)
-    return ImageFS(store, platform=plat, cache_dir=Path(cache_dir) if cache_dir else None)
+    return ImageFS(
+        store,
+        platform=plat,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        prefetch=prefetch,
+        prefetch_budget=prefetch_budget,
+    )
 
 
 __all__ = ["FetchStats", "FileInfo", "ImageFS", "ImageFile", "open_image"]

@@ -277,6 +277,27 @@ def _is_dead_mount(path: Path) -> bool:
     return False
 
 
+def access_logs(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[tuple[str, list[list[object]]]]:
+    """Per layer, bottom first: (digest, what was read through it) for a mount made with
+    ``record_access``: ``[path, first-read wall clock, [[offset, length], ...]]`` in
+    first-read order (none for a layer not mounted lazily)."""
+    state = state_dir_for(mountpoint.resolve(), state_root)
+    try:
+        record = json.loads((state / "mount.json").read_text())
+    except (OSError, ValueError):
+        raise LazypullError(f"{mountpoint} is not mounted by lazypull") from None
+    try:
+        rows = layer_server(state_root, start=False).stats(accessed=True)["layers"]
+    except FsdError as e:
+        raise LazypullError(f"cannot read the access log of {mountpoint}: {e}") from None
+    by_mp = {r["mountpoint"]: r for r in rows}
+    out: list[tuple[str, list[list[object]]]] = []
+    for layer in record["layers"]:
+        st = by_mp.get(str(Path(layer["dir"]) / "fs")) if layer["lazy"] else None
+        out.append((str(layer["digest"]), list((st or {}).get("access_log") or [])))
+    return out
+
+
 def mount_stats(mountpoint: Path, state_root: Path = DEFAULT_STATE_ROOT) -> list[dict[str, object]]:
     state = state_dir_for(mountpoint.resolve(), state_root)
     try:

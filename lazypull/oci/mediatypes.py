@@ -83,3 +83,6 @@ ANNOTATION_MODELPACK_FILEPATH = "org.cncf.model.filepath"
 # lazypull's chunk index of an artifact's raw blobs: a referrer of the artifact manifest
 CHUNK_INDEX_ARTIFACT_TYPE = "application/vnd.lazypull.chunk-index.v1+json"
 CHUNK_INDEX_LAYER = "application/vnd.lazypull.chunk-index.layer.v1+json"
+
+# lazypull's prefetch profile: an OCI artifact whose subject is the image manifest
+PREFETCH_PROFILE_ARTIFACT_TYPE = "application/vnd.lazypull.prefetch.profile.v1+json"

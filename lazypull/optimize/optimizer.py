@@ -56,8 +56,13 @@ class OptimizeResult:
     run: RunResult
 
 
-def record_workload(store: ImageStore, opts: OptimizeOptions, tmp: Path) -> tuple[list[str], RunResult]:
-    """Run the workload on *store*'s image (lazily mounted, recording reads); return what it read."""
+def record_workload(
+    store: ImageStore, opts: OptimizeOptions, tmp: Path, before_umount: Callable[[Path, Path], None] | None = None
+) -> tuple[list[str], RunResult]:
+    """Run the workload on *store*'s image (lazily mounted, recording reads); return what it read.
+
+    *before_umount* (mountpoint, state root) is called once the workload is done, while the
+    mount and its access log are still there."""
     config = ImageConfig.parse(store.fetch(next(iter(manifests_of(store, None, False))).config)).raw
     workload = Workload.from_config(
         config, entrypoint=opts.entrypoint, args=opts.args, env=opts.env, cwd=opts.cwd, network=opts.network
@@ -90,8 +95,30 @@ def record_workload(store: ImageStore, opts: OptimizeOptions, tmp: Path) -> tupl
             if is_mounted(rootfs):
                 unmount(str(rootfs), lazy=False)
     finally:
-        record = umount_image(image, state_root)
+        try:
+            if before_umount is not None:
+                before_umount(image, state_root)
+        finally:
+            record = umount_image(image, state_root)
     return record, run
+
+
+def trial_image(src: ImageStore, opts: OptimizeOptions, tmp: Path) -> tuple[ImageStore, OCILayout]:
+    """(a local copy of *src*, a throw-away conversion of it to mount): the source is
+    downloaded once, as the final conversion reads it too."""
+    plats = opts.convert.platforms
+    if not isinstance(src, OCILayout):
+        opts.progress(f"copying {src.name} locally")
+        local = OCILayout(tmp / "source", "source", create=True)
+        copy_image(src, local, tag="source", platform=plats[0] if plats else None, all_platforms=False)
+        src = local
+    opts.progress("converting a trial copy to mount (uncompressed: only read locally)")
+    trial = OCILayout(tmp / "trial", "trial", create=True)
+    trial_opts = dataclasses.replace(
+        opts.convert, compression_level=0, prioritized=None, progress=None, tmpdir=str(tmp)
+    )
+    convert_image(src, trial, trial_opts, tag="trial")
+    return src, trial
 
 
 def optimize_image(src: ImageStore, dst: ImageStore, opts: OptimizeOptions, tag: str | None = None) -> OptimizeResult:
@@ -103,17 +130,7 @@ def optimize_image(src: ImageStore, dst: ImageStore, opts: OptimizeOptions, tag:
     with tempfile.TemporaryDirectory(prefix="lazypull-optimize-", dir=opts.workdir) as t:
         tmp = Path(t)
         os.chmod(tmp, 0o700)
-        if not isinstance(src, OCILayout):  # download once; both conversions read it
-            opts.progress(f"copying {src.name} locally")
-            local = OCILayout(tmp / "source", "source", create=True)
-            copy_image(src, local, tag="source", platform=plats[0] if plats else None, all_platforms=False)
-            src = local
-        opts.progress("converting a trial copy to mount (uncompressed: only read locally)")
-        trial = OCILayout(tmp / "trial", "trial", create=True)
-        trial_opts = dataclasses.replace(
-            opts.convert, compression_level=0, prioritized=None, progress=None, tmpdir=str(tmp)
-        )
-        convert_image(src, trial, trial_opts, tag="trial")
+        src, trial = trial_image(src, opts, tmp)
         record, run = record_workload(trial, opts, tmp)
         if not record:
             log.warning("the workload read no files; the image is converted without prioritized files")

@@ -116,3 +116,47 @@ def _credentials(user: str | None, password_stdin: bool) -> str | None:
     if not password:
         raise LazypullError(f"--user {name}: no password (use --password-stdin or set LAZYPULL_PASSWORD)")
     return f"{name}:{password}"
+
+
+def add_push_credential_args(parser: argparse.ArgumentParser) -> None:
+    """Write credentials, a setting of their own: pull credentials (``--user``, a node's
+    or the kubelet's) never push by accident."""
+    g = parser.add_argument_group("write credentials (only these push or delete)")
+    g.add_argument(
+        "--push-user",
+        help="registry user NAME for writes (password from --push-password-stdin or env LAZYPULL_PUSH_PASSWORD); "
+        "default env LAZYPULL_PUSH_USER",
+    )
+    g.add_argument("--push-password-stdin", action="store_true", help="read the write password from stdin")
+    g.add_argument(
+        "--push-docker-config", type=Path, help="docker config.json for writes (default: ~/.docker/config.json)"
+    )
+
+
+def push_options_from_args(args: argparse.Namespace) -> RegistryOptions:
+    """The options that write: the pull flags' transport settings with the write credentials only."""
+    pull = options_from_args(args)
+    path = getattr(args, "push_docker_config", None)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"--push-docker-config {path}: no such file")
+    name = getattr(args, "push_user", None) or os.environ.get("LAZYPULL_PUSH_USER") or None
+    user: str | None = name
+    if getattr(args, "push_password_stdin", False):
+        if not name:
+            raise LazypullError("--push-password-stdin needs --push-user NAME (or LAZYPULL_PUSH_USER)")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise LazypullError("--push-password-stdin: no password on stdin")
+        user = f"{name.partition(':')[0]}:{password}"
+    elif name is not None and ":" not in name:
+        password = os.environ.get("LAZYPULL_PUSH_PASSWORD")
+        if not password:
+            raise LazypullError(f"--push-user {name}: no password (--push-password-stdin or LAZYPULL_PUSH_PASSWORD)")
+        user = f"{name}:{password}"
+    return RegistryOptions(
+        plain_http=pull.plain_http,
+        insecure=pull.insecure,
+        user=user,
+        registry_config=pull.registry_config,
+        docker_config=path,
+    )

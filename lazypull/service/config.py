@@ -61,6 +61,9 @@ class DaemonConfig:
     # [resolver]: which layers can be mounted lazily (manifest lookups), and registry hosts
     resolve_timeout_sec: float = key("resolver.timeout_sec", 10.0, min=0.1, max=3600)  # one deadline per lookup
     resolve_failure_ttl_sec: float = key("resolver.failure_ttl_sec", 30.0, min=0, max=86400)  # failures cached
+    # [prefetch_profile]: prefetch learned from real runs (lazypull profile), published beside images
+    profile_budget_bytes: int = key("prefetch_profile.budget_bytes", 256 << 20, min=0)  # per image; 0: off
+    profile_timeout_sec: float = key("prefetch_profile.timeout_sec", 3.0, min=0.1, max=600)  # its lookup
     # [cri_keychain]: serve the kubelet's CRI image service, keep PullImage credentials in memory
     enable_keychain: bool = key("cri_keychain.enable_keychain", False)
     image_service_path: str = key("cri_keychain.image_service_path", "/run/containerd/containerd.sock")  # CRI socket

@@ -43,6 +43,7 @@ from lazypull.cache.chunks import ChunkCache, MemoryLRU
 from lazypull.errors import LazypullError
 from lazypull.format.counting import CountingSource
 from lazypull.format.index import LayerIndex
+from lazypull.fs.accesslog import AccessLog
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fsdclient import DEFAULT_MEMORY, HANDOVER_SEC, FsdClient, FsdError, socket_path, successor_command
 from lazypull.fs.fsdwire import MAX_FDS, recv_msg, send_msg
@@ -158,6 +159,10 @@ class Layer:
             requests=self.source.reads,
             prefetched_bytes=st.prefetched_bytes,
             background_bytes=st.background_bytes,
+            profile_bytes=st.profile_bytes,
+            profile_chunk_bytes=st.profile_chunk_bytes,
+            profile_read_bytes=st.profile_read_bytes,
+            profile_unknown_files=st.profile_unknown_files,
             cache_hits=st.cache_hits,
             cache_requests=st.cache_requests,
             fetch_errors=st.fetch_errors,
@@ -342,7 +347,7 @@ class LayerServer:
             claim=self.index_memory.claim(image, ly.digest),
         )
         if ly.spec.record_access:
-            fs.accessed = {}
+            fs.accessed = AccessLog()
         ly.fs, ly.fetcher, ly.source = fs, fetcher, source
 
     def _toc_path(self, ly: Layer) -> Path:
@@ -417,6 +422,22 @@ class LayerServer:
                 log.warning("layer %s: prefetch failed: %s", ly.digest[7:19], e)
             finally:
                 ly.prefetch_done = True
+            plan = ly.spec.profile_plan()
+            if plan and ly.spec.profile_budget > 0 and not ly.stop.is_set():
+                # In parallel with the container start (it waits for the landmark prefetch only),
+                # ahead of the background fetch.
+                try:
+                    t0 = time.monotonic()
+                    n = fetcher.profile_fetch(plan, ly.spec.profile_budget, ly.stop)
+                    log.info(
+                        "layer %s: fetched %d bytes of %d profiled files in %.2fs",
+                        ly.digest[7:19],
+                        n,
+                        len(plan),
+                        time.monotonic() - t0,
+                    )
+                except Exception as e:
+                    log.warning("layer %s: profile prefetch failed: %s", ly.digest[7:19], e)
             if ly.spec.background_fetch and not ly.stop.is_set():
                 self._background.submit(background, {"host": host})
 
@@ -430,7 +451,7 @@ class LayerServer:
             except Exception as e:
                 log.warning("layer %s: background fetch failed: %s", ly.digest[7:19], e)
 
-        if not ly.spec.prefetch:
+        if not ly.spec.prefetch and not ly.spec.profile:
             ly.prefetch_done = True
             if ly.spec.background_fetch:
                 self._background.submit(background, {"host": host})
@@ -612,7 +633,9 @@ class LayerServer:
             rows = [ly.stats() for ly in layers]
             if req.get("accessed"):
                 for ly, row in zip(layers, rows, strict=True):
-                    row["accessed"] = ["/" + p for p in list((ly.fs.accessed if ly.fs else None) or {})]
+                    log_ = ly.fs.accessed if ly.fs else None
+                    row["accessed"] = ["/" + p for p in (log_ or ())]
+                    row["access_log"] = log_.rows() if log_ is not None else []
             return {
                 "layers": rows,
                 "caches": caches,

@@ -56,6 +56,8 @@ def build(cfg: DaemonConfig, root: Path, fsd_address: str = "") -> Snapshotter:
         memory_bytes=cfg.cache_memory_bytes,
         index_memory_bytes=cfg.index_memory_bytes,
         image_index_memory_bytes=cfg.image_index_memory_bytes,
+        profile_budget=cfg.profile_budget_bytes,
+        profile_timeout_sec=cfg.profile_timeout_sec,
     )
     if cfg.resolver_raw or cfg.registry_config_path or cfg.max_requests_per_host != DEFAULT_MAX_REQUESTS_PER_HOST:
         # The layer server reads the same hosts config; hand it over as a file next to the state.

@@ -103,11 +103,14 @@ class LayerStatsCollector(Collector):
         by_host: dict[str, list[float]] = {}
         agg: dict[str, list[float]] = {}
         h_total = r_total = d_total = 0
+        profile = {"profile_bytes": 0, "profile_chunk_bytes": 0, "profile_read_bytes": 0, "profile_unknown_files": 0}
         for s in stats:
             layer = str(s.get("layer", ""))
             h_total += int(s.get("cache_hits", 0))
             r_total += int(s.get("cache_requests", 0))
             d_total += int(s.get("fetched_bytes", 0))
+            for k in profile:
+                profile[k] += int(s.get(k, 0))
             size.add_metric([layer], float(s.get("size", 0)))
             fetched.add_metric([layer], float(s.get("fetched_bytes", 0)))
             pre.add_metric([layer], float(s.get("prefetched_bytes", 0)))
@@ -137,6 +140,7 @@ class LayerStatsCollector(Collector):
         yield from (hist, ms, count, served, hits, reqs, down, size, fetched, pre, compact, ferr, verr, merr)
         yield from (health, up, restarts, unhealthy, aborted, fetch_hist)
         yield from _index_memory(server.get("index_memory") or {})
+        yield from _profile(profile)
         hosts = dict(server.get("registry_hosts") or {})
         if server.get("pid") != os.getpid():  # the daemon's own requests (a separate layer server)
             for h, row in registry_host_stats().items():
@@ -219,3 +223,16 @@ def _index_memory(im: dict[str, Any]) -> Iterator[Metric]:
     )
     refused.add_metric([], float(im.get("refused", 0)))
     yield from (g, waiting, refused)
+
+
+def _profile(totals: dict[str, int]) -> Iterator[Metric]:
+    """What images' prefetch profiles fetched on the mounted layers, and how much of it was read."""
+    for key, name, doc in (
+        ("profile_bytes", "lazypull_profile_prefetched_bytes", "Compressed bytes fetched for prefetch profiles"),
+        ("profile_chunk_bytes", "lazypull_profile_prefetched_content_bytes", "Content bytes prefetched for profiles"),
+        ("profile_read_bytes", "lazypull_profile_prefetched_read_bytes", "Profile-prefetched content then read"),
+        ("profile_unknown_files", "lazypull_profile_unknown_files", "Profile entries naming no file of the layer"),
+    ):
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], float(totals[key]))
+        yield c

@@ -102,6 +102,9 @@ def _image(
         "fetched_bytes": sum(int(x.get("fetched_bytes") or 0) for x in layers),
         "prefetched_bytes": sum(int(x.get("prefetched_bytes") or 0) for x in layers),
         "profile": "recording" if record_access and LAZY in {x["mode"] for x in layers} else None,
+        # what its published prefetch profile fetched (content bytes) and how much of it was read
+        "profile_prefetched_bytes": sum(int(x.get("profile_prefetched_bytes") or 0) for x in layers),
+        "profile_read_bytes": sum(int(x.get("profile_read_bytes") or 0) for x in layers),
         "pods": rec.pods,
         "layers": layers,
     }
@@ -125,6 +128,8 @@ def _layer(lr: LayerRecord, row: dict[str, Any] | None, healthy: bool | None, sn
             fetched_bytes=int(row.get("fetched_bytes") or 0),
             prefetched_bytes=int(row.get("prefetched_bytes") or 0),
             background_bytes=int(row.get("background_bytes") or 0),
+            profile_prefetched_bytes=int(row.get("profile_chunk_bytes") or 0),
+            profile_read_bytes=int(row.get("profile_read_bytes") or 0),
             served_bytes=int(row.get("bytes_served") or 0),
             prefetch_done=bool(row.get("prefetch_done")),
             index=row.get("index"),

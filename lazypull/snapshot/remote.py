@@ -51,6 +51,7 @@ class RemoteLayer:
     layer: Descriptor
     image_layers: tuple[Descriptor, ...] = ()  # every layer of the image, for mounting ahead
     credential: Credential | None = field(default=None, repr=False, compare=False)  # CRI keychain or providers
+    manifest_digest: str = ""  # the image manifest's (this platform's), as read from the registry
 
 
 class CredentialSource(Protocol):
@@ -130,13 +131,12 @@ class LayerResolver:
             raise NotRemote(str(e), fallback.BAD_LABELS) from None
         manifest = self.manifest(ref, manifest_digest)
         layers = manifest.layers
-        if not all(mt.ANNOTATION_TOC_DIGEST in x.annotations for x in layers):  # SOCI for the others
-            with self._lock:
-                subject = self._digests.get(f"{ref}@{manifest_digest or ''}")
-            if subject or mt.ANNOTATION_SOCI_INDEX_DIGEST in manifest.annotations:
-                with deadline_scope(self.timeout):
-                    ztocs = soci_ztocs(self.client_for(ref), ref, subject or "", manifest.annotations)
-                    layers = with_soci(layers, ztocs)
+        with self._lock:
+            subject = self._digests.get(f"{ref}@{manifest_digest or ''}", "")
+        soci = subject or mt.ANNOTATION_SOCI_INDEX_DIGEST in manifest.annotations  # v1 referrers, v2 annotation
+        if soci and not all(mt.ANNOTATION_TOC_DIGEST in x.annotations for x in layers):  # SOCI for the others
+            with deadline_scope(self.timeout):
+                layers = with_soci(layers, soci_ztocs(self.client_for(ref), ref, subject, manifest.annotations))
         for layer in layers:
             if layer.digest == digest:
                 if not is_lazy(layer):
@@ -144,7 +144,7 @@ class LayerResolver:
                         f"layer {digest} of {ref} is neither eStargz nor indexed by a SOCI zTOC", fallback.NOT_LAZY
                     )
                 cred = self.keychain.get(ref) if self.keychain is not None else None
-                return RemoteLayer(ref, layer, tuple(layers), cred)
+                return RemoteLayer(ref, layer, tuple(layers), cred, subject)
         raise NotRemote(f"layer {digest} is not in the manifest of {ref}", fallback.NOT_IN_MANIFEST)
 
     def remember_failure(self, labels: dict[str, str], reason: str, label: str = fallback.MOUNT_FAILED) -> None:

@@ -26,6 +26,7 @@ from lazypull.fs.fsdclient import FsdError, socket_path
 from lazypull.fs.spec import LayerSpec
 from lazypull.oci import mediatypes as mt
 from lazypull.oci.types import Descriptor
+from lazypull.prefetch.plan import ProfilePlan
 from lazypull.registry.credentials import Credential
 from lazypull.registry.options import credential_to_json
 from lazypull.registry.reference import Reference
@@ -35,6 +36,7 @@ from lazypull.snapshot.filters import parse as parse_filters
 from lazypull.snapshot.imagebook import FALLBACK, LAZY, ImageBook
 from lazypull.snapshot.layers import LayerMountError, MountedLayer, RemoteLayers, spec_of
 from lazypull.snapshot.lifecycle import Lease
+from lazypull.snapshot.profiles import ProfileLookup
 from lazypull.snapshot.remote import LayerResolver, NotRemote, target_of
 from lazypull.snapshot.store import AlreadyExists, Kind, MetaStore, NotFound, Snapshot
 
@@ -67,6 +69,8 @@ class RemoteSettings:
     memory_bytes: int | None = None  # the layer server's memory cache (all layers)
     index_memory_bytes: int = 0  # the layer server's index memory budget (0: its default)
     image_index_memory_bytes: int = 0  # one image's share of it (0: half)
+    profile_budget: int = 0  # content bytes an image's prefetch profile may fetch (0: profiles not looked up)
+    profile_timeout_sec: float = 3.0  # the profile lookup's deadline (within the resolver's)
 
 
 class Snapshotter:
@@ -89,6 +93,11 @@ class Snapshotter:
             index_memory=(remote.index_memory_bytes, remote.image_index_memory_bytes) if remote else (0, 0),
         )
         self.mount_errors = 0
+        self.profiles = (
+            ProfileLookup(remote.profile_budget, min(remote.profile_timeout_sec, resolver.timeout))
+            if remote is not None and resolver is not None and remote.profile_budget > 0
+            else None
+        )
         self.book = ImageBook()  # per image: lazy or why not, its pods (lazypull status)
 
     def _dir(self, s: Snapshot) -> Path:
@@ -284,9 +293,10 @@ class Snapshotter:
                 self.book.layer(named[0], named[1], FALLBACK, e.reason, str(e))
             return False
         wait = min(self.remote.fetch_timeout_sec, self.resolver.timeout)
+        plan = self.profiles.plan(self.resolver.client_for(layer.ref), layer) if self.profiles else None
         # The lease holds the layer from its mount until the snapshot that uses it is in the
         # store: a removal of another image's snapshot of it meanwhile cannot unmount it.
-        spec = self._spec(layer.ref, layer.layer, layer.credential).to_json()
+        spec = self._spec(layer.ref, layer.layer, layer.credential, plan).to_json()
         with self.layers.lease(layer.layer.digest, self._layer_mountpoint(layer.layer.digest), spec) as lease:
             try:
                 # Prepare blocks containerd: the layer's TOC gets the resolver's deadline, not a fetch's.
@@ -295,7 +305,7 @@ class Snapshotter:
                 # their TOCs arrive while this one (which containerd waits for) is opened.
                 for other in layer.image_layers:
                     if other.digest != layer.layer.digest and is_lazy(other) and not self.layers.active(other.digest):
-                        self._mount_ahead(layer.ref, other, layer.credential)
+                        self._mount_ahead(layer.ref, other, layer.credential, plan)
                 mounted = lease.wait_live(max(end - time.monotonic(), 0.01))
             except Exception as e:
                 self.mount_errors += 1
@@ -329,9 +339,12 @@ class Snapshotter:
         )
         return True
 
-    def _spec(self, ref: object, desc: Descriptor, credential: Credential | None = None) -> LayerSpec:
+    def _spec(
+        self, ref: object, desc: Descriptor, credential: Credential | None = None, plan: ProfilePlan | None = None
+    ) -> LayerSpec:
         """The layer's spec; the kubelet's *credential* (CRI keychain) rides in it to the layer
-        server's memory only (its socket is 0600; ``LayerSpec.public`` is what reaches disk)."""
+        server's memory only (its socket is 0600; ``LayerSpec.public`` is what reaches disk);
+        *plan*: the image's prefetch profile, this layer's part of it."""
         rs = self.remote
         assert rs is not None
         return LayerSpec(
@@ -347,6 +360,8 @@ class Snapshotter:
             record_access=rs.record_access,
             passthrough=rs.passthrough,
             min_fetch=rs.min_fetch,
+            profile=plan.layers.get(desc.digest, []) if plan else [],
+            profile_budget=plan.budgets.get(desc.digest, 0) if plan else 0,
         )
 
     def _with_keychain(self, spec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -363,10 +378,12 @@ class Snapshotter:
             return spec
         return {**spec, "registry": {**(spec.get("registry") or {}), "credential": credential_to_json(cred)}}
 
-    def _mount_ahead(self, ref: object, desc: Descriptor, credential: Credential | None = None) -> None:
+    def _mount_ahead(
+        self, ref: object, desc: Descriptor, credential: Credential | None = None, plan: ProfilePlan | None = None
+    ) -> None:
         """Mount an image's layer before its Prepare comes; held for a while (``AHEAD_TTL``),
         then released if no Prepare came for it (an interrupted pull leaves nothing)."""
-        spec = self._spec(ref, desc, credential).to_json()
+        spec = self._spec(ref, desc, credential, plan).to_json()
         self.layers.lease(desc.digest, self._layer_mountpoint(desc.digest), spec, ahead=True)
 
     def _wait_prefetch(self, chain: builtins.list[Snapshot]) -> None:

@@ -18,6 +18,7 @@ from lazypull.format.compactwrite import compact_copy
 from lazypull.format.counting import CountingSource
 from lazypull.format.gzipmember import compress_member
 from lazypull.fs import layer as layer_module
+from lazypull.fs.accesslog import AccessLog
 from lazypull.fs.fetcher import Fetcher
 from lazypull.fs.fuse.ops import ROOT_INO, Attr
 from lazypull.fs.layer import OPAQUE_XATTR, LayerFS
@@ -103,11 +104,13 @@ def test_the_overlay_view(tmp_path: Path) -> None:
 def test_reads_go_through_the_fetcher(tmp_path: Path) -> None:
     fs, _ = make_fs(tmp_path)
     tree = walk(fs)
-    fs.accessed = {}
+    fs.accessed = AccessLog()
     assert fs.read(tree["etc/big"].ino, 65_000, 100_000) == BIG[65_000:165_000]
     assert fs.read(tree["etc/hard"].ino, 0, 100) == b"root:x:0:0\n"
     assert fs.read(tree["etc/big"].ino, len(BIG) - 5, 100) == BIG[-5:]
     assert list(fs.accessed) == ["etc/big", "etc/passwd"]
+    big, passwd = fs.accessed.rows()
+    assert big[2] == [[65_000, 100_000], [len(BIG) - 5, 5]] and passwd[2] == [[0, 11]]
     assert fs.bytes_served == 100_000 + 11 + 5
     fd = fs.passthrough_fd(tree["etc/passwd"].ino)
     assert fd is not None
