@@ -84,6 +84,17 @@ def own_keyring(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     _clear_keyring(name)
 
 
+@pytest.fixture(autouse=True)
+def fresh_registry_hosts() -> None:
+    """Per-host state of this process (counters, breakers) starts empty for each test: its
+    registries are new, and their ports are reused by later tests."""
+    from lazypull.registry.breaker import BREAKERS
+    from lazypull.registry.hoststats import HOST_STATS
+
+    HOST_STATS.reset()
+    BREAKERS.reset()
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
     """A plain-HTTP docker-registry on a free loopback port."""

@@ -54,6 +54,12 @@ class Breakers:
         with self._lock:
             self._hosts.pop(host, None)
 
+    def reset(self) -> None:
+        """Close every breaker (a process whose earlier hosts are gone, e.g. between tests,
+        where a port a skipped mirror had may serve another one next)."""
+        with self._lock:
+            self._hosts.clear()
+
     def open_hosts(self) -> dict[str, float]:
         """Hosts being skipped now, with the seconds left."""
         now = time.monotonic()

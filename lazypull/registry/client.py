@@ -29,8 +29,9 @@ from lazypull.registry.breaker import BREAKERS
 from lazypull.registry.deadline import current as current_deadline
 from lazypull.registry.deadline import deadline_scope
 from lazypull.registry.deadline import remaining as remaining_time
+from lazypull.registry.endpoint import Endpoint
 from lazypull.registry.hostlimit import HOST_LIMITS, SlotTimeout
-from lazypull.registry.hosts import Endpoint, HostsConfig
+from lazypull.registry.hosts import HostsConfig
 from lazypull.registry.hoststats import HOST_STATS
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.reference import Reference

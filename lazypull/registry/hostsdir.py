@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lazypull.errors import ConfigError
-from lazypull.registry.hosts import ALL_CAPABILITIES, Endpoint
+from lazypull.registry.endpoint import ALL_CAPABILITIES, Endpoint
 
 log = logging.getLogger(__name__)
 

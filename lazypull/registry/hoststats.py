@@ -29,6 +29,12 @@ class HostStats:
             for k, v in counts.items():
                 row[k] += v
 
+    def reset(self) -> None:
+        """Forget every host (a process whose earlier hosts are gone, e.g. between tests:
+        without it, the 65th host counts as "other")."""
+        with self._lock:
+            self._rows.clear()
+
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {h: dict(r) for h, r in self._rows.items()}

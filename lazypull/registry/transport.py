@@ -34,7 +34,7 @@ from urllib3.util.wait import wait_for_read
 from lazypull.errors import RegistryError
 from lazypull.registry import deadline as dl
 from lazypull.registry import plainhttp
-from lazypull.registry.hosts import Endpoint
+from lazypull.registry.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lazypull.errors import ConfigError
-from lazypull.registry.hosts import ALL_CAPABILITIES, HostsConfig
+from lazypull.registry.endpoint import ALL_CAPABILITIES
+from lazypull.registry.hosts import HostsConfig
 from lazypull.registry.hostsdir import host_dir
 from lazypull.service.config import DaemonConfig
 from lazypull.service.main import build
