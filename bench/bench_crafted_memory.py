@@ -2,7 +2,7 @@
 entries each (under 1 MB of blob per layer), mounted together, then unmounted, in rounds.
 
     python3 bench/bench_crafted_memory.py [--layers 24] [--entries 250000] [--rounds 3]
-                                          [--budget-mb 0] [--image-mb 0]
+                                          [--budget-mb 0] [--image-mb 0] [--other-files 400]
 
 A real ``lazypull-fsd`` process (this checkout's) serves the layers from local blob files;
 every layer of a round is mounted at once (one thread each, as containerd prepares an
@@ -10,9 +10,8 @@ image's layers). Reported per round: the server's RSS after mounting and after u
 its peak (VmHWM), how many mounts were refused by the memory budget, and the slowest of the
 reads that another image's layer (mounted first) answered meanwhile, and how many failed. The
 baseline is the server's RSS once that layer's files were each read once (the memory tier
-holds them). ``--budget-mb``
-and ``--image-mb`` pass the server's node-wide index budget and per-image limit (0: the
-server's defaults).
+holds them; ``--other-files`` sets its size, 64 KiB each). ``--budget-mb`` and ``--image-mb``
+pass the server's node-wide index budget and per-image limit (0: the server's defaults).
 """
 
 from __future__ import annotations
@@ -58,6 +57,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget-mb", type=int, default=0)
     p.add_argument("--image-mb", type=int, default=0)
+    p.add_argument(
+        "--other-files", type=int, default=400, help="64 KiB files of the unrelated layer (kept by the memory cache)"
+    )
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="crafted-mem-") as d:
         tmp = Path(d)
@@ -85,7 +87,7 @@ def main() -> int:
             # An unrelated running container's layer (another image), read all the time.
             other_dir = tmp / "other"
             other_dir.mkdir()
-            files = {f"f{i}.bin": os.urandom(64 << 10) for i in range(400)}
+            files = {f"f{i}.bin": os.urandom(64 << 10) for i in range(a.other_files)}
             oblob, odesc = make_layer(other_dir, "other", files)
             ospec = LayerSpec(
                 layer=odesc,
