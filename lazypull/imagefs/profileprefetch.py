@@ -16,7 +16,6 @@ from lazypull.format.soci.dispatch import is_lazy
 from lazypull.imagefs.layers import IndexedLayer, LayerView
 from lazypull.oci.types import Descriptor
 from lazypull.prefetch.plan import ProfilePlan, plan_for
-from lazypull.prefetch.publish import published_profile
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,8 @@ class ProfilePrefetch:
         self._thread.join()
 
     def _run(self) -> None:
+        # Here, not at the top: opening a local layout loads no registry client.
+        from lazypull.prefetch.publish import published_profile
         from lazypull.registry.repository import RegistryStore
 
         if not isinstance(self.store, RegistryStore):
