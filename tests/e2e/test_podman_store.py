@@ -126,3 +126,11 @@ def test_podman_runs_an_estargz_image_through_the_store(world: World) -> None:
     print(f"podman run through the store: {fetched} of {world.image_bytes} image bytes fetched")
     world.podman("rmi", world.ref)  # the last release of each layer unmounts it
     assert _mounts_under(world.root / "state") == [], world.store_log()
+
+
+def test_layers_without_an_index_are_left_to_podman(world: World) -> None:
+    plain = world.ref.replace(":esgz", ":orig")  # plain gzip, no SOCI index
+    out = world.podman("run", "--rm", "--tls-verify=false", *ULIMITS, plain).stdout
+    assert out == "hello from the store\n"
+    assert _mounts_under(world.root / "state") == []
+    assert not any(d.is_symlink() for d in (world.root / "graph" / "overlay").glob("*/diff"))
