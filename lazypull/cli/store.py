@@ -7,7 +7,8 @@ Name it in ``/etc/containers/storage.conf`` (overlay driver)::
 
 Layers that can be read lazily (eStargz, zstd:chunked, gzip with a SOCI index) are mounted
 by the node's layer server and used by containers/storage as they are; any other layer is
-absent here, and Podman pulls it as usual. Serves until SIGTERM/Ctrl-C.
+absent here, and Podman pulls it as usual. Serves until SIGTERM/Ctrl-C; the layers then stay
+mounted (running containers use them) and a restarted store takes them up again.
 """
 
 from __future__ import annotations
@@ -70,6 +71,5 @@ def run(args: argparse.Namespace) -> int:
         serve(session, stop)
     finally:
         unmount(str(mountpoint))
-        session.close()
-        layers.close()
+        session.close()  # the layers stay mounted: containers run on them, a restarted store counts on
     return 0

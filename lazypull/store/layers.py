@@ -3,12 +3,15 @@
 The store serves no file itself: a layer's ``diff`` is the layer server's FUSE mount of it
 (one serving path per node, shared with ``lazypull mount`` and the snapshotter's caching).
 A layer is mounted once per digest, whichever image names it, and unmounted when its last
-user releases it (see :mod:`lazypull.store` for how containers/storage counts).
+user releases it (see :mod:`lazypull.store` for how containers/storage counts). The counts
+are kept in ``STATE/uses.json``: a restarted store leaves the layers mounted (containers run
+on them) and carries on counting where it stopped.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import threading
@@ -53,6 +56,11 @@ class StoreLayers:
         self._images: dict[str, tuple[float, dict[str, tuple[Descriptor, bytes, RegistryStore]]]] = {}
         self._layers: dict[str, StoreLayer] = {}
         self._lock = threading.Lock()
+        self._uses_file = state / "uses.json"
+        try:
+            self._saved: dict[str, int] = {str(k): int(v) for k, v in json.loads(self._uses_file.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            self._saved = {}
 
     def lazy_layers(self, ref: str) -> dict[str, tuple[Descriptor, bytes, RegistryStore]]:
         """*ref*'s layers that can be served lazily, by digest, with their info (cached briefly)."""
@@ -88,7 +96,7 @@ class StoreLayers:
             layer = self._layers.get(digest)
             if layer is None:
                 mp = self.state / "layers" / digest.removeprefix("sha256:") / "fs"
-                layer = self._layers[digest] = StoreLayer(digest, desc, info, mp, store)
+                layer = self._layers[digest] = StoreLayer(digest, desc, info, mp, store, self._saved.get(digest, 0))
         with layer.lock:
             if not layer.mounted:
                 layer.mountpoint.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -114,12 +122,14 @@ class StoreLayers:
         with layer.lock:
             layer.uses += 1
             log.info("store: layer %s used (%d)", layer.digest, layer.uses)
+            self._save(layer)
 
     def release(self, layer: StoreLayer) -> None:
         """One use less; the last release unmounts the layer."""
         with layer.lock:
             layer.uses = max(0, layer.uses - 1)
             log.info("store: layer %s released (%d)", layer.digest, layer.uses)
+            self._save(layer)
             if layer.uses:
                 return
             with self._lock:
@@ -136,12 +146,13 @@ class StoreLayers:
         with self._lock:
             return {d: x.uses for d, x in self._layers.items()}
 
-    def close(self) -> None:
-        """Unmount every layer (the store is going away: its paths in graph roots break anyway)."""
+    def _save(self, layer: StoreLayer) -> None:
         with self._lock:
-            layers, self._layers = list(self._layers.values()), {}
-        for layer in layers:
-            try:
-                self.client.unmount(layer.mountpoint)
-            except FsdError as e:
-                log.warning("store: unmounting layer %s: %s", layer.digest, e)
+            if layer.uses:
+                self._saved[layer.digest] = layer.uses
+            else:
+                self._saved.pop(layer.digest, None)
+            tmp = self._uses_file.with_suffix(".tmp")
+            self.state.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self._saved))
+            os.replace(tmp, self._uses_file)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lazypull.cli.main import main
+from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from lazypull.oci.types import Manifest
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
@@ -98,6 +99,10 @@ def world(tmp_path: Path) -> Iterator[World]:
         store.terminate()
         store.wait(30)
         log.close()
+        try:  # the store leaves its layers to the layer server it started: stop that too
+            FsdClient(socket_path(tmp_path / "fsd")).shutdown(unmount_all=True)
+        except FsdError:
+            pass
         subprocess.run(["podman", "system", "reset", "-f"], env=env, capture_output=True, timeout=60)
         for m in _mounts_under(tmp_path):
             subprocess.run(["umount", "-l", m], capture_output=True)

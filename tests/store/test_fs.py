@@ -87,3 +87,11 @@ def test_the_last_release_unmounts_and_a_later_lookup_mounts_again(tree: tuple[S
     assert server.mounted == [] and fs.layers.in_use() == {}
     walk(fs, f"{ref_dir(REF)}/{LAZY.digest}/diff")
     assert len(server.mounted) == 1
+
+
+def test_a_restarted_store_counts_on(tree: tuple[StoreFS, FakeServer], tmp_path: Path) -> None:
+    fs, server = tree
+    fs.layers.use(fs.layers.get(REF, LAZY.digest))
+    again = StoreLayers(server, tmp_path, MountOptions(), RegistryOptions())  # type: ignore[arg-type]
+    again.lazy_layers = fs.layers.lazy_layers  # type: ignore[method-assign]
+    assert again.get(REF, LAZY.digest).uses == 1
