@@ -5,6 +5,7 @@ releasing the store's layers."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import resource
 import shutil
@@ -34,6 +35,7 @@ pytestmark = [
 # podman raises rlimits by default; a host without CAP_SYS_RESOURCE (a CI container) refuses.
 _SOFT, _HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
 ULIMITS = ["--ulimit", f"nofile={_SOFT}:{_HARD}", "--ulimit", "nproc=4096:4096", "--network", "none"]
+USER, PASSWORD = "alice", "store-secret"
 BIG = os.urandom(8 << 20)  # never read by the container: must not be fetched
 
 
@@ -58,16 +60,19 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    reg = start_registry(tmp_path / "registry")
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    private = bool(getattr(request, "param", False))  # the registry wants a password
+    reg = start_registry(tmp_path / "registry", users={USER: PASSWORD} if private else None)
     proxy = start_proxy(reg.url)
+    user = ["--user", f"{USER}:{PASSWORD}"] if private else []
     app = [Entry("app", "dir", mode=0o755), Entry("app/hello", data=b"hello from the store\n")]
     app.append(Entry("app/big", data=BIG))
     write_image(tmp_path / "src", [busybox_layer(), app], cmd=["/bin/cat", "/app/hello"])
     plain = f"{reg.host}/podman/img:orig"
-    assert main(["copy", "--plain-http", f"oci:{tmp_path / 'src'}:latest", plain]) == 0
-    assert main(["convert", "--plain-http", "--oci", plain, f"{reg.host}/podman/img:esgz"]) == 0
-    esgz = RegistryStore.open(f"{reg.host}/podman/img:esgz", RegistryOptions(plain_http=True))
+    assert main(["copy", "--plain-http", *user, f"oci:{tmp_path / 'src'}:latest", plain]) == 0
+    assert main(["convert", "--plain-http", *user, "--oci", plain, f"{reg.host}/podman/img:esgz"]) == 0
+    ropts = RegistryOptions(plain_http=True, user=f"{USER}:{PASSWORD}" if private else None)
+    esgz = RegistryStore.open(f"{reg.host}/podman/img:esgz", ropts)
     desc = esgz.resolve()
     image_bytes = sum(x.size for x in Manifest.parse(esgz.fetch(desc), desc.media_type).layers)
     store_dir = tmp_path / "store"
@@ -81,11 +86,15 @@ def world(tmp_path: Path) -> Iterator[World]:
         f'additionallayerstores = ["{store_dir}:ref"]\n'
     )
     env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf)}
+    if private:  # podman and the store both read it
+        token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (tmp_path / "auth.json").write_text(json.dumps({"auths": {proxy.host: {"auth": token}}}))
+        env["REGISTRY_AUTH_FILE"] = str(tmp_path / "auth.json")
     log = open(tmp_path / "store.log", "wb")  # noqa: SIM115
     cmd = [sys.executable, "-m", "lazypull.cli.main", "--log-level", "info", "store", "--plain-http"]
     cmd += ["--no-background-fetch", "--state-dir", str(tmp_path / "state"), "--fsd-root", str(tmp_path / "fsd")]
     cmd += ["--cache-dir", str(tmp_path / "cache"), str(store_dir)]
-    store = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    store = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     w = World(reg, proxy, tmp_path, f"{proxy.host}/podman/img:esgz", image_bytes, store, env)
     try:
         deadline = time.monotonic() + 20
@@ -139,3 +148,12 @@ def test_layers_without_an_index_are_left_to_podman(world: World) -> None:
     assert out == "hello from the store\n"
     assert _mounts_under(world.root / "state") == []
     assert not any(d.is_symlink() for d in (world.root / "graph" / "overlay").glob("*/diff"))
+
+
+@pytest.mark.parametrize("world", [True], indirect=True, ids=["private"])
+def test_a_private_image_with_the_containers_auth_file(world: World) -> None:
+    world.proxy.reset_counters()
+    out = world.podman("run", "--rm", "--tls-verify=false", *ULIMITS, world.ref).stdout
+    assert out == "hello from the store\n"
+    assert len(_mounts_under(world.root / "state")) == 2  # the store read the image with that file
+    assert world.proxy.blob_bytes() < world.image_bytes / 4
