@@ -25,7 +25,9 @@ from lazypull.store.layers import StoreLayer, StoreLayers
 log = logging.getLogger(__name__)
 
 MAX_REF = 4096  # bytes of base64 a reference may take (longer names are not references)
-DIR, FILE, LINK = stat.S_IFDIR | 0o555, stat.S_IFREG | 0o444, stat.S_IFLNK | 0o777
+# Root's only (containers/storage runs as root; the layers' files are reached through the
+# layer server's mounts, not through here): no other user makes the store mount anything.
+DIR, FILE, LINK = stat.S_IFDIR | 0o500, stat.S_IFREG | 0o400, stat.S_IFLNK | 0o777
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ releasing the store's layers."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import resource
@@ -138,6 +139,8 @@ def test_podman_runs_an_estargz_image_through_the_store(world: World) -> None:
     assert any(ref_dir in os.readlink(d) for d in layers)  # STORE/<base64(ref)>/<digest>/diff
     assert len(_mounts_under(world.root / "state")) == 2  # both layers: the layer server's mounts
     print(f"podman run through the store: {fetched} of {world.image_bytes} image bytes fetched")
+    blob = next(d for d in layers if d.is_symlink()).readlink().parent / "blob"  # the compressed layer
+    assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == blob.parent.name
     world.podman("rmi", world.ref)  # the last release of each layer unmounts it
     assert _mounts_under(world.root / "state") == [], world.store_log()
 
