@@ -24,7 +24,7 @@ from lazypull.fs.fsdclient import FsdClient, FsdError, socket_path
 from lazypull.oci.types import Manifest
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
-from tests.support.images import Entry, busybox_layer, write_image
+from tests.support.images import BUSYBOX, Entry, busybox_layer, write_image
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry, start_registry
 
@@ -139,6 +139,10 @@ def test_podman_runs_an_estargz_image_through_the_store(world: World) -> None:
     assert any(ref_dir in os.readlink(d) for d in layers)  # STORE/<base64(ref)>/<digest>/diff
     assert len(_mounts_under(world.root / "state")) == 2  # both layers: the layer server's mounts
     print(f"podman run through the store: {fetched} of {world.image_bytes} image bytes fetched")
+    # Every file as the image has it (the unread 8 MiB file too, now fetched).
+    sums = world.podman("run", "--rm", *ULIMITS, world.ref, "md5sum", "/app/hello", "/app/big", "/bin/busybox").stdout
+    want = [b"hello from the store\n", BIG, Path(BUSYBOX).read_bytes()]
+    assert [line.split()[0] for line in sums.splitlines()] == [hashlib.md5(x).hexdigest() for x in want]
     blob = next(d for d in layers if d.is_symlink()).readlink().parent / "blob"  # the compressed layer
     assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == blob.parent.name
     world.podman("rmi", world.ref)  # the last release of each layer unmounts it
