@@ -6,7 +6,10 @@ podman 4.3) and containers/image (``storage/storage_dest.go``) use it:
 - ``storage.conf`` names the store in ``[storage.options] additionallayerstores``; with a
   ``:ref`` suffix a layer is looked up as ``STORE/<base64(ref)>/<compressed digest>/``, the
   reference base64-encoded with the standard alphabet (it may contain ``/``: one name may span
-  several path components). Only the overlay driver reads the option.
+  several path components). The option is the overlay driver's
+  (``--storage-opt overlay.additionallayerstore=STORE:ref`` on the command line; podman
+  4.3.1 stats STORE when it starts); with the vfs driver podman refuses to start ("vfs
+  driver does not support vfs.additionallayerstore options").
 - A layer exists for containers/storage when ``diff``, ``info`` and ``blob`` can be stat'ed
   there; any failure means "not here" and the layer is pulled as usual.
 - ``info`` is JSON decoded into its ``Layer``: ``compressed-diff-digest``, ``compressed-size``,
