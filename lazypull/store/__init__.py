@@ -13,8 +13,9 @@ podman 4.3) and containers/image (``storage/storage_dest.go``) use it:
 - A layer exists for containers/storage when ``diff``, ``info`` and ``blob`` can be stat'ed
   there; any failure means "not here" and the layer is pulled as usual.
 - ``info`` is JSON decoded into its ``Layer``: ``compressed-diff-digest``, ``compressed-size``,
-  ``diff-digest`` (the config's diff_id: the layer ID chain is built from it), ``diff-size``,
-  ``compression`` (pkg/archive: 2 gzip, 4 zstd). It is read once per lookup.
+  ``diff-digest`` (the config's diff_id: the layer ID chain is built from it),
+  ``compression`` (pkg/archive: 2 gzip, 4 zstd); ``diff-size`` is optional and left out (not
+  known before the layer is read). It is read at the lookup and again when the layer is made.
 - The layer's ``diff`` in the graph root becomes an absolute symlink to ``STORE/.../diff``,
   which overlayfs is given as a lower directory (the kernel follows symlinks there: our
   ``diff`` is itself a symlink to the layer server's FUSE mount of that layer).
