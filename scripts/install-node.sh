@@ -5,7 +5,8 @@
 # image run, and `lazypull-fsd-ctl`), this README, docs/ and deploy/ in /opt/lazypull, the default
 # config (kept if present) and both systemd units. Re-run to upgrade. What it added is listed
 # in /opt/lazypull/installed, which --uninstall reads.
-#   --enable      also `systemctl enable --now lazypull-fsd containerd-lazypull-grpc`
+#   --enable      also `systemctl enable --now lazypull-fsd containerd-lazypull-grpc` (lazypull-store:
+#                 installed, enabled by hand once storage.conf names it)
 #   --no-systemd  no units (container images)
 #   --uninstall   stop and remove the units, the links, /opt/lazypull and the config if unchanged
 # PYTHON=/path/to/python3.X picks the interpreter (3.11+); default Debian's python3.
@@ -18,6 +19,7 @@ PREFIX=/opt/lazypull
 BIN=/usr/local/bin
 CMDS=(lazypull containerd-lazypull-grpc lazypull-fsd lazypull-fsd-ctl)
 UNITS=(lazypull-fsd containerd-lazypull-grpc)  # the layer server first: the daemon uses it
+STORE_UNIT=lazypull-store  # Podman/CRI-O: installed, enabled by hand with storage.conf (docs/operations.md)
 UNIT_DIR=/etc/systemd/system
 CONFIG=/etc/containerd-lazypull-grpc/config.toml
 MANIFEST=$PREFIX/installed
@@ -36,11 +38,11 @@ have_systemd() { [ -d /run/systemd/system ]; }
 if [ $uninstall = 1 ]; then
   [ -e "$MANIFEST" ] || [ -e "$PREFIX" ] || { echo "install-node: lazypull is not installed here"; exit 0; }
   if have_systemd; then
-    for u in containerd-lazypull-grpc lazypull-fsd; do
+    for u in $STORE_UNIT containerd-lazypull-grpc lazypull-fsd; do
       if [ -e "$UNIT_DIR/$u.service" ]; then systemctl disable --now "$u" || true; fi
     done
   fi
-  for u in "${UNITS[@]}"; do rm -f "$UNIT_DIR/$u.service"; done
+  for u in "${UNITS[@]}" $STORE_UNIT; do rm -f "$UNIT_DIR/$u.service"; done
   if have_systemd; then systemctl daemon-reload; fi
   for cmd in "${CMDS[@]}"; do  # only our links, never a file someone else put there
     if [ "$(readlink "$BIN/$cmd" || true)" = "$PREFIX/venv/bin/$cmd" ]; then rm -f "$BIN/$cmd"; fi
@@ -88,7 +90,7 @@ if [ ! -e "$CONFIG" ]; then
 fi
 "$BIN/lazypull" --version
 if [ $systemd = 1 ]; then
-  for u in "${UNITS[@]}"; do
+  for u in "${UNITS[@]}" $STORE_UNIT; do
     install -m 0644 "deploy/$u.service" "$UNIT_DIR/$u.service"
     echo "unit $UNIT_DIR/$u.service" >>"$MANIFEST.new"
   done
@@ -99,6 +101,7 @@ if [ $systemd = 1 ]; then
     # goes through, restarts. Tested in tests/service/test_upgrade_systemd.py. A reload that
     # fails (the old server keeps serving) falls back to a restart: the fd store keeps the layers.
     for u in "${UNITS[@]}"; do systemctl try-reload-or-restart "$u" || systemctl try-restart "$u"; done
+    systemctl try-restart $STORE_UNIT  # a running store takes the new code; its layers stay mounted
     [ $enable = 0 ] || systemctl enable --now "${UNITS[@]}"
   fi
   echo "install-node: ${UNITS[*]/%/.service} installed in $UNIT_DIR; next (docs/operations.md, \"Installing on a node\"):"

@@ -38,7 +38,17 @@ from lazypull.registry.options import RegistryOptions
 from lazypull.registry.stores import open_store
 
 log = logging.getLogger(__name__)
-MODES = ("overlayfs", "lazypull", "lazypull-opt", "lazypull-learned", "lazypull-soci", "reference", "cri")
+MODES = (
+    "overlayfs",
+    "lazypull",
+    "lazypull-opt",
+    "lazypull-learned",
+    "lazypull-soci",
+    "reference",
+    "cri",
+    "podman",
+    "podman-lazypull",
+)
 SNAPSHOTTER = {
     "overlayfs": "overlayfs",
     "lazypull": "lazypull",
@@ -48,6 +58,7 @@ SNAPSHOTTER = {
     "reference": "stargz",
 }
 # "cri": the image as a Kubernetes pod over CRI, pulled with credentials (lazypull.bench.cri)
+# "podman", "podman-lazypull": podman, a full pull or through lazypull store (lazypull.bench.podman)
 
 
 @dataclass
@@ -258,7 +269,9 @@ def prepare_images(
             cfg.progress(f"[images] building {img.build_name} (scale {cfg.scale:g})")
             layout = build_image(img, work, cfg.scale)
             copy_image(layout, open_store(f"{base}:org", ropts, for_push=True), tag="org")
-            if any(m.startswith(("lazypull", "reference", "cri")) and m != "lazypull-soci" for m in cfg.modes):
+            if any(
+                m.startswith(("lazypull", "reference", "cri", "podman-")) and m != "lazypull-soci" for m in cfg.modes
+            ):
                 cfg.progress(f"[images] converting {img.build_name} to eStargz")
                 t0 = time.monotonic()
                 convert_image(
@@ -272,7 +285,8 @@ def prepare_images(
         org, esgz = built[img.build_name]
         if "lazypull-soci" in cfg.modes and (name, "lazypull-soci") not in refs:
             refs.update(_soci_index(cfg, img, org))
-        refs[(name, "overlayfs")] = org
+        refs[(name, "overlayfs")] = refs[(name, "podman")] = org
+        refs[(name, "podman-lazypull")] = esgz
         refs[(name, "lazypull")] = refs[(name, "reference")] = refs[(name, "cri")] = esgz
         if learned.MODE in cfg.modes and profiles is not None:
             cfg.progress(f"[images] recording a prefetch profile of {name} (lazypull profile record)")
@@ -371,6 +385,12 @@ def run_bench(cfg: BenchConfig) -> list[RunResult]:
                     if mode == "cri":
                         ref, img, bg = refs[(name, mode)], IMAGES[name], cfg.background_fetch
                         p, c, x, n = cri.cri_run(work / "node", net, auth, pause, img, ref, run, bg)
+                        r = RunResult(name, mode, run, p, c, x, n)
+                    elif mode.startswith("podman"):
+                        from lazypull.bench.podman import podman_run
+
+                        ref, img, bg = refs[(name, mode)], IMAGES[name], cfg.background_fetch
+                        p, c, x, n = podman_run(work / "node", net, img, ref, mode, run, pull_host, bg)
                         r = RunResult(name, mode, run, p, c, x, n)
                     else:
                         node = Node(work / "node", mode, pull_host, cfg)

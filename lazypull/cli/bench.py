@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="overlayfs,lazypull,lazypull-opt",
         help="comma-separated: overlayfs, lazypull, lazypull-opt, lazypull-learned (the lazypull image plus a"
         " prefetch profile recorded by one earlier run), lazypull-soci, reference, cri (a pod over CRI, private"
-        " registry)",
+        " registry), podman (full pull), podman-lazypull (through lazypull store)",
     )
     p.add_argument("--runs", type=int, default=3, help="runs per image and mode (default 3)")
     p.add_argument("--rate", default="150mbit", help="registry bandwidth as tc understands it (default 150mbit)")

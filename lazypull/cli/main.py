@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "check",
     "unpack",
     "mount",
+    "store",
     "soci",
     "index",
     "profile",

@@ -37,3 +37,15 @@ def test_unit_containerfile_and_daemonset_run_what_install_node_installs() -> No
     # The init container configures containerd with the installed package's Python.
     init = daemonset.split("initContainers:", 1)[1].split("\n      containers:", 1)[0]
     assert json.loads(re.search(r"command: (\[.*?\])", init, re.S)[1])[0] == f"{prefix}/venv/bin/python"
+
+
+def test_the_store_unit_runs_the_installed_command_on_the_documented_store() -> None:
+    install = read("scripts/install-node.sh")
+    assert re.search(r"^STORE_UNIT=lazypull-store\b", install, re.M)
+    unit = read("deploy/lazypull-store.service")
+    exec_start = re.search(r"^ExecStart=(.+)$", unit, re.M)[1].split()
+    bin_dir = re.search(r"^BIN=(\S+)$", install, re.M)[1]
+    assert exec_start[0] == f"{bin_dir}/lazypull" and "store" in exec_start
+    store = exec_start[-1]
+    for doc in ("README.md", "docs/operations.md"):
+        assert f'additionallayerstores = ["{store}:ref"]' in read(doc)

@@ -175,7 +175,10 @@ def start_proxy(upstream_url: str) -> Proxy:
                 return
             conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
             dropped = ("host", "connection", "range") if p.faults.ignore_range else ("host", "connection")
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+            headers: dict[str, str] = {}
+            for k, v in self.headers.items():  # repeated headers (podman's Accept lines) joined
+                if k.lower() not in dropped:
+                    headers[k] = f"{headers[k]}, {v}" if k in headers else v
             headers["Host"] = f"{up.hostname}:{up.port}"
             try:
                 conn.request(self.command, path, body=body, headers=headers)

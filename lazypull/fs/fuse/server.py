@@ -36,14 +36,20 @@ MNT_DETACH = 2
 DT = {stat.S_IFDIR: 4, stat.S_IFREG: 8, stat.S_IFLNK: 10, stat.S_IFCHR: 2, stat.S_IFBLK: 6, stat.S_IFIFO: 1}
 
 
-def mount_fuse(mountpoint: str, fsname: str = "lazypull", allow_other: bool = True) -> int:
-    """Open /dev/fuse and mount it read-only at *mountpoint* (needs CAP_SYS_ADMIN)."""
+def mount_fuse(mountpoint: str, fsname: str = "lazypull", allow_other: bool = True, read_only: bool = True) -> int:
+    """Open /dev/fuse and mount it at *mountpoint*, read-only unless told (needs CAP_SYS_ADMIN)."""
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     st = os.stat(mountpoint)
     opts = f"fd={fd},rootmode={stat.S_IFMT(st.st_mode) | 0o755:o},user_id=0,group_id=0,default_permissions"
     if allow_other:
         opts += ",allow_other"
-    rc = _libc.mount(fsname.encode(), mountpoint.encode(), b"fuse.lazypull", MS_RDONLY | MS_NODEV, opts.encode())
+    rc = _libc.mount(
+        fsname.encode(),
+        mountpoint.encode(),
+        b"fuse.lazypull",
+        (MS_RDONLY if read_only else 0) | MS_NODEV,
+        opts.encode(),
+    )
     if rc != 0:
         e = ctypes.get_errno()
         os.close(fd)
@@ -128,7 +134,13 @@ class FuseSession:
     restart, and a request read on an fd that stays open would hang forever if this
     process died. Requests are read on a clone, whose in-flight requests the kernel
     aborts (EIO/ECONNABORTED, never a hang) when this process goes away.
+
+    A subclass may serve a tree that changes (the additional layer store): it sets the
+    class attributes below and adds handlers.
     """
+
+    read_only = True  # mounted MS_RDONLY: the kernel answers writes with EROFS itself
+    entry_timeout = TIMEOUT  # seconds the kernel may cache entries and attributes
 
     def __init__(
         self,
@@ -166,7 +178,7 @@ class FuseSession:
     # -- lifecycle ----------------------------------------------------------------------
     def mount(self) -> None:
         """mount(2), then answer INIT on a clone; the session is usable when this returns."""
-        self.fd = mount_fuse(self.mountpoint)
+        self.fd = mount_fuse(self.mountpoint, read_only=self.read_only)
         try:
             self.root = MountRef.open(self.mountpoint)  # before INIT: an O_PATH open asks the server nothing
             self.clone = clone_fd(self.fd)
@@ -234,7 +246,7 @@ class FuseSession:
         )
 
     def _entry(self, a: Attr) -> bytes:
-        return p.ENTRY_OUT.pack(a.ino, 0, TIMEOUT, TIMEOUT, 0, 0) + self._attr(a)
+        return p.ENTRY_OUT.pack(a.ino, 0, self.entry_timeout, self.entry_timeout, 0, 0) + self._attr(a)
 
     # -- dispatch -----------------------------------------------------------------------------
     def dispatch(self, fd: int, buf: bytes | memoryview) -> None:
@@ -305,7 +317,7 @@ class FuseSession:
         return self._entry(self.fs.lookup(nodeid, name))
 
     def _getattr(self, nodeid: int, body: memoryview) -> bytes:
-        return p.ATTR_OUT.pack(TIMEOUT, 0, 0) + self._attr(self.fs.getattr(nodeid))
+        return p.ATTR_OUT.pack(self.entry_timeout, 0, 0) + self._attr(self.fs.getattr(nodeid))
 
     def _readlink(self, nodeid: int, body: memoryview) -> bytes:
         return self.fs.readlink(nodeid)
