@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazypull.bench.cleanup import kill_layer_servers
+from lazypull.bench.cleanup import remove_node, stop_processes
 from lazypull.bench.images import BenchImage, base_tar, build_image
 from lazypull.bench.netns import ShapedNet
 from lazypull.bench.runner import SNAPSHOTTER, BenchConfig, _interrupt
@@ -248,19 +248,8 @@ class _Node:
         return time.monotonic() - t0
 
     def stop(self) -> None:
-        for p in (self.containerd, self.snap):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        kill_layer_servers(self.root)
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        stop_processes(self.containerd, self.snap)
+        remove_node(self.root)
 
 
 def _prepare(cfg: BenchConfig, origin: _Registry, work: Path, modes: list[str]) -> dict[str, str]:

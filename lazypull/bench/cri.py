@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from lazypull.bench.cleanup import kill_layer_servers
+from lazypull.bench.cleanup import remove_node, stop_processes
 from lazypull.bench.images import BenchImage, _gzip_layer, _tar_dir
 from lazypull.bench.learned import NO_PROFILES
 from lazypull.bench.netns import ShapedNet
@@ -181,21 +181,10 @@ class CriNode:
         time.sleep(0.5)  # the CRI plugin registers after the socket appears
 
     def stop(self) -> None:
-        for p in (self.containerd, self.daemon):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_processes(self.containerd, self.daemon)
         for pid in _shim_pids(self.root):
             subprocess.run(["kill", "-9", str(pid)], capture_output=True)
-        kill_layer_servers(self.root)
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_node(self.root)
 
 
 def _shim_pids(root: Path) -> list[int]:

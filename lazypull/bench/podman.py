@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from lazypull.bench.cleanup import kill_layer_servers
+from lazypull.bench.cleanup import remove_node, stop_processes
 from lazypull.bench.images import BenchImage
 from lazypull.bench.netns import ShapedNet
 from lazypull.errors import LazypullError
@@ -65,18 +65,8 @@ class PodmanNode:
         self.podman("rm", "-af", check=False)
         self.podman("rmi", "-af", check=False)
         self.podman("system", "reset", "-f", check=False)
-        if self.store is not None and self.store.poll() is None:
-            self.store.terminate()
-            try:
-                self.store.wait(20)
-            except subprocess.TimeoutExpired:
-                self.store.kill()
-        kill_layer_servers(self.root)
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        stop_processes(self.store)
+        remove_node(self.root)
 
 
 def run_args() -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lazypull.bench import learned
-from lazypull.bench.cleanup import kill_layer_servers
+from lazypull.bench.cleanup import remove_node, stop_processes
 from lazypull.bench.delayproxy import DelayProxy
 from lazypull.bench.images import IMAGES, BenchImage, build_image
 from lazypull.bench.netns import ShapedNet
@@ -214,19 +214,8 @@ class Node:
         for t in tasks:
             self.ctr("tasks", "kill", "-s", "KILL", t, check=False)
             self.ctr("tasks", "delete", "-f", t, check=False)
-        for p in (self.containerd, self.snap_proc):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        kill_layer_servers(self.root)
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(self.root))]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        stop_processes(self.containerd, self.snap_proc)
+        remove_node(self.root)
 
 
 def _logfile(path: Path) -> BinaryIO:
