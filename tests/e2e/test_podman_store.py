@@ -164,3 +164,21 @@ def test_a_private_image_with_the_containers_auth_file(world: World) -> None:
     assert out == "hello from the store\n"
     assert len(_mounts_under(world.root / "state")) == 2  # the store read the image with that file
     assert world.proxy.blob_bytes() < world.image_bytes / 4
+
+
+def test_a_soci_enabled_image_runs_lazily_through_the_store(world: World) -> None:
+    # gzip layers as they are, with a SOCI index manifest v2 packed beside the image: the store
+    # serves them through their zTOCs (the same lookup as the snapshotter's).
+    plain = world.ref.replace(":esgz", ":orig").replace(world.proxy.host, world.registry.host)
+    soci = f"{world.registry.host}/podman/img:soci"
+    args = ["soci", "convert", "--plain-http", "--span-size", str(1 << 20), "--min-layer-size", "0", plain, soci]
+    assert main(args) == 0
+    world.proxy.reset_counters()
+    ref = world.ref.replace(":esgz", ":soci")
+    out = world.podman("run", "--rm", "--tls-verify=false", *ULIMITS, ref).stdout
+    assert out == "hello from the store\n"
+    assert len(_mounts_under(world.root / "state")) == 2, world.store_log()  # both layers, lazily
+    # gzip is read in 1 MiB spans: the spans around /app/hello and busybox's, not the big file
+    assert world.proxy.blob_bytes() < world.image_bytes - len(BIG) / 2, (world.proxy.blob_bytes(), world.image_bytes)
+    world.podman("rmi", ref)
+    assert _mounts_under(world.root / "state") == [], world.store_log()
