@@ -116,7 +116,7 @@ def cri_containerd_config(hosts: list[str]) -> str:
 def make_node(
     tmp_path: Path, world: World, extra_hosts: tuple[str, ...] = (), daemon_config: str = ""
 ) -> Iterator[Node]:
-    from tests.e2e.test_snapshotter import stop_node
+    from tests.support.node import stop_node
 
     port = free_port()
     cd_root = tmp_path / "containerd"

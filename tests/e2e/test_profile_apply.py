@@ -15,11 +15,10 @@ from lazypull.cli.main import main
 from lazypull.prefetch.profile import FileAccess, Profile
 from lazypull.registry.options import RegistryOptions
 from lazypull.registry.repository import RegistryStore
-from tests.e2e.test_snapshotter import md5, stop_node
-from tests.support.containerd import start_containerd
-from tests.support.daemon import start_daemon
+from tests.e2e.test_snapshotter import md5
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.net import free_port, wait_for
+from tests.support.node import lazy_node
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.e2e
@@ -58,13 +57,7 @@ def test_the_daemon_applies_the_published_profile(
         f'plain_http_hosts = ["{registry.host}"]\nno_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\n'
         f"[prefetch_profile]\nbudget_bytes = {BUDGET}\n"
     )
-    daemon = start_daemon(tmp_path / "daemon", cfg)
-    try:
-        cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
-    except BaseException:
-        daemon.stop()
-        raise
-    try:
+    with lazy_node(tmp_path, cfg) as (daemon, cd):
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", ref, tool="ctr-remote")
 
         def row() -> dict[str, object]:
@@ -89,5 +82,3 @@ def test_the_daemon_applies_the_published_profile(
         assert main(["status", "--json", "--address", str(daemon.address)]) == 0
         (img,) = [i for i in json.loads(capsys.readouterr().out)["images"] if i["ref"].endswith("prof/img:esgz")]
         assert img["profile_read_bytes"] >= len(OTHER) and img["profile_prefetched_bytes"] < BUDGET
-    finally:
-        stop_node(daemon, cd, tmp_path)

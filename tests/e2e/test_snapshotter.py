@@ -7,7 +7,6 @@ import errno
 import hashlib
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from tests.support.containerd import Containerd, start_containerd
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.net import free_port, wait_for
+from tests.support.node import stop_node
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry, start_registry
 
@@ -112,17 +112,6 @@ def make_node(root: Path, world: World, containerd_config: str = "") -> Iterator
 def node(tmp_path: Path, world: World) -> Iterator[Node]:
     with make_node(tmp_path, world) as n:
         yield n
-
-
-def stop_node(daemon: Daemon, cd: Containerd, root: Path) -> None:
-    """containerd and the daemon, then the layer server the daemon leaves running by design."""
-    cd.stop()
-    daemon.stop()
-    daemon.stop_layers()
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f if str(root) in line.split()[4]]
-    for m in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "-l", m], capture_output=True)
 
 
 def md5(b: bytes) -> str:

@@ -27,11 +27,10 @@ from lazypull.soci.create import image_manifest
 from lazypull.soci.find import soci_ztocs
 from lazypull.soci.index import SociIndex
 from tests.e2e.interop import snapshot_tree
-from tests.e2e.test_snapshotter import md5, stop_node
-from tests.support.containerd import start_containerd
-from tests.support.daemon import start_daemon
+from tests.e2e.test_snapshotter import md5
 from tests.support.images import Entry, busybox_layer, write_image
 from tests.support.net import free_port
+from tests.support.node import lazy_node
 from tests.support.proxy import Proxy, start_proxy
 from tests.support.registry import Registry, start_registry
 
@@ -241,13 +240,7 @@ def test_containerd_rpull_mounts_the_gzip_layers_lazily(world: World, tmp_path: 
         f'no_background_fetch = true\nmetrics_address = "127.0.0.1:{port}"\n'
         f"prefetch_timeout_sec = 5\n[blob]\nfetching_timeout_sec = 10\nmax_retries = 2\n"
     )
-    daemon = start_daemon(tmp_path / "daemon", cfg)
-    try:
-        cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
-    except BaseException:
-        daemon.stop()
-        raise
-    try:
+    with lazy_node(tmp_path, cfg) as (daemon, cd):
         world.proxy.reset_counters()
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", lazy_ref, tool="ctr-remote")
         assert len(daemon.layers()) == 3  # every layer served lazily by the layer server
@@ -263,8 +256,6 @@ def test_containerd_rpull_mounts_the_gzip_layers_lazily(world: World, tmp_path: 
         # config, zTOCs and the spans read (busybox's, hello's, tail's): not big.bin
         assert fetched < sum(x.size for x in layers) - len(BIG) // 2, fetched
         assert all(not p.endswith(x.digest) for p, _ in whole for x in layers), whole
-    finally:
-        stop_node(daemon, cd, tmp_path)
 
 
 def test_containerd_pulls_a_converted_v2_image_lazily(world: World, tmp_path: Path) -> None:
@@ -291,13 +282,7 @@ def test_containerd_pulls_a_converted_v2_image_lazily(world: World, tmp_path: Pa
     finally:
         assert main(["umount", "--state-dir", str(state), str(mnt)]) == 0
     cfg = f'plain_http_hosts = ["{world.proxy.host}", "{world.registry.host}"]\nno_background_fetch = true\n'
-    daemon = start_daemon(tmp_path / "daemon", cfg)
-    try:
-        cd = start_containerd(tmp_path / "containerd", proxy_plugins={"lazypull": daemon.address})
-    except BaseException:
-        daemon.stop()
-        raise
-    try:
+    with lazy_node(tmp_path, cfg) as (daemon, cd):
         world.proxy.reset_counters()
         cd.ctr("image", "rpull", "--plain-http", "--snapshotter", "lazypull", lazy_ref, tool="ctr-remote")
         assert len(daemon.layers()) == 3  # every layer served lazily
@@ -310,5 +295,3 @@ def test_containerd_pulls_a_converted_v2_image_lazily(world: World, tmp_path: Pa
         assert all(not p.endswith(x.digest) for p in whole for x in src_layers), whole
         fetched = world.proxy.blob_bytes()
         assert fetched < sum(x.size for x in src_layers) - len(BIG) // 2, fetched
-    finally:
-        stop_node(daemon, cd, tmp_path)
