@@ -127,7 +127,9 @@ def test_mounted_tree_equals_the_source_image(env: Env, tmp_path: Path) -> None:
         assert os.stat(mnt / "data/hard").st_ino == os.stat(mnt / "data/hello.txt").st_ino
     finally:
         env.umount(mnt)
-    assert not _our_mounts(tmp_path) and not _mount_procs(tmp_path)
+    assert not _our_mounts(tmp_path)
+    # the layer server exits just after its last reply (it answers before it goes)
+    wait_for(lambda: not _mount_procs(tmp_path), 10, "the idle layer server to exit")
     assert not (tmp_path / "state").exists() or {p.name for p in (tmp_path / "state").iterdir()} <= {"fsd.log"}
 
 
@@ -276,7 +278,9 @@ def test_foreground_mount_cleans_up_on_ctrl_c(env: Env, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not _our_mounts(tmp_path) and not _mount_procs(tmp_path)
+    assert not _our_mounts(tmp_path)
+    # the layer server exits just after its last reply (it answers before it goes)
+    wait_for(lambda: not _mount_procs(tmp_path), 10, "the idle layer server to exit")
 
 
 def test_full_cache_disk_still_serves_verified_reads(env: Env, tmp_path: Path) -> None:
